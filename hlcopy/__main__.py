@@ -1,0 +1,5 @@
+"""``python -m hlcopy``."""
+
+from hlcopy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The JSON API: aiohttp inside the daemon's loop."""

@@ -1,0 +1,387 @@
+"""The hlcopy.toml file as frozen pydantic models, validated before any I/O.
+
+Validation has two stages: the schema (types, ranges, unknown keys) and then the rules that tie
+fields together. Both report one ``dotted.key[index]: message`` line per problem so a user can
+find the line to fix. Secrets never live here: keys and tokens come from files (see
+``credentials.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from hlcopy.errors import ConfigError
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+NETWORK_URLS: dict[str, tuple[str, str]] = {
+    "mainnet": ("https://api.hyperliquid.xyz", "wss://api.hyperliquid.xyz/ws"),
+    "testnet": ("https://api.hyperliquid-testnet.xyz", "wss://api.hyperliquid-testnet.xyz/ws"),
+}
+
+# Sections whose change needs a restart: they own sockets, processes or the database.
+RESTART_SECTIONS = frozenset({"network", "database", "state", "api"})
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError("must be an address: 0x followed by 40 hex digits")
+    return value.lower()
+
+
+def _expand(value: Path) -> Path:
+    return value.expanduser()
+
+
+Address = Annotated[str, AfterValidator(_address)]
+UserPath = Annotated[Path, AfterValidator(_expand)]
+PositiveUsd = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class NetworkConfig(_Section):
+    name: Literal["mainnet", "testnet", "custom"] = "mainnet"
+    """Which exchange to talk to; "custom" reaches any Hyperliquid-compatible server (the sim)."""
+    rest_url: str | None = None
+    """Base URL for /info and /exchange; only with name = "custom"."""
+    ws_url: str | None = None
+    """WebSocket URL; only with name = "custom"."""
+    chain: Literal["mainnet", "testnet"] | None = None
+    """The chain signatures are made for; only with name = "custom", where it is required."""
+    request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Timeout of one REST request, in seconds."""
+    batch_clearinghouse_states: bool = False
+    """Use the undocumented batchClearinghouseStates request (weight unknown upstream)."""
+
+    @property
+    def rest(self) -> str:
+        """The REST base URL, without a trailing slash."""
+        url = self.rest_url if self.name == "custom" else NETWORK_URLS[self.name][0]
+        return (url or "").rstrip("/")
+
+    @property
+    def ws(self) -> str:
+        """The WebSocket URL."""
+        return (self.ws_url if self.name == "custom" else NETWORK_URLS[self.name][1]) or ""
+
+    @property
+    def is_mainnet(self) -> bool:
+        """Whether signatures are made for mainnet (phantom agent source "a")."""
+        if self.name == "custom":
+            return self.chain == "mainnet"
+        return self.name == "mainnet"
+
+
+class DatabaseConfig(_Section):
+    dsn: str | None = None
+    """PostgreSQL DSN; absent means an embedded PostgreSQL in <state.dir>/pg. No password here."""
+    password_file: UserPath | None = None
+    """File holding the database password (or the systemd credential "db-password")."""
+    pool_min_size: int = Field(default=1, ge=1, le=64)
+    """Connections the pool keeps open."""
+    pool_max_size: int = Field(default=8, ge=1, le=256)
+    """Most connections the pool opens."""
+    command_timeout_s: float = Field(default=30.0, gt=0)
+    """Timeout of one SQL statement, in seconds."""
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere follow XDG.
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    return Path("~/.local/state/hlcopy").expanduser()
+
+
+class StateConfig(_Section):
+    dir: UserPath = Field(default_factory=_default_state_dir)
+    """Where hlcopy keeps its files: embedded PostgreSQL data, generated API token."""
+
+
+class ApiConfig(_Section):
+    enabled: bool = True
+    """Serve the JSON API, /health and /metrics."""
+    host: str = "127.0.0.1"
+    """Address to bind. Keep it on loopback; reach it through an SSH tunnel."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port; 0 picks a free one."""
+    token_file: UserPath | None = None
+    """File holding the bearer token for mutating routes (or the credential "api-token").
+    Absent: a token is generated once into <state.dir>/api-token."""
+    read_auth: bool = False
+    """Also require the token for read routes (everything except /health)."""
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    """Largest request body accepted; larger ones get 413."""
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
+    format: Literal["auto", "json", "console"] = "auto"
+    """"auto": JSON when stdout is not a terminal (systemd), console rendering otherwise."""
+
+
+class BudgetConfig(_Section):
+    weight_per_minute: int = Field(default=1200, gt=0, le=100_000)
+    """REST weight the exchange allows this IP per minute."""
+    headroom_pct: float = Field(default=10.0, ge=0, lt=90)
+    """Share of the budget left unused as a safety margin, in percent."""
+
+
+class DiscoveryConfig(_Section):
+    enabled: bool = True
+    """Watch the public trade stream to find every active trader."""
+    coins: list[str] = Field(default_factory=list)
+    """Coins to watch; empty means every perp on the first dex."""
+    builder_dexes: bool = False
+    """Also watch builder-deployed (HIP-3) perp dexes."""
+    persist_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    """Trades written to the database per batch."""
+    flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
+    """Longest a trade waits before its batch is written."""
+    queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    """Trades buffered for persistence; beyond this the oldest are dropped and counted."""
+
+
+class TrackingConfig(_Section):
+    max_tracked_traders: int = Field(default=2000, ge=0, le=1_000_000)
+    """Traders whose positions are polled."""
+    follower_poll_interval_s: float = Field(default=10.0, ge=1)
+    """How often the follower's own positions are read from the exchange."""
+    leader_poll_interval_s: float = Field(default=15.0, ge=1)
+    """How often each followed leader's positions are read."""
+    reconcile_interval_s: float = Field(default=30.0, ge=5)
+    """How often follower positions are compared with their targets."""
+    scoring_interval_s: float = Field(default=3600.0, ge=60)
+    """How often a tracked trader's statistics are refreshed."""
+    user_fills_subscriptions: int = Field(default=8, ge=0, le=10)
+    """Leaders followed through userFills WebSocket subscriptions (the exchange allows 10 users)."""
+
+
+class AccountConfig(_Section):
+    mode: Literal["paper", "live"] = "paper"
+    """"paper" simulates fills and never signs; "live" sends real orders."""
+    address: Address | None = None
+    """The follower's account (master or sub-account) address, not the agent's."""
+    agent_key_file: UserPath | None = None
+    """File with the API (agent) wallet private key, mode 0600 (or the credential "hl-agent")."""
+    paper_equity_usd: PositiveUsd = Decimal(10000)
+    """Starting equity of the paper account."""
+
+
+class RiskConfig(_Section):
+    max_total_notional_usd: PositiveUsd = Decimal(10000)
+    """Largest sum of absolute position notionals across all coins."""
+    max_position_notional_usd: PositiveUsd = Decimal(2500)
+    """Largest absolute notional in one coin."""
+    max_order_notional_usd: PositiveUsd = Decimal(1000)
+    """Largest notional of one order; bigger deltas are sent in several steps."""
+    max_leverage: PositiveUsd = Decimal(5)
+    """Largest total notional divided by account equity."""
+    max_daily_loss_usd: PositiveUsd = Decimal(500)
+    """Loss since 00:00 UTC that halts trading."""
+    max_drawdown_pct: Decimal = Field(default=Decimal(20), gt=0, le=100)
+    """Drawdown from the equity high-water mark that switches to reduce-only, in percent."""
+    max_slippage_bps: int = Field(default=50, ge=1, le=5000)
+    """Worst price an IOC order accepts, away from mid, in basis points."""
+    max_consecutive_rejects: int = Field(default=5, ge=1)
+    """Rejected orders in a row that halt trading."""
+    max_errors_per_minute: int = Field(default=20, ge=1)
+    """Order errors within a minute that halt trading."""
+    max_signal_age_s: float = Field(default=30.0, gt=0)
+    """Leader fills older than this are recorded but not chased."""
+
+
+class FollowConfig(_Section):
+    leader: Address
+    """The address to copy (or fade)."""
+    name: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    """Stable identifier of this follow; defaults to the leader address. Part of every cloid."""
+    enabled: bool = True
+    """A disabled follow keeps its state but places no orders."""
+    sizing: Literal["ratio", "equity", "fixed"] = "ratio"
+    """"ratio": ratio x the leader's size; "equity": scaled by follower/leader equity, times ratio;
+    "fixed": every position is fixed_notional_usd."""
+    ratio: Decimal = Field(default=Decimal(1), gt=0, le=1000, allow_inf_nan=False)
+    """Multiplier applied to the leader's position (ratio and equity sizing)."""
+    fixed_notional_usd: PositiveUsd | None = None
+    """Notional of each copied position; required with sizing = "fixed"."""
+    inverse: bool = False
+    """Take the opposite side: fade the leader."""
+    coins: list[str] = Field(default_factory=list)
+    """Only copy these coins; empty means all."""
+    exclude_coins: list[str] = Field(default_factory=list)
+    """Never copy these coins."""
+    max_position_notional_usd: PositiveUsd | None = None
+    """Per-follow cap on one coin's notional; the tighter of this and risk.* applies."""
+    max_order_notional_usd: PositiveUsd | None = None
+    """Per-follow cap on one order's notional."""
+    max_slippage_bps: int | None = Field(default=None, ge=1, le=5000)
+    """Per-follow slippage cap; absent means risk.max_slippage_bps."""
+
+    @property
+    def id(self) -> str:
+        """The follow's stable id: its name, or the leader address."""
+        return self.name or self.leader
+
+
+class HlcopyConfig(_Section):
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """Which exchange to talk to."""
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    """PostgreSQL."""
+    state: StateConfig = Field(default_factory=StateConfig)
+    """Local files."""
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    """JSON API, /health, /metrics."""
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Structured logs."""
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    """REST weight budget."""
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    """Finding traders on the public trade stream."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Polling positions within the budget."""
+    account: AccountConfig = Field(default_factory=AccountConfig)
+    """The follower's own account."""
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    """Account-wide limits and kill switches."""
+    follow: list[FollowConfig] = Field(default_factory=list)
+    """The leaders to copy, one [[follow]] table each."""
+
+
+def _rule_problems(cfg: HlcopyConfig) -> list[str]:
+    """Rules tying fields together, each reported at the key the user should edit."""
+    problems: list[str] = []
+    net = cfg.network
+    if net.name == "custom":
+        for key in ("rest_url", "ws_url", "chain"):
+            if getattr(net, key) is None:
+                problems.append(f'network.{key}: required when network.name = "custom"')
+        for key, schemes in (
+            ("rest_url", ("http://", "https://")),
+            ("ws_url", ("ws://", "wss://")),
+        ):
+            url = getattr(net, key)
+            if url is not None and not url.startswith(schemes):
+                problems.append(f"network.{key}: must start with {' or '.join(schemes)}")
+    else:
+        for key in ("rest_url", "ws_url", "chain"):
+            if getattr(net, key) is not None:
+                problems.append(f'network.{key}: only used when network.name = "custom"')
+
+    db = cfg.database
+    if db.dsn is not None:
+        if not db.dsn.startswith(("postgres://", "postgresql://")):
+            problems.append("database.dsn: must start with postgresql://")
+        elif re.match(r"^[a-z]+://[^/@]*:[^/@]+@", db.dsn):
+            problems.append(
+                "database.dsn: must not contain a password; use database.password_file, "
+                "the systemd credential db-password, or peer authentication"
+            )
+    elif db.password_file is not None:
+        problems.append("database.password_file: only used with database.dsn")
+    if db.pool_min_size > db.pool_max_size:
+        problems.append("database.pool_min_size: must not exceed database.pool_max_size")
+
+    if cfg.account.mode == "live" and cfg.account.address is None:
+        problems.append('account.address: required when account.mode = "live"')
+
+    seen: dict[str, int] = {}
+    for i, f in enumerate(cfg.follow):
+        where = f"follow[{i}]"
+        if f.sizing == "fixed" and f.fixed_notional_usd is None:
+            problems.append(f'{where}.fixed_notional_usd: required when sizing = "fixed"')
+        if f.sizing != "fixed" and f.fixed_notional_usd is not None:
+            problems.append(f'{where}.fixed_notional_usd: only used when sizing = "fixed"')
+        both = sorted(set(f.coins) & set(f.exclude_coins))
+        if both:
+            problems.append(f"{where}.exclude_coins: also listed in coins: {', '.join(both)}")
+        if cfg.account.address is not None and f.leader == cfg.account.address:
+            problems.append(f"{where}.leader: is the follower's own account")
+        if f.id in seen:
+            problems.append(
+                f"{where}.name: follow id {f.id!r} already used by follow[{seen[f.id]}]"
+            )
+        seen.setdefault(f.id, i)
+    return problems
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _message(err: ErrorDetails) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]
+    if msg.startswith("Input should be "):
+        return "must be " + msg[len("Input should be ") :]
+    return msg
+
+
+def parse_config(data: dict[str, Any], source: str | None = None) -> HlcopyConfig:
+    """Validate a decoded TOML document; raise ConfigError listing every problem."""
+    try:
+        cfg = HlcopyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_key_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
+        raise ConfigError(problems, source) from exc
+    problems = _rule_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_toml(text: str, source: str | None = None) -> HlcopyConfig:
+    """Parse and validate TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11 puts the position only in the message: "... (at line 3, column 5)".
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
+        if m:
+            msg = f"line {m[1]}, column {m[2]}: TOML syntax error: {msg[: m.start()].strip()}"
+        else:
+            msg = f"TOML syntax error: {msg}"
+        raise ConfigError([msg], source) from exc
+    return parse_config(data, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> HlcopyConfig:
+    """Read and validate the TOML file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], str(p)) from exc
+    return parse_toml(text, str(p))
+
+
+def changed_sections(old: HlcopyConfig, new: HlcopyConfig) -> list[str]:
+    """Names of top-level sections that differ between two configs."""
+    return [name for name in HlcopyConfig.model_fields if getattr(old, name) != getattr(new, name)]

@@ -1,0 +1,441 @@
+"""The supervisor: builds the components, runs them in one TaskGroup, and talks to systemd.
+
+Start order is the order components were added; each must report ready before the next starts,
+and READY=1 goes to systemd only when all are ready. A ``TransientError`` restarts just that
+component after a capped, jittered backoff; any other failure stops the daemon with exit code 1
+so systemd restarts it. SIGTERM/SIGINT drain the components in reverse order within a deadline,
+cancel what is left and exit 0. SIGHUP re-reads the TOML and keeps the running config if the new
+one is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hlcopy import __version__
+from hlcopy.backoff import Backoff
+from hlcopy.component import Component, ReloadResult
+from hlcopy.config import RESTART_SECTIONS, HlcopyConfig, changed_sections, load_config
+from hlcopy.credentials import Secrets
+from hlcopy.errors import ComponentFailed, ConfigError, TransientError
+from hlcopy.log import set_level
+from hlcopy.notify import Notifier, watchdog_interval_s
+from hlcopy.queues import BoundedQueue, Policy
+
+log = structlog.get_logger()
+
+Sample = tuple[str, dict[str, str], float]
+
+
+@dataclass(slots=True)
+class _Slot:
+    component: Component
+    state: str = "pending"  # pending, starting, ready, restarting, stopped, failed
+    restarts: int = 0
+    last_error: str | None = None
+    since: float = field(default_factory=time.monotonic)
+    first_ready: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class _ReadyEvent(asyncio.Event):
+    """The ``ready`` handed to a component: setting it updates the supervisor at once."""
+
+    def __init__(self, on_set: Any) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            self._on_set()
+
+
+class Daemon:
+    """Runs components under supervision until stopped. See the module docstring."""
+
+    def __init__(
+        self,
+        config: HlcopyConfig,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        drain_timeout_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        dead_after_s: float = 60.0,
+        max_loop_lag_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._own_notifier = notifier is None
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.queues: dict[str, BoundedQueue[Any]] = {}
+        self.loop_lag_s = 0.0
+        self._drain_timeout_s = drain_timeout_s
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._dead_after_s = dead_after_s
+        self._max_loop_lag_s = max_loop_lag_s
+        self._slots: list[_Slot] = []
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._started = time.monotonic()
+        self._reload_lock = asyncio.Lock()
+        self._tg: asyncio.TaskGroup | None = None
+        self._own_tasks: set[asyncio.Task[Any]] = set()
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def add(self, component: Component) -> None:
+        """Add a component; components start in the order they are added."""
+        if any(s.component.name == component.name for s in self._slots):
+            raise ValueError(f"two components named {component.name!r}")
+        self._slots.append(_Slot(component))
+
+    def queue(self, name: str, maxsize: int, policy: Policy = "block") -> BoundedQueue[Any]:
+        """Create a bounded queue whose depth shows in stats and metrics."""
+        if name in self.queues:
+            raise ValueError(f"two queues named {name!r}")
+        q: BoundedQueue[Any] = BoundedQueue(name, maxsize, policy)
+        self.queues[name] = q
+        return q
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+        self._wake.set()
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; return the process exit code (0 clean, 1 a component failed)."""
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        self.notifier.status("starting")
+        log.info(
+            "hlcopy starting",
+            version=__version__,
+            network=self.config.network.name,
+            mode=self.config.account.mode,
+            state_dir=str(self.config.state.dir),
+        )
+        code = 0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._spawn(self._lag_monitor(), "daemon:loop-lag")
+                self._spawn(self._watchdog(), "daemon:watchdog")
+                if await self._start_all(tg):
+                    names = [s.component.name for s in self._slots]
+                    log.info("hlcopy ready", components=names)
+                    self.notifier.ready(f"running: {len(names)} components ready")
+                await self._stop.wait()
+                await self._shutdown()
+        except* ComponentFailed as group:
+            code = 1
+            for exc in group.exceptions:
+                log.error("hlcopy stopping after a fatal error", error=str(exc))
+            self.notifier.stopping()
+        finally:
+            self._remove_signals(loop)
+            self._tg = None
+            if self._own_notifier:
+                self.notifier.close()
+        if code == 0:
+            log.info("hlcopy stopped")
+        return code
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        assert self._tg is not None
+        task = self._tg.create_task(coro, name=name)
+        self._own_tasks.add(task)
+        task.add_done_callback(self._own_tasks.discard)
+        return task
+
+    async def _start_all(self, tg: asyncio.TaskGroup) -> bool:
+        for slot in self._slots:
+            slot.task = tg.create_task(
+                self._supervise(slot), name=f"component:{slot.component.name}"
+            )
+            self.notifier.status(f"starting {slot.component.name}")
+            # Wait for this component's first ready (or a stop request) before the next starts.
+            while not slot.first_ready and not self._stop.is_set():
+                self._wake.clear()
+                await self._wake.wait()
+            if self._stop.is_set():
+                return False
+        return True
+
+    async def _supervise(self, slot: _Slot) -> None:
+        comp = slot.component
+        backoff = Backoff(*self._backoff)
+        while True:
+            ready = _ReadyEvent(lambda: self._mark_ready(slot, backoff))
+            self._set_state(slot, "starting")
+            try:
+                await comp.run(ready)
+            except asyncio.CancelledError:
+                self._set_state(slot, "stopped")
+                raise
+            except TransientError as exc:
+                if self._stopping:
+                    self._set_state(slot, "stopped")
+                    return
+                slot.restarts += 1
+                slot.last_error = f"{type(exc).__name__}: {exc}"
+                self._set_state(slot, "restarting")
+                delay = backoff.next_delay()
+                log.warning(
+                    "component failed; restarting",
+                    component=comp.name,
+                    error=slot.last_error,
+                    restart_in_s=round(delay, 3),
+                    restarts=slot.restarts,
+                )
+                if await self._stopped_within(delay):
+                    self._set_state(slot, "stopped")
+                    return
+                continue
+            except Exception as exc:
+                slot.last_error = f"{type(exc).__name__}: {exc}"
+                self._set_state(slot, "failed")
+                log.error("component failed fatally", component=comp.name, exc_info=exc)
+                raise ComponentFailed(f"{comp.name}: {slot.last_error}") from exc
+            if self._stopping:
+                self._set_state(slot, "stopped")
+                return
+            slot.last_error = "run() returned while the daemon was running"
+            self._set_state(slot, "failed")
+            raise ComponentFailed(f"{comp.name}: {slot.last_error}")
+
+    async def _stopped_within(self, delay_s: float) -> bool:
+        """Sleep ``delay_s`` unless a stop is requested first; True when it was."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _set_state(self, slot: _Slot, state: str) -> None:
+        slot.state = state
+        slot.since = time.monotonic()
+
+    def _mark_ready(self, slot: _Slot, backoff: Backoff) -> None:
+        self._set_state(slot, "ready")
+        backoff.healthy()
+        slot.first_ready = True
+        self._wake.set()
+        log.info("component ready", component=slot.component.name)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self.notifier.stopping()
+        log.info("hlcopy stopping", drain_timeout_s=self._drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_timeout_s
+        for slot in reversed(self._slots):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(slot.component.drain(), remaining)
+            except TimeoutError:
+                log.warning("drain timed out", component=slot.component.name)
+                break
+            except Exception as exc:
+                log.error("drain failed", component=slot.component.name, exc_info=exc)
+        running = [s.task for s in self._slots if s.task is not None and not s.task.done()]
+        remaining = deadline - loop.time()
+        if running and remaining > 0:
+            await asyncio.wait(running, timeout=remaining)
+        left = [s.component.name for s in self._slots if s.task is not None and not s.task.done()]
+        if left:
+            log.warning("cancelling components that did not finish draining", components=left)
+        for task in [*(s.task for s in self._slots if s.task is not None), *self._own_tasks]:
+            task.cancel()
+
+    # -- signals and reload ---------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self, name: str) -> None:
+        log.info("stop requested", signal=name)
+        self.request_stop()
+
+    def _on_hup(self) -> None:
+        log.info("reload requested", signal="SIGHUP")
+        if self._tg is not None and not self._stopping:
+            self._spawn(self.reload(), "daemon:reload")
+
+    async def reload(self) -> ReloadResult:
+        """Re-read and validate the TOML; apply it, or keep the running config and say why."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                return ReloadResult(False, ["the daemon was started without a config file"])
+            self.notifier.reloading(time.monotonic_ns() // 1000)
+            try:
+                return self._apply(await asyncio.to_thread(load_config, self.config_path))
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("config reload refused", path=str(self.config_path), problem=problem)
+                log.error("keeping the running config", problems=len(exc.problems))
+                return ReloadResult(False, exc.problems)
+            finally:
+                self.notifier.ready("running")
+
+    def _apply(self, new: HlcopyConfig) -> ReloadResult:
+        changed = changed_sections(self.config, new)
+        restart = [s for s in changed if s in RESTART_SECTIONS]
+        if restart:
+            log.warning("these sections change only after a restart", sections=restart)
+            new = new.model_copy(update={s: getattr(self.config, s) for s in restart})
+        self.config = new
+        set_level(new.logging.level)
+        for slot in self._slots:
+            try:
+                slot.component.reconfigure(new)
+            except Exception as exc:
+                log.error(
+                    "component could not apply the new config",
+                    component=slot.component.name,
+                    exc_info=exc,
+                )
+        log.info("config reloaded", changed=changed)
+        return ReloadResult(True, [], changed, restart)
+
+    # -- liveness -------------------------------------------------------------------------
+
+    async def _lag_monitor(self, period_s: float = 0.25) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(period_s)
+            self.loop_lag_s = max(0.0, loop.time() - t0 - period_s)
+
+    def liveness_problem(self) -> str | None:
+        """Why the process should not tell systemd it is alive, or None when it is fine."""
+        if self.loop_lag_s > self._max_loop_lag_s:
+            return f"event loop lagging {self.loop_lag_s:.3f} s"
+        now = time.monotonic()
+        for s in self._slots:
+            if not s.component.core:
+                continue
+            if s.state == "failed":
+                return f"{s.component.name} failed"
+            if s.first_ready and s.state != "ready" and now - s.since > self._dead_after_s:
+                return f"{s.component.name} down for {now - s.since:.0f} s"
+        return None
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval_s()
+        if interval is None or not self.notifier.enabled:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            problem = self.liveness_problem()
+            if problem is None:
+                self.notifier.watchdog()
+            else:
+                log.error("withholding the watchdog ping", reason=problem)
+
+    # -- introspection (for the API) ------------------------------------------------------
+
+    def _components(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {
+            s.component.name: {
+                "state": s.state,
+                "restarts": s.restarts,
+                "since_s": round(now - s.since, 3),
+                "last_error": s.last_error,
+            }
+            for s in self._slots
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = bool(self._slots) and all(s.state == "ready" for s in self._slots)
+        status = "ok" if ok else ("stopping" if self._stopping else "degraded")
+        return ok, {
+            "status": status,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "components": self._components(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        comps = self._components()
+        for s in self._slots:
+            comps[s.component.name].update(s.component.stats())
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "loop_lag_ms": round(self.loop_lag_s * 1000, 3),
+            "mode": self.config.account.mode,
+            "network": self.config.network.name,
+            "components": comps,
+            "queues": {name: q.stats() for name, q in self.queues.items()},
+        }
+
+    def metrics(self) -> list[Sample]:
+        out: list[Sample] = [
+            ("hlcopy_uptime_seconds", {}, time.monotonic() - self._started),
+            ("hlcopy_loop_lag_seconds", {}, self.loop_lag_s),
+        ]
+        for s in self._slots:
+            labels = {"component": s.component.name}
+            out.append(("hlcopy_component_up", labels, 1.0 if s.state == "ready" else 0.0))
+            out.append(("hlcopy_component_restarts_total", labels, float(s.restarts)))
+            for key, value in _numeric_leaves(s.component.stats()):
+                out.append(("hlcopy_component_stat", {**labels, "stat": key}, value))
+        for name, q in self.queues.items():
+            labels = {"queue": name}
+            out.append(("hlcopy_queue_depth", labels, float(q.qsize())))
+            out.append(("hlcopy_queue_capacity", labels, float(q.maxsize)))
+            out.append(("hlcopy_queue_dropped_total", labels, float(q.dropped)))
+        return out
+
+
+def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """Flatten nested stats into ``("a.b", 1.0)`` pairs, keeping only numbers."""
+    out: list[tuple[str, float]] = []
+    for key, value in stats.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out.append((name, 1.0 if value else 0.0))
+        elif isinstance(value, int | float):
+            out.append((name, float(value)))
+        elif isinstance(value, dict):
+            out.extend(_numeric_leaves(value, name + "."))
+    return out
+
+
+async def serve(config: HlcopyConfig, secrets: Secrets, config_path: Path | None = None) -> int:
+    """Build the daemon's components from ``config`` and run them until stopped."""
+    # Imported here: the supervisor above is independent of what it supervises.
+    from hlcopy.api.server import ApiServer
+    from hlcopy.store import Store
+    from hlcopy.store.monitor import StoreMonitor
+
+    store = Store(config.database, config.state.dir, secrets.db_password)
+    daemon = Daemon(config, config_path=config_path)
+    daemon.add(StoreMonitor(store))
+    if config.api.enabled:
+        daemon.add(ApiServer(daemon, config.api, secrets.api_token))
+    try:
+        return await daemon.run()
+    finally:
+        await store.close()

@@ -1,0 +1,118 @@
+"""Shared fixtures: one real embedded PostgreSQL per test session, a fresh database per test,
+throwaway keys, config files, and a helper to run the real daemon in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from hlcopy.config import HlcopyConfig, parse_config
+from hlcopy.daemon import Daemon
+from hlcopy.log import configure_logging
+from hlcopy.store.embedded import _import_pgserver
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg_uri() -> Iterator[str]:
+    """A real PostgreSQL for the whole session (embedded, like the daemon's default)."""
+    # A short path: PostgreSQL's unix socket path must stay under ~100 bytes.
+    root = Path(tempfile.mkdtemp(prefix="hlpg-"))
+    server = _import_pgserver().get_server(root / "pg", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def dsn(pg_uri: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_uri)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield pg_uri.replace("/postgres?", f"/{name}?")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def agent_key() -> str:
+    """A throwaway private key, generated for this test only."""
+    return "0x" + secrets.token_hex(32)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Capture structured (JSON) logs of the code under test."""
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream)
+    yield stream
+    configure_logging("info", "json", sys.stderr)
+
+
+def write_secret(path: Path, value: str, mode: int = 0o600) -> Path:
+    path.write_text(value + "\n")
+    path.chmod(mode)
+    return path
+
+
+def make_config(state_dir: Path, dsn: str | None = None, **sections: Any) -> HlcopyConfig:
+    """A valid config on loopback with an ephemeral API port, overridable per section."""
+    data: dict[str, Any] = {
+        "state": {"dir": str(state_dir)},
+        "api": {"port": 0},
+        "logging": {"format": "json"},
+    }
+    if dsn is not None:
+        data["database"] = {"dsn": dsn}
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
+    return parse_config(data)
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon, timeout_s: float = 30.0) -> AsyncIterator[asyncio.Task[int]]:
+    """Run ``daemon`` in a task until every component is ready; stop it on exit."""
+    task = asyncio.create_task(daemon.run(), name="test:daemon")
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not daemon.health()[0]:
+                if task.done():
+                    raise AssertionError(f"daemon exited early with {task.result()}")
+                await asyncio.sleep(0.02)
+        yield task
+    finally:
+        daemon.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+
+
+def hlcopy_env(**extra: str) -> dict[str, str]:
+    """Environment for running the hlcopy CLI as a subprocess."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY")
+    }
+    env.update(extra)
+    return env

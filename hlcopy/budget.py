@@ -1,0 +1,228 @@
+"""The REST weight budget: one per egress IP, every REST call waits on it.
+
+Weight spent at time t comes back at t + 60 s, so no 60-second window ever holds more than the
+limit — a plain token bucket (capacity N, refill N/60 per second) could admit 2N in its first
+minute. Lanes are served in strict priority: orders and cancels, follower truth, leader truth,
+gap-fill, scoring, enrichment. The read lanes stop at ``limit x (1 - headroom)``; the headroom
+is kept for the order lane, so reads can never starve orders. Per-item weight that is only known
+from the response is debited afterwards. An HTTP 429 sends the read lanes into back-off.
+
+Time comes from an injected clock, so tests drive it without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+
+class Lane(IntEnum):
+    """Budget lanes, highest priority first."""
+
+    ORDER = 0  # orders and cancels
+    FOLLOWER = 1  # the follower's own positions
+    LEADER = 2  # leaders' positions and fills
+    GAPFILL = 3  # backfilling missed fills
+    SCORING = 4  # ranking traders
+    ENRICHMENT = 5  # roles, metadata, nice-to-haves
+
+
+class Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the budget needs from time: a monotonic reading and a timer."""
+
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
+
+
+class LoopClock:
+    """The running event loop's clock."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+def extra_weight(items: int, per: int = 20) -> int:
+    """Weight a response adds for its size: 1 per ``per`` items, rounded up (the docs leave the
+    rounding open; up is the safe side)."""
+    return math.ceil(items / per) if items > 0 else 0
+
+
+@dataclass(slots=True)
+class _Waiter:
+    weight: int
+    future: asyncio.Future[None]
+    since: float
+
+
+class WeightBudget:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        weight_per_minute: int = 1200,
+        headroom_pct: float = 10.0,
+        *,
+        window_s: float = 60.0,
+        clock: Clock | None = None,
+        backoff_base_s: float = 5.0,
+        backoff_cap_s: float = 60.0,
+    ) -> None:
+        if weight_per_minute <= 0 or not 0 <= headroom_pct < 100:
+            raise ValueError("weight_per_minute must be positive and headroom_pct in [0, 100)")
+        self.limit = weight_per_minute
+        self.read_limit = max(1, math.floor(weight_per_minute * (1 - headroom_pct / 100)))
+        self.window_s = window_s
+        self._clock: Clock = clock or LoopClock()
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._spent: deque[tuple[float, int, Lane]] = deque()
+        self._used = 0
+        self._used_by_lane = [0] * len(Lane)
+        self._queues: list[deque[_Waiter]] = [deque() for _ in Lane]
+        self._timer: Handle | None = None
+        self._reads_blocked_until = 0.0
+        self._backoff_step = 0
+        self._last_429 = -math.inf
+        # Cumulative figures for stats.
+        self._admitted = [0] * len(Lane)
+        self._weight_total = [0] * len(Lane)
+        self._waits = 0
+        self._wait_s = 0.0
+        self._max_wait_s = 0.0
+        self._rate_limited = 0
+
+    # -- the budget -----------------------------------------------------------------------
+
+    async def acquire(self, weight: int, lane: Lane) -> None:
+        """Wait until ``weight`` may be spent in ``lane``, then spend it."""
+        cap = self.limit if lane == Lane.ORDER else self.read_limit
+        if weight <= 0 or weight > cap:
+            raise ValueError(f"weight {weight} outside 1..{cap} for lane {lane.name}")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues[lane].append(_Waiter(weight, future, self._clock.now()))
+        self._dispatch()
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._dispatch()  # a waiter gave up: the ones behind it may go now
+            raise
+
+    def debit(self, weight: int, lane: Lane) -> None:
+        """Record weight the exchange charged on top (known only from the response)."""
+        if weight > 0:
+            self._spend(weight, lane, self._clock.now())
+            self._weight_total[lane] += weight
+
+    def rate_limited(self) -> None:
+        """The exchange answered 429: our count and its differ. Back the read lanes off."""
+        now = self._clock.now()
+        self._rate_limited += 1
+        if now - self._last_429 > self.window_s:
+            self._backoff_step = 0
+        self._last_429 = now
+        base, cap = self._backoff
+        delay = min(cap, base * 2**self._backoff_step)
+        self._backoff_step += 1
+        self._reads_blocked_until = max(self._reads_blocked_until, now + delay)
+        self._dispatch()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _spend(self, weight: int, lane: Lane, now: float) -> None:
+        self._spent.append((now, weight, lane))
+        self._used += weight
+        self._used_by_lane[lane] += weight
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        spent = self._spent
+        while spent and spent[0][0] <= horizon:
+            _, weight, lane = spent.popleft()
+            self._used -= weight
+            self._used_by_lane[lane] -= weight
+
+    def _delay(self, weight: int, lane: Lane, now: float) -> float:
+        """Seconds until ``weight`` fits in ``lane`` (0: it fits now)."""
+        delay = 0.0
+        if lane != Lane.ORDER and now < self._reads_blocked_until:
+            delay = self._reads_blocked_until - now
+        cap = self.limit if lane == Lane.ORDER else self.read_limit
+        excess = self._used + weight - cap
+        if excess > 0:
+            for t, w, _ in self._spent:
+                excess -= w
+                if excess <= 0:
+                    delay = max(delay, t + self.window_s - now)
+                    break
+        return delay
+
+    def _dispatch(self) -> None:
+        """Admit waiters in strict lane order while they fit; arm one timer for the next."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self._clock.now()
+        self._expire(now)
+        for lane in Lane:
+            queue = self._queues[lane]
+            while queue:
+                waiter = queue[0]
+                if waiter.future.done():  # cancelled while waiting
+                    queue.popleft()
+                    continue
+                delay = self._delay(waiter.weight, lane, now)
+                if delay > 0:
+                    # Strict priority: nothing below this lane's head goes before it.
+                    self._timer = self._clock.call_later(delay, self._dispatch)
+                    return
+                queue.popleft()
+                self._spend(waiter.weight, lane, now)
+                self._admitted[lane] += 1
+                self._weight_total[lane] += waiter.weight
+                waited = now - waiter.since
+                if waited > 0:
+                    self._waits += 1
+                    self._wait_s += waited
+                    self._max_wait_s = max(self._max_wait_s, waited)
+                waiter.future.set_result(None)
+
+    def used(self) -> int:
+        """Weight spent within the current window."""
+        self._expire(self._clock.now())
+        return self._used
+
+    def stats(self) -> dict[str, Any]:
+        now = self._clock.now()
+        self._expire(now)
+        return {
+            "limit_per_minute": self.limit,
+            "read_limit_per_minute": self.read_limit,
+            "used_last_window": self._used,
+            "utilization": round(self._used / self.limit, 4),
+            "lanes": {
+                lane.name.lower(): {
+                    "used_last_window": self._used_by_lane[lane],
+                    "requests": self._admitted[lane],
+                    "weight_total": self._weight_total[lane],
+                    "waiting": sum(1 for w in self._queues[lane] if not w.future.done()),
+                }
+                for lane in Lane
+            },
+            "waits": self._waits,
+            "wait_s_total": round(self._wait_s, 3),
+            "wait_s_max": round(self._max_wait_s, 3),
+            "rate_limited": self._rate_limited,
+            "read_backoff_s": round(max(0.0, self._reads_blocked_until - now), 3),
+        }

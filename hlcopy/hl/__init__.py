@@ -1,0 +1,1 @@
+"""Everything that speaks Hyperliquid's wire protocol; nothing above it sees wire dicts."""

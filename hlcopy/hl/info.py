@@ -1,0 +1,353 @@
+"""The typed ``/info`` client: one aiohttp session, every call charged to the weight budget.
+
+Weights (HYPERLIQUID.md §2): 2 for allMids, l2Book, clearinghouseState, spotClearinghouseState
+and orderStatus; 60 for userRole; 20 for the rest, plus 1 per 20 items returned for fills,
+orders, funding and trades (1 per 60 for candles), debited after the response. Reads are safe to
+repeat, so transient failures retry with jittered, bounded backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from hlcopy.budget import Lane, WeightBudget, extra_weight
+from hlcopy.errors import (
+    BadRequest,
+    ExchangeTransient,
+    RateLimited,
+    Timeout,
+    Unavailable,
+    WireError,
+)
+from hlcopy.hl import parse
+from hlcopy.model import (
+    AccountState,
+    AssetCtx,
+    Candle,
+    ExtraAgent,
+    Fill,
+    Funding,
+    L2Book,
+    Meta,
+    Order,
+    OrderRecord,
+    PerpDex,
+    Portfolio,
+    SpotBalance,
+    SpotMeta,
+    Trade,
+    UserRateLimit,
+    UserRole,
+)
+
+T = TypeVar("T")
+FILLS_PAGE = 2000  # userFillsByTime returns at most this many fills per response
+HEADERS = {"Content-Type": "application/json"}
+
+
+def new_session(timeout_s: float = 10.0) -> aiohttp.ClientSession:
+    """One session per process for REST. Idle keep-alive connections are dropped after 15 s,
+    before the exchange's side does (python-sdk#293), so a request rarely meets a dead socket."""
+    connector = aiohttp.TCPConnector(keepalive_timeout=15, limit=32)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
+
+
+def _fill_key(f: Fill) -> tuple[Any, ...]:
+    # tid identifies a fill; very old fills have none, so fall back to what makes them unique.
+    return (
+        (f.tid,) if f.tid is not None else (f.hash, f.oid, f.time_ms, f.px, f.sz, f.start_position)
+    )
+
+
+class InfoClient:
+    """Typed ``/info`` requests. ``lane`` says on whose behalf a request is made."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        budget: WeightBudget,
+        *,
+        batch_clearinghouse_states: bool = False,
+        attempts: int = 3,
+        retry_max_wait_s: float = 2.0,
+    ) -> None:
+        self._session = session
+        self._url = base_url.rstrip("/") + "/info"
+        self._budget = budget
+        self._batch_enabled = batch_clearinghouse_states
+        self._attempts = attempts
+        self._retry_max_wait_s = retry_max_wait_s
+        self.requests = 0
+        self.failures = 0
+
+    async def request(
+        self, body: dict[str, Any], weight: int, lane: Lane, items_per_weight: int | None = None
+    ) -> Any:
+        """POST one info request (retrying transient failures) and return the decoded JSON."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=0.25, max=self._retry_max_wait_s),
+            retry=retry_if_exception_type(ExchangeTransient),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                data = await self._once(body, weight, lane)
+        if items_per_weight is not None and isinstance(data, list):
+            self._budget.debit(extra_weight(len(data), items_per_weight), lane)
+        return data
+
+    async def _once(self, body: dict[str, Any], weight: int, lane: Lane) -> Any:
+        await self._budget.acquire(weight, lane)
+        self.requests += 1
+        what = str(body.get("type"))
+        try:
+            async with self._session.post(self._url, data=orjson.dumps(body), headers=HEADERS) as r:
+                raw = await r.read()
+                status = r.status
+        except TimeoutError as exc:
+            self.failures += 1
+            raise Timeout(f"info {what} timed out", request=what) from exc
+        except aiohttp.ClientError as exc:
+            self.failures += 1
+            raise Unavailable(f"info {what}: {exc}", request=what) from exc
+        if status == 429:
+            self.failures += 1
+            self._budget.rate_limited()
+            raise RateLimited(f"info {what}: HTTP 429", status=429, request=what)
+        if status >= 500:
+            self.failures += 1
+            raise Unavailable(f"info {what}: HTTP {status}", status=status, request=what)
+        if status >= 400:
+            self.failures += 1
+            raise BadRequest(
+                f"info {what}: HTTP {status}: {raw[:200]!r}", status=status, request=what
+            )
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.failures += 1
+            raise Unavailable(
+                f"info {what}: reply is not JSON", status=status, request=what
+            ) from exc
+
+    async def _typed(
+        self,
+        body: dict[str, Any],
+        weight: int,
+        lane: Lane,
+        parser: Callable[[Any], T],
+        items_per_weight: int | None = None,
+    ) -> T:
+        data = await self.request(body, weight, lane, items_per_weight)
+        try:
+            return parser(data)
+        except WireError as exc:
+            raise WireError(f"info {body.get('type')}: {exc}") from exc
+
+    async def _typed_list(
+        self,
+        body: dict[str, Any],
+        weight: int,
+        lane: Lane,
+        parser: Callable[[Any], T],
+        items_per_weight: int | None = None,
+    ) -> list[T]:
+        def parse_all(data: Any) -> list[T]:
+            if not isinstance(data, list):
+                raise WireError(f"expected a list, got {type(data).__name__}")
+            return [parser(x) for x in data]
+
+        return await self._typed(body, weight, lane, parse_all, items_per_weight)
+
+    # -- metadata and market data ---------------------------------------------------------
+
+    async def meta(self, dex: str = "", lane: Lane = Lane.ENRICHMENT) -> Meta:
+        return await self._typed({"type": "meta", "dex": dex}, 20, lane, parse.parse_meta)
+
+    async def spot_meta(self, lane: Lane = Lane.ENRICHMENT) -> SpotMeta:
+        return await self._typed({"type": "spotMeta"}, 20, lane, parse.parse_spot_meta)
+
+    async def perp_dexs(self, lane: Lane = Lane.ENRICHMENT) -> tuple[PerpDex, ...]:
+        return await self._typed({"type": "perpDexs"}, 20, lane, parse.parse_perp_dexs)
+
+    async def meta_and_asset_ctxs(
+        self, dex: str = "", lane: Lane = Lane.ENRICHMENT
+    ) -> tuple[Meta, tuple[AssetCtx, ...]]:
+        return await self._typed(
+            {"type": "metaAndAssetCtxs", "dex": dex}, 20, lane, parse.parse_meta_and_ctxs
+        )
+
+    async def all_mids(self, dex: str = "", lane: Lane = Lane.LEADER) -> dict[str, Decimal]:
+        return await self._typed({"type": "allMids", "dex": dex}, 2, lane, parse.parse_all_mids)
+
+    async def l2_book(
+        self,
+        coin: str,
+        n_sig_figs: int | None = None,
+        mantissa: int | None = None,
+        lane: Lane = Lane.LEADER,
+    ) -> L2Book:
+        body = {"type": "l2Book", "coin": coin, "nSigFigs": n_sig_figs, "mantissa": mantissa}
+        return await self._typed(body, 2, lane, parse.parse_l2_book)
+
+    async def recent_trades(self, coin: str, lane: Lane = Lane.ENRICHMENT) -> list[Trade]:
+        return await self._typed_list(
+            {"type": "recentTrades", "coin": coin}, 20, lane, parse.parse_trade, items_per_weight=20
+        )
+
+    async def candle_snapshot(
+        self, coin: str, interval: str, start_ms: int, end_ms: int, lane: Lane = Lane.ENRICHMENT
+    ) -> list[Candle]:
+        req = {"coin": coin, "interval": interval, "startTime": start_ms, "endTime": end_ms}
+        return await self._typed_list(
+            {"type": "candleSnapshot", "req": req},
+            20,
+            lane,
+            parse.parse_candle,
+            items_per_weight=60,
+        )
+
+    # -- one user's state -----------------------------------------------------------------
+
+    async def clearinghouse_state(
+        self, user: str, dex: str = "", lane: Lane = Lane.LEADER
+    ) -> AccountState:
+        body = {"type": "clearinghouseState", "user": user, "dex": dex}
+        return await self._typed(body, 2, lane, parse.parse_account_state)
+
+    async def batch_clearinghouse_states(
+        self, users: Sequence[str], lane: Lane = Lane.LEADER
+    ) -> list[AccountState | None]:
+        """Several accounts in one request (undocumented upstream; weight assumed 2 per user)."""
+        if not self._batch_enabled:
+            raise BadRequest(
+                "batchClearinghouseStates is off: set network.batch_clearinghouse_states"
+            )
+
+        def parse_all(data: Any) -> list[AccountState | None]:
+            if not isinstance(data, list) or len(data) != len(users):
+                raise WireError("expected one state per user")
+            return [None if s is None else parse.parse_account_state(s) for s in data]
+
+        body = {"type": "batchClearinghouseStates", "users": list(users)}
+        return await self._typed(body, max(2, 2 * len(users)), lane, parse_all)
+
+    async def spot_clearinghouse_state(
+        self, user: str, lane: Lane = Lane.FOLLOWER
+    ) -> tuple[SpotBalance, ...]:
+        body = {"type": "spotClearinghouseState", "user": user}
+        return await self._typed(body, 2, lane, parse.parse_spot_balances)
+
+    async def open_orders(
+        self, user: str, dex: str = "", lane: Lane = Lane.FOLLOWER
+    ) -> list[Order]:
+        return await self._typed_list(
+            {"type": "openOrders", "user": user, "dex": dex}, 20, lane, parse.parse_order
+        )
+
+    async def frontend_open_orders(
+        self, user: str, dex: str = "", lane: Lane = Lane.FOLLOWER
+    ) -> list[Order]:
+        body = {"type": "frontendOpenOrders", "user": user, "dex": dex}
+        return await self._typed_list(body, 20, lane, parse.parse_order)
+
+    async def order_status(self, user: str, oid: int | str, lane: Lane = Lane.ORDER) -> OrderRecord:
+        """By exchange oid or by cloid; an empty record when the exchange does not know it."""
+        body = {"type": "orderStatus", "user": user, "oid": oid}
+        return await self._typed(body, 2, lane, parse.parse_order_status)
+
+    async def historical_orders(self, user: str, lane: Lane = Lane.ENRICHMENT) -> list[OrderRecord]:
+        return await self._typed_list(
+            {"type": "historicalOrders", "user": user},
+            20,
+            lane,
+            parse.parse_order_record,
+            items_per_weight=20,
+        )
+
+    async def user_fills(
+        self, user: str, aggregate_by_time: bool = False, lane: Lane = Lane.LEADER
+    ) -> list[Fill]:
+        """The most recent fills (at most 2000), newest first."""
+        body = {"type": "userFills", "user": user, "aggregateByTime": aggregate_by_time}
+        return await self._typed_list(body, 20, lane, parse.parse_fill, items_per_weight=20)
+
+    async def user_fills_by_time(
+        self,
+        user: str,
+        start_ms: int,
+        end_ms: int | None = None,
+        aggregate_by_time: bool = False,
+        max_pages: int = 10,
+        lane: Lane = Lane.GAPFILL,
+    ) -> list[Fill]:
+        """Fills from ``start_ms`` on, oldest first, paging forward until exhausted or
+        ``max_pages``. Fills that reappear at a page boundary are returned once."""
+        out: list[Fill] = []
+        seen: set[tuple[Any, ...]] = set()
+        start = start_ms
+        for _ in range(max_pages):
+            body: dict[str, Any] = {
+                "type": "userFillsByTime",
+                "user": user,
+                "startTime": start,
+                "aggregateByTime": aggregate_by_time,
+            }
+            if end_ms is not None:
+                body["endTime"] = end_ms
+            page = await self._typed_list(body, 20, lane, parse.parse_fill, items_per_weight=20)
+            fresh = [f for f in page if _fill_key(f) not in seen]
+            seen.update(_fill_key(f) for f in fresh)
+            out.extend(fresh)
+            if len(page) < FILLS_PAGE or not fresh:
+                break
+            last = max(f.time_ms for f in page)
+            # A full page inside one millisecond would repeat forever: step past it.
+            start = last if last > start else start + 1
+        return out
+
+    async def user_funding(
+        self, user: str, start_ms: int, end_ms: int | None = None, lane: Lane = Lane.ENRICHMENT
+    ) -> list[Funding]:
+        body: dict[str, Any] = {"type": "userFunding", "user": user, "startTime": start_ms}
+        if end_ms is not None:
+            body["endTime"] = end_ms
+        return await self._typed_list(body, 20, lane, parse.parse_funding, items_per_weight=20)
+
+    async def portfolio(self, user: str, lane: Lane = Lane.SCORING) -> Portfolio:
+        return await self._typed(
+            {"type": "portfolio", "user": user}, 20, lane, parse.parse_portfolio
+        )
+
+    async def user_role(self, user: str, lane: Lane = Lane.ENRICHMENT) -> UserRole:
+        return await self._typed(
+            {"type": "userRole", "user": user}, 60, lane, parse.parse_user_role
+        )
+
+    async def user_rate_limit(self, user: str, lane: Lane = Lane.FOLLOWER) -> UserRateLimit:
+        return await self._typed(
+            {"type": "userRateLimit", "user": user}, 20, lane, parse.parse_user_rate_limit
+        )
+
+    async def extra_agents(self, user: str, lane: Lane = Lane.ENRICHMENT) -> tuple[ExtraAgent, ...]:
+        return await self._typed(
+            {"type": "extraAgents", "user": user}, 20, lane, parse.parse_extra_agents
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "failures": self.failures}

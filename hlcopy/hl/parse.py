@@ -1,0 +1,437 @@
+"""Wire JSON to domain types, at the edge.
+
+Lenient where the exchange has grown its field sets over the years (unknown fields ignored,
+missing optional fields become None), strict where a value is needed to act (a missing or
+malformed required field raises WireError naming it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from hlcopy.errors import WireError
+from hlcopy.model import (
+    AccountState,
+    AssetCtx,
+    AssetMeta,
+    BookLevel,
+    CancelStatus,
+    Candle,
+    ExtraAgent,
+    Fill,
+    Funding,
+    L2Book,
+    Leverage,
+    MarginSummary,
+    Meta,
+    Order,
+    OrderRecord,
+    OrderStatus,
+    PerpDex,
+    Portfolio,
+    PortfolioPeriod,
+    Position,
+    SpotBalance,
+    SpotMeta,
+    SpotPair,
+    SpotToken,
+    Trade,
+    UserRateLimit,
+    UserRole,
+)
+
+_ASSET_SUFFIX = re.compile(r" asset=\d+$")
+
+
+def dec(value: Any, key: str = "value") -> Decimal:
+    """A Decimal from the exchange's string (or integer); never through float."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            out = Decimal(value)
+        except InvalidOperation:
+            pass
+        else:
+            if out.is_finite():
+                return out
+    raise WireError(f"{key}: expected a decimal string, got {value!r}")
+
+
+def opt_dec(value: Any, key: str = "value") -> Decimal | None:
+    return None if value is None else dec(value, key)
+
+
+def req(obj: Mapping[str, Any], key: str) -> Any:
+    """A required field."""
+    try:
+        return obj[key]
+    except KeyError:
+        raise WireError(f"missing field {key!r}") from None
+    except TypeError:
+        raise WireError(f"expected an object with {key!r}, got {type(obj).__name__}") from None
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise WireError(f"{key}: expected an integer, got {value!r}")
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise WireError(f"{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _side(value: Any) -> Any:
+    if value not in ("B", "A"):
+        raise WireError(f"side: expected 'B' or 'A', got {value!r}")
+    return value
+
+
+def parse_meta(obj: Any) -> Meta:
+    return Meta(
+        tuple(
+            AssetMeta(
+                name=str(req(a, "name")),
+                sz_decimals=_int(req(a, "szDecimals"), "szDecimals"),
+                max_leverage=_int(a.get("maxLeverage", 1), "maxLeverage"),
+                delisted=bool(a.get("isDelisted", False)),
+                margin_mode=a.get("marginMode"),
+                only_isolated=bool(a.get("onlyIsolated", False)),
+            )
+            for a in _list(req(obj, "universe"), "universe")
+        )
+    )
+
+
+def parse_spot_meta(obj: Any) -> SpotMeta:
+    tokens = tuple(
+        SpotToken(
+            name=str(req(t, "name")),
+            index=_int(req(t, "index"), "index"),
+            sz_decimals=_int(req(t, "szDecimals"), "szDecimals"),
+            wei_decimals=_int(t.get("weiDecimals", 0), "weiDecimals"),
+            token_id=t.get("tokenId"),
+        )
+        for t in _list(req(obj, "tokens"), "tokens")
+    )
+    pairs = []
+    for p in _list(req(obj, "universe"), "universe"):
+        base, quote = _list(req(p, "tokens"), "tokens")
+        pairs.append(
+            SpotPair(
+                str(req(p, "name")),
+                _int(base, "tokens"),
+                _int(quote, "tokens"),
+                _int(req(p, "index"), "index"),
+                bool(p.get("isCanonical", False)),
+            )
+        )
+    return SpotMeta(tokens, tuple(pairs))
+
+
+def parse_perp_dexs(obj: Any) -> tuple[PerpDex, ...]:
+    """The builder-deployed dexes; index 0 (``null``, the first dex) is not one of them."""
+    out = []
+    for i, d in enumerate(_list(obj, "perpDexs")):
+        if d is not None:
+            out.append(PerpDex(i, str(req(d, "name")), d.get("fullName"), d.get("deployer")))
+    return tuple(out)
+
+
+def parse_asset_ctx(obj: Any) -> AssetCtx:
+    return AssetCtx(
+        mark_px=opt_dec(obj.get("markPx"), "markPx"),
+        mid_px=opt_dec(obj.get("midPx"), "midPx"),
+        oracle_px=opt_dec(obj.get("oraclePx"), "oraclePx"),
+        funding=opt_dec(obj.get("funding"), "funding"),
+        open_interest=opt_dec(obj.get("openInterest"), "openInterest"),
+        day_ntl_vlm=opt_dec(obj.get("dayNtlVlm"), "dayNtlVlm"),
+        prev_day_px=opt_dec(obj.get("prevDayPx"), "prevDayPx"),
+        premium=opt_dec(obj.get("premium"), "premium"),
+    )
+
+
+def parse_meta_and_ctxs(obj: Any) -> tuple[Meta, tuple[AssetCtx, ...]]:
+    meta, ctxs = _list(obj, "metaAndAssetCtxs")
+    return parse_meta(meta), tuple(parse_asset_ctx(c) for c in _list(ctxs, "assetCtxs"))
+
+
+def parse_all_mids(obj: Any) -> dict[str, Decimal]:
+    if not isinstance(obj, dict):
+        raise WireError("allMids: expected an object")
+    return {coin: dec(px, coin) for coin, px in obj.items()}
+
+
+def _level(obj: Any) -> BookLevel:
+    return BookLevel(dec(req(obj, "px"), "px"), dec(req(obj, "sz"), "sz"), _int(req(obj, "n"), "n"))
+
+
+def parse_l2_book(obj: Any) -> L2Book:
+    bids, asks = _list(req(obj, "levels"), "levels")
+    return L2Book(
+        coin=str(req(obj, "coin")),
+        time_ms=_int(obj.get("time", 0), "time"),
+        bids=tuple(_level(x) for x in bids),
+        asks=tuple(_level(x) for x in asks),
+    )
+
+
+def _margin(obj: Any) -> MarginSummary:
+    return MarginSummary(
+        account_value=dec(req(obj, "accountValue"), "accountValue"),
+        total_margin_used=dec(req(obj, "totalMarginUsed"), "totalMarginUsed"),
+        total_ntl_pos=dec(req(obj, "totalNtlPos"), "totalNtlPos"),
+        total_raw_usd=dec(req(obj, "totalRawUsd"), "totalRawUsd"),
+    )
+
+
+def _position(obj: Any) -> Position:
+    lev = obj.get("leverage")
+    cum = obj.get("cumFunding")
+    return Position(
+        coin=str(req(obj, "coin")),
+        szi=dec(req(obj, "szi"), "szi"),
+        entry_px=opt_dec(obj.get("entryPx"), "entryPx"),
+        leverage=None
+        if lev is None
+        else Leverage(
+            str(req(lev, "type")),
+            _int(req(lev, "value"), "leverage.value"),
+            opt_dec(lev.get("rawUsd"), "rawUsd"),
+        ),
+        liquidation_px=opt_dec(obj.get("liquidationPx"), "liquidationPx"),
+        margin_used=opt_dec(obj.get("marginUsed"), "marginUsed"),
+        position_value=opt_dec(obj.get("positionValue"), "positionValue"),
+        unrealized_pnl=opt_dec(obj.get("unrealizedPnl"), "unrealizedPnl"),
+        return_on_equity=opt_dec(obj.get("returnOnEquity"), "returnOnEquity"),
+        max_leverage=obj.get("maxLeverage"),
+        cum_funding_all_time=None if cum is None else opt_dec(cum.get("allTime"), "cumFunding"),
+    )
+
+
+def parse_account_state(obj: Any) -> AccountState:
+    cross = obj.get("crossMarginSummary")
+    return AccountState(
+        positions=tuple(
+            _position(req(p, "position"))
+            for p in _list(req(obj, "assetPositions"), "assetPositions")
+        ),
+        margin_summary=_margin(req(obj, "marginSummary")),
+        cross_margin_summary=None if cross is None else _margin(cross),
+        cross_maintenance_margin_used=opt_dec(obj.get("crossMaintenanceMarginUsed")),
+        withdrawable=opt_dec(obj.get("withdrawable"), "withdrawable"),
+        time_ms=obj.get("time"),
+    )
+
+
+def parse_spot_balances(obj: Any) -> tuple[SpotBalance, ...]:
+    return tuple(
+        SpotBalance(
+            str(req(b, "coin")),
+            _int(req(b, "token"), "token"),
+            dec(req(b, "hold"), "hold"),
+            dec(req(b, "total"), "total"),
+            opt_dec(b.get("entryNtl"), "entryNtl"),
+        )
+        for b in _list(req(obj, "balances"), "balances")
+    )
+
+
+def parse_order(obj: Any) -> Order:
+    return Order(
+        coin=str(req(obj, "coin")),
+        side=_side(req(obj, "side")),
+        limit_px=dec(req(obj, "limitPx"), "limitPx"),
+        sz=dec(req(obj, "sz"), "sz"),
+        oid=_int(req(obj, "oid"), "oid"),
+        timestamp_ms=_int(req(obj, "timestamp"), "timestamp"),
+        orig_sz=opt_dec(obj.get("origSz"), "origSz"),
+        reduce_only=obj.get("reduceOnly"),
+        cloid=obj.get("cloid"),
+        is_trigger=obj.get("isTrigger"),
+        trigger_px=opt_dec(obj.get("triggerPx"), "triggerPx"),
+        trigger_condition=obj.get("triggerCondition"),
+        order_type=obj.get("orderType"),
+        tif=obj.get("tif"),
+        is_position_tpsl=obj.get("isPositionTpsl"),
+        children=tuple(parse_order(c) for c in obj.get("children") or ()),
+    )
+
+
+def parse_order_record(obj: Any) -> OrderRecord:
+    """One historicalOrders item: ``{"order": {...}, "status", "statusTimestamp"}``."""
+    return OrderRecord(
+        parse_order(req(obj, "order")), str(req(obj, "status")), obj.get("statusTimestamp")
+    )
+
+
+def parse_order_status(obj: Any) -> OrderRecord:
+    """orderStatus: the record, or an empty one for ``{"status": "unknownOid"}``."""
+    if req(obj, "status") != "order":
+        return OrderRecord(None, None, None)
+    return parse_order_record(req(obj, "order"))
+
+
+def parse_fill(obj: Any) -> Fill:
+    return Fill(
+        coin=str(req(obj, "coin")),
+        px=dec(req(obj, "px"), "px"),
+        sz=dec(req(obj, "sz"), "sz"),
+        side=_side(req(obj, "side")),
+        time_ms=_int(req(obj, "time"), "time"),
+        start_position=opt_dec(obj.get("startPosition"), "startPosition"),
+        dir=obj.get("dir"),
+        closed_pnl=opt_dec(obj.get("closedPnl"), "closedPnl"),
+        hash=obj.get("hash"),
+        oid=obj.get("oid"),
+        tid=obj.get("tid"),
+        crossed=obj.get("crossed"),
+        fee=opt_dec(obj.get("fee"), "fee"),
+        fee_token=obj.get("feeToken"),
+        builder_fee=opt_dec(obj.get("builderFee"), "builderFee"),
+        cloid=obj.get("cloid"),
+        liquidation=obj.get("liquidation") is not None,
+        twap_id=obj.get("twapId"),
+    )
+
+
+def parse_trade(obj: Any) -> Trade:
+    users = obj.get("users")
+    if users is not None:
+        if not (isinstance(users, list) and len(users) == 2):
+            raise WireError(f"users: expected two addresses, got {users!r}")
+        users = (str(users[0]).lower(), str(users[1]).lower())
+    return Trade(
+        coin=str(req(obj, "coin")),
+        side=_side(req(obj, "side")),
+        px=dec(req(obj, "px"), "px"),
+        sz=dec(req(obj, "sz"), "sz"),
+        time_ms=_int(req(obj, "time"), "time"),
+        hash=str(req(obj, "hash")),
+        tid=_int(req(obj, "tid"), "tid"),
+        users=users,
+    )
+
+
+def parse_funding(obj: Any) -> Funding:
+    delta = req(obj, "delta")
+    return Funding(
+        time_ms=_int(req(obj, "time"), "time"),
+        coin=str(req(delta, "coin")),
+        usdc=dec(req(delta, "usdc"), "usdc"),
+        szi=dec(req(delta, "szi"), "szi"),
+        funding_rate=dec(req(delta, "fundingRate"), "fundingRate"),
+        n_samples=delta.get("nSamples"),
+        hash=obj.get("hash"),
+    )
+
+
+def _history(obj: Any, key: str) -> tuple[tuple[int, Decimal], ...]:
+    return tuple((_int(t, key), dec(v, key)) for t, v in _list(obj, key))
+
+
+def parse_portfolio(obj: Any) -> Portfolio:
+    periods = {}
+    for name, data in _list(obj, "portfolio"):
+        periods[str(name)] = PortfolioPeriod(
+            account_value_history=_history(req(data, "accountValueHistory"), "accountValueHistory"),
+            pnl_history=_history(req(data, "pnlHistory"), "pnlHistory"),
+            vlm=dec(data.get("vlm", "0"), "vlm"),
+        )
+    return Portfolio(periods)
+
+
+def parse_user_role(obj: Any) -> UserRole:
+    data = obj.get("data") or {}
+    master = data.get("user") or data.get("master")
+    return UserRole(str(req(obj, "role")), None if master is None else str(master).lower())
+
+
+def parse_user_rate_limit(obj: Any) -> UserRateLimit:
+    return UserRateLimit(
+        cum_vlm=dec(req(obj, "cumVlm"), "cumVlm"),
+        n_requests_used=_int(req(obj, "nRequestsUsed"), "nRequestsUsed"),
+        n_requests_cap=_int(req(obj, "nRequestsCap"), "nRequestsCap"),
+        n_requests_surplus=obj.get("nRequestsSurplus"),
+    )
+
+
+def parse_extra_agents(obj: Any) -> tuple[ExtraAgent, ...]:
+    return tuple(
+        ExtraAgent(str(req(a, "name")), str(req(a, "address")).lower(), a.get("validUntil"))
+        for a in _list(obj, "extraAgents")
+    )
+
+
+def parse_candle(obj: Any) -> Candle:
+    return Candle(
+        open_ms=_int(req(obj, "t"), "t"),
+        close_ms=_int(req(obj, "T"), "T"),
+        coin=str(req(obj, "s")),
+        interval=str(req(obj, "i")),
+        open=dec(req(obj, "o"), "o"),
+        close=dec(req(obj, "c"), "c"),
+        high=dec(req(obj, "h"), "h"),
+        low=dec(req(obj, "l"), "l"),
+        volume=dec(req(obj, "v"), "v"),
+        trades=_int(req(obj, "n"), "n"),
+    )
+
+
+def strip_asset_suffix(message: str) -> str:
+    """Per-order errors end in `` asset=<id>``; match on the message without it."""
+    return _ASSET_SUFFIX.sub("", message)
+
+
+def parse_order_statuses(data: Any, n_orders: int) -> list[OrderStatus]:
+    """The ``statuses`` of an order action, one per order sent.
+
+    A payload-only error can come back once for a whole batch: it is fanned out to every order.
+    """
+    statuses = _list(req(data, "statuses"), "statuses")
+    out = [_order_status(s) for s in statuses]
+    if len(out) == n_orders:
+        return out
+    if len(out) == 1 and out[0].outcome == "error":
+        return out * n_orders
+    raise WireError(f"{len(out)} statuses for {n_orders} orders")
+
+
+def _order_status(obj: Any) -> OrderStatus:
+    if obj == "waitingForFill" or obj == "waitingForTrigger":
+        return OrderStatus(obj)
+    if not isinstance(obj, dict):
+        raise WireError(f"unknown order status {obj!r}")
+    if "resting" in obj:
+        r = obj["resting"]
+        return OrderStatus("resting", oid=_int(req(r, "oid"), "oid"), cloid=r.get("cloid"))
+    if "filled" in obj:
+        f = obj["filled"]
+        return OrderStatus(
+            "filled",
+            oid=_int(req(f, "oid"), "oid"),
+            cloid=f.get("cloid"),
+            total_sz=dec(req(f, "totalSz"), "totalSz"),
+            avg_px=dec(req(f, "avgPx"), "avgPx"),
+        )
+    if "error" in obj:
+        return OrderStatus("error", error=strip_asset_suffix(str(obj["error"])))
+    raise WireError(f"unknown order status {obj!r}")
+
+
+def parse_cancel_statuses(data: Any, n: int) -> list[CancelStatus]:
+    out = [
+        CancelStatus(True)
+        if s == "success"
+        else CancelStatus(False, strip_asset_suffix(str(req(s, "error"))))
+        for s in _list(req(data, "statuses"), "statuses")
+    ]
+    if len(out) == n:
+        return out
+    if len(out) == 1 and not out[0].ok:
+        return out * n
+    raise WireError(f"{len(out)} statuses for {n} cancels")

@@ -1,0 +1,185 @@
+"""The weight budget on virtual time: the 60-s window, lane priority, headroom, 429 back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from hlcopy.budget import Lane, WeightBudget, extra_weight
+from tests.clock import FakeClock
+
+READS = [lane for lane in Lane if lane is not Lane.ORDER]
+
+
+def budget(clock: FakeClock, limit: int = 1200, headroom: float = 10.0) -> WeightBudget:
+    return WeightBudget(limit, headroom, clock=clock)
+
+
+def max_window_sum(events: list[tuple[float, int]], window: float = 60.0) -> int:
+    """The largest total weight admitted in any half-open window of ``window`` seconds."""
+    best = 0
+    times = sorted(events)
+    for i, (start, _) in enumerate(times):
+        total = sum(w for t, w in times[i:] if t < start + window)
+        best = max(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(25))
+async def test_never_above_the_limit_in_any_window_and_nothing_starves(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = FakeClock()
+    b = budget(clock)
+    admitted: list[tuple[float, int, Lane]] = []
+
+    async def request(at: float, weight: int, lane: Lane) -> None:
+        await b.acquire(weight, lane)
+        admitted.append((clock.now(), weight, lane))
+
+    plan = [(rng.uniform(0, 240), rng.choice([1, 2, 2, 2, 20, 20, 60, 120]), rng.choice(list(Lane)))
+            for _ in range(400)]
+    tasks: list[asyncio.Task[None]] = []
+    t = 0.0
+    for at, weight, lane in sorted(plan, key=lambda p: p[0]):
+        await clock.advance(at - t)
+        t = at
+        tasks.append(asyncio.create_task(request(at, weight, lane)))
+    await clock.advance(1200)  # long enough to drain every queue
+    assert all(task.done() for task in tasks), "a request starved"
+    assert len(admitted) == len(plan)
+    assert max_window_sum([(t, w) for t, w, _ in admitted]) <= b.limit
+    assert max_window_sum([(t, w) for t, w, lane in admitted if lane is not Lane.ORDER]) <= b.read_limit
+
+
+async def test_strict_lane_priority_when_saturated() -> None:
+    clock = FakeClock()
+    b = budget(clock, limit=600, headroom=0)
+    await b.acquire(600, Lane.ORDER)  # the window is full until t=60
+    order: list[Lane] = []
+
+    async def request(lane: Lane) -> None:
+        await b.acquire(100, lane)
+        order.append(lane)
+
+    tasks = [asyncio.create_task(request(lane)) for lane in reversed(Lane)]  # lowest first
+    await clock.advance(59)
+    assert order == []
+    await clock.advance(1)
+    assert order == list(Lane)  # served highest priority first, whatever the arrival order
+    await asyncio.gather(*tasks)
+
+
+async def test_a_big_waiting_order_is_not_overtaken_by_smaller_reads() -> None:
+    clock = FakeClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(90, Lane.LEADER)
+    order: list[str] = []
+
+    async def request(name: str, weight: int, lane: Lane) -> None:
+        await b.acquire(weight, lane)
+        order.append(name)
+
+    big = asyncio.create_task(request("order", 50, Lane.ORDER))
+    small = asyncio.create_task(request("read", 5, Lane.SCORING))  # would fit now, but waits
+    await clock.advance(1)
+    assert order == []
+    await clock.advance(60)
+    assert order == ["order", "read"]
+    await asyncio.gather(big, small)
+
+
+async def test_headroom_keeps_orders_flowing_while_reads_are_saturated() -> None:
+    clock = FakeClock()
+    b = budget(clock)  # 1200 with 10% headroom: reads stop at 1080
+    assert b.read_limit == 1080
+    for _ in range(54):
+        await b.acquire(20, Lane.SCORING)
+    read = asyncio.create_task(b.acquire(2, Lane.FOLLOWER))
+    await clock.settle()
+    assert not read.done()  # reads are out of budget...
+    await asyncio.wait_for(b.acquire(1, Lane.ORDER), 0.1)  # ...orders are not
+    for _ in range(10):
+        await asyncio.wait_for(b.acquire(10, Lane.ORDER), 0.1)
+    assert b.used() == 1080 + 101
+    await clock.advance(60)
+    assert read.done()
+
+
+async def test_429_backs_off_the_read_lanes_only() -> None:
+    clock = FakeClock()
+    b = WeightBudget(1200, 10, clock=clock, backoff_base_s=5, backoff_cap_s=60)
+    b.rate_limited()
+    read = asyncio.create_task(b.acquire(2, Lane.LEADER))
+    await asyncio.wait_for(b.acquire(1, Lane.ORDER), 0.1)
+    await clock.advance(4.9)
+    assert not read.done()
+    await clock.advance(0.2)
+    assert read.done()
+
+    b.rate_limited()  # a second 429 soon after: the back-off doubles
+    b.rate_limited()
+    assert b.stats()["read_backoff_s"] == pytest.approx(20, abs=0.01)
+    assert b.stats()["rate_limited"] == 3
+    await clock.advance(200)  # a quiet window later it starts small again
+    b.rate_limited()
+    assert b.stats()["read_backoff_s"] == pytest.approx(5, abs=0.01)
+
+
+async def test_debited_extra_weight_delays_later_requests() -> None:
+    clock = FakeClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(20, Lane.LEADER)
+    b.debit(extra_weight(1500), Lane.LEADER)  # 1500 fills: +75
+    assert b.used() == 95
+    later = asyncio.create_task(b.acquire(20, Lane.LEADER))
+    await clock.advance(59)
+    assert not later.done()
+    await clock.advance(1)
+    assert later.done()
+    assert b.stats()["lanes"]["leader"]["weight_total"] == 115
+
+
+async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
+    clock = FakeClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(60, Lane.ORDER)
+    head = asyncio.create_task(b.acquire(50, Lane.FOLLOWER))
+    behind = asyncio.create_task(b.acquire(30, Lane.LEADER))
+    await clock.settle()
+    assert not behind.done()  # strict priority: it waits behind the head
+    head.cancel()
+    await clock.settle()
+    assert behind.done()
+    assert b.stats()["lanes"]["follower"]["waiting"] == 0
+
+
+async def test_invalid_weights_are_refused() -> None:
+    b = budget(FakeClock(), limit=100, headroom=10)
+    with pytest.raises(ValueError, match="outside"):
+        await b.acquire(0, Lane.ORDER)
+    with pytest.raises(ValueError, match="outside"):
+        await b.acquire(91, Lane.LEADER)  # more than the read lanes may ever use
+    await b.acquire(100, Lane.ORDER)
+
+
+def test_extra_weight_rounds_up() -> None:
+    assert [extra_weight(n) for n in (0, 1, 19, 20, 21, 2000)] == [0, 1, 1, 1, 2, 100]
+    assert extra_weight(61, per=60) == 2
+
+
+async def test_stats_report_use_and_waits() -> None:
+    clock = FakeClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(100, Lane.ORDER)
+    waiter = asyncio.create_task(b.acquire(10, Lane.GAPFILL))
+    await clock.advance(60)
+    await waiter
+    stats = b.stats()
+    assert stats["used_last_window"] == 10
+    assert stats["lanes"]["order"]["requests"] == 1
+    assert stats["lanes"]["gapfill"]["used_last_window"] == 10
+    assert stats["waits"] == 1
+    assert stats["wait_s_max"] == pytest.approx(60)
+    assert stats["utilization"] == 0.1

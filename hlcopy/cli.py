@@ -90,6 +90,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import orjson
+
+    from hlcopy.bench import BENCHMARKS, MIN_ORDERS_PER_RUN
+
+    run, render = BENCHMARKS[args.name]
+    if args.orders < MIN_ORDERS_PER_RUN:
+        print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
+        return EXIT_USAGE
+    result = run(orders_per_run=args.orders, runs=args.runs)
+    print(orjson.dumps(result).decode() if args.json else render(result))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hlcopy", description="Copy-trading daemon for Hyperliquid."
@@ -110,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="bring the database schema up to date")
     p.add_argument("--config", type=Path, default=Path("hlcopy.toml"))
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
+    p.add_argument("name", choices=["sign"], help="sign: build and sign one order")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
+    p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -23,13 +23,20 @@ def fixture(name: str) -> Any:
 
 
 FIXTURE_BY_TYPE = {
-    "meta": "info_meta.json", "allMids": "info_all_mids.json", "l2Book": "info_l2_book.json",
-    "clearinghouseState": "info_clearinghouse_state.json", "openOrders": "info_open_orders.json",
+    "meta": "info_meta.json",
+    "allMids": "info_all_mids.json",
+    "l2Book": "info_l2_book.json",
+    "clearinghouseState": "info_clearinghouse_state.json",
+    "openOrders": "info_open_orders.json",
     "frontendOpenOrders": "info_frontend_open_orders.json",
-    "historicalOrders": "info_historical_orders.json", "userFills": "info_user_fills.json",
-    "userFunding": "info_user_funding.json", "portfolio": "info_portfolio.json",
-    "userRateLimit": "info_user_rate_limit.json", "userRole": "info_user_role.json",
-    "extraAgents": "info_extra_agents.json", "candleSnapshot": "info_candle_snapshot.json",
+    "historicalOrders": "info_historical_orders.json",
+    "userFills": "info_user_fills.json",
+    "userFunding": "info_user_funding.json",
+    "portfolio": "info_portfolio.json",
+    "userRateLimit": "info_user_rate_limit.json",
+    "userRole": "info_user_role.json",
+    "extraAgents": "info_extra_agents.json",
+    "candleSnapshot": "info_candle_snapshot.json",
 }
 
 # A scripted answer: (status, body) where body is JSON-able or raw bytes, or an action:
@@ -50,8 +57,9 @@ class ScriptedServer:
     def bodies(self, path: str) -> list[Any]:
         return [body for p, body in self.requests if p == path]
 
-    async def _answer(self, request: web.Request, default: Callable[[dict[str, Any]], Any]
-                      ) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, default: Callable[[dict[str, Any]], Any]
+    ) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, body))
         reply: Reply = self.script.popleft() if self.script else (200, default(body))
@@ -76,8 +84,9 @@ class ScriptedServer:
         return await self._answer(request, self._info)
 
     async def exchange(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, lambda b: {"status": "ok",
-                                                      "response": {"type": "default"}})
+        return await self._answer(
+            request, lambda b: {"status": "ok", "response": {"type": "default"}}
+        )
 
 
 @asynccontextmanager

@@ -225,6 +225,7 @@ class StreamPool(Component):
         post_timeout_s: float = 10.0,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
+        pace_window_s: float = 60.0,
         eager: bool = True,
     ) -> None:
         self.url = url
@@ -232,8 +233,9 @@ class StreamPool(Component):
         self.max_subscriptions = max_subscriptions
         self.max_users = max_users
         self._per_conn = -(-max_subscriptions // max_connections)
-        self._outbound = WeightBudget(max_messages_per_minute, 0.0)
-        self._connects = WeightBudget(max_connects_per_minute, 0.0)
+        # The same exact sliding window as the REST budget; action posts take the top lane.
+        self._outbound = WeightBudget(max_messages_per_minute, 0.0, window_s=pace_window_s)
+        self._connects = WeightBudget(max_connects_per_minute, 0.0, window_s=pace_window_s)
         self._post_slots = asyncio.Semaphore(max_posts_in_flight)
         self._ping_s = ping_interval_s
         self._silence_s = silence_timeout_s
@@ -560,11 +562,10 @@ class StreamPool(Component):
             if not by_route:
                 self._malformed(conn, raw)
                 continue
-            sub = (
-                by_route.get(_route_value(channel, data))
-                if len(by_route) > 1
-                else next(iter(by_route.values()))
-            )
+            if channel in _ROUTE_PARAM:
+                sub = by_route.get(_route_value(channel, data))
+            else:  # messages that do not say whose they are: one such subscription per connection
+                sub = next(iter(by_route.values())) if len(by_route) == 1 else None
             if sub is None:
                 if isinstance(data, list) and not data:
                     continue  # an empty trades batch names no coin

@@ -54,13 +54,17 @@ def to_wire(value: Decimal) -> str:
     """
     if type(value) is not Decimal:
         raise WireError(f"wire numbers must be Decimal, not {type(value).__name__}")
-    text = str(value)
-    # Fast path (the hot path's usual case): already canonical, e.g. "1670.1" or "3".
-    dot = text.find(".")
-    if 0 < dot >= len(text) - 1 - WIRE_DECIMALS and text[-1] != "0" and "E" not in text:
-        return text
     if not value.is_finite():
         raise WireError(f"cannot send {value}")
+    text = str(value)
+    # Fast path, the hot path's usual case: str() is already canonical ("20256", "1670.1").
+    if "E" not in text:
+        dot = text.find(".")
+        if dot < 0:
+            if text != "-0":
+                return text
+        elif text[-1] != "0" and len(text) - dot - 1 <= WIRE_DECIMALS:
+            return text
     # normalize() rounds to the context's precision: give it enough never to round.
     normal = value.normalize(Context(prec=max(28, len(value.as_tuple().digits))))
     exponent = normal.as_tuple().exponent

@@ -10,7 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from hlcopy.budget import WeightBudget
 from hlcopy.errors import (
     AmbiguousOutcome,
@@ -24,6 +23,7 @@ from hlcopy.hl import wire
 from hlcopy.hl.exchange import ExchangeClient, action_weight
 from hlcopy.hl.signing import NonceSource, Signer, recover_l1_signer, user_signed_digest
 from hlcopy.model import CancelStatus, OrderStatus
+
 from tests.scripted_server import ScriptedServer, scripted_server
 
 D = Decimal
@@ -47,35 +47,50 @@ def signer() -> Signer:
     return Signer.from_key("0x" + secrets.token_hex(32))
 
 
-def client(server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer,
-           **kwargs: Any) -> tuple[ExchangeClient, WeightBudget]:
+def client(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer, **kwargs: Any
+) -> tuple[ExchangeClient, WeightBudget]:
     budget = WeightBudget(1200, 10)
     now = [1_700_000_000_000]
-    ex = ExchangeClient(session, server.url, signer, budget, is_mainnet=False,
-                        nonces=NonceSource(lambda: now[0]), **kwargs)
+    ex = ExchangeClient(
+        session,
+        server.url,
+        signer,
+        budget,
+        is_mainnet=False,
+        nonces=NonceSource(lambda: now[0]),
+        **kwargs,
+    )
     return ex, budget
 
 
 def orders(n: int) -> list[dict[str, Any]]:
-    return [wire.order_wire(4, True, D("1670.1"), D("0.0147"), False, "Ioc", f"0x{i:032x}")
-            for i in range(n)]
+    return [
+        wire.order_wire(4, True, D("1670.1"), D("0.0147"), False, "Ioc", f"0x{i:032x}")
+        for i in range(n)
+    ]
 
 
 def ok(kind: str, statuses: list[Any]) -> tuple[int, Any]:
     return 200, {"status": "ok", "response": {"type": kind, "data": {"statuses": statuses}}}
 
 
-async def test_order_statuses_and_the_signed_body(server: ScriptedServer,
-                                                  session: aiohttp.ClientSession,
-                                                  signer: Signer) -> None:
+async def test_order_statuses_and_the_signed_body(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     ex, budget = client(server, session, signer, vault_address=VAULT)
-    server.then(ok("order", [
-        {"resting": {"oid": 77738308, "cloid": "0x" + "00" * 15 + "00"}},
-        {"filled": {"totalSz": "0.02", "avgPx": "1891.4", "oid": 77747314}},
-        {"error": "Order must have minimum value of $10. asset=4"},
-        "waitingForFill",
-        "waitingForTrigger",
-    ]))
+    server.then(
+        ok(
+            "order",
+            [
+                {"resting": {"oid": 77738308, "cloid": "0x" + "00" * 15 + "00"}},
+                {"filled": {"totalSz": "0.02", "avgPx": "1891.4", "oid": 77747314}},
+                {"error": "Order must have minimum value of $10. asset=4"},
+                "waitingForFill",
+                "waitingForTrigger",
+            ],
+        )
+    )
     statuses = await ex.order(orders(5), expires_after=1_700_000_010_000)
     assert statuses == [
         OrderStatus("resting", oid=77738308, cloid="0x" + "00" * 16),
@@ -91,14 +106,18 @@ async def test_order_statuses_and_the_signed_body(server: ScriptedServer,
     assert body["vaultAddress"] == VAULT
     assert body["expiresAfter"] == 1_700_000_010_000
     assert body["action"] == wire.order_action(orders(5))
-    assert recover_l1_signer(body["action"], VAULT, body["nonce"], body["expiresAfter"], False,
-                             body["signature"]) == signer.address
+    assert (
+        recover_l1_signer(
+            body["action"], VAULT, body["nonce"], body["expiresAfter"], False, body["signature"]
+        )
+        == signer.address
+    )
     assert budget.stats()["lanes"]["order"]["weight_total"] == 1
 
 
-async def test_a_whole_batch_error_fans_out_to_every_order(server: ScriptedServer,
-                                                           session: aiohttp.ClientSession,
-                                                           signer: Signer) -> None:
+async def test_a_whole_batch_error_fans_out_to_every_order(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     ex, _ = client(server, session, signer)
     msg = "Order price cannot be more than 80% away from the reference price"
     server.then(ok("order", [{"error": msg}]))
@@ -106,15 +125,17 @@ async def test_a_whole_batch_error_fans_out_to_every_order(server: ScriptedServe
     assert statuses == [OrderStatus("error", error=msg)] * 3
 
 
-async def test_status_err_is_a_definite_rejection(server: ScriptedServer,
-                                                  session: aiohttp.ClientSession,
-                                                  signer: Signer) -> None:
+async def test_status_err_is_a_definite_rejection(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     ex, _ = client(server, session, signer)
-    for message in ("Invalid nonce: duplicate nonce 1700000000000",
-                    "User or API Wallet 0x123 does not exist.",
-                    "Too many cumulative requests sent (97460 > 97456) for cumulative volume "
-                    "traded $87457.46. Place taker orders to free up 1 request per USDC traded.",
-                    "Action already expired"):
+    for message in (
+        "Invalid nonce: duplicate nonce 1700000000000",
+        "User or API Wallet 0x123 does not exist.",
+        "Too many cumulative requests sent (97460 > 97456) for cumulative volume "
+        "traded $87457.46. Place taker orders to free up 1 request per USDC traded.",
+        "Action already expired",
+    ):
         server.then((200, {"status": "err", "response": message}))
         with pytest.raises(Rejected) as info:
             await ex.order(orders(1))
@@ -122,9 +143,9 @@ async def test_status_err_is_a_definite_rejection(server: ScriptedServer,
     assert ex.outcomes["rejected"] == 4
 
 
-async def test_default_responses_and_cancels(server: ScriptedServer,
-                                             session: aiohttp.ClientSession,
-                                             signer: Signer) -> None:
+async def test_default_responses_and_cancels(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     ex, _ = client(server, session, signer)
     await ex.update_leverage(4, True, 10)
     await ex.schedule_cancel(1_700_000_100_000)
@@ -133,7 +154,9 @@ async def test_default_responses_and_cancels(server: ScriptedServer,
     missing = "Order was never placed, already canceled, or filled. asset=4"
     server.then(ok("cancel", ["success", {"error": missing}]))
     assert await ex.cancel([(4, 1), (4, 2)]) == [
-        CancelStatus(True), CancelStatus(False, "Order was never placed, already canceled, or filled.")]
+        CancelStatus(True),
+        CancelStatus(False, "Order was never placed, already canceled, or filled."),
+    ]
     server.then(ok("cancel", ["success"]))
     assert await ex.cancel_by_cloid([(4, "0x" + "01" * 16)]) == [CancelStatus(True)]
     actions = [b["action"] for b in server.bodies("/exchange")]
@@ -154,7 +177,11 @@ async def test_default_responses_and_cancels(server: ScriptedServer,
         ((429, b"null"), RateLimited, "transient"),
         ((500, b"internal"), AmbiguousOutcome, "ambiguous"),
         ((502, b"<html>bad gateway"), AmbiguousOutcome, "ambiguous"),
-        ((422, b"Failed to deserialize the JSON body into the target type"), BadRequest, "rejected"),
+        (
+            (422, b"Failed to deserialize the JSON body into the target type"),
+            BadRequest,
+            "rejected",
+        ),
         ((200, b"not json"), AmbiguousOutcome, "ambiguous"),
         ((200, {"status": "weird"}), AmbiguousOutcome, "ambiguous"),
         ((200, {"status": "ok", "response": {"type": "order"}}), AmbiguousOutcome, "ambiguous"),
@@ -162,9 +189,14 @@ async def test_default_responses_and_cancels(server: ScriptedServer,
         ("disconnect", AmbiguousOutcome, "ambiguous"),
     ],
 )
-async def test_error_classification(server: ScriptedServer, session: aiohttp.ClientSession,
-                                    signer: Signer, reply: Any, error: type[Exception],
-                                    kind: str) -> None:
+async def test_error_classification(
+    server: ScriptedServer,
+    session: aiohttp.ClientSession,
+    signer: Signer,
+    reply: Any,
+    error: type[Exception],
+    kind: str,
+) -> None:
     ex, budget = client(server, session, signer)
     server.then(reply)
     with pytest.raises(error):
@@ -175,21 +207,24 @@ async def test_error_classification(server: ScriptedServer, session: aiohttp.Cli
         assert budget.stats()["rate_limited"] == 1
 
 
-async def test_connection_refused_is_transient(session: aiohttp.ClientSession,
-                                               signer: Signer) -> None:
+async def test_connection_refused_is_transient(
+    session: aiohttp.ClientSession, signer: Signer
+) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ex = ExchangeClient(session, f"http://127.0.0.1:{port}", signer, WeightBudget(),
-                        is_mainnet=True)
+    ex = ExchangeClient(
+        session, f"http://127.0.0.1:{port}", signer, WeightBudget(), is_mainnet=True
+    )
     with pytest.raises(Unavailable) as info:
         await ex.order(orders(1))
     assert isinstance(info.value, ExchangeTransient)
     assert ex.outcomes["transient"] == 1
 
 
-async def test_batch_weight(server: ScriptedServer, session: aiohttp.ClientSession,
-                            signer: Signer) -> None:
+async def test_batch_weight(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     assert [action_weight(n) for n in (1, 39, 40, 79, 80, 200)] == [1, 1, 2, 2, 3, 6]
     ex, budget = client(server, session, signer)
     server.then(ok("order", [{"resting": {"oid": i}} for i in range(79)]))
@@ -197,9 +232,9 @@ async def test_batch_weight(server: ScriptedServer, session: aiohttp.ClientSessi
     assert budget.stats()["lanes"]["order"]["weight_total"] == 2
 
 
-async def test_approve_agent_is_user_signed_by_the_master(server: ScriptedServer,
-                                                          session: aiohttp.ClientSession,
-                                                          signer: Signer) -> None:
+async def test_approve_agent_is_user_signed_by_the_master(
+    server: ScriptedServer, session: aiohttp.ClientSession, signer: Signer
+) -> None:
     master = Signer.from_key("0x" + secrets.token_hex(32))
     ex, _ = client(server, session, signer)
     await ex.approve_agent(master, signer.address)
@@ -209,8 +244,9 @@ async def test_approve_agent_is_user_signed_by_the_master(server: ScriptedServer
     assert named["action"]["agentName"] == "bot"
     for body, name in ((unnamed, ""), (named, "bot")):
         signed = {**body["action"], "agentName": name}
-        digest = user_signed_digest(signed, wire.APPROVE_AGENT_TYPES,
-                                    "HyperliquidTransaction:ApproveAgent")
+        digest = user_signed_digest(
+            signed, wire.APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent"
+        )
         from hlcopy.hl.signing import recover_digest_signer
 
         assert recover_digest_signer(digest, body["signature"]) == master.address

@@ -8,12 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from hlcopy.budget import Lane, WeightBudget
 from hlcopy.errors import BadRequest, RateLimited, Timeout, Unavailable, WireError
 from hlcopy.hl.info import InfoClient
 from hlcopy.hl.parse import parse_spot_meta
 from hlcopy.hl.universe import Universe, load_universe
+
 from tests.scripted_server import ScriptedServer, fixture, scripted_server
 
 USER = "0x" + "ab" * 20
@@ -31,14 +31,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def client(server: ScriptedServer, session: aiohttp.ClientSession, **kwargs: Any
-           ) -> tuple[InfoClient, WeightBudget]:
+def client(
+    server: ScriptedServer, session: aiohttp.ClientSession, **kwargs: Any
+) -> tuple[InfoClient, WeightBudget]:
     budget = WeightBudget(1200, 10, backoff_base_s=0.01, backoff_cap_s=0.02)
     return InfoClient(session, server.url, budget, retry_max_wait_s=0.01, **kwargs), budget
 
 
-async def test_every_fixture_parses_through_the_client(server: ScriptedServer,
-                                                       session: aiohttp.ClientSession) -> None:
+async def test_every_fixture_parses_through_the_client(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     info, budget = client(server, session)
     meta = await info.meta()
     assert meta.universe[0].name == "BTC"
@@ -54,9 +56,11 @@ async def test_every_fixture_parses_through_the_client(server: ScriptedServer,
     assert state.margin_summary.account_value > 0
     assert len(await info.open_orders(USER)) == 196
     frontend = await info.frontend_open_orders(USER)
-    assert frontend[0].is_trigger and frontend[0].trigger_px == Decimal("10.004")
+    assert frontend[0].is_trigger
+    assert frontend[0].trigger_px == Decimal("10.004")
     history = await info.historical_orders(USER)
-    assert history[0].status == "iocCancelRejected" and history[0].order is not None
+    assert history[0].status == "iocCancelRejected"
+    assert history[0].order is not None
     fills = await info.user_fills(USER)
     assert len(fills) == 500
     assert {f.dir for f in fills} >= {"Open Long", "Close Long"}
@@ -71,14 +75,16 @@ async def test_every_fixture_parses_through_the_client(server: ScriptedServer,
     lanes = budget.stats()["lanes"]
     # Base weights plus per-item extras: historicalOrders 5 items (+1), userFills 500 (+25),
     # userFunding 13 (+1), candles 24 (+1 per 60).
-    expected_total = (20 + 2 + 2 + 2 + 20 + 20 + (20 + 1) + (20 + 25) + (20 + 1) + 20 + 60 + 20
-                      + 20 + (20 + 1))
+    expected_total = (
+        20 + 2 + 2 + 2 + 20 + 20 + (20 + 1) + (20 + 25) + (20 + 1) + 20 + 60 + 20 + 20 + (20 + 1)
+    )
     assert sum(lane["weight_total"] for lane in lanes.values()) == expected_total
     assert lanes["leader"]["requests"] == 4  # allMids, l2Book, clearinghouseState, userFills
 
 
-async def test_requests_carry_the_documented_bodies(server: ScriptedServer,
-                                                    session: aiohttp.ClientSession) -> None:
+async def test_requests_carry_the_documented_bodies(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     info, _ = client(server, session)
     await info.clearinghouse_state(USER, dex="xyz")
     await info.l2_book("BTC", n_sig_figs=5, mantissa=2)
@@ -90,21 +96,24 @@ async def test_requests_carry_the_documented_bodies(server: ScriptedServer,
     ]
 
 
-async def test_order_status_found_and_unknown(server: ScriptedServer,
-                                              session: aiohttp.ClientSession) -> None:
+async def test_order_status_found_and_unknown(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     record = fixture("info_historical_orders.json")[0]
     server.then((200, {"status": "order", "order": record}), (200, {"status": "unknownOid"}))
     info, budget = client(server, session)
     found = await info.order_status(USER, 141682155424)
     assert found.status == "iocCancelRejected"
-    assert found.order is not None and found.order.oid == 141682155424
+    assert found.order is not None
+    assert found.order.oid == 141682155424
     missing = await info.order_status(USER, "0x" + "00" * 16)
     assert (missing.order, missing.status) == (None, None)
     assert budget.stats()["lanes"]["order"]["weight_total"] == 4
 
 
-async def test_429_backs_off_and_retries(server: ScriptedServer,
-                                         session: aiohttp.ClientSession) -> None:
+async def test_429_backs_off_and_retries(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     info, budget = client(server, session)
     server.then((429, b"null"))
     assert (await info.user_role(USER)).role == "vault"
@@ -117,8 +126,9 @@ async def test_429_backs_off_and_retries(server: ScriptedServer,
     assert budget.stats()["rate_limited"] == 4
 
 
-async def test_server_errors_retry_a_bounded_number_of_times(server: ScriptedServer,
-                                                             session: aiohttp.ClientSession) -> None:
+async def test_server_errors_retry_a_bounded_number_of_times(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     info, _ = client(server, session)
     server.then((502, b"bad gateway"), (500, b"{}"))
     assert len((await info.meta()).universe) == 28
@@ -154,8 +164,19 @@ async def test_4xx_is_not_retried(server: ScriptedServer, session: aiohttp.Clien
 
 def _fills(n: int, per_ms: int = 3) -> list[dict[str, Any]]:
     """n fills, ``per_ms`` sharing each millisecond, oldest first."""
-    return [{"coin": "BTC", "px": "100", "sz": "1", "side": "B", "time": 1_000 + i // per_ms,
-             "tid": i + 1, "oid": i, "hash": "0x" + "00" * 32} for i in range(n)]
+    return [
+        {
+            "coin": "BTC",
+            "px": "100",
+            "sz": "1",
+            "side": "B",
+            "time": 1_000 + i // per_ms,
+            "tid": i + 1,
+            "oid": i,
+            "hash": "0x" + "00" * 32,
+        }
+        for i in range(n)
+    ]
 
 
 async def test_user_fills_by_time_pages_forward_without_duplicates(
@@ -172,7 +193,8 @@ async def test_user_fills_by_time_pages_forward_without_duplicates(
     fills = await info.user_fills_by_time(USER, 0)
     assert [f.tid for f in fills] == list(range(1, 4501))
     starts = [b["startTime"] for b in server.bodies("/info")]
-    assert starts[0] == 0 and starts == sorted(starts)
+    assert starts[0] == 0
+    assert starts == sorted(starts)
     assert len(starts) == 3
     assert budget.stats()["lanes"]["gapfill"]["weight_total"] == 3 * 20 + 100 + 100 + 26
 
@@ -187,15 +209,17 @@ async def test_a_full_page_within_one_millisecond_still_terminates(
 ) -> None:
     history = _fills(2500, per_ms=2500)  # all in one millisecond
     server.info_handlers["userFillsByTime"] = lambda b: [
-        f for f in history if f["time"] >= b["startTime"]][:2000]
+        f for f in history if f["time"] >= b["startTime"]
+    ][:2000]
     info, _ = client(server, session)
     fills = await info.user_fills_by_time(USER, 0)
     assert len(fills) == 2000  # the rest is unreachable by time paging: returned once, no loop
     assert len(server.requests) <= 3
 
 
-async def test_batch_clearinghouse_states_is_behind_a_flag(server: ScriptedServer,
-                                                           session: aiohttp.ClientSession) -> None:
+async def test_batch_clearinghouse_states_is_behind_a_flag(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     off, _ = client(server, session)
     with pytest.raises(BadRequest, match="batch_clearinghouse_states"):
         await off.batch_clearinghouse_states([USER])
@@ -203,26 +227,42 @@ async def test_batch_clearinghouse_states_is_behind_a_flag(server: ScriptedServe
     server.info_handlers["batchClearinghouseStates"] = lambda b: [state, None]
     on, budget = client(server, session, batch_clearinghouse_states=True)
     got = await on.batch_clearinghouse_states([USER, "0x" + "cd" * 20])
-    assert got[0] is not None and got[1] is None
+    assert got[0] is not None
+    assert got[1] is None
     assert budget.stats()["lanes"]["leader"]["weight_total"] == 4
 
 
-async def test_universe_from_meta_spot_and_builder_dexes(server: ScriptedServer,
-                                                         session: aiohttp.ClientSession) -> None:
-    spot = {"tokens": [{"name": "USDC", "szDecimals": 8, "weiDecimals": 8, "index": 0},
-                       {"name": "PURR", "szDecimals": 0, "weiDecimals": 5, "index": 1},
-                       {"name": "HYPE", "szDecimals": 2, "weiDecimals": 8, "index": 150}],
-            "universe": [{"name": "PURR/USDC", "tokens": [1, 0], "index": 0, "isCanonical": True},
-                         {"name": "@107", "tokens": [150, 0], "index": 107, "isCanonical": False}]}
-    dex_meta = {"universe": [{"name": "xyz:TSLA", "szDecimals": 3, "maxLeverage": 10},
-                             {"name": "xyz:OLD", "szDecimals": 1, "maxLeverage": 3,
-                              "isDelisted": True}]}
-    server.info_handlers.update({
-        "spotMeta": lambda b: spot,
-        "perpDexs": lambda b: [None, {"name": "abc", "fullName": "a"}, {"name": "xyz"}],
-        "meta": lambda b: dex_meta if b.get("dex") == "xyz" else (
-            {"universe": []} if b.get("dex") == "abc" else fixture("info_meta.json")),
-    })
+async def test_universe_from_meta_spot_and_builder_dexes(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    spot = {
+        "tokens": [
+            {"name": "USDC", "szDecimals": 8, "weiDecimals": 8, "index": 0},
+            {"name": "PURR", "szDecimals": 0, "weiDecimals": 5, "index": 1},
+            {"name": "HYPE", "szDecimals": 2, "weiDecimals": 8, "index": 150},
+        ],
+        "universe": [
+            {"name": "PURR/USDC", "tokens": [1, 0], "index": 0, "isCanonical": True},
+            {"name": "@107", "tokens": [150, 0], "index": 107, "isCanonical": False},
+        ],
+    }
+    dex_meta = {
+        "universe": [
+            {"name": "xyz:TSLA", "szDecimals": 3, "maxLeverage": 10},
+            {"name": "xyz:OLD", "szDecimals": 1, "maxLeverage": 3, "isDelisted": True},
+        ]
+    }
+    server.info_handlers.update(
+        {
+            "spotMeta": lambda b: spot,
+            "perpDexs": lambda b: [None, {"name": "abc", "fullName": "a"}, {"name": "xyz"}],
+            "meta": lambda b: (
+                dex_meta
+                if b.get("dex") == "xyz"
+                else ({"universe": []} if b.get("dex") == "abc" else fixture("info_meta.json"))
+            ),
+        }
+    )
     info, _ = client(server, session)
     uni = await load_universe(info, spot=True, builder_dexes=True)
     assert uni.by_name("BTC").asset_id == 0
@@ -245,23 +285,36 @@ async def test_universe_from_meta_spot_and_builder_dexes(server: ScriptedServer,
 def test_universe_refresh_keeps_ids_and_delists_what_vanished() -> None:
     from hlcopy.hl.parse import parse_meta
 
-    old = Universe.build(parse_meta({"universe": [{"name": "A", "szDecimals": 1},
-                                                  {"name": "B", "szDecimals": 2}]}))
-    new = Universe.build(parse_meta({"universe": [{"name": "A", "szDecimals": 1},
-                                                  {"name": "B", "szDecimals": 2},
-                                                  {"name": "C", "szDecimals": 0}]}),
-                         parse_spot_meta({"tokens": [], "universe": []}))
+    old = Universe.build(
+        parse_meta({"universe": [{"name": "A", "szDecimals": 1}, {"name": "B", "szDecimals": 2}]})
+    )
+    new = Universe.build(
+        parse_meta(
+            {
+                "universe": [
+                    {"name": "A", "szDecimals": 1},
+                    {"name": "B", "szDecimals": 2},
+                    {"name": "C", "szDecimals": 0},
+                ]
+            }
+        ),
+        parse_spot_meta({"tokens": [], "universe": []}),
+    )
     merged = old.merge(new)
     assert [merged.by_name(n).asset_id for n in "ABC"] == [0, 1, 2]
-    shrunk = merged.merge(Universe.build(parse_meta({"universe": [{"name": "A", "szDecimals": 1}]})))
-    assert shrunk.by_name("B").delisted and shrunk.by_name("B").asset_id == 1
+    shrunk = merged.merge(
+        Universe.build(parse_meta({"universe": [{"name": "A", "szDecimals": 1}]}))
+    )
+    assert shrunk.by_name("B").delisted
+    assert shrunk.by_name("B").asset_id == 1
     moved = Universe.build(parse_meta({"universe": [{"name": "B", "szDecimals": 2}]}))
     with pytest.raises(WireError, match="moved"):
         merged.merge(moved)
 
 
-async def test_lanes_are_charged_as_asked(server: ScriptedServer,
-                                          session: aiohttp.ClientSession) -> None:
+async def test_lanes_are_charged_as_asked(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
     info, budget = client(server, session)
     await info.clearinghouse_state(USER, lane=Lane.FOLLOWER)
     await info.clearinghouse_state(USER, lane=Lane.LEADER)

@@ -6,8 +6,8 @@ import asyncio
 import random
 
 import pytest
-
 from hlcopy.budget import Lane, WeightBudget, extra_weight
+
 from tests.clock import FakeClock
 
 READS = [lane for lane in Lane if lane is not Lane.ORDER]
@@ -38,8 +38,10 @@ async def test_never_above_the_limit_in_any_window_and_nothing_starves(seed: int
         await b.acquire(weight, lane)
         admitted.append((clock.now(), weight, lane))
 
-    plan = [(rng.uniform(0, 240), rng.choice([1, 2, 2, 2, 20, 20, 60, 120]), rng.choice(list(Lane)))
-            for _ in range(400)]
+    plan = [
+        (rng.uniform(0, 240), rng.choice([1, 2, 2, 2, 20, 20, 60, 120]), rng.choice(list(Lane)))
+        for _ in range(400)
+    ]
     tasks: list[asyncio.Task[None]] = []
     t = 0.0
     for at, weight, lane in sorted(plan, key=lambda p: p[0]):
@@ -50,7 +52,10 @@ async def test_never_above_the_limit_in_any_window_and_nothing_starves(seed: int
     assert all(task.done() for task in tasks), "a request starved"
     assert len(admitted) == len(plan)
     assert max_window_sum([(t, w) for t, w, _ in admitted]) <= b.limit
-    assert max_window_sum([(t, w) for t, w, lane in admitted if lane is not Lane.ORDER]) <= b.read_limit
+    assert (
+        max_window_sum([(t, w) for t, w, lane in admitted if lane is not Lane.ORDER])
+        <= b.read_limit
+    )
 
 
 async def test_strict_lane_priority_when_saturated() -> None:

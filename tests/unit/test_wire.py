@@ -5,10 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hyperliquid.utils.signing import float_to_wire
-from hypothesis import assume, given
-from hypothesis import strategies as st
-
 from hlcopy.errors import WireError
 from hlcopy.hl import wire
 from hlcopy.hl.wire import (
@@ -20,6 +16,9 @@ from hlcopy.hl.wire import (
     round_size,
     to_wire,
 )
+from hyperliquid.utils.signing import float_to_wire
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 D = Decimal
 
@@ -108,9 +107,12 @@ def test_sizes_are_lot_multiples(sz: Decimal, szd: int, rounding: Rounding) -> N
 def test_to_wire_round_trips_and_is_canonical(value: Decimal) -> None:
     text = to_wire(value)
     assert D(text) == value
-    assert "E" not in text and "e" not in text and not text.startswith("+")
+    assert "E" not in text
+    assert "e" not in text
+    assert not text.startswith("+")
     if "." in text:
-        assert not text.endswith("0") and not text.endswith(".")
+        assert not text.endswith("0")
+        assert not text.endswith(".")
     assert text != "-0"
 
 
@@ -127,18 +129,28 @@ def test_wire_strings_equal_the_sdks(px: Decimal, szd: int, raw_sz: Decimal) -> 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("100", "100"), ("100.000", "100"), ("1E+2", "100"), ("0.0147", "0.0147"), ("0.01470", "0.0147"),
-     ("-0", "0"), ("0E-8", "0"), ("1670.1", "1670.1"), ("0.00000001", "0.00000001"),
-     # More digits than the default decimal context holds: still exact, with or without zeros.
-     ("1234567890123456789012345678.9", "1234567890123456789012345678.9"),
-     ("1234567890123456789012345678.90", "1234567890123456789012345678.9")],
+    [
+        ("100", "100"),
+        ("100.000", "100"),
+        ("1E+2", "100"),
+        ("0.0147", "0.0147"),
+        ("0.01470", "0.0147"),
+        ("-0", "0"),
+        ("0E-8", "0"),
+        ("1670.1", "1670.1"),
+        ("0.00000001", "0.00000001"),
+        # More digits than the default decimal context holds: still exact, with or without zeros.
+        ("1234567890123456789012345678.9", "1234567890123456789012345678.9"),
+        ("1234567890123456789012345678.90", "1234567890123456789012345678.9"),
+    ],
 )
 def test_to_wire_examples(value: str, expected: str) -> None:
     assert to_wire(D(value)) == expected
 
 
-@pytest.mark.parametrize("bad", [1.5, 3, "1.5", D("NaN"), D("Infinity"), D("0.000000001"),
-                                 D("0.123456789"), D("1E-9")])
+@pytest.mark.parametrize(
+    "bad", [1.5, 3, "1.5", D("NaN"), D("Infinity"), D("0.000000001"), D("0.123456789"), D("1E-9")]
+)
 def test_to_wire_refuses_what_it_cannot_send_exactly(bad: object) -> None:
     with pytest.raises(WireError):
         to_wire(bad)  # type: ignore[arg-type]
@@ -160,10 +172,24 @@ def test_min_notional() -> None:
 def test_order_wire_key_order_and_values() -> None:
     w = wire.order_wire(4, True, D("1670.10"), D("0.0147"), False, "Ioc", "0x" + "AB" * 16)
     assert list(w) == ["a", "b", "p", "s", "r", "t", "c"]
-    assert w == {"a": 4, "b": True, "p": "1670.1", "s": "0.0147", "r": False,
-                 "t": {"limit": {"tif": "Ioc"}}, "c": "0x" + "ab" * 16}
-    trig = wire.order_wire(1, False, D(100), D(1), True, None,
-                           trigger={"triggerPx": D("103.0"), "isMarket": True, "tpsl": "sl"})
+    assert w == {
+        "a": 4,
+        "b": True,
+        "p": "1670.1",
+        "s": "0.0147",
+        "r": False,
+        "t": {"limit": {"tif": "Ioc"}},
+        "c": "0x" + "ab" * 16,
+    }
+    trig = wire.order_wire(
+        1,
+        False,
+        D(100),
+        D(1),
+        True,
+        None,
+        trigger={"triggerPx": D("103.0"), "isMarket": True, "tpsl": "sl"},
+    )
     assert list(trig) == ["a", "b", "p", "s", "r", "t"]
     assert list(trig["t"]["trigger"]) == ["isMarket", "triggerPx", "tpsl"]
     assert trig["t"]["trigger"]["triggerPx"] == "103"
@@ -192,7 +218,9 @@ def test_action_builders_key_order() -> None:
     assert wire.cancel_action([(1, 2)]) == {"type": "cancel", "cancels": [{"a": 1, "o": 2}]}
     c = "0x" + "01" * 16
     assert wire.cancel_by_cloid_action([(3, c)]) == {
-        "type": "cancelByCloid", "cancels": [{"asset": 3, "cloid": c}]}
+        "type": "cancelByCloid",
+        "cancels": [{"asset": 3, "cloid": c}],
+    }
     assert list(wire.modify_action(5, o)) == ["type", "oid", "order"]
     assert wire.batch_modify_action([(c, o)])["modifies"] == [{"oid": c, "order": o}]
     assert wire.schedule_cancel_action(None) == {"type": "scheduleCancel"}

@@ -320,3 +320,66 @@ async def test_lanes_are_charged_as_asked(
     await info.clearinghouse_state(USER, lane=Lane.LEADER)
     lanes = budget.stats()["lanes"]
     assert (lanes["follower"]["weight_total"], lanes["leader"]["weight_total"]) == (2, 2)
+
+
+async def test_asset_contexts_spot_balances_and_recent_trades(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    ctx = {
+        "dayNtlVlm": "1169046.29406",
+        "funding": "0.0000125",
+        "impactPxs": ["14.3047", "14.3444"],
+        "markPx": "14.3161",
+        "midPx": "14.314",
+        "openInterest": "688.11",
+        "oraclePx": "14.32",
+        "premium": "0.00031774",
+        "prevDayPx": "15.322",
+        "dayBaseVlm": "81234.5",
+    }
+    server.info_handlers.update(
+        {
+            "metaAndAssetCtxs": lambda b: [
+                {"universe": [{"name": "X", "szDecimals": 2}]},
+                [{**ctx, "midPx": None, "premium": None}],
+            ],
+            "spotClearinghouseState": lambda b: {
+                "balances": [
+                    {
+                        "coin": "USDC",
+                        "token": 0,
+                        "hold": "0.0",
+                        "total": "14.625485",
+                        "entryNtl": "0.0",
+                    }
+                ]
+            },
+            "recentTrades": lambda b: (
+                [
+                    {
+                        "coin": b["coin"],
+                        "side": "A",
+                        "px": "30135.0",
+                        "sz": "0.01",
+                        "time": 1700000000000,
+                        "hash": "0xab",
+                        "tid": 7,
+                        "users": ["0x" + "AA" * 20, "0x" + "bb" * 20],
+                    }
+                ]
+                * 25
+            ),
+        }
+    )
+    info, budget = client(server, session)
+    meta, ctxs = await info.meta_and_asset_ctxs()
+    assert meta.universe[0].name == "X"
+    assert ctxs[0].mark_px == Decimal("14.3161")
+    assert ctxs[0].mid_px is None
+    (usdc,) = await info.spot_clearinghouse_state(USER)
+    assert (usdc.coin, usdc.total) == ("USDC", Decimal("14.625485"))
+    trades = await info.recent_trades("BTC")
+    assert len(trades) == 25
+    assert trades[0].users == ("0x" + "aa" * 20, "0x" + "bb" * 20)  # lowercased
+    assert trades[0].side == "A"
+    assert budget.stats()["lanes"]["enrichment"]["weight_total"] == 20 + 20 + 2  # +2 for 25 items

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import random
+import re
 import secrets
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -130,6 +133,131 @@ def format_sign(result: dict[str, Any]) -> str:
     )
 
 
+async def _sim_process(rate: float, traders: int) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``hlcopy sim`` on a free port in its own process; return it and its base URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hlcopy",
+        "sim",
+        "--port",
+        "0",
+        "--rate",
+        str(rate),
+        "--traders",
+        str(traders),
+        "--warmup-s",
+        "0",
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError("hlcopy sim exited before listening")
+            m = re.search(r"REST (http://\S+)", line)
+            if m:
+                return proc, m[1]
+
+
+async def _bench_sim(
+    seconds: float, rate: float, traders: int, rest_per_s: float
+) -> dict[str, Any]:
+    from hlcopy.budget import Lane, WeightBudget
+    from hlcopy.hl.info import InfoClient, new_session
+    from hlcopy.hl.stream import StreamMessage, StreamPool
+
+    proc, url = await _sim_process(rate, traders)
+    counts = {"trades": 0, "messages": 0}
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    async def on_trades(msg: StreamMessage) -> None:
+        counts["messages"] += 1
+        counts["trades"] += len(msg.data)
+
+    pool = StreamPool(url.replace("http", "ws", 1) + "/ws")
+    ready = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(pool.run(ready), name="bench:stream")
+            await ready.wait()
+            async with new_session(10) as session:
+                info = InfoClient(session, url, WeightBudget(1200, 10))
+                for meta in (await info.meta()).universe:
+                    if not meta.delisted:
+                        await pool.subscribe({"type": "trades", "coin": meta.name}, on_trades)
+                await asyncio.sleep(2)  # let the first ticks flow
+                counts["trades"] = counts["messages"] = 0
+                t0 = time.perf_counter()
+                calls: list[Callable[[], Awaitable[Any]]] = [
+                    lambda: info.all_mids(lane=Lane.LEADER),
+                    lambda: info.l2_book("BTC", lane=Lane.LEADER),
+                    lambda: info.clearinghouse_state("0x" + "11" * 20, lane=Lane.LEADER),
+                ]
+                i = 0
+                while (elapsed := time.perf_counter() - t0) < seconds:
+                    start = time.perf_counter()
+                    try:
+                        await calls[i % len(calls)]()
+                        latencies.append((time.perf_counter() - start) * 1000)
+                    except Exception as exc:  # counted and reported, the bench goes on
+                        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    i += 1
+                    await asyncio.sleep(max(0.0, (i / rest_per_s) - (time.perf_counter() - t0)))
+                trades, messages = counts["trades"], counts["messages"]
+            await pool.drain()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    latencies.sort()
+    return {
+        "benchmark": "sim",
+        "trades_per_s": round(trades / elapsed, 1),
+        "messages_per_s": round(messages / elapsed, 1),
+        "rest_requests": len(latencies),
+        "rest_p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else None,
+        "rest_p99_ms": round(latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
+        "rest_errors": errors,
+        "seconds": round(elapsed, 1),
+        "rate": rate,
+        "traders": traders,
+        "target_trades_per_s": 5000,
+        "machine": machine(),
+    }
+
+
+def bench_sim(
+    seconds: float = 20.0, rate: float = 6000.0, traders: int = 500, rest_per_s: float = 8.0
+) -> dict[str, Any]:
+    """Trades per second the simulator delivers on the trades stream (every perp subscribed,
+    received by hlcopy's stream pool in another process) while answering REST reads."""
+    return asyncio.run(_bench_sim(seconds, rate, traders, rest_per_s))
+
+
+def format_sim(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return "\n".join(
+        [
+            "hlcopy bench sim: trades delivered on the trades stream (every perp) while answering",
+            "REST reads, the simulator in its own process",
+            f"  trades/s          {result['trades_per_s']:10,.1f}   (target >= "
+            f"{result['target_trades_per_s']:,})",
+            f"  messages/s        {result['messages_per_s']:10,.1f}",
+            f"  REST p50 / p99    {result['rest_p50_ms']} / {result['rest_p99_ms']} ms over "
+            f"{result['rest_requests']} requests, errors {result['rest_errors'] or 'none'}",
+            f"  load              rate {result['rate']:,.0f} actions/s, "
+            f"{result['traders']} traders, {result['seconds']} s",
+            f"  machine           {m['cpu']}, {m['cores']} cores, load {m['load_1m']}",
+        ]
+    )
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "sign": (bench_sign, format_sign),
+    "sim": (bench_sim, format_sim),
 }

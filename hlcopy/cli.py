@@ -10,6 +10,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hlcopy import __version__
 from hlcopy.config import HlcopyConfig, load_config
@@ -90,16 +91,117 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sim_config(args: argparse.Namespace, port: int) -> Any:
+    from hlcopy.sim import SimConfig
+
+    return SimConfig(
+        host=args.host,
+        port=port,
+        seed=args.seed,
+        traders=args.traders,
+        speed=args.speed,
+        rate=args.rate,
+        warmup_s=args.warmup_s,
+    )
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    import signal
+
+    from hlcopy.sim import Simulator
+
+    configure_logging(args.log_level, "auto")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with Simulator(_sim_config(args, args.port)) as sim:
+            print(
+                f"hlcopy sim: REST {sim.url}  WebSocket {sim.ws_url}  "
+                f"control {sim.url}/_sim/stats  (Ctrl-C to stop)",
+                flush=True,
+            )
+            await stop.wait()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(
+            f"hlcopy sim: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hlcopy.daemon import serve
+    from hlcopy.sim import Simulator
+
+    if not args.config.exists():
+        print(
+            f"hlcopy demo: {args.config} not found; run from the repository root or pass --config",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        return _report(exc)
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    args.host = "127.0.0.1"
+
+    async def main() -> int:
+        async with Simulator(_sim_config(args, args.sim_port)) as sim:
+            demo = cfg.model_copy(
+                update={
+                    "network": cfg.network.model_copy(
+                        update={
+                            "name": "custom",
+                            "rest_url": sim.url,
+                            "ws_url": sim.ws_url,
+                            "chain": "mainnet" if sim.config.is_mainnet else "testnet",
+                        }
+                    ),
+                    "api": cfg.api.model_copy(update={"port": args.api_port}),
+                    "account": cfg.account.model_copy(update={"mode": "paper"}),
+                }
+            )
+            secrets = load_secrets(demo)
+            register_secret(secrets.api_token)
+            token_file = demo.api.token_file or demo.state.dir / "api-token"
+            print(
+                f"hlcopy demo: simulated exchange at {sim.url} (WebSocket {sim.ws_url}, "
+                f"control {sim.url}/_sim/stats)\n"
+                f"hlcopy demo: daemon API at http://{demo.api.host}:{args.api_port} "
+                f"(try /health, /metrics, /api/v1/stats; bearer token in {token_file})\n"
+                f"hlcopy demo: paper mode, embedded PostgreSQL in {demo.state.dir / 'pg'}; "
+                "Ctrl-C to stop",
+                flush=True,
+            )
+            return await serve(demo, secrets, args.config, stop_after_s=args.duration)
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        print(f"hlcopy demo: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import orjson
 
     from hlcopy.bench import BENCHMARKS, MIN_ORDERS_PER_RUN
 
     run, render = BENCHMARKS[args.name]
-    if args.orders < MIN_ORDERS_PER_RUN:
-        print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
-        return EXIT_USAGE
-    result = run(orders_per_run=args.orders, runs=args.runs)
+    if args.name == "sign":
+        if args.orders < MIN_ORDERS_PER_RUN:
+            print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
+            return EXIT_USAGE
+        result = run(orders_per_run=args.orders, runs=args.runs)
+    else:
+        result = run(seconds=args.seconds, rate=args.rate)
     print(orjson.dumps(result).decode() if args.json else render(result))
     return EXIT_OK
 
@@ -125,13 +227,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("hlcopy.toml"))
     p.set_defaults(func=cmd_migrate)
 
+    p = sub.add_parser("sim", help="run the simulated exchange alone")
+    _sim_arguments(p, port=8787)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="TCP port, 0 for any (default 8787)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "demo", help="the simulator, embedded PostgreSQL and the daemon in paper mode"
+    )
+    _sim_arguments(p, port=8787)
+    p.add_argument("--config", type=Path, default=Path("config/demo.toml"))
+    p.add_argument("--api-port", type=int, default=8080, help="daemon API port (default 8080)")
+    p.add_argument("--sim-port", type=int, default=8787, help="simulator port (default 8787)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
-    p.add_argument("name", choices=["sign"], help="sign: build and sign one order")
+    p.add_argument(
+        "name",
+        choices=["sign", "sim"],
+        help="sign: build and sign one order; sim: simulator trades stream",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
     p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
+    p.add_argument("--seconds", type=float, default=20.0, help="sim: measuring time")
+    p.add_argument("--rate", type=float, default=6000.0, help="sim: trader actions per second")
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _sim_arguments(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--seed", type=int, default=1, help="market and traders seed (default 1)")
+    p.add_argument("--traders", type=int, default=200, help="synthetic traders (default 200)")
+    p.add_argument("--speed", type=float, default=1.0, help="market speed vs real time")
+    p.add_argument(
+        "--rate", type=float, default=20.0, help="trader actions per second at speed 1 (default 20)"
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=600.0,
+        help="seconds of simulated history made at start (default 600)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._tg: asyncio.TaskGroup | None = None
         self._own_tasks: set[asyncio.Task[Any]] = set()
+        self._extra_stats: dict[str, Callable[[], dict[str, Any]]] = {}
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -107,6 +109,10 @@ class Daemon:
         q: BoundedQueue[Any] = BoundedQueue(name, maxsize, policy)
         self.queues[name] = q
         return q
+
+    def add_stats(self, name: str, source: Callable[[], dict[str, Any]]) -> None:
+        """Show the figures of a shared part that is not a component (the REST budget, say)."""
+        self._extra_stats[name] = source
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -388,6 +394,7 @@ class Daemon:
             "network": self.config.network.name,
             "components": comps,
             "queues": {name: q.stats() for name, q in self.queues.items()},
+            **{name: source() for name, source in self._extra_stats.items()},
         }
 
     def metrics(self) -> list[Sample]:
@@ -401,6 +408,9 @@ class Daemon:
             out.append(("hlcopy_component_restarts_total", labels, float(s.restarts)))
             for key, value in _numeric_leaves(s.component.stats()):
                 out.append(("hlcopy_component_stat", {**labels, "stat": key}, value))
+        for name, source in self._extra_stats.items():
+            for key, value in _numeric_leaves(source()):
+                out.append((f"hlcopy_{name}", {"stat": key}, value))
         for name, q in self.queues.items():
             labels = {"queue": name}
             out.append(("hlcopy_queue_depth", labels, float(q.qsize())))
@@ -423,19 +433,42 @@ def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, 
     return out
 
 
-async def serve(config: HlcopyConfig, secrets: Secrets, config_path: Path | None = None) -> int:
+async def serve(
+    config: HlcopyConfig,
+    secrets: Secrets,
+    config_path: Path | None = None,
+    *,
+    stop_after_s: float | None = None,
+) -> int:
     """Build the daemon's components from ``config`` and run them until stopped."""
     # Imported here: the supervisor above is independent of what it supervises.
     from hlcopy.api.server import ApiServer
+    from hlcopy.budget import WeightBudget
+    from hlcopy.hl.info import InfoClient, new_session
+    from hlcopy.hl.stream import StreamPool
+    from hlcopy.hl.universe import UniverseService
     from hlcopy.store import Store
     from hlcopy.store.monitor import StoreMonitor
 
+    net = config.network
     store = Store(config.database, config.state.dir, secrets.db_password)
+    budget = WeightBudget(config.budget.weight_per_minute, config.budget.headroom_pct)
+    session = new_session(net.request_timeout_s)
+    info = InfoClient(
+        session, net.rest, budget, batch_clearinghouse_states=net.batch_clearinghouse_states
+    )
     daemon = Daemon(config, config_path=config_path)
     daemon.add(StoreMonitor(store))
+    daemon.add(UniverseService(info, builder_dexes=config.discovery.builder_dexes))
+    daemon.add(StreamPool(net.ws))
     if config.api.enabled:
         daemon.add(ApiServer(daemon, config.api, secrets.api_token))
+    daemon.add_stats("budget", budget.stats)
+    daemon.add_stats("info", info.stats)
+    if stop_after_s is not None:
+        asyncio.get_running_loop().call_later(stop_after_s, daemon.request_stop)
     try:
         return await daemon.run()
     finally:
+        await session.close()
         await store.close()

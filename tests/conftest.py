@@ -21,6 +21,7 @@ import pytest
 from hlcopy.config import HlcopyConfig, parse_config
 from hlcopy.daemon import Daemon
 from hlcopy.log import configure_logging
+from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store.embedded import _import_pgserver
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,21 @@ async def dsn(pg_uri: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """A small simulated exchange in real time on a free port (the daemon's exchange in tests)."""
+    async with Simulator(SimConfig(port=0, traders=20, rate=5, warmup_s=30)) as s:
+        yield s
+
+
+def network_toml(sim: Simulator) -> str:
+    """The [network] table pointing hlcopy at ``sim``."""
+    return (
+        f'[network]\nname = "custom"\nrest_url = "{sim.url}"\nws_url = "{sim.ws_url}"\n'
+        'chain = "testnet"\n'
+    )
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hlcopy.sim import Simulator
 
-from tests.conftest import hlcopy_env, write_secret
+from tests.conftest import hlcopy_env, network_toml, write_secret
 
 
 class Process:
@@ -83,11 +84,11 @@ async def hlcopy_run(config: Path, **env: str) -> AsyncIterator[Process]:
         await p._reader
 
 
-def write_config(tmp_path: Path, dsn: str | None, extra: str = "") -> Path:
+def write_config(tmp_path: Path, sim: Simulator, dsn: str | None, extra: str = "") -> Path:
     path = tmp_path / "hlcopy.toml"
     db = f'[database]\ndsn = "{dsn}"\n' if dsn else ""
     path.write_text(
-        f'{db}[state]\ndir = "{tmp_path / "state"}"\n[api]\nport = 0\n'
+        f'{network_toml(sim)}{db}[state]\ndir = "{tmp_path / "state"}"\n[api]\nport = 0\n'
         f'[logging]\nformat = "json"\n{extra}'
     )
     return path
@@ -98,8 +99,10 @@ async def get(url: str) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
-async def test_run_serves_health_and_exits_0_on_sigterm(tmp_path: Path, dsn: str) -> None:
-    async with hlcopy_run(write_config(tmp_path, dsn)) as p:
+async def test_run_serves_health_and_exits_0_on_sigterm(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    async with hlcopy_run(write_config(tmp_path, sim, dsn)) as p:
         port = (await p.wait_for("api listening"))["port"]
         await p.wait_for("hlcopy ready")
         status, body = await get(f"http://127.0.0.1:{port}/health")
@@ -111,8 +114,10 @@ async def test_run_serves_health_and_exits_0_on_sigterm(tmp_path: Path, dsn: str
     assert p.lines[-1]["event"] == "hlcopy stopped"
 
 
-async def test_sighup_with_broken_toml_keeps_the_running_config(tmp_path: Path, dsn: str) -> None:
-    cfg = write_config(tmp_path, dsn, "[risk]\nmax_daily_loss_usd = 100\n")
+async def test_sighup_with_broken_toml_keeps_the_running_config(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    cfg = write_config(tmp_path, sim, dsn, "[risk]\nmax_daily_loss_usd = 100\n")
     async with hlcopy_run(cfg) as p:
         port = (await p.wait_for("api listening"))["port"]
         await p.wait_for("hlcopy ready")
@@ -139,7 +144,7 @@ async def test_sighup_with_broken_toml_keeps_the_running_config(tmp_path: Path, 
         assert (await p.stop())[0] == 0
 
 
-async def test_sd_notify_messages_arrive_in_order(tmp_path: Path, dsn: str) -> None:
+async def test_sd_notify_messages_arrive_in_order(tmp_path: Path, sim: Simulator, dsn: str) -> None:
     sock_path = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(sock_path)
@@ -154,7 +159,7 @@ async def test_sd_notify_messages_arrive_in_order(tmp_path: Path, dsn: str) -> N
 
     try:
         async with hlcopy_run(
-            write_config(tmp_path, dsn), NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000"
+            write_config(tmp_path, sim, dsn), NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000"
         ) as p:
             await receive_until(lambda: any(m.startswith("READY=1") for m in messages))
             await receive_until(lambda: messages.count("WATCHDOG=1") >= 2)
@@ -184,8 +189,8 @@ async def test_sd_notify_messages_arrive_in_order(tmp_path: Path, dsn: str) -> N
     assert messages.index("WATCHDOG=1") > first_ready or messages.count("WATCHDOG=1") >= 2
 
 
-async def test_run_without_dsn_starts_embedded_postgres(tmp_path: Path) -> None:
-    async with hlcopy_run(write_config(tmp_path, None)) as p:
+async def test_run_without_dsn_starts_embedded_postgres(tmp_path: Path, sim: Simulator) -> None:
+    async with hlcopy_run(write_config(tmp_path, sim, None)) as p:
         port = (await p.wait_for("api listening", timeout=60))["port"]
         ready = await p.wait_for("store ready")
         assert ready["embedded"] is True
@@ -198,14 +203,14 @@ async def test_run_without_dsn_starts_embedded_postgres(tmp_path: Path) -> None:
 
 
 async def test_the_key_and_token_never_appear_in_logs(
-    tmp_path: Path, dsn: str, agent_key: str
+    tmp_path: Path, sim: Simulator, dsn: str, agent_key: str
 ) -> None:
     key = write_secret(tmp_path / "agent.key", agent_key)
     token = "tok-" + agent_key[10:40]
     token_file = write_secret(tmp_path / "api.token", token)
     path = tmp_path / "hlcopy.toml"
     path.write_text(
-        f'[database]\ndsn = "{dsn}"\n[state]\ndir = "{tmp_path / "state"}"\n'
+        f'{network_toml(sim)}[database]\ndsn = "{dsn}"\n[state]\ndir = "{tmp_path / "state"}"\n'
         f'[api]\nport = 0\ntoken_file = "{token_file}"\n'
         '[logging]\nlevel = "debug"\nformat = "json"\n'
         f'[account]\nagent_key_file = "{key}"\n'

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,6 +152,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _report(exc)
     configure_logging(cfg.logging.level, cfg.logging.format)
     args.host = "127.0.0.1"
+    if args.api_port == 0:  # choose now, so the port we print is the port we serve
+        with socket.socket() as probe:
+            probe.bind((cfg.api.host, 0))
+            args.api_port = probe.getsockname()[1]
 
     async def main() -> int:
         async with Simulator(_sim_config(args, args.sim_port)) as sim:

@@ -47,6 +47,19 @@ USER_SUBS = frozenset(
         "userNonFundingLedgerUpdates",
     }
 )
+STAT_KEYS = (
+    "info_requests",
+    "exchange_requests",
+    "weight_charged",
+    "rate_limited",
+    "replies_lost",
+    "ws_connections_total",
+    "ws_refused",
+    "ws_limit_closes",
+    "ws_idle_closes",
+    "ws_drops",
+    "ws_messages_sent",
+)
 SUPPORTED_SUBS = frozenset({"trades", "l2Book", "allMids", "userFills", "orderUpdates"})
 
 
@@ -134,7 +147,7 @@ class Simulator:
         self.population = Population(self.engine, cfg.traders, seed=cfg.seed)
         self.core = ExchangeCore(self.engine, is_mainnet=cfg.is_mainnet)
         self.faults = Faults()
-        self.stats: dict[str, int] = defaultdict(int)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._weights = _Window()
         self._ws_messages = _Window()
         self._ws_connects = _Window()
@@ -611,11 +624,11 @@ class Simulator:
 
     def drop_ws(self, which: str | int = "all") -> int:
         """Drop every WebSocket connection, or one by id; returns how many were dropped."""
-        targets = (
-            list(self._clients.values())
-            if which == "all"
-            else [c for c in self._clients.values() if c.id == int(which)]
-        )
+        if which == "all":
+            targets = list(self._clients.values())
+        else:
+            wanted = int(which)  # ValueError for anything but "all" or a connection id
+            targets = [c for c in self._clients.values() if c.id == wanted]
         for client in targets:
             client.abort()
         self.faults.drops += len(targets)

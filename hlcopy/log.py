@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -164,11 +164,6 @@ def get_logger(name: str | None = None, **initial: Any) -> Any:
 def bind(**values: Any) -> None:
     """Bind values into the context of the current task (and tasks it creates afterwards)."""
     structlog.contextvars.bind_contextvars(**values)
-
-
-def secrets_in(texts: Iterable[str]) -> bool:
-    """True when any registered secret appears in any of ``texts`` (for self-checks and tests)."""
-    return any(s in t for t in texts for s in _secrets)
 
 
 def set_level(level: str) -> None:

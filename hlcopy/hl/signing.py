@@ -141,10 +141,11 @@ class Signer:
     def sign_digest(self, digest: bytes) -> dict[str, Any]:
         """``{"r", "s", "v"}`` as the exchange (and the official SDK) writes them."""
         sig = self._key.sign_recoverable(digest, hasher=None)
-        # The SDK formats r and s with to_hex(int): minimal hex, leading zeros dropped.
+        # The SDK formats r and s with to_hex(int): minimal hex, leading zeros dropped
+        # (r and s are never zero in a valid signature).
         return {
-            "r": hex(int.from_bytes(sig[:32], "big")),
-            "s": hex(int.from_bytes(sig[32:64], "big")),
+            "r": "0x" + sig[:32].hex().lstrip("0"),
+            "s": "0x" + sig[32:64].hex().lstrip("0"),
             "v": 27 + sig[64],
         }
 

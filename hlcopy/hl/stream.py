@@ -316,9 +316,8 @@ class StreamPool(Component):
                 f"already {sorted(self.users())}"
             )
         channel = _CHANNEL.get(kind, kind)
+        # The value its messages are routed by (users are already lowercase, as messages say).
         route = None if channel in _ANONYMOUS else sub_dict.get(_ROUTE_PARAM.get(channel, ""), "")
-        if isinstance(route, str) and _ROUTE_PARAM.get(channel) == "user":
-            route = route.lower()
         sub = Subscription(sub_dict, consumer, key, channel, route, user)
         conn = self._place(sub)
         self._subs[key] = sub

@@ -57,15 +57,16 @@ def to_wire(value: Decimal) -> str:
     if not value.is_finite():
         raise WireError(f"cannot send {value}")
     text = str(value)
-    # Fast path, the hot path's usual case: str() is already canonical ("20256", "1670.1").
     if "E" not in text:
-        dot = text.find(".")
-        if dot < 0:
-            if text != "-0":
-                return text
-        elif text[-1] != "0" and len(text) - dot - 1 <= WIRE_DECIMALS:
-            return text
-    # normalize() rounds to the context's precision: give it enough never to round.
+        # str() of a Decimal without an exponent is exact: only trailing zeros need to go.
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+            if len(text) - text.find(".") - 1 > WIRE_DECIMALS and "." in text:
+                raise WireError(
+                    f"{value} cannot be represented exactly with {WIRE_DECIMALS} decimals"
+                )
+        return "0" if text == "-0" else text
+    # Exponent form: normalize() rounds to the context's precision, so give it enough.
     normal = value.normalize(Context(prec=max(28, len(value.as_tuple().digits))))
     exponent = normal.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -WIRE_DECIMALS:
@@ -88,8 +89,8 @@ def round_price(px: Decimal, sz_decimals: int, is_spot: bool, rounding: Rounding
     """Put ``px`` on the tick grid, moving only in the ``rounding`` direction."""
     if not px.is_finite() or px <= 0:
         raise WireError(f"price must be positive, got {px}")
-    if px == px.to_integral_value():
-        return px.quantize(_QUANTA[0])
+    # Integer prices need no special case: from 10000 up the rule allows no decimals (any
+    # integer is valid), below it an integer already has few enough significant figures.
     dec = price_decimals(px, sz_decimals, is_spot)
     out = px.quantize(_QUANTA[dec], rounding=_MODES[rounding])
     if out <= 0:

@@ -199,6 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from hlcopy.bench import BENCHMARKS, MIN_ORDERS_PER_RUN
 
+    configure_logging("warning", "auto")  # logs to stderr: stdout carries only the result
     run, render = BENCHMARKS[args.name]
     if args.name == "sign":
         if args.orders < MIN_ORDERS_PER_RUN:

@@ -181,15 +181,9 @@ class ExchangeClient:
     ) -> list[OrderStatus]:
         """Place one or more orders (at most 200); one status per order, in order."""
         action = wire.order_action(wires, grouping, builder)
-        n = len(wires)
-        statuses: list[OrderStatus] = await self.post_action(
-            action,
-            n_items=n,
-            nonce=nonce,
-            expires_after=expires_after,
-            read=lambda r: parse.parse_order_statuses(_data(r), n),
+        return await self._statuses(
+            action, len(wires), parse.parse_order_statuses, nonce, expires_after
         )
-        return statuses
 
     async def cancel(
         self,
@@ -199,7 +193,10 @@ class ExchangeClient:
         expires_after: int | None = None,
     ) -> list[CancelStatus]:
         """Cancel by ``(asset, oid)``."""
-        return await self._cancel(wire.cancel_action(cancels), nonce, expires_after)
+        action = wire.cancel_action(cancels)
+        return await self._statuses(
+            action, len(action["cancels"]), parse.parse_cancel_statuses, nonce, expires_after
+        )
 
     async def cancel_by_cloid(
         self,
@@ -209,20 +206,10 @@ class ExchangeClient:
         expires_after: int | None = None,
     ) -> list[CancelStatus]:
         """Cancel by ``(asset, cloid)``."""
-        return await self._cancel(wire.cancel_by_cloid_action(cancels), nonce, expires_after)
-
-    async def _cancel(
-        self, action: dict[str, Any], nonce: int | None, expires_after: int | None
-    ) -> list[CancelStatus]:
-        n = len(action["cancels"])
-        statuses: list[CancelStatus] = await self.post_action(
-            action,
-            n_items=n,
-            nonce=nonce,
-            expires_after=expires_after,
-            read=lambda r: parse.parse_cancel_statuses(_data(r), n),
+        action = wire.cancel_by_cloid_action(cancels)
+        return await self._statuses(
+            action, len(action["cancels"]), parse.parse_cancel_statuses, nonce, expires_after
         )
-        return statuses
 
     async def batch_modify(
         self,
@@ -233,13 +220,25 @@ class ExchangeClient:
     ) -> list[OrderStatus]:
         """Replace resting orders (by oid or cloid)."""
         action = wire.batch_modify_action(modifies)
-        n = len(action["modifies"])
-        statuses: list[OrderStatus] = await self.post_action(
+        return await self._statuses(
+            action, len(action["modifies"]), parse.parse_order_statuses, nonce, expires_after
+        )
+
+    async def _statuses(
+        self,
+        action: dict[str, Any],
+        n: int,
+        parser: Callable[[Any, int], list[T]],
+        nonce: int | None,
+        expires_after: int | None,
+    ) -> list[T]:
+        """Post an action of ``n`` items and read one status per item."""
+        statuses: list[T] = await self.post_action(
             action,
             n_items=n,
             nonce=nonce,
             expires_after=expires_after,
-            read=lambda r: parse.parse_order_statuses(_data(r), n),
+            read=lambda r: parser(_data(r), n),
         )
         return statuses
 

@@ -304,11 +304,18 @@ class Simulator:
             self.contact(user)
         return views.answer(self.engine, body)
 
+    def _fault(self, path: str) -> web.Response | None:
+        """The answer a REST fault switch gives ``path`` right now, if one is on."""
+        status = self.faults.http_error(path)
+        if status is None:
+            return None
+        return web.Response(status=status, text="null" if status == 429 else "error")
+
     async def _info(self, request: web.Request) -> web.Response:
         self.stats["info_requests"] += 1
-        faulty = self.faults.http_error("/info")
+        faulty = self._fault("/info")
         if faulty is not None:
-            return web.Response(status=faulty, text="null" if faulty == 429 else "error")
+            return faulty
         body = await self._body(request)
         kind = body.get("type") if isinstance(body, dict) else None
         if not self._charge(self._ip(request), views.weight(str(kind), body or {}, 0)):
@@ -327,9 +334,9 @@ class Simulator:
 
     async def _exchange(self, request: web.Request) -> web.Response:
         self.stats["exchange_requests"] += 1
-        faulty = self.faults.http_error("/exchange")
+        faulty = self._fault("/exchange")
         if faulty is not None:
-            return web.Response(status=faulty, text="null" if faulty == 429 else "error")
+            return faulty
         body = await self._body(request)
         action = body.get("action") if isinstance(body, dict) else None
         n = 1

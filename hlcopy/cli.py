@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sim", help="run the simulated exchange alone")
-    _sim_arguments(p, port=8787)
+    _sim_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8787, help="TCP port, 0 for any (default 8787)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="the simulator, embedded PostgreSQL and the daemon in paper mode"
     )
-    _sim_arguments(p, port=8787)
+    _sim_arguments(p)
     p.add_argument("--config", type=Path, default=Path("config/demo.toml"))
     p.add_argument("--api-port", type=int, default=8080, help="daemon API port (default 8080)")
     p.add_argument("--sim-port", type=int, default=8787, help="simulator port (default 8787)")
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sim_arguments(p: argparse.ArgumentParser, port: int) -> None:
+def _sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="market and traders seed (default 1)")
     p.add_argument("--traders", type=int, default=200, help="synthetic traders (default 200)")
     p.add_argument("--speed", type=float, default=1.0, help="market speed vs real time")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from hlcopy.hl.wire import is_valid_price, is_valid_size, to_wire
+from hlcopy.hl.wire import Rounding, is_valid_price, is_valid_size, round_price, to_wire
 from hlcopy.sim.market import (
     BUILDER_DEX,
     BUILDER_PERPS,
@@ -474,6 +474,30 @@ class Engine:
                 self.counters["orders_rejected"] += len(orders)
                 return [{"error": MSG_REFERENCE}]
         return [self._place(acct, o) for o in orders]
+
+    def market_order(
+        self,
+        user: str,
+        coin: str,
+        is_buy: bool,
+        sz: Decimal,
+        slippage: Decimal,
+        reduce_only: bool = False,
+    ) -> dict[str, Any] | str:
+        """Cross the book now: an IOC limited ``slippage`` away from the mid (what the SDK's
+        market orders do)."""
+        asset = self.by_name[coin]
+        mid = asset.path.mid
+        px = round_price(
+            mid * (1 + slippage if is_buy else 1 - slippage),
+            asset.sz_decimals,
+            asset.is_spot,
+            Rounding.DOWN if is_buy else Rounding.UP,
+        )
+        (status,) = self.place_orders(
+            user, [OrderRequest(asset.asset_id, is_buy, px, sz, reduce_only, "Ioc")]
+        )
+        return status
 
     def _place(self, acct: Account, o: OrderRequest) -> dict[str, Any] | str:
         asset = self.assets.get(o.asset)

@@ -20,11 +20,11 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from hlcopy.hl.wire import Rounding, round_price, round_size
-from hlcopy.sim.engine import Engine, OrderRequest
+from hlcopy.hl.wire import round_size
+from hlcopy.sim.engine import Engine
 
 D = Decimal
-SLIPPAGE = 0.01  # takers cross the book with a 1% limit
+SLIPPAGE = D("0.01")  # takers cross the book with a 1% limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +184,11 @@ class Population:
         reduce_only: bool,
         size: Decimal | None = None,
     ) -> None:
-        asset = self.engine.by_name[coin]
-        mid = asset.path.mid
-        limit = mid * D(repr(1 + SLIPPAGE if is_buy else 1 - SLIPPAGE))
-        px = round_price(
-            limit, asset.sz_decimals, asset.is_spot, Rounding.DOWN if is_buy else Rounding.UP
+        mid = self.engine.by_name[coin].path.mid
+        sz = (
+            size
+            if size is not None
+            else round_size(D(repr(usd)) / mid, self.engine.by_name[coin].sz_decimals)
         )
-        sz = size if size is not None else round_size(D(repr(usd)) / mid, asset.sz_decimals)
-        if sz <= 0:
-            return
-        self.engine.place_orders(
-            trader.address, [OrderRequest(asset.asset_id, is_buy, px, sz, reduce_only, "Ioc")]
-        )
+        if sz > 0:
+            self.engine.market_order(trader.address, coin, is_buy, sz, SLIPPAGE, reduce_only)

@@ -23,10 +23,10 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from hlcopy.hl.wire import Rounding, round_price, round_size
+from hlcopy.hl.wire import round_size
 from hlcopy.sim import views
 from hlcopy.sim.actions import BadAction, ExchangeCore
-from hlcopy.sim.engine import Engine, OrderRequest, fill_wire, record_wire
+from hlcopy.sim.engine import Engine, fill_wire, record_wire
 from hlcopy.sim.faults import Faults
 from hlcopy.sim.population import Population
 
@@ -318,16 +318,14 @@ class Simulator:
             return faulty
         body = await self._body(request)
         kind = body.get("type") if isinstance(body, dict) else None
-        if not self._charge(self._ip(request), views.weight(str(kind), body or {}, 0)):
+        if not self._charge(self._ip(request), views.base_weight(str(kind), body or {})):
             return web.Response(status=429, text="null")
         try:
             data = self._answer_info(body)
         except views.BadInfo:
             return web.Response(status=422, text=DESERIALIZE)
-        extra = views.weight(
-            str(kind), body, len(data) if isinstance(data, list) else 0
-        ) - views.weight(str(kind), body, 0)
-        if extra:
+        extra = views.item_weight(str(kind), len(data) if isinstance(data, list) else 0)
+        if extra:  # known only now; charged even past the limit, as the exchange does
             self._weights.add(self._ip(request), extra, time.monotonic())
             self.stats["weight_charged"] += extra
         return self._json(data)
@@ -727,26 +725,20 @@ class Simulator:
         if asset is None or len(address) != 42:
             raise web.HTTPBadRequest(text="address and a known coin are required")
         self.contact(address)
-        mid = asset.path.mid
         is_buy = bool(body.get("is_buy", True))
         try:
             sz = (
                 D(str(body["sz"]))
                 if "sz" in body
-                else round_size(D(str(body.get("usd", 1000))) / mid, asset.sz_decimals)
+                else round_size(D(str(body.get("usd", 1000))) / asset.path.mid, asset.sz_decimals)
             )
         except InvalidOperation as exc:
             raise web.HTTPBadRequest(text=f"bad size: {exc}") from exc
-        px = round_price(
-            mid * (D("1.05") if is_buy else D("0.95")),
-            asset.sz_decimals,
-            asset.is_spot,
-            Rounding.DOWN if is_buy else Rounding.UP,
-        )
-        statuses = self.engine.place_orders(
-            address,
-            [OrderRequest(asset.asset_id, is_buy, px, sz, bool(body.get("reduce_only")), "Ioc")],
-        )
+        statuses = [
+            self.engine.market_order(
+                address, asset.name, is_buy, sz, D("0.05"), bool(body.get("reduce_only"))
+            )
+        ]
         self.publish()
         return self._json({"statuses": statuses})
 

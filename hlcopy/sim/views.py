@@ -55,21 +55,24 @@ class BadInfo(Exception):
     """The request cannot be deserialised (the exchange answers HTTP 422)."""
 
 
-def weight(kind: str, body: dict[str, Any], items: int) -> int:
-    """The weight the exchange charges for one info request and its answer."""
+def base_weight(kind: str, body: dict[str, Any]) -> int:
+    """The weight the exchange charges for one info request, before its answer is known."""
     if kind in LIGHT:
-        base = 2
-    elif kind == "userRole":
-        base = 60
-    elif kind == "batchClearinghouseStates":
-        base = 2 * max(1, len(body.get("users") or ()))
-    else:
-        base = 20
+        return 2
+    if kind == "userRole":
+        return 60
+    if kind == "batchClearinghouseStates":
+        return 2 * max(1, len(body.get("users") or ()))
+    return 20
+
+
+def item_weight(kind: str, items: int) -> int:
+    """The extra weight charged for the size of the answer."""
     if kind in PER_20:
-        base += math.ceil(items / 20)
-    elif kind == "candleSnapshot":
-        base += math.ceil(items / 60)
-    return base
+        return math.ceil(items / 20)
+    if kind == "candleSnapshot":
+        return math.ceil(items / 60)
+    return 0
 
 
 USD = D("0.000001")

@@ -1,6 +1,9 @@
-"""The ``hlcopy`` command: run | check-config | migrate (and later demo, sim, backtest, bench).
+"""The ``hlcopy`` command: run | check-config | migrate | demo | sim | bench.
 
 Exit codes: 0 success, 1 a runtime failure, 2 bad usage or an invalid configuration.
+
+Only the standard library is imported up front: the long-running commands catch SIGTERM and
+SIGHUP (``signals.capture``) before the slow imports, so an early signal is handled, not fatal.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hlcopy import __version__
-from hlcopy.config import HlcopyConfig, load_config
-from hlcopy.credentials import Secrets, check_secrets, load_secrets
-from hlcopy.errors import ConfigError, HlcopyError
-from hlcopy.log import configure_logging, register_secret
+from hlcopy import __version__, signals
+
+if TYPE_CHECKING:
+    from hlcopy.config import HlcopyConfig
+    from hlcopy.credentials import Secrets
+    from hlcopy.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+LONG_RUNNING = frozenset({"run", "demo"})
 
 
 def _report(exc: ConfigError) -> int:
@@ -31,6 +36,10 @@ def _report(exc: ConfigError) -> int:
 
 def _prepare(path: Path) -> tuple[HlcopyConfig, Secrets]:
     """Load the config and every secret; configure logging; register secrets for redaction."""
+    from hlcopy.config import load_config
+    from hlcopy.credentials import load_secrets
+    from hlcopy.log import configure_logging, register_secret
+
     cfg = load_config(path)
     configure_logging(cfg.logging.level, cfg.logging.format)
     secrets = load_secrets(cfg)
@@ -42,15 +51,24 @@ def _prepare(path: Path) -> tuple[HlcopyConfig, Secrets]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hlcopy.daemon import serve
+    from hlcopy.errors import ConfigError, InstanceLocked
 
     try:
         cfg, secrets = _prepare(args.config)
     except ConfigError as exc:
         return _report(exc)
-    return asyncio.run(serve(cfg, secrets, args.config))
+    try:
+        return asyncio.run(serve(cfg, secrets, args.config))
+    except InstanceLocked as exc:
+        print(f"hlcopy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from hlcopy.config import load_config
+    from hlcopy.credentials import check_secrets
+    from hlcopy.errors import ConfigError
+
     try:
         cfg = load_config(args.path)
     except ConfigError as exc:
@@ -70,6 +88,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from hlcopy.errors import ConfigError, HlcopyError
+    from hlcopy.instance import StateLock
     from hlcopy.store import Store
 
     try:
@@ -83,7 +105,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             return applied, await store.schema_version()
 
     try:
-        applied, version = asyncio.run(migrate())
+        # The embedded server lives in the state directory: not while a daemon runs there.
+        lock = StateLock(cfg.state.dir) if cfg.database.dsn is None else contextlib.nullcontext()
+        with lock:
+            applied, version = asyncio.run(migrate())
     except HlcopyError as exc:
         print(f"migrate failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -109,6 +134,7 @@ def _sim_config(args: argparse.Namespace, port: int) -> Any:
 def cmd_sim(args: argparse.Namespace) -> int:
     import signal
 
+    from hlcopy.log import configure_logging
     from hlcopy.sim import Simulator
 
     configure_logging(args.log_level, "auto")
@@ -137,7 +163,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from hlcopy.config import load_config
+    from hlcopy.credentials import load_secrets
     from hlcopy.daemon import serve
+    from hlcopy.errors import ConfigError, InstanceLocked
+    from hlcopy.log import configure_logging, register_secret
     from hlcopy.sim import Simulator
 
     if not args.config.exists():
@@ -189,6 +219,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(main())
+    except InstanceLocked as exc:
+        print(f"hlcopy demo: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:
         print(f"hlcopy demo: cannot listen: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -198,6 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import orjson
 
     from hlcopy.bench import BENCHMARKS, MIN_ORDERS_PER_RUN
+    from hlcopy.log import configure_logging
 
     configure_logging("warning", "auto")  # logs to stderr: stdout carries only the result
     run, render = BENCHMARKS[args.name]
@@ -287,4 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command in LONG_RUNNING:
+        signals.capture()
     return func(args)

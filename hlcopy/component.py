@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hlcopy.config import HlcopyConfig
 
@@ -44,6 +44,19 @@ class ReloadResult:
     restart_required: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """One metric and its samples, independent of any exposition library.
+
+    A counter's ``name`` has no ``_total``: the exposition adds it, as Prometheus requires.
+    """
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
+
+
 class Supervisor(Protocol):
     """The daemon as seen by the API: health, figures and reload."""
 
@@ -51,6 +64,6 @@ class Supervisor(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
-    def metrics(self) -> list[tuple[str, dict[str, str], float]]: ...
+    def metrics(self) -> list[MetricFamily]: ...
 
     async def reload(self) -> ReloadResult: ...

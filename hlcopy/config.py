@@ -8,19 +8,26 @@ find the line to fix. Secrets never live here: keys and tokens come from files (
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import os
 import re
+import stat
+import threading
 import tomllib
-from decimal import Decimal
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from hlcopy.errors import ConfigError
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+MAX_CONFIG_BYTES = 1024 * 1024
 
 NETWORK_URLS: dict[str, tuple[str, str]] = {
     "mainnet": ("https://api.hyperliquid.xyz", "wss://api.hyperliquid.xyz/ws"),
@@ -31,35 +38,66 @@ NETWORK_URLS: dict[str, tuple[str, str]] = {
 RESTART_SECTIONS = frozenset({"network", "database", "state", "api"})
 
 
-def _address(value: str) -> str:
+def parse_address(value: str) -> str:
+    """The one address check (config, credentials and signing share it): 0x + 40 hex, lowered."""
     if not _ADDRESS.fullmatch(value):
         raise ValueError("must be an address: 0x followed by 40 hex digits")
     return value.lower()
 
 
-def _expand(value: Path) -> Path:
-    return value.expanduser()
+def _path(value: Any) -> Path:
+    # Strict: a TOML string, nothing else; a NUL byte would only fail later, deep in an OS call.
+    if not isinstance(value, str):
+        raise ValueError("must be a string (a file system path)")
+    if not value or "\x00" in value:
+        raise ValueError("must be a non-empty path without NUL characters")
+    return Path(value).expanduser()
 
 
-Address = Annotated[str, AfterValidator(_address)]
-UserPath = Annotated[Path, AfterValidator(_expand)]
-PositiveUsd = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+def _decimal(value: Any) -> Any:
+    """A TOML number, or a decimal string for exactness ("250.50"); never a bool or a word."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))  # the shortest string that round-trips: 0.1 stays 0.1
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            pass
+    if isinstance(value, Decimal):
+        return value
+    raise ValueError("must be a number")
+
+
+Address = Annotated[str, AfterValidator(parse_address)]
+UserPath = Annotated[Path, BeforeValidator(_path)]
+Money = Annotated[Decimal, BeforeValidator(_decimal), Field(allow_inf_nan=False)]
+PositiveUsd = Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Url = Annotated[str, Field(min_length=1, max_length=2048)]
+Coin = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    # strict: "8080", 8080.0 and "yes" are errors, not silently converted.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True
+    )
 
 
 class NetworkConfig(_Section):
     name: Literal["mainnet", "testnet", "custom"] = "mainnet"
     """Which exchange to talk to; "custom" reaches any Hyperliquid-compatible server (the sim)."""
-    rest_url: str | None = None
+    rest_url: Url | None = None
     """Base URL for /info and /exchange; only with name = "custom"."""
-    ws_url: str | None = None
+    ws_url: Url | None = None
     """WebSocket URL; only with name = "custom"."""
     chain: Literal["mainnet", "testnet"] | None = None
     """The chain signatures are made for; only with name = "custom", where it is required."""
-    request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    request_timeout_s: Finite = Field(default=10.0, gt=0, le=120)
     """Timeout of one REST request, in seconds."""
     batch_clearinghouse_states: bool = False
     """Use the undocumented batchClearinghouseStates request (weight unknown upstream)."""
@@ -84,7 +122,7 @@ class NetworkConfig(_Section):
 
 
 class DatabaseConfig(_Section):
-    dsn: str | None = None
+    dsn: Url | None = None
     """PostgreSQL DSN; absent means an embedded PostgreSQL in <state.dir>/pg. No password here."""
     password_file: UserPath | None = None
     """File holding the database password (or the systemd credential "db-password")."""
@@ -92,7 +130,7 @@ class DatabaseConfig(_Section):
     """Connections the pool keeps open."""
     pool_max_size: int = Field(default=8, ge=1, le=256)
     """Most connections the pool opens."""
-    command_timeout_s: float = Field(default=30.0, gt=0)
+    command_timeout_s: Finite = Field(default=30.0, gt=0, le=3600)
     """Timeout of one SQL statement, in seconds."""
 
 
@@ -112,8 +150,9 @@ class StateConfig(_Section):
 class ApiConfig(_Section):
     enabled: bool = True
     """Serve the JSON API, /health and /metrics."""
-    host: str = "127.0.0.1"
-    """Address to bind. Keep it on loopback; reach it through an SSH tunnel."""
+    host: str = Field(default="127.0.0.1", max_length=255)
+    """IP address to bind ("localhost" works too). Keep it on loopback; reach it through an SSH
+    tunnel. All interfaces ("0.0.0.0", "::") need read_auth = true and allow_public = true."""
     port: int = Field(default=8080, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     token_file: UserPath | None = None
@@ -121,6 +160,8 @@ class ApiConfig(_Section):
     Absent: a token is generated once into <state.dir>/api-token."""
     read_auth: bool = False
     """Also require the token for read routes (everything except /health)."""
+    allow_public: bool = False
+    """Allow binding to all interfaces; only together with read_auth = true."""
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     """Largest request body accepted; larger ones get 413."""
 
@@ -135,14 +176,14 @@ class LoggingConfig(_Section):
 class BudgetConfig(_Section):
     weight_per_minute: int = Field(default=1200, gt=0, le=100_000)
     """REST weight the exchange allows this IP per minute."""
-    headroom_pct: float = Field(default=10.0, ge=0, lt=90)
+    headroom_pct: Finite = Field(default=10.0, ge=0, lt=90)
     """Share of the budget left unused as a safety margin, in percent."""
 
 
 class DiscoveryConfig(_Section):
     enabled: bool = True
     """Watch the public trade stream to find every active trader."""
-    coins: list[str] = Field(default_factory=list)
+    coins: list[Coin] = Field(default_factory=list, max_length=1000)
     """Coins to watch; empty means every perp on the first dex."""
     builder_dexes: bool = False
     """Also watch builder-deployed (HIP-3) perp dexes."""
@@ -157,13 +198,13 @@ class DiscoveryConfig(_Section):
 class TrackingConfig(_Section):
     max_tracked_traders: int = Field(default=2000, ge=0, le=1_000_000)
     """Traders whose positions are polled."""
-    follower_poll_interval_s: float = Field(default=10.0, ge=1)
+    follower_poll_interval_s: Finite = Field(default=10.0, ge=1, le=86400)
     """How often the follower's own positions are read from the exchange."""
-    leader_poll_interval_s: float = Field(default=15.0, ge=1)
+    leader_poll_interval_s: Finite = Field(default=15.0, ge=1, le=86400)
     """How often each followed leader's positions are read."""
-    reconcile_interval_s: float = Field(default=30.0, ge=5)
+    reconcile_interval_s: Finite = Field(default=30.0, ge=5, le=86400)
     """How often follower positions are compared with their targets."""
-    scoring_interval_s: float = Field(default=3600.0, ge=60)
+    scoring_interval_s: Finite = Field(default=3600.0, ge=60, le=7 * 86400)
     """How often a tracked trader's statistics are refreshed."""
     user_fills_subscriptions: int = Field(default=8, ge=0, le=10)
     """Leaders followed through userFills WebSocket subscriptions (the exchange allows 10 users)."""
@@ -187,19 +228,19 @@ class RiskConfig(_Section):
     """Largest absolute notional in one coin."""
     max_order_notional_usd: PositiveUsd = Decimal(1000)
     """Largest notional of one order; bigger deltas are sent in several steps."""
-    max_leverage: PositiveUsd = Decimal(5)
-    """Largest total notional divided by account equity."""
+    max_leverage: Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, le=100)] = Decimal(5)
+    """Largest total notional divided by account equity (a ratio: 5 means 5x)."""
     max_daily_loss_usd: PositiveUsd = Decimal(500)
     """Loss since 00:00 UTC that halts trading."""
-    max_drawdown_pct: Decimal = Field(default=Decimal(20), gt=0, le=100)
+    max_drawdown_pct: Money = Field(default=Decimal(20), gt=0, le=100)
     """Drawdown from the equity high-water mark that switches to reduce-only, in percent."""
     max_slippage_bps: int = Field(default=50, ge=1, le=5000)
     """Worst price an IOC order accepts, away from mid, in basis points."""
-    max_consecutive_rejects: int = Field(default=5, ge=1)
+    max_consecutive_rejects: int = Field(default=5, ge=1, le=1000)
     """Rejected orders in a row that halt trading."""
-    max_errors_per_minute: int = Field(default=20, ge=1)
+    max_errors_per_minute: int = Field(default=20, ge=1, le=10_000)
     """Order errors within a minute that halt trading."""
-    max_signal_age_s: float = Field(default=30.0, gt=0)
+    max_signal_age_s: Finite = Field(default=30.0, gt=0, le=86400)
     """Leader fills older than this are recorded but not chased."""
 
 
@@ -215,15 +256,15 @@ class FollowConfig(_Section):
     sizing: Literal["ratio", "equity", "fixed"] = "ratio"
     """"ratio": ratio x the leader's size; "equity": scaled by follower/leader equity, times ratio;
     "fixed": every position is fixed_notional_usd."""
-    ratio: Decimal = Field(default=Decimal(1), gt=0, le=1000, allow_inf_nan=False)
+    ratio: Money = Field(default=Decimal(1), gt=0, le=1000)
     """Multiplier applied to the leader's position (ratio and equity sizing)."""
     fixed_notional_usd: PositiveUsd | None = None
     """Notional of each copied position; required with sizing = "fixed"."""
     inverse: bool = False
     """Take the opposite side: fade the leader."""
-    coins: list[str] = Field(default_factory=list)
+    coins: list[Coin] = Field(default_factory=list, max_length=1000)
     """Only copy these coins; empty means all."""
-    exclude_coins: list[str] = Field(default_factory=list)
+    exclude_coins: list[Coin] = Field(default_factory=list, max_length=1000)
     """Never copy these coins."""
     max_position_notional_usd: PositiveUsd | None = None
     """Per-follow cap on one coin's notional; the tighter of this and risk.* applies."""
@@ -259,8 +300,42 @@ class HlcopyConfig(_Section):
     """The follower's own account."""
     risk: RiskConfig = Field(default_factory=RiskConfig)
     """Account-wide limits and kill switches."""
-    follow: list[FollowConfig] = Field(default_factory=list)
+    follow: list[FollowConfig] = Field(default_factory=list, max_length=1000)
     """The leaders to copy, one [[follow]] table each."""
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    """A password in the user part (``user:pw@``) or in the query (``?password=``), in any case."""
+    try:
+        parts = urlsplit(dsn)
+        userinfo = parts.netloc.rpartition("@")[0]
+        query = parse_qs(parts.query, keep_blank_values=True)
+    except ValueError:
+        return True  # unparseable: refuse rather than risk a secret in the file
+    if userinfo.partition(":")[2]:
+        return True
+    return any(key.lower() == "password" and any(values) for key, values in query.items())
+
+
+_ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - the values we refuse
+
+
+def _api_host_problems(api: ApiConfig) -> list[str]:
+    host = api.host
+    if host in _ALL_INTERFACES:
+        if not (api.read_auth and api.allow_public):
+            return [
+                f"api.host: {host or '(empty)'!s} binds every interface and would expose the API; "
+                "set api.read_auth = true and api.allow_public = true to allow it"
+            ]
+        return []
+    if host == "localhost":
+        return []
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [f'api.host: must be an IP address or "localhost", got {host!r}']
+    return []
 
 
 def _rule_problems(cfg: HlcopyConfig) -> list[str]:
@@ -287,7 +362,7 @@ def _rule_problems(cfg: HlcopyConfig) -> list[str]:
     if db.dsn is not None:
         if not db.dsn.startswith(("postgres://", "postgresql://")):
             problems.append("database.dsn: must start with postgresql://")
-        elif re.match(r"^[a-z]+://[^/@]*:[^/@]+@", db.dsn):
+        elif _dsn_has_password(db.dsn):
             problems.append(
                 "database.dsn: must not contain a password; use database.password_file, "
                 "the systemd credential db-password, or peer authentication"
@@ -296,6 +371,8 @@ def _rule_problems(cfg: HlcopyConfig) -> list[str]:
         problems.append("database.password_file: only used with database.dsn")
     if db.pool_min_size > db.pool_max_size:
         problems.append("database.pool_min_size: must not exceed database.pool_max_size")
+
+    problems.extend(_api_host_problems(cfg.api))
 
     if cfg.account.mode == "live" and cfg.account.address is None:
         problems.append('account.address: required when account.mode = "live"')
@@ -348,8 +425,10 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> HlcopyConfi
     try:
         cfg = HlcopyConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_key_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
+        problems = [f"{_key_path(e['loc'])}: {_message(e)}" for e in exc.errors()[:50]]
         raise ConfigError(problems, source) from exc
+    except RecursionError as exc:
+        raise ConfigError(["the document is nested too deeply"], source) from exc
     problems = _rule_problems(cfg)
     if problems:
         raise ConfigError(problems, source)
@@ -369,17 +448,88 @@ def parse_toml(text: str, source: str | None = None) -> HlcopyConfig:
         else:
             msg = f"TOML syntax error: {msg}"
         raise ConfigError([msg], source) from exc
+    except RecursionError as exc:
+        # tomllib recurses once per nesting level: a file of [[[[... exhausts the stack.
+        raise ConfigError(["TOML syntax error: the document is nested too deeply"], source) from exc
     return parse_config(data, source)
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """The file's text, refusing anything that is not a small regular UTF-8 file.
+
+    Opened non-blocking, so a FIFO at the path cannot hang us; checked with fstat on the opened
+    descriptor, so the file cannot be swapped between the check and the read.
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], str(p)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(["cannot read the file: not a regular file"], str(p))
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [f"cannot read the file: larger than {MAX_CONFIG_BYTES // 1024} KiB"], str(p)
+            )
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], str(p)) from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"cannot read the file: larger than {MAX_CONFIG_BYTES // 1024} KiB"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"cannot read the file: not UTF-8 text ({exc.reason})"], str(p)) from exc
 
 
 def load_config(path: str | os.PathLike[str]) -> HlcopyConfig:
     """Read and validate the TOML file at ``path``."""
-    p = Path(path)
+    return parse_toml(read_config_text(path), str(Path(path)))
+
+
+async def load_config_async(
+    path: str | os.PathLike[str],
+    timeout_s: float = 5.0,
+    loader: Callable[[str | os.PathLike[str]], HlcopyConfig] = load_config,
+) -> HlcopyConfig:
+    """``loader(path)`` off the event loop, given up after ``timeout_s``.
+
+    It runs in a daemon thread of its own, not the loop's executor: a read stuck on a hung file
+    system cannot be cancelled, and an executor thread would then hold up shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[HlcopyConfig] = loop.create_future()
+
+    def deliver(result: HlcopyConfig | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result = loader(path)
+        except BaseException as exc:  # handed to the loop, which re-raises it there
+            loop.call_soon_threadsafe(deliver, None, exc)
+        else:
+            loop.call_soon_threadsafe(deliver, result, None)
+
+    threading.Thread(target=work, name="hlcopy-config-read", daemon=True).start()
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"cannot read the file: {exc}"], str(p)) from exc
-    return parse_toml(text, str(p))
+        async with asyncio.timeout(timeout_s):
+            return await future
+    except TimeoutError:
+        raise ConfigError(
+            [f"cannot read the file: no answer within {timeout_s:g} s (hung file system?)"],
+            str(Path(path)),
+        ) from None
 
 
 def changed_sections(old: HlcopyConfig, new: HlcopyConfig) -> list[str]:

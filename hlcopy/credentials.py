@@ -25,6 +25,9 @@ DB_PASSWORD_CREDENTIAL = "db-password"  # noqa: S105 - a credential's name, not 
 _HEX_KEY = re.compile(r"(0x)?([0-9a-fA-F]{64})")
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _MIN_TOKEN_CHARS = 16
+_MAX_SECRET_BYTES = 4096
+# What may travel in an Authorization header unquoted: visible ASCII, no spaces or quotes.
+_HEADER_SAFE = re.compile(r"[!#-~]+")
 
 
 class Secret:
@@ -76,6 +79,8 @@ def read_secret_file(path: Path, key: str) -> Secret:
         raise SecretError([f"{key}: {path} does not exist"]) from exc
     except OSError as exc:
         raise SecretError([f"{key}: cannot read {path}: {exc.strerror}"]) from exc
+    except ValueError as exc:  # a NUL in the path
+        raise SecretError([f"{key}: not a usable path: {exc}"]) from exc
     if not stat.S_ISREG(st.st_mode):
         raise SecretError([f"{key}: {path} is not a regular file"])
     if st.st_mode & 0o077:
@@ -93,6 +98,8 @@ def read_secret_file(path: Path, key: str) -> Secret:
                 f"(uid {os.geteuid()}); fix it with: chown {os.geteuid()} {path}"
             ]
         )
+    if st.st_size > _MAX_SECRET_BYTES:
+        raise SecretError([f"{key}: {path} is larger than {_MAX_SECRET_BYTES} bytes"])
     try:
         value = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -147,6 +154,13 @@ def load_api_token(cfg: HlcopyConfig, *, create: bool = True) -> Secret | None:
                 with os.fdopen(fd, "w") as f:
                     f.write(secrets.token_urlsafe(32) + "\n")
     token = read_secret_file(path, key)
+    if not _HEADER_SAFE.fullmatch(token.reveal()):
+        raise SecretError(
+            [
+                f"{key}: the token in {path} must be one line of visible ASCII characters "
+                "(no spaces or quotes), as it travels in an Authorization header"
+            ]
+        )
     if len(token.reveal()) < _MIN_TOKEN_CHARS:
         raise SecretError(
             [f"{key}: the token in {path} is shorter than {_MIN_TOKEN_CHARS} characters"]

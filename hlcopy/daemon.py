@@ -13,26 +13,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from hlcopy import __version__
+from hlcopy import __version__, signals
 from hlcopy.backoff import Backoff
-from hlcopy.component import Component, ReloadResult
-from hlcopy.config import RESTART_SECTIONS, HlcopyConfig, changed_sections, load_config
+from hlcopy.component import Component, MetricFamily, ReloadResult
+from hlcopy.config import RESTART_SECTIONS, HlcopyConfig, changed_sections, load_config_async
 from hlcopy.credentials import Secrets
-from hlcopy.errors import ComponentFailed, ConfigError, TransientError
+from hlcopy.errors import ComponentFailed, ConfigError, HlcopyError, TransientError
 from hlcopy.log import set_level
 from hlcopy.notify import Notifier, watchdog_interval_s
 from hlcopy.queues import BoundedQueue, Policy
 
 log = structlog.get_logger()
-
-Sample = tuple[str, dict[str, str], float]
 
 
 @dataclass(slots=True)
@@ -42,6 +40,9 @@ class _Slot:
     restarts: int = 0
     last_error: str | None = None
     since: float = field(default_factory=time.monotonic)
+    # When it stopped being ready; unlike ``since`` not reset by each failed restart attempt,
+    # so a component that keeps failing to come back is seen as down for the whole time.
+    down_since: float | None = None
     first_ready: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -73,6 +74,7 @@ class Daemon:
         backoff_cap_s: float = 30.0,
         dead_after_s: float = 60.0,
         max_loop_lag_s: float = 1.0,
+        reload_timeout_s: float = 5.0,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -84,6 +86,7 @@ class Daemon:
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._dead_after_s = dead_after_s
         self._max_loop_lag_s = max_loop_lag_s
+        self._reload_timeout_s = reload_timeout_s
         self._slots: list[_Slot] = []
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -137,6 +140,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self._replay_early_signals()
                 self._spawn(self._lag_monitor(), "daemon:loop-lag")
                 self._spawn(self._watchdog(), "daemon:watchdog")
                 if await self._start_all(tg):
@@ -213,7 +217,10 @@ class Daemon:
             except Exception as exc:
                 slot.last_error = f"{type(exc).__name__}: {exc}"
                 self._set_state(slot, "failed")
-                log.error("component failed fatally", component=comp.name, exc_info=exc)
+                if isinstance(exc, HlcopyError):  # ours and explained: one line, no traceback
+                    log.error("component failed fatally", component=comp.name, error=str(exc))
+                else:
+                    log.error("component failed fatally", component=comp.name, exc_info=exc)
                 raise ComponentFailed(f"{comp.name}: {slot.last_error}") from exc
             if self._stopping:
                 self._set_state(slot, "stopped")
@@ -231,8 +238,13 @@ class Daemon:
         return True
 
     def _set_state(self, slot: _Slot, state: str) -> None:
+        now = time.monotonic()
+        if state == "ready":
+            slot.down_since = None
+        elif slot.first_ready and slot.down_since is None:
+            slot.down_since = now
         slot.state = state
-        slot.since = time.monotonic()
+        slot.since = now
 
     def _mark_ready(self, slot: _Slot, backoff: Backoff) -> None:
         self._set_state(slot, "ready")
@@ -278,6 +290,16 @@ class Daemon:
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if signals.captured():
+            signals.capture()  # a late SIGHUP while we wind down must not kill the process
+
+    def _replay_early_signals(self) -> None:
+        """Act on signals that arrived before our handlers were installed."""
+        for sig in signals.take():
+            if sig == signal.SIGHUP:
+                self._on_hup()
+            else:
+                self._on_stop_signal(sig.name)
 
     def _on_stop_signal(self, name: str) -> None:
         log.info("stop requested", signal=name)
@@ -289,20 +311,29 @@ class Daemon:
             self._spawn(self.reload(), "daemon:reload")
 
     async def reload(self) -> ReloadResult:
-        """Re-read and validate the TOML; apply it, or keep the running config and say why."""
+        """Re-read and validate the TOML; apply it, or keep the running config and say why.
+
+        Never raises (but for cancellation): it runs as a task of the daemon's TaskGroup, where an
+        exception would bring the whole daemon down over a bad file.
+        """
         async with self._reload_lock:
             if self.config_path is None:
                 return ReloadResult(False, ["the daemon was started without a config file"])
             self.notifier.reloading(time.monotonic_ns() // 1000)
             try:
-                return self._apply(await asyncio.to_thread(load_config, self.config_path))
+                new = await load_config_async(self.config_path, self._reload_timeout_s)
+                return self._apply(new)
             except ConfigError as exc:
-                for problem in exc.problems:
-                    log.error("config reload refused", path=str(self.config_path), problem=problem)
-                log.error("keeping the running config", problems=len(exc.problems))
-                return ReloadResult(False, exc.problems)
+                problems = exc.problems
+            except Exception as exc:
+                log.error("config reload failed", path=str(self.config_path), exc_info=exc)
+                problems = [f"the file could not be loaded: {type(exc).__name__}"]
             finally:
                 self.notifier.ready("running")
+            for problem in problems:
+                log.error("config reload refused", path=str(self.config_path), problem=problem)
+            log.error("keeping the running config", problems=len(problems))
+            return ReloadResult(False, problems)
 
     def _apply(self, new: HlcopyConfig) -> ReloadResult:
         changed = changed_sections(self.config, new)
@@ -343,8 +374,9 @@ class Daemon:
                 continue
             if s.state == "failed":
                 return f"{s.component.name} failed"
-            if s.first_ready and s.state != "ready" and now - s.since > self._dead_after_s:
-                return f"{s.component.name} down for {now - s.since:.0f} s"
+            down = s.down_since
+            if down is not None and now - down > self._dead_after_s:
+                return f"{s.component.name} down for {now - down:.0f} s"
         return None
 
     async def _watchdog(self) -> None:
@@ -368,6 +400,7 @@ class Daemon:
                 "state": s.state,
                 "restarts": s.restarts,
                 "since_s": round(now - s.since, 3),
+                "down_s": None if s.down_since is None else round(now - s.down_since, 3),
                 "last_error": s.last_error,
             }
             for s in self._slots
@@ -397,40 +430,49 @@ class Daemon:
             **{name: source() for name, source in self._extra_stats.items()},
         }
 
-    def metrics(self) -> list[Sample]:
-        out: list[Sample] = [
-            ("hlcopy_uptime_seconds", {}, time.monotonic() - self._started),
-            ("hlcopy_loop_lag_seconds", {}, self.loop_lag_s),
-        ]
+    def metrics(self) -> list[MetricFamily]:
+        def family(name: str, kind: Any, help_: str) -> MetricFamily:
+            return MetricFamily(f"hlcopy_{name}", kind, help_)
+
+        up = family("component_up", "gauge", "1 when the component is ready, else 0")
+        restarts = family("component_restarts", "counter", "restarts after transient failures")
+        figures = family("component_stat", "gauge", "numeric figures each component reports")
         for s in self._slots:
             labels = {"component": s.component.name}
-            out.append(("hlcopy_component_up", labels, 1.0 if s.state == "ready" else 0.0))
-            out.append(("hlcopy_component_restarts_total", labels, float(s.restarts)))
+            up.samples.append((labels, 1.0 if s.state == "ready" else 0.0))
+            restarts.samples.append((labels, float(s.restarts)))
             for key, value in _numeric_leaves(s.component.stats()):
-                out.append(("hlcopy_component_stat", {**labels, "stat": key}, value))
+                figures.samples.append(({**labels, "stat": key}, value))
+        shared = []
         for name, source in self._extra_stats.items():
-            for key, value in _numeric_leaves(source()):
-                out.append((f"hlcopy_{name}", {"stat": key}, value))
+            fam = family(name, "gauge", f"figures of the shared {name}")
+            fam.samples.extend(({"stat": key}, value) for key, value in _numeric_leaves(source()))
+            shared.append(fam)
+        depth = family("queue_depth", "gauge", "items waiting in a bounded queue")
+        capacity = family("queue_capacity", "gauge", "most items a bounded queue holds")
+        dropped = family("queue_dropped", "counter", "items dropped by drop-oldest queues")
         for name, q in self.queues.items():
             labels = {"queue": name}
-            out.append(("hlcopy_queue_depth", labels, float(q.qsize())))
-            out.append(("hlcopy_queue_capacity", labels, float(q.maxsize)))
-            out.append(("hlcopy_queue_dropped_total", labels, float(q.dropped)))
-        return out
+            depth.samples.append((labels, float(q.qsize())))
+            capacity.samples.append((labels, float(q.maxsize)))
+            dropped.samples.append((labels, float(q.dropped)))
+        uptime = family("uptime_seconds", "gauge", "seconds since the daemon started")
+        uptime.samples.append(({}, time.monotonic() - self._started))
+        lag = family("loop_lag_seconds", "gauge", "how late the event loop ran a 250 ms timer")
+        lag.samples.append(({}, self.loop_lag_s))
+        return [uptime, lag, up, restarts, figures, *shared, depth, capacity, dropped]
 
 
-def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
     """Flatten nested stats into ``("a.b", 1.0)`` pairs, keeping only numbers."""
-    out: list[tuple[str, float]] = []
     for key, value in stats.items():
         name = f"{prefix}{key}"
         if isinstance(value, bool):
-            out.append((name, 1.0 if value else 0.0))
+            yield name, 1.0 if value else 0.0
         elif isinstance(value, int | float):
-            out.append((name, float(value)))
+            yield name, float(value)
         elif isinstance(value, dict):
-            out.extend(_numeric_leaves(value, name + "."))
-    return out
+            yield from _numeric_leaves(value, name + ".")
 
 
 async def serve(
@@ -440,8 +482,19 @@ async def serve(
     *,
     stop_after_s: float | None = None,
 ) -> int:
-    """Build the daemon's components from ``config`` and run them until stopped."""
+    """Build the daemon's components from ``config`` and run them until stopped.
+
+    Raises InstanceLocked when another hlcopy holds the state directory."""
     # Imported here: the supervisor above is independent of what it supervises.
+    from hlcopy.instance import StateLock
+
+    with StateLock(config.state.dir):  # before anything is started or connected
+        return await _serve(config, secrets, config_path, stop_after_s)
+
+
+async def _serve(
+    config: HlcopyConfig, secrets: Secrets, config_path: Path | None, stop_after_s: float | None
+) -> int:
     from hlcopy.api.server import ApiServer
     from hlcopy.budget import WeightBudget
     from hlcopy.hl.info import InfoClient, new_session

@@ -24,6 +24,7 @@ anything else that escapes a component stops the daemon.
     │       └── BadRequest           4xx: the request itself is malformed
     ├── StreamError
     │   └── SubscriptionLimit        a WebSocket per-IP limit would be exceeded
+    ├── InstanceLocked               another hlcopy holds this state directory or database
     └── ComponentFailed              a component failed for good: the daemon exits with 1
 """
 
@@ -124,6 +125,14 @@ class StreamError(HlcopyError):
 
 class SubscriptionLimit(StreamError):
     """A WebSocket per-IP limit (connections, subscriptions, users) would be exceeded."""
+
+
+class InstanceLocked(HlcopyError):
+    """Another hlcopy runs on the same state directory or database: two would double orders."""
+
+    def __init__(self, message: str, holder_pid: int | None = None) -> None:
+        self.holder_pid = holder_pid
+        super().__init__(message)
 
 
 class ComponentFailed(HlcopyError):

@@ -22,7 +22,7 @@ from hlcopy.config import HlcopyConfig, parse_config
 from hlcopy.daemon import Daemon
 from hlcopy.log import configure_logging
 from hlcopy.sim import SimConfig, Simulator
-from hlcopy.store.embedded import _import_pgserver
+from hlcopy.store.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,11 +32,11 @@ def pg_uri() -> Iterator[str]:
     """A real PostgreSQL for the whole session (embedded, like the daemon's default)."""
     # A short path: PostgreSQL's unix socket path must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="hlpg-"))
-    server = _import_pgserver().get_server(root / "pg", cleanup_mode="stop")
+    server = EmbeddedPostgres(root / "pg")
     try:
-        yield str(server.get_uri())
+        yield asyncio.run(server.start())
     finally:
-        server.cleanup()
+        asyncio.run(server.stop())
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -8,15 +8,18 @@ says nothing about internals (the traceback goes to the log). Mutating routes ne
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from hlcopy.component import Supervisor
+from hlcopy.component import MetricFamily, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 
@@ -40,7 +43,6 @@ _CODES = {
     500: "internal",
     503: "unavailable",
 }
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _default(obj: Any) -> Any:
@@ -86,21 +88,30 @@ async def read_json(request: web.Request) -> Any:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON: {exc}") from exc
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Families(Collector):
+    """Exposes the supervisor's metric families, read afresh at every scrape."""
+
+    def __init__(self, source: Callable[[], Iterable[MetricFamily]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self._source():
+            label_names = sorted({k for labels, _ in fam.samples for k in labels})
+            metric: GaugeMetricFamily | CounterMetricFamily
+            if fam.kind == "counter":
+                metric = CounterMetricFamily(fam.name, fam.help, labels=label_names)
+            else:
+                metric = GaugeMetricFamily(fam.name, fam.help, labels=label_names)
+            for labels, value in fam.samples:
+                metric.add_metric([labels.get(k, "") for k in label_names], value)
+            yield metric
 
 
-def render_metrics(samples: Iterable[tuple[str, dict[str, str], float]]) -> str:
-    """Prometheus text exposition format, one TYPE line per metric name."""
-    lines: list[str] = []
-    typed: set[str] = set()
-    for name, labels, value in samples:
-        if name not in typed:
-            typed.add(name)
-            lines.append(f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}")
-        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{label_text}}} {value!r}" if label_text else f"{name} {value!r}")
-    return "\n".join(lines) + "\n"
+def render_metrics(families: Callable[[], Iterable[MetricFamily]]) -> bytes:
+    """The Prometheus text exposition of ``families``, written by prometheus_client itself."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
 
 
 @web.middleware
@@ -149,7 +160,9 @@ def auth_middleware(token: Secret, read_auth: bool) -> Callable[..., Awaitable[w
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise web.HTTPUnauthorized(text="missing bearer token", headers=challenge)
-            if not hmac.compare_digest(value.strip().encode(), expected):
+            # Header bytes that are not ASCII arrive as surrogates: they match no token.
+            presented = value.strip().encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(presented, expected):
                 raise web.HTTPUnauthorized(text="invalid bearer token", headers=challenge)
         return await handler(request)
 
@@ -162,8 +175,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = render_metrics(request.app[SUPERVISOR].metrics())
-    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+    body = render_metrics(request.app[SUPERVISOR].metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -3,18 +3,100 @@
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from hlcopy.api.app import build_app
+from hlcopy.api.app import build_app, error_response
 from hlcopy.component import Component, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import ComponentFailed
 
 log = structlog.get_logger()
+
+
+class _LogBudget:
+    """At most ``max_lines`` warnings per window; the rest are counted and reported later."""
+
+    def __init__(self, max_lines: int = 5, window_s: float = 60.0) -> None:
+        self.max_lines, self.window_s = max_lines, window_s
+        self._window_start = float("-inf")
+        self._lines = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._window_start >= self.window_s:
+            self._window_start, self._lines = now, 0
+        if self._lines >= self.max_lines:
+            self.suppressed += 1
+            return False
+        self._lines += 1
+        return True
+
+
+class _ProtocolErrors(RequestHandler):
+    """Answers requests aiohttp cannot even parse (a bad request line, oversized headers) with
+    the API's JSON error shape, logging one warning line at most a few times a minute instead of
+    aiohttp's traceback per request: a local client must not be able to flood the journal."""
+
+    log_budget: _LogBudget
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        budget = self.log_budget
+        if budget.allow(asyncio.get_running_loop().time()):
+            suppressed, budget.suppressed = budget.suppressed, 0
+            log.warning(
+                "api request rejected before routing",
+                status=status,
+                error=(str(exc) or type(exc).__name__)[:200] if exc is not None else None,
+                remote=request.remote,
+                suppressed_since_last=suppressed,
+            )
+        if request.writer.output_size > 0:  # part of a response went out: nothing to add
+            raise ConnectionError("the response was already started")
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "error"
+        response = error_response(status, "malformed HTTP request" if status == 400 else reason)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    log_budget: _LogBudget
+
+    def __call__(self) -> RequestHandler:
+        handler = _ProtocolErrors(self, loop=self._loop, **self._kwargs)
+        handler.log_budget = self.log_budget
+        return handler
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections use ``_ProtocolErrors``.
+
+    aiohttp offers no public hook for this; the server it builds is re-classed to ours (a
+    subclass that only changes which protocol class it creates). A test sends malformed HTTP and
+    checks the JSON reply, so an aiohttp upgrade that breaks this is noticed.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        assert isinstance(server, _Server)
+        server.log_budget = _LogBudget()
+        return server
 
 
 class ApiServer(Component):
@@ -36,7 +118,7 @@ class ApiServer(Component):
 
     async def run(self, ready: asyncio.Event) -> None:
         app = build_app(self._supervisor, self._cfg, self._token)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout_s)
+        runner = _Runner(app, access_log=None, shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
         self._runner = runner
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ import orjson
 
 from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import Secret
-from hlcopy.errors import MigrationError, StoreConflict, StoreError, StoreUnavailable
+from hlcopy.errors import (
+    InstanceLocked,
+    MigrationError,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+)
 from hlcopy.store.embedded import EmbeddedPostgres
 
-# Any constant works; it only has to be the same for every hlcopy process on this database.
+# Any constants work; they only have to be the same for every hlcopy process on a database.
 _MIGRATION_LOCK = 0x686C636F7079  # "hlcopy"
+_INSTANCE_LOCK = (0x686C6370, 0x696E7374)  # ("hlcp", "inst"): the two-int4 form, see _holder
+_APP_NAME = re.compile(r"hlcopy pid=(\d+)")
 _MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -91,16 +100,30 @@ async def _init_connection(con: asyncpg.Connection) -> None:
 
 
 class Store:
-    """PostgreSQL access for every component: ``async with Store(...) as store``."""
+    """PostgreSQL access for every component: ``async with Store(...) as store``.
+
+    With ``exclusive`` (the daemon's case) ``open`` first takes a session-level advisory lock on
+    a connection of its own and keeps it for the life of the store, so a second hlcopy on the same
+    database refuses to start instead of doubling orders. ``open`` is also how the store comes
+    back: it restarts a dead embedded server and re-takes the lock after the database restarted.
+    """
 
     def __init__(
-        self, cfg: DatabaseConfig, state_dir: Path, password: Secret | None = None
+        self,
+        cfg: DatabaseConfig,
+        state_dir: Path,
+        password: Secret | None = None,
+        *,
+        exclusive: bool = True,
     ) -> None:
         self._cfg = cfg
         self._password = password
+        self._exclusive = exclusive
         self._embedded = None if cfg.dsn else EmbeddedPostgres(state_dir / "pg")
         self._pool: asyncpg.Pool | None = None
+        self._lock_con: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
+        self.reopens = 0
 
     @property
     def embedded(self) -> bool:
@@ -108,43 +131,96 @@ class Store:
         return self._embedded is not None
 
     @property
+    def embedded_pid(self) -> int | None:
+        """The embedded server's postmaster PID, while it runs."""
+        return None if self._embedded is None else self._embedded.pid
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
         return self._pool
 
+    def _intact(self) -> bool:
+        if self._pool is None:
+            return False
+        if self._embedded is not None and not self._embedded.running:
+            return False
+        return not (self._exclusive and (self._lock_con is None or self._lock_con.is_closed()))
+
     async def open(self) -> None:
-        """Start the embedded server if needed and open the pool. Idempotent."""
+        """Start the embedded server if needed, take the instance lock and open the pool.
+
+        Idempotent while everything is intact; otherwise it rebuilds what broke."""
         async with self._lock:
-            if self._embedded is not None and self._pool is not None and not self._embedded.running:
-                # The embedded server died under us: drop the pool and start it again.
-                await self._close_pool()
-                await self._embedded.stop()
-            if self._pool is not None:
+            if self._intact():
                 return
+            if self._pool is not None or self._lock_con is not None:
+                self.reopens += 1
+            await self._disconnect()
             dsn = await self._embedded.start() if self._embedded else self._cfg.dsn
+            password = self._password.reveal() if self._password else None
+            if self._exclusive:
+                await self._take_instance_lock(dsn, password)
             with translate("connect"):
                 self._pool = await asyncpg.create_pool(
                     dsn,
                     min_size=self._cfg.pool_min_size,
                     max_size=self._cfg.pool_max_size,
                     command_timeout=self._cfg.command_timeout_s,
-                    password=self._password.reveal() if self._password else None,
+                    password=password,
                     init=_init_connection,
                 )
 
-    async def _close_pool(self) -> None:
+    async def _take_instance_lock(self, dsn: str | None, password: str | None) -> None:
+        with translate("instance lock"):
+            con = await asyncpg.connect(
+                dsn,
+                password=password,
+                timeout=self._cfg.command_timeout_s,
+                server_settings={"application_name": f"hlcopy pid={os.getpid()}"},
+            )
+        try:
+            with translate("instance lock"):
+                got = await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", *_INSTANCE_LOCK)
+                holder = None if got else await _holder(con)
+        except BaseException:
+            await _close_quietly(con)
+            raise
+        if not got:
+            await _close_quietly(con)
+            who = f"pid {holder}" if holder is not None else "pid unknown"
+            raise InstanceLocked(
+                f"another hlcopy ({who}) is using this database; stop it first", holder
+            )
+        self._lock_con = con
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers and our lock still holds."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        if not self._intact():
+            raise StoreUnavailable("the database server or the instance lock went away")
+        with translate("ping"):
+            await self.pool.fetchval("SELECT 1")
+            if self._lock_con is not None:
+                await self._lock_con.fetchval("SELECT 1")
+
+    async def _disconnect(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=10)
-            except TimeoutError:
+            except (TimeoutError, asyncpg.InterfaceError, OSError):
                 pool.terminate()
+        con, self._lock_con = self._lock_con, None
+        if con is not None:
+            await _close_quietly(con)
 
     async def close(self) -> None:
-        """Close the pool, then stop the embedded server if we started it."""
+        """Close the pool and the lock, then stop the embedded server if we run one."""
         async with self._lock:
-            await self._close_pool()
+            await self._disconnect()
             if self._embedded is not None:
                 await self._embedded.stop()
 
@@ -214,11 +290,6 @@ class Store:
                 await self.pool.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
             )
 
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers."""
-        with translate("ping"):
-            await self.pool.fetchval("SELECT 1")
-
     async def kv_get(self, key: str, default: Any = None) -> Any:
         """A value from the key-value table, or ``default``."""
         with translate("kv_get"):
@@ -237,9 +308,37 @@ class Store:
 
     def stats(self) -> dict[str, Any]:
         pool = self._pool
-        return {
+        out: dict[str, Any] = {
             "embedded": self.embedded,
             "open": pool is not None,
             "pool_size": pool.get_size() if pool else 0,
             "pool_idle": pool.get_idle_size() if pool else 0,
+            "reopens": self.reopens,
         }
+        if self._embedded is not None:
+            out["embedded_pid"] = self._embedded.pid
+            out["embedded_starts"] = self._embedded.starts
+            out["embedded_adoptions"] = self._embedded.adoptions
+        return out
+
+
+async def _holder(con: asyncpg.Connection) -> int | None:
+    """The PID of the hlcopy holding the instance lock, from its connection's name.
+
+    The two-int4 form of an advisory lock shows in pg_locks as classid, objid and objsubid 2.
+    """
+    name = await con.fetchval(
+        """SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+             AND l.classid::bigint = $1 AND l.objid::bigint = $2""",
+        *_INSTANCE_LOCK,
+    )
+    m = _APP_NAME.fullmatch(name or "")
+    return int(m[1]) if m else None
+
+
+async def _close_quietly(con: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(con.close(), timeout=5)
+    except (TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+        con.terminate()

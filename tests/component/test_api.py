@@ -16,12 +16,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hlcopy.api.app import build_app, read_json, render_metrics
 from hlcopy.api.server import ApiServer
+from hlcopy.component import MetricFamily
 from hlcopy.credentials import Secret
 from hlcopy.daemon import Daemon
 from hlcopy.notify import Notifier
+from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.component.test_daemon import Probe
 from tests.conftest import make_config, running
+from tests.unit.test_config_hostile import junk_documents
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -78,9 +82,26 @@ async def test_health_metrics_stats(api: Api) -> None:
 
     status, text, resp = await api.call("GET", "/metrics")
     assert status == 200
-    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    assert "# TYPE hlcopy_uptime_seconds gauge" in text
-    assert 'hlcopy_component_restarts_total{component="probe"} 0.0' in text
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["hlcopy_uptime_seconds"].type == "gauge"
+    assert families["hlcopy_uptime_seconds"].documentation
+    restarts = families["hlcopy_component_restarts"]
+    assert restarts.type == "counter"
+    assert {(s.name, s.labels["component"], s.value) for s in restarts.samples} >= {
+        ("hlcopy_component_restarts_total", "probe", 0.0)
+    }
+    up = {s.labels["component"]: s.value for s in families["hlcopy_component_up"].samples}
+    assert up == {"probe": 1.0, "api": 1.0}
+    answers = [
+        s.value
+        for s in families["hlcopy_component_stat"].samples
+        if s.labels == {"component": "probe", "stat": "answers"}
+    ]
+    assert answers == [42.0]
+    # Families are grouped: each TYPE line appears once and before its samples.
+    type_lines = [line for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(type_lines) == len(set(type_lines)) == len(families)
 
     status, body, _ = await api.call("GET", "/api/v1/stats")
     assert status == 200
@@ -223,14 +244,109 @@ async def test_port_in_use_is_a_clear_fatal_error(tmp_path: Path) -> None:
         await blocker.wait_closed()
 
 
-def test_render_metrics_escapes_labels() -> None:
-    text = render_metrics(
-        [("m_total", {"a": 'x"y\\z\n'}, 1.0), ("m_total", {}, 2.0), ("g", {}, 0.5)]
-    )
-    assert text.splitlines() == [
-        "# TYPE m_total counter",
-        'm_total{a="x\\"y\\\\z\\n"} 1.0',
-        "m_total 2.0",
-        "# TYPE g gauge",
-        "g 0.5",
+def test_render_metrics_round_trips_awkward_labels_through_the_official_parser() -> None:
+    awkward = 'x"y\\z\n'
+    body = render_metrics(
+        lambda: [
+            MetricFamily("m", "counter", "a counter", [({"a": awkward}, 1.0), ({}, 2.0)]),
+            MetricFamily("g", "gauge", "a gauge", [({}, 0.5)]),
+        ]
+    ).decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert families["m"].type == "counter"
+    assert [(s.name, s.labels.get("a"), s.value) for s in families["m"].samples] == [
+        ("m_total", awkward, 1.0),
+        ("m_total", "", 2.0),
     ]
+    assert [(s.name, s.value) for s in families["g"].samples] == [("g", 0.5)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer \xc3\xa9t\xc3\xa9", b"Bearer \xff\xfe", b"\xff\xfe \xff", b"Bearer " + b"\x80" * 40],
+    ids=["utf8", "invalid-utf8", "scheme-junk", "long-high-bytes"],
+)
+async def test_non_ascii_authorization_is_a_json_401(api: Api, value: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
+    try:
+        writer.write(
+            b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            + value
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert orjson.loads(body)["error"]["code"] == "unauthorized"
+
+
+async def _raw(api: Api, request: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(api.url.rsplit(":", 1)[1]))
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /\x00health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    ],
+    ids=["not-http", "bad-header", "bad-version", "nul-in-path", "negative-length", "huge-header"],
+)
+async def test_protocol_level_garbage_gets_a_short_json_error(
+    api: Api, request_bytes: bytes, log_stream: io.StringIO
+) -> None:
+    head, body = await _raw(api, request_bytes)
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, head
+    assert b"application/json" in head
+    assert orjson.loads(body)["error"]["message"]
+    assert len(body) < 200
+    logged = [orjson.loads(line) for line in log_stream.getvalue().splitlines()]
+    rejected = [e for e in logged if e["event"] == "api request rejected before routing"]
+    assert len(rejected) == 1
+    assert "Traceback" not in log_stream.getvalue()
+    assert not any(e.get("level") == "error" for e in logged)
+
+
+async def test_a_flood_of_garbage_logs_only_a_few_lines(api: Api, log_stream: io.StringIO) -> None:
+    for _ in range(50):
+        head, _ = await _raw(api, b"GARBAGE\r\n\r\n")
+        assert b" 400 " in head
+    logged = [orjson.loads(line) for line in log_stream.getvalue().splitlines()]
+    rejected = [e for e in logged if e["event"] == "api request rejected before routing"]
+    assert 1 <= len(rejected) <= 5
+    # The API keeps serving.
+    status, _, _ = await api.call("GET", "/health")
+    assert status == 200
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(text=junk_documents())
+async def test_reload_with_generated_junk_is_never_a_5xx(api: Api, text: str) -> None:
+    assert api.daemon.config_path is not None
+    api.daemon.config_path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    status, body, _ = await api.call("POST", "/api/v1/reload", TOKEN)
+    assert status in (200, 400), body
+    if status == 400:
+        assert body["error"]["code"] == "invalid_config"
+        assert body["error"]["problems"]
+    assert api.daemon.health()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import time
 from pathlib import Path
@@ -296,9 +297,15 @@ async def test_stats_and_metrics_show_queues_and_component_figures(tmp_path: Pat
             "total_in": 5,
         }
         assert stats["components"]["p"]["answers"] == 42
-        metrics = {(name, tuple(sorted(labels.items()))): v for name, labels, v in d.metrics()}
+        families = d.metrics()
+        assert len({f.name for f in families}) == len(families)  # one family per name
+        kinds = {f.name: f.kind for f in families}
+        assert kinds["hlcopy_queue_dropped"] == kinds["hlcopy_component_restarts"] == "counter"
+        metrics = {
+            (f.name, tuple(sorted(labels.items()))): v for f in families for labels, v in f.samples
+        }
         assert metrics[("hlcopy_queue_depth", (("queue", "leader_fills"),))] == 3
-        assert metrics[("hlcopy_queue_dropped_total", (("queue", "firehose"),))] == 3
+        assert metrics[("hlcopy_queue_dropped", (("queue", "firehose"),))] == 3
         assert metrics[("hlcopy_component_up", (("component", "p"),))] == 1
         assert metrics[("hlcopy_component_stat", (("component", "p"), ("stat", "nested.ok")))] == 1
     assert not q.offer(9) or q.qsize() == 4  # a blocking queue refuses offer() when full
@@ -312,3 +319,84 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     d.queue("q", 1)
     with pytest.raises(ValueError, match="two queues"):
         d.queue("q", 1)
+
+
+class LostForGood(Component):
+    """Ready once, then it loses its resource and every restart attempt fails quickly."""
+
+    name = "store"
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.lose = asyncio.Event()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            ready.set()
+            await self.lose.wait()
+            raise StoreUnavailable("the database went away")
+        await asyncio.sleep(0.01)
+        raise StoreUnavailable("still cannot reconnect")
+
+
+async def test_failed_restart_attempts_do_not_reset_how_long_a_component_is_down(
+    tmp_path: Path,
+) -> None:
+    d = daemon_for(tmp_path, dead_after_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.02)
+    store = LostForGood()
+    d.add(store)
+    async with running(d):
+        store.lose.set()
+        await asyncio.sleep(0.15)
+        assert d.liveness_problem() is None  # down, but not for long yet
+        await asyncio.sleep(0.35)
+        assert store.runs > 5  # it kept trying, each attempt restarting the clock before
+        assert (d.liveness_problem() or "").startswith("store down for")
+        ok, body = d.health()
+        assert not ok
+        assert body["components"]["store"]["down_s"] >= 0.3
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "x = " + "[" * 5000 + "]" * 5000,
+        "[api]\nport = " + "9" * 5000 + "\n",
+        "\x00\x01\x02 not toml at all",
+        "[[[[[[",
+    ],
+    ids=["deep-nesting", "huge-number", "binary-junk", "broken-tables"],
+)
+async def test_reload_of_a_malformed_file_is_refused_and_the_daemon_keeps_running(
+    tmp_path: Path, content: str
+) -> None:
+    path = tmp_path / "hlcopy.toml"
+    path.write_text(f'[state]\ndir = "{tmp_path}"\n')
+    d = Daemon(make_config(tmp_path), config_path=path, notifier=Notifier(""))
+    probe = Probe("p", [])
+    d.add(probe)
+    async with running(d) as task:
+        path.write_text(content)
+        result = await d.reload()
+        assert not result.ok
+        assert result.problems
+        d._on_hup()  # the SIGHUP path: a task in the daemon's TaskGroup
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        assert d.health()[0]
+
+
+async def test_reload_of_a_fifo_is_refused_at_once_and_shutdown_is_not_held_up(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hlcopy.toml"
+    os.mkfifo(path)  # a reader opening this blocking would wait for a writer forever
+    d = Daemon(make_config(tmp_path), config_path=path, notifier=Notifier(""))
+    d.add(Probe("p", []))
+    async with running(d):
+        t0 = time.monotonic()
+        result = await d.reload()
+        assert time.monotonic() - t0 < 1
+        assert not result.ok
+        assert "not a regular file" in result.problems[0]

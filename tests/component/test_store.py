@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pytest
 from hlcopy.config import DatabaseConfig
-from hlcopy.errors import MigrationError, StoreConflict, StoreUnavailable
+from hlcopy.errors import InstanceLocked, MigrationError, StoreConflict, StoreUnavailable
 from hlcopy.store import Migration, Store, bundled_migrations
 from hlcopy.store.db import translate
+from hlcopy.store.embedded import Postmaster, postmaster_alive
+
+from tests.conftest import REPO
 
 EXPECTED_TABLES = {
     "traders",
@@ -49,7 +57,11 @@ async def test_fresh_embedded_postgres_migrates_and_second_start_is_a_noop(tmp_p
 
 async def test_two_starts_racing_apply_each_migration_once(dsn: str, tmp_path: Path) -> None:
     cfg = DatabaseConfig(dsn=dsn)
-    async with Store(cfg, tmp_path) as a, Store(cfg, tmp_path) as b:
+    # Not exclusive: this is about the migration lock, not the one-instance lock.
+    async with (
+        Store(cfg, tmp_path, exclusive=False) as a,
+        Store(cfg, tmp_path, exclusive=False) as b,
+    ):
         results = await asyncio.gather(a.migrate(), b.migrate(), a.migrate())
         assert sorted(map(len, results)) == [0, 0, len(bundled_migrations())]
         assert await a.pool.fetchval("SELECT count(*) FROM schema_migrations") == len(
@@ -107,3 +119,110 @@ async def test_unreachable_database_is_transient(tmp_path: Path) -> None:
         await store.open()
     with pytest.raises(StoreUnavailable, match="not open"):
         await store.ping()
+
+
+def _postgres_for(data_dir: Path) -> list[int]:
+    """PIDs of live postmasters serving ``data_dir``."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(data_dir) in (proc.info["cmdline"] or []):
+            found.append(proc.pid)
+    return found
+
+
+async def test_a_second_exclusive_store_on_one_database_is_refused_naming_the_holder(
+    dsn: str, tmp_path: Path
+) -> None:
+    cfg = DatabaseConfig(dsn=dsn)
+    async with Store(cfg, tmp_path):
+        with pytest.raises(InstanceLocked) as info:
+            await Store(cfg, tmp_path).open()
+        assert info.value.holder_pid == os.getpid()
+        assert f"pid {os.getpid()}" in str(info.value)
+    # Released with the first store: a new one gets it.
+    async with Store(cfg, tmp_path) as again:
+        await again.ping()
+
+
+async def test_a_killed_postmaster_is_restarted_by_open_and_data_survives(tmp_path: Path) -> None:
+    async with Store(DatabaseConfig(), tmp_path) as store:
+        await store.migrate()
+        await store.kv_set("k", 1)
+        first = store.embedded_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while postmaster_alive(first, (tmp_path / "pg").resolve()):
+                await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        async with asyncio.timeout(30):
+            while True:  # orphaned backends may hold the old segment for a moment
+                try:
+                    await store.open()
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.5)
+        assert store.embedded_pid not in (None, first)
+        assert await store.kv_get("k") == 1
+        assert store.stats()["reopens"] == 1
+    assert _postgres_for((tmp_path / "pg").resolve()) == []
+
+
+_OPEN_AND_HANG = """
+import asyncio, sys
+from pathlib import Path
+from hlcopy.config import DatabaseConfig
+from hlcopy.log import configure_logging
+from hlcopy.store import Store
+async def main():
+    configure_logging("warning", "json", sys.stderr)
+    store = Store(DatabaseConfig(), Path(sys.argv[1]))
+    await store.open()
+    print(store.embedded_pid, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_a_server_left_by_a_killed_process_is_adopted_then_stopped(tmp_path: Path) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OPEN_AND_HANG, str(tmp_path), stdout=subprocess.PIPE, cwd=REPO
+    )
+    try:
+        assert child.stdout is not None
+        left_pid = int(await asyncio.wait_for(child.stdout.readline(), 60))
+    finally:
+        child.kill()  # SIGKILL: no cleanup at all
+        await child.wait()
+    data_dir = (tmp_path / "pg").resolve()
+    assert postmaster_alive(left_pid, data_dir)
+    async with Store(DatabaseConfig(), tmp_path) as store:
+        assert store.embedded_pid == left_pid
+        assert store.stats()["embedded_adoptions"] == 1
+        await store.ping()
+    assert _postgres_for(data_dir) == []  # the clean stop stopped the adopted server
+
+
+@pytest.mark.parametrize("holder", ["dead", "unrelated"])
+async def test_a_stale_postmaster_pid_does_not_block_the_start(tmp_path: Path, holder: str) -> None:
+    async with Store(DatabaseConfig(), tmp_path) as store:
+        await store.migrate()
+    data_dir = (tmp_path / "pg").resolve()
+    sleeper = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        if holder == "dead":
+            sleeper.kill()
+            await sleeper.wait()
+        # A postmaster.pid as a crashed server leaves it, naming a PID that is not a postmaster.
+        lines = [str(sleeper.pid), str(data_dir), "1700000000", "5432", str(data_dir), "", "0 0"]
+        (data_dir / "postmaster.pid").write_text("\n".join([*lines, "ready", ""]))
+        assert Postmaster.read(data_dir) is not None
+        async with Store(DatabaseConfig(), tmp_path) as store:
+            assert await store.schema_version() == len(bundled_migrations())
+            assert store.embedded_pid != sleeper.pid
+    finally:
+        if sleeper.returncode is None:
+            sleeper.kill()
+            await sleeper.wait()
+    assert _postgres_for(data_dir) == []

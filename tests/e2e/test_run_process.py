@@ -46,10 +46,9 @@ class Process:
                 for line in self.lines[after:]:
                     if line.get("event") == event:
                         return line
-                if self.proc.returncode is not None and self._reader.done():
-                    raise AssertionError(
-                        f"exited {self.proc.returncode} before {event!r}:\n" + "".join(self.raw)
-                    )
+                if self._reader.done():  # stderr closed: the process is gone or going
+                    code = await self.proc.wait()
+                    raise AssertionError(f"exited {code} before {event!r}:\n" + "".join(self.raw))
                 self._new.clear()
                 await self._new.wait()
 

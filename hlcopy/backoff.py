@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable
+
+from hlcopy.clock import SYSTEM, Clock
 
 
 def backoff_delay(
@@ -27,7 +27,7 @@ class Backoff:
         base_s: float = 0.5,
         cap_s: float = 30.0,
         reset_after_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         rng: random.Random | None = None,
     ) -> None:
         self.base_s, self.cap_s, self.reset_after_s = base_s, cap_s, reset_after_s
@@ -38,13 +38,13 @@ class Backoff:
 
     def healthy(self) -> None:
         """Mark the start of a healthy period."""
-        self._healthy_since = self._clock()
+        self._healthy_since = self._clock.monotonic()
 
     def next_delay(self) -> float:
         """Record a failure and return how long to wait before trying again."""
         if (
             self._healthy_since is not None
-            and self._clock() - self._healthy_since >= self.reset_after_s
+            and self._clock.monotonic() - self._healthy_since >= self.reset_after_s
         ):
             self.attempt = 0
         self._healthy_since = None

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
-from hlcopy.hl import wire
-from hlcopy.hl.signing import NonceSource, Signer, l1_digest
+from hlcopy.hl import ActionSigner, NonceSource, Signer
+from hlcopy.hl.signing import l1_digest
+from hlcopy.model import Asset, OrderSpec
 
 MIN_ORDERS_PER_RUN = 10_000
 
@@ -47,45 +46,31 @@ def bench_sign(
 ) -> dict[str, Any]:
     """Microseconds to build and sign one order, from Decimal inputs to the request bytes.
 
-    Each order: round price (toward the cap) and size to the asset's grid, build the order wire
-    with a cloid, wrap it in an order action, hash, sign (EIP-712, libsecp256k1), and serialise
-    the request body. One order per action, one thread: the latency of a single copy order.
+    Each order goes the executor's way: an ``OrderSpec`` (Decimal price and size, a cloid) to
+    ``ActionSigner.orders``, which rounds price (toward the cap) and size to the asset's grid,
+    builds the order wire and action, hashes, signs (EIP-712, libsecp256k1) and serialises the
+    request body. One order per action, one thread: the latency of a single copy order.
     """
     if orders_per_run < MIN_ORDERS_PER_RUN:
         raise ValueError(f"a run needs at least {MIN_ORDERS_PER_RUN} orders")
     rng = random.Random(seed)
     signer = Signer.from_key("0x" + secrets.token_hex(32))  # throwaway: nothing is sent
-    nonces = NonceSource()
+    actions = ActionSigner(signer, is_mainnet=True, nonces=NonceSource())
     # Realistic inputs: a mix of coins (szDecimals 0-5), prices off the grid, sizes off the lot.
-    assets = [(i, rng.choice([0, 1, 2, 3, 4, 5])) for i in range(32)]
+    assets = [Asset(f"C{i}", i, rng.choice([0, 1, 2, 3, 4, 5]), 20) for i in range(32)]
     inputs = []
     for i in range(orders_per_run):
-        asset, szd = assets[i % len(assets)]
+        asset = assets[i % len(assets)]
         px = Decimal(rng.randint(10_000, 99_999_999)).scaleb(-rng.randint(0, 6))
-        sz = Decimal(rng.randint(1, 10**9)).scaleb(-9 + rng.randint(0, 3))
-        inputs.append((asset, szd, px, sz, rng.random() < 0.5, f"0x{rng.getrandbits(128):032x}"))
+        sz = Decimal(rng.randint(10**9, 10**12)).scaleb(-9)  # 1 to 1000, off the lot grid
+        cloid = f"0x{rng.getrandbits(128):032x}"
+        inputs.append(OrderSpec(asset, rng.random() < 0.5, px, sz, cloid=cloid))
 
     def run_once() -> float:
         t0 = time.perf_counter_ns()
-        for asset, szd, raw_px, raw_sz, is_buy, cloid in inputs:
-            px = wire.round_price(
-                raw_px, szd, False, wire.Rounding.DOWN if is_buy else wire.Rounding.UP
-            )
-            sz = wire.round_size(raw_sz, szd)
-            action = wire.order_action(
-                [wire.order_wire(asset, is_buy, px, sz, False, "Ioc", cloid)]
-            )
-            nonce = nonces.next()
-            signature = signer.sign_l1_action(action, None, nonce, nonce + 10_000, True)
-            orjson.dumps(
-                {
-                    "action": action,
-                    "nonce": nonce,
-                    "signature": signature,
-                    "vaultAddress": None,
-                    "expiresAfter": nonce + 10_000,
-                }
-            )
+        for spec in inputs:
+            nonce = actions.nonces.next()
+            actions.orders((spec,), nonce=nonce, expires_after=nonce + 10_000)
         return (time.perf_counter_ns() - t0) / orders_per_run / 1000
 
     def ecdsa_once() -> float:
@@ -93,7 +78,7 @@ def bench_sign(
         n = orders_per_run // 4
         t0 = time.perf_counter_ns()
         for _ in range(n):
-            signer.sign_digest(digest)
+            signer._sign_digest(digest)
         return (time.perf_counter_ns() - t0) / n / 1000
 
     run_once()  # warm up caches and the allocator
@@ -168,29 +153,35 @@ async def _bench_sim(
     seconds: float, rate: float, traders: int, rest_per_s: float
 ) -> dict[str, Any]:
     from hlcopy.budget import Lane, WeightBudget
-    from hlcopy.hl.info import InfoClient, new_session
-    from hlcopy.hl.stream import StreamMessage, StreamPool
+    from hlcopy.component import Ready
+    from hlcopy.hl import InfoClient, StreamPool, new_session
+    from hlcopy.model import Trades
+    from hlcopy.queues import BoundedQueue
 
     proc, url = await _sim_process(rate, traders)
     counts = {"trades": 0, "messages": 0}
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    frames = BoundedQueue[Trades]("bench:trades", 100_000, "drop_oldest")
 
-    async def on_trades(msg: StreamMessage) -> None:
-        counts["messages"] += 1
-        counts["trades"] += len(msg.data)
+    async def count() -> None:
+        async for frame in frames:
+            counts["messages"] += 1
+            counts["trades"] += len(frame.trades)
 
     pool = StreamPool(url.replace("http", "ws", 1) + "/ws")
-    ready = asyncio.Event()
+    ready_event = asyncio.Event()
+    ready = Ready(lambda is_ready, _: ready_event.set() if is_ready else None)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(pool.run(ready), name="bench:stream")
-            await ready.wait()
+            counter = tg.create_task(count(), name="bench:count")
+            await ready_event.wait()
             async with new_session(10) as session:
                 info = InfoClient(session, url, WeightBudget(1200, 10))
                 for meta in (await info.meta()).universe:
                     if not meta.delisted:
-                        await pool.subscribe({"type": "trades", "coin": meta.name}, on_trades)
+                        await pool.trades(meta.name, frames)
                 await asyncio.sleep(2)  # let the first ticks flow
                 counts["trades"] = counts["messages"] = 0
                 t0 = time.perf_counter()
@@ -211,6 +202,8 @@ async def _bench_sim(
                     await asyncio.sleep(max(0.0, (i / rest_per_s) - (time.perf_counter() - t0)))
                 trades, messages = counts["trades"], counts["messages"]
             await pool.drain()
+            frames.close()
+            await counter
     finally:
         proc.terminate()
         await proc.wait()

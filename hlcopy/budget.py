@@ -7,7 +7,7 @@ gap-fill, scoring, enrichment. The read lanes stop at ``limit x (1 - headroom)``
 is kept for the order lane, so reads can never starve orders. Per-item weight that is only known
 from the response is debited afterwards. An HTTP 429 sends the read lanes into back-off.
 
-Time comes from an injected clock, so tests drive it without sleeping.
+Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any
+
+from hlcopy.clock import SYSTEM, TIMER_SLACK_S, Clock, Timer
 
 
 class Lane(IntEnum):
@@ -30,28 +31,6 @@ class Lane(IntEnum):
     GAPFILL = 3  # backfilling missed fills
     SCORING = 4  # ranking traders
     ENRICHMENT = 5  # roles, metadata, nice-to-haves
-
-
-class Handle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """What the budget needs from time: a monotonic reading and a timer."""
-
-    def now(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
-
-
-class LoopClock:
-    """The running event loop's clock."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle:
-        return asyncio.get_running_loop().call_later(delay, callback)
 
 
 def extra_weight(items: int, per: int = 20) -> int:
@@ -85,13 +64,13 @@ class WeightBudget:
         self.limit = weight_per_minute
         self.read_limit = max(1, math.floor(weight_per_minute * (1 - headroom_pct / 100)))
         self.window_s = window_s
-        self._clock: Clock = clock or LoopClock()
+        self._clock: Clock = clock or SYSTEM
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._spent: deque[tuple[float, int, Lane]] = deque()
         self._used = 0
         self._used_by_lane = [0] * len(Lane)
         self._queues: list[deque[_Waiter]] = [deque() for _ in Lane]
-        self._timer: Handle | None = None
+        self._timer: Timer | None = None
         self._reads_blocked_until = 0.0
         self._backoff_step = 0
         self._last_429 = -math.inf
@@ -111,7 +90,7 @@ class WeightBudget:
         if weight <= 0 or weight > cap:
             raise ValueError(f"weight {weight} outside 1..{cap} for lane {lane.name}")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queues[lane].append(_Waiter(weight, future, self._clock.now()))
+        self._queues[lane].append(_Waiter(weight, future, self._clock.monotonic()))
         self._dispatch()
         try:
             await future
@@ -122,12 +101,12 @@ class WeightBudget:
     def debit(self, weight: int, lane: Lane) -> None:
         """Record weight the exchange charged on top (known only from the response)."""
         if weight > 0:
-            self._spend(weight, lane, self._clock.now())
+            self._spend(weight, lane, self._clock.monotonic())
             self._weight_total[lane] += weight
 
     def rate_limited(self) -> None:
         """The exchange answered 429: our count and its differ. Back the read lanes off."""
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._rate_limited += 1
         if now - self._last_429 > self.window_s:
             self._backoff_step = 0
@@ -173,7 +152,7 @@ class WeightBudget:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._expire(now)
         for lane in Lane:
             queue = self._queues[lane]
@@ -185,7 +164,8 @@ class WeightBudget:
                 delay = self._delay(waiter.weight, lane, now)
                 if delay > 0:
                     # Strict priority: nothing below this lane's head goes before it.
-                    self._timer = self._clock.call_later(delay, self._dispatch)
+                    # A hair late, so rounding cannot leave the weight a hair unexpired.
+                    self._timer = self._clock.call_later(delay + TIMER_SLACK_S, self._dispatch)
                     return
                 queue.popleft()
                 self._spend(waiter.weight, lane, now)
@@ -200,11 +180,11 @@ class WeightBudget:
 
     def used(self) -> int:
         """Weight spent within the current window."""
-        self._expire(self._clock.now())
+        self._expire(self._clock.monotonic())
         return self._used
 
     def stats(self) -> dict[str, Any]:
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._expire(now)
         return {
             "limit_per_minute": self.limit,

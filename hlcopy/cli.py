@@ -50,7 +50,7 @@ def _prepare(path: Path) -> tuple[HlcopyConfig, Secrets]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hlcopy.daemon import serve
+    from hlcopy.app import serve
     from hlcopy.errors import ConfigError, InstanceLocked
 
     try:
@@ -163,9 +163,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from hlcopy.app import serve
     from hlcopy.config import load_config
     from hlcopy.credentials import load_secrets
-    from hlcopy.daemon import serve
     from hlcopy.errors import ConfigError, InstanceLocked
     from hlcopy.log import configure_logging, register_secret
     from hlcopy.sim import Simulator

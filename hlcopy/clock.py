@@ -9,10 +9,12 @@ which models the exchange's own time) are the only places that read the system's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
@@ -41,6 +43,10 @@ class Clock(Protocol):
         """Run ``callback`` once, ``delay_s`` seconds from now."""
         ...
 
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        """Like ``asyncio.timeout``: TimeoutError when the block outlasts ``seconds``."""
+        ...
+
 
 class SystemClock:
     """Real time: the event loop's monotonic clock, the system's wall clock."""
@@ -57,8 +63,14 @@ class SystemClock:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
         return asyncio.get_running_loop().call_later(delay_s, callback)
 
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)
+
 
 SYSTEM = SystemClock()
+# Timers that wait for a window to free up fire this much late: on time to the last bit,
+# floating-point rounding can find the slot not quite free and re-arm at the same instant.
+TIMER_SLACK_S = 1e-6
 
 
 class _VirtualTimer:
@@ -110,6 +122,9 @@ class VirtualClock:
         finally:
             timer.cancel()
 
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        return _timeout(self, seconds)
+
     @property
     def pending(self) -> int:
         """Timers (and sleepers) not yet fired or cancelled."""
@@ -150,3 +165,28 @@ async def sleep_unless(clock: Clock, event: asyncio.Event, seconds: float) -> bo
             task.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
     return event.is_set()
+
+
+@contextlib.asynccontextmanager
+async def _timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    """``asyncio.timeout`` on any clock: cancel the task when time is up, then turn that
+    cancellation (and only that one) into TimeoutError."""
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    timer = clock.call_later(seconds, fire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired and task.uncancel() <= cancelling:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()

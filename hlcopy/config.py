@@ -25,8 +25,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails
 
 from hlcopy.errors import ConfigError
+from hlcopy.keys import parse_address
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 NETWORK_URLS: dict[str, tuple[str, str]] = {
@@ -36,13 +36,6 @@ NETWORK_URLS: dict[str, tuple[str, str]] = {
 
 # Sections whose change needs a restart: they own sockets, processes or the database.
 RESTART_SECTIONS = frozenset({"network", "database", "state", "api"})
-
-
-def parse_address(value: str) -> str:
-    """The one address check (config, credentials and signing share it): 0x + 40 hex, lowered."""
-    if not _ADDRESS.fullmatch(value):
-        raise ValueError("must be an address: 0x followed by 40 hex digits")
-    return value.lower()
 
 
 def _path(value: Any) -> Path:

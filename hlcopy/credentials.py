@@ -17,13 +17,12 @@ from pathlib import Path
 
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import SecretError
+from hlcopy.keys import parse_private_key
 
 AGENT_KEY_CREDENTIAL = "hl-agent"
 API_TOKEN_CREDENTIAL = "api-token"  # noqa: S105 - a credential's name, not its value
 DB_PASSWORD_CREDENTIAL = "db-password"  # noqa: S105 - a credential's name, not its value
 
-_HEX_KEY = re.compile(r"(0x)?([0-9a-fA-F]{64})")
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _MIN_TOKEN_CHARS = 16
 _MAX_SECRET_BYTES = 4096
 # What may travel in an Authorization header unquoted: visible ASCII, no spaces or quotes.
@@ -111,12 +110,10 @@ def read_secret_file(path: Path, key: str) -> Secret:
 
 def normalise_private_key(raw: str, key: str) -> Secret:
     """Return the key as ``0x`` + 64 lowercase hex digits, or raise naming ``key``."""
-    m = _HEX_KEY.fullmatch(raw.strip())
-    if not m or not 0 < int(m[2], 16) < _SECP256K1_N:
-        raise SecretError(
-            [f"{key}: not a private key (expected 64 hex digits, optionally 0x-prefixed)"]
-        )
-    return Secret("0x" + m[2].lower())
+    try:
+        return Secret("0x" + parse_private_key(raw).hex())
+    except ValueError as exc:
+        raise SecretError([f"{key}: {exc}"]) from None
 
 
 def load_agent_key(cfg: HlcopyConfig) -> Secret | None:

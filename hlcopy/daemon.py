@@ -1,7 +1,10 @@
-"""The supervisor: builds the components, runs them in one TaskGroup, and talks to systemd.
+"""The supervisor: runs components in one TaskGroup and talks to systemd.
 
+It knows nothing of what it supervises (``app.py`` builds the components and hands them over).
 Start order is the order components were added; each must report ready before the next starts,
-and READY=1 goes to systemd only when all are ready. A ``TransientError`` restarts just that
+and READY=1 goes to systemd only when all are ready. A component may later report that it is no
+longer ready (``Ready.lost``), which shows in ``/health`` and, for a core component that stays
+down, stops the systemd watchdog. A ``TransientError`` restarts just that
 component after a capped, jittered backoff; any other failure stops the daemon with exit code 1
 so systemd restarts it. SIGTERM/SIGINT drain the components in reverse order within a deadline,
 cancel what is left and exit 0. SIGHUP re-reads the TOML and keeps the running config if the new
@@ -12,23 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from hlcopy import __version__, signals
 from hlcopy.backoff import Backoff
-from hlcopy.component import Component, MetricFamily, ReloadResult
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, MetricFamily, Ready, ReloadResult
 from hlcopy.config import RESTART_SECTIONS, HlcopyConfig, changed_sections, load_config_async
-from hlcopy.credentials import Secrets
 from hlcopy.errors import ComponentFailed, ConfigError, HlcopyError, TransientError
 from hlcopy.log import set_level
 from hlcopy.notify import Notifier, watchdog_interval_s
-from hlcopy.queues import BoundedQueue, Policy
+from hlcopy.queues import BoundedQueue
+
+T = TypeVar("T")
 
 log = structlog.get_logger()
 
@@ -36,28 +40,16 @@ log = structlog.get_logger()
 @dataclass(slots=True)
 class _Slot:
     component: Component
-    state: str = "pending"  # pending, starting, ready, restarting, stopped, failed
+    since: float
+    # pending, starting, ready, unready (lost readiness while running), restarting, stopped, failed
+    state: str = "pending"
     restarts: int = 0
     last_error: str | None = None
-    since: float = field(default_factory=time.monotonic)
     # When it stopped being ready; unlike ``since`` not reset by each failed restart attempt,
     # so a component that keeps failing to come back is seen as down for the whole time.
     down_since: float | None = None
     first_ready: bool = False
     task: asyncio.Task[None] | None = None
-
-
-class _ReadyEvent(asyncio.Event):
-    """The ``ready`` handed to a component: setting it updates the supervisor at once."""
-
-    def __init__(self, on_set: Any) -> None:
-        super().__init__()
-        self._on_set = on_set
-
-    def set(self) -> None:
-        if not self.is_set():
-            super().set()
-            self._on_set()
 
 
 class Daemon:
@@ -75,8 +67,10 @@ class Daemon:
         dead_after_s: float = 60.0,
         max_loop_lag_s: float = 1.0,
         reload_timeout_s: float = 5.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.config_path = config_path
         self._own_notifier = notifier is None
         self.notifier = notifier if notifier is not None else Notifier()
@@ -91,7 +85,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._started = time.monotonic()
+        self._started = clock.monotonic()
         self._reload_lock = asyncio.Lock()
         self._tg: asyncio.TaskGroup | None = None
         self._own_tasks: set[asyncio.Task[Any]] = set()
@@ -103,15 +97,15 @@ class Daemon:
         """Add a component; components start in the order they are added."""
         if any(s.component.name == component.name for s in self._slots):
             raise ValueError(f"two components named {component.name!r}")
-        self._slots.append(_Slot(component))
+        self._slots.append(_Slot(component, self.clock.monotonic()))
 
-    def queue(self, name: str, maxsize: int, policy: Policy = "block") -> BoundedQueue[Any]:
-        """Create a bounded queue whose depth shows in stats and metrics."""
-        if name in self.queues:
-            raise ValueError(f"two queues named {name!r}")
-        q: BoundedQueue[Any] = BoundedQueue(name, maxsize, policy)
-        self.queues[name] = q
-        return q
+    def queue(self, queue: BoundedQueue[T]) -> BoundedQueue[T]:
+        """Register a queue so its depth shows in stats and metrics; returns it, typed as built:
+        ``fills = daemon.queue(BoundedQueue[LeaderFill]("leader_fills", 10_000))``."""
+        if queue.name in self.queues:
+            raise ValueError(f"two queues named {queue.name!r}")
+        self.queues[queue.name] = queue
+        return queue
 
     def add_stats(self, name: str, source: Callable[[], dict[str, Any]]) -> None:
         """Show the figures of a shared part that is not a component (the REST budget, say)."""
@@ -186,9 +180,16 @@ class Daemon:
 
     async def _supervise(self, slot: _Slot) -> None:
         comp = slot.component
-        backoff = Backoff(*self._backoff)
+        backoff = Backoff(*self._backoff, clock=self.clock)
+
+        def on_change(is_ready: bool, reason: str | None) -> None:
+            if is_ready:
+                self._mark_ready(slot, backoff)
+            else:
+                self._mark_unready(slot, reason or "not ready")
+
         while True:
-            ready = _ReadyEvent(lambda: self._mark_ready(slot, backoff))
+            ready = Ready(on_change)
             self._set_state(slot, "starting")
             try:
                 await comp.run(ready)
@@ -231,14 +232,10 @@ class Daemon:
 
     async def _stopped_within(self, delay_s: float) -> bool:
         """Sleep ``delay_s`` unless a stop is requested first; True when it was."""
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
+        return await sleep_unless(self.clock, self._stop, delay_s)
 
     def _set_state(self, slot: _Slot, state: str) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if state == "ready":
             slot.down_since = None
         elif slot.first_ready and slot.down_since is None:
@@ -249,31 +246,43 @@ class Daemon:
     def _mark_ready(self, slot: _Slot, backoff: Backoff) -> None:
         self._set_state(slot, "ready")
         backoff.healthy()
+        if slot.first_ready:
+            log.info("component ready again", component=slot.component.name)
+        else:
+            log.info("component ready", component=slot.component.name)
         slot.first_ready = True
         self._wake.set()
-        log.info("component ready", component=slot.component.name)
+
+    def _mark_unready(self, slot: _Slot, reason: str) -> None:
+        slot.last_error = reason
+        self._set_state(slot, "unready")
+        log.warning("component not ready", component=slot.component.name, reason=reason)
 
     async def _shutdown(self) -> None:
         self._stopping = True
         self.notifier.stopping()
         log.info("hlcopy stopping", drain_timeout_s=self._drain_timeout_s)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._drain_timeout_s
+        deadline = self.clock.monotonic() + self._drain_timeout_s
         for slot in reversed(self._slots):
-            remaining = deadline - loop.time()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 break
             try:
-                await asyncio.wait_for(slot.component.drain(), remaining)
+                async with self.clock.timeout(remaining):
+                    await slot.component.drain()
             except TimeoutError:
                 log.warning("drain timed out", component=slot.component.name)
                 break
             except Exception as exc:
                 log.error("drain failed", component=slot.component.name, exc_info=exc)
         running = [s.task for s in self._slots if s.task is not None and not s.task.done()]
-        remaining = deadline - loop.time()
+        remaining = deadline - self.clock.monotonic()
         if running and remaining > 0:
-            await asyncio.wait(running, timeout=remaining)
+            try:
+                async with self.clock.timeout(remaining):
+                    await asyncio.wait(running)
+            except TimeoutError:
+                pass
         left = [s.component.name for s in self._slots if s.task is not None and not s.task.done()]
         if left:
             log.warning("cancelling components that did not finish draining", components=left)
@@ -319,7 +328,7 @@ class Daemon:
         async with self._reload_lock:
             if self.config_path is None:
                 return ReloadResult(False, ["the daemon was started without a config file"])
-            self.notifier.reloading(time.monotonic_ns() // 1000)
+            self.notifier.reloading(round(self.clock.monotonic() * 1_000_000))
             try:
                 new = await load_config_async(self.config_path, self._reload_timeout_s)
                 return self._apply(new)
@@ -368,7 +377,7 @@ class Daemon:
         """Why the process should not tell systemd it is alive, or None when it is fine."""
         if self.loop_lag_s > self._max_loop_lag_s:
             return f"event loop lagging {self.loop_lag_s:.3f} s"
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for s in self._slots:
             if not s.component.core:
                 continue
@@ -384,7 +393,7 @@ class Daemon:
         if interval is None or not self.notifier.enabled:
             return
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             problem = self.liveness_problem()
             if problem is None:
                 self.notifier.watchdog()
@@ -394,7 +403,7 @@ class Daemon:
     # -- introspection (for the API) ------------------------------------------------------
 
     def _components(self) -> dict[str, dict[str, Any]]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return {
             s.component.name: {
                 "state": s.state,
@@ -411,7 +420,7 @@ class Daemon:
         status = "ok" if ok else ("stopping" if self._stopping else "degraded")
         return ok, {
             "status": status,
-            "uptime_s": round(time.monotonic() - self._started, 3),
+            "uptime_s": round(self.clock.monotonic() - self._started, 3),
             "components": self._components(),
         }
 
@@ -421,7 +430,7 @@ class Daemon:
             comps[s.component.name].update(s.component.stats())
         return {
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self._started, 3),
+            "uptime_s": round(self.clock.monotonic() - self._started, 3),
             "loop_lag_ms": round(self.loop_lag_s * 1000, 3),
             "mode": self.config.account.mode,
             "network": self.config.network.name,
@@ -457,7 +466,7 @@ class Daemon:
             capacity.samples.append((labels, float(q.maxsize)))
             dropped.samples.append((labels, float(q.dropped)))
         uptime = family("uptime_seconds", "gauge", "seconds since the daemon started")
-        uptime.samples.append(({}, time.monotonic() - self._started))
+        uptime.samples.append(({}, self.clock.monotonic() - self._started))
         lag = family("loop_lag_seconds", "gauge", "how late the event loop ran a 250 ms timer")
         lag.samples.append(({}, self.loop_lag_s))
         return [uptime, lag, up, restarts, figures, *shared, depth, capacity, dropped]
@@ -473,55 +482,3 @@ def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
             yield name, float(value)
         elif isinstance(value, dict):
             yield from _numeric_leaves(value, name + ".")
-
-
-async def serve(
-    config: HlcopyConfig,
-    secrets: Secrets,
-    config_path: Path | None = None,
-    *,
-    stop_after_s: float | None = None,
-) -> int:
-    """Build the daemon's components from ``config`` and run them until stopped.
-
-    Raises InstanceLocked when another hlcopy holds the state directory."""
-    # Imported here: the supervisor above is independent of what it supervises.
-    from hlcopy.instance import StateLock
-
-    with StateLock(config.state.dir):  # before anything is started or connected
-        return await _serve(config, secrets, config_path, stop_after_s)
-
-
-async def _serve(
-    config: HlcopyConfig, secrets: Secrets, config_path: Path | None, stop_after_s: float | None
-) -> int:
-    from hlcopy.api.server import ApiServer
-    from hlcopy.budget import WeightBudget
-    from hlcopy.hl.info import InfoClient, new_session
-    from hlcopy.hl.stream import StreamPool
-    from hlcopy.hl.universe import UniverseService
-    from hlcopy.store import Store
-    from hlcopy.store.monitor import StoreMonitor
-
-    net = config.network
-    store = Store(config.database, config.state.dir, secrets.db_password)
-    budget = WeightBudget(config.budget.weight_per_minute, config.budget.headroom_pct)
-    session = new_session(net.request_timeout_s)
-    info = InfoClient(
-        session, net.rest, budget, batch_clearinghouse_states=net.batch_clearinghouse_states
-    )
-    daemon = Daemon(config, config_path=config_path)
-    daemon.add(StoreMonitor(store))
-    daemon.add(UniverseService(info, builder_dexes=config.discovery.builder_dexes))
-    daemon.add(StreamPool(net.ws))
-    if config.api.enabled:
-        daemon.add(ApiServer(daemon, config.api, secrets.api_token))
-    daemon.add_stats("budget", budget.stats)
-    daemon.add_stats("info", info.stats)
-    if stop_after_s is not None:
-        asyncio.get_running_loop().call_later(stop_after_s, daemon.request_stop)
-    try:
-        return await daemon.run()
-    finally:
-        await session.close()
-        await store.close()

@@ -1,16 +1,40 @@
 """Domain types: frozen, slotted dataclasses with Decimal money. Parsed at the edge (``hl/``).
 
 Times are exchange milliseconds (``*_ms``); sizes are signed where the exchange signs them
-(``szi`` > 0 is long). Addresses are lowercase.
+(``szi`` > 0 is long). Addresses are lowercase. Two groups: what the exchange says (markets,
+accounts, orders, fills, trades, and the stream's messages) and what flows through the copy
+pipeline (``LeaderFill`` -> ``TargetPosition`` -> ``OrderIntent`` -> ``OrderOutcome``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
 Side = Literal["B", "A"]  # bid (buy) / ask (sell), as on the wire
+Tif = Literal["Gtc", "Ioc", "Alo"]
+Tpsl = Literal["tp", "sl"]
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """What an order needs to know about a market (see ``hl/universe.py`` for the ids)."""
+
+    name: str
+    asset_id: int
+    sz_decimals: int
+    max_leverage: int
+    is_spot: bool = False
+    dex: str = ""
+    delisted: bool = False
+    only_isolated: bool = False
+
+    @property
+    def tradable(self) -> bool:
+        return not self.delisted
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,16 +304,90 @@ class Candle:
     trades: int
 
 
-# --- /exchange outcomes -----------------------------------------------------------------------
+# --- the stream's messages, parsed -----------------------------------------------------------
+# ``recv_ns`` is a perf-counter reading taken when the frame arrived (for latency figures only);
+# ``recv_ms`` is the wall clock at that moment, comparable with exchange timestamps.
 
-OrderOutcome = Literal["resting", "filled", "error", "waitingForFill", "waitingForTrigger"]
+
+@dataclass(frozen=True, slots=True)
+class Trades:
+    """One frame of a coin's public trades."""
+
+    coin: str
+    trades: tuple[Trade, ...]
+    recv_ns: int = 0
+    recv_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserFills:
+    """One message of a user's fills; a snapshot (``is_snapshot``) replays history."""
+
+    user: str
+    is_snapshot: bool
+    fills: tuple[Fill, ...]
+    recv_ns: int = 0
+    recv_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    order: Order
+    status: str
+    status_timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdates:
+    """One message of a user's order status changes."""
+
+    user: str
+    updates: tuple[OrderUpdate, ...]
+    recv_ns: int = 0
+    recv_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AllMids:
+    """Mid prices by coin; a mid may be half a tick and is then not a valid order price."""
+
+    mids: Mapping[str, Decimal]
+    dex: str = ""
+    recv_ms: int = 0
+
+
+# --- /exchange: what we send and what comes back -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSpec:
+    """An order in domain terms; ``hl/`` rounds it and puts it on the wire.
+
+    ``px`` is the worst price acceptable: a buy's limit is rounded down and a sell's up, so
+    rounding never pays more than asked. ``sz`` is rounded down to the lot. With ``trigger_px``
+    it is a stop (``tpsl="sl"``) or take-profit (``"tp"``) trigger order instead of a limit.
+    """
+
+    asset: Asset
+    is_buy: bool
+    px: Decimal
+    sz: Decimal
+    reduce_only: bool = False
+    tif: Tif = "Ioc"
+    cloid: str | None = None
+    trigger_px: Decimal | None = None
+    tpsl: Tpsl | None = None
+    trigger_is_market: bool = True
+
+
+OrderStatusKind = Literal["resting", "filled", "error", "waitingForFill", "waitingForTrigger"]
 
 
 @dataclass(frozen=True, slots=True)
 class OrderStatus:
     """What the exchange said about one order of an order action."""
 
-    outcome: OrderOutcome
+    outcome: OrderStatusKind
     oid: int | None = None
     cloid: str | None = None
     total_sz: Decimal | None = None
@@ -306,3 +404,102 @@ class OrderStatus:
 class CancelStatus:
     ok: bool
     error: str | None = None
+
+
+# --- the copy pipeline --------------------------------------------------------------------------
+
+FillSource = Literal["userFills", "firehose", "rest"]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderFill:
+    """A fill of a followed leader, from whichever source saw it first.
+
+    ``(leader, tid)`` identifies it across sources. ``start_position`` is known from userFills and
+    REST (exact), not from the trades firehose, whose fills are also ``confirmed=False`` until the
+    meaning of a trade's ``users`` pair is calibrated.
+    """
+
+    leader: str
+    coin: str
+    side: Side
+    sz: Decimal
+    px: Decimal
+    time_ms: int
+    tid: int
+    source: FillSource
+    start_position: Decimal | None = None
+    confirmed: bool = True
+    recv_ns: int = 0
+
+    @property
+    def delta(self) -> Decimal:
+        """The signed change of the leader's position."""
+        return self.sz if self.side == "B" else -self.sz
+
+    @property
+    def end_position(self) -> Decimal | None:
+        return None if self.start_position is None else self.start_position + self.delta
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPosition:
+    """Where one follow wants the follower to be in one coin (signed size)."""
+
+    follow_id: str
+    coin: str
+    szi: Decimal
+    leader_szi: Decimal
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """One order the copier decided on, before anything is sent.
+
+    ``attribution`` says which follows caused it and how much of ``sz`` is each one's (the shares
+    sum to ``sz``). ``cloid`` is derived from (follow, leader, tid, attempt), so deciding the same
+    thing twice yields the same id.
+    """
+
+    cloid: str
+    coin: str
+    is_buy: bool
+    sz: Decimal
+    limit_px: Decimal
+    reduce_only: bool
+    reason: str
+    attribution: tuple[tuple[str, Decimal], ...]
+    leader: str | None = None
+    source_tid: int | None = None
+    attempt: int = 0
+    decided_ms: int = 0
+    tif: Tif = "Ioc"
+
+    @property
+    def follow_ids(self) -> tuple[str, ...]:
+        return tuple(follow for follow, _ in self.attribution)
+
+
+OutcomeStatus = Literal[
+    "filled",  # completely
+    "partial",  # partly filled; the IOC rest was cancelled
+    "resting",  # on the book (not for IOC)
+    "rejected",  # refused by the exchange: definite
+    "unknown",  # sent, no answer: settle by cloid once expiresAfter has passed
+    "never_arrived",  # settled: the exchange never saw it
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderOutcome:
+    """What became of an intent."""
+
+    cloid: str
+    status: OutcomeStatus
+    filled_sz: Decimal = ZERO
+    avg_px: Decimal | None = None
+    fee: Decimal = ZERO
+    oid: int | None = None
+    error: str | None = None
+    time_ms: int = 0

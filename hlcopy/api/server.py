@@ -12,7 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hlcopy.api.app import build_app, error_response
-from hlcopy.component import Component, Supervisor
+from hlcopy.component import Component, Ready, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import ComponentFailed
@@ -116,7 +116,7 @@ class ApiServer(Component):
         self._stopped = asyncio.Event()
         self.port: int | None = None
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         app = build_app(self._supervisor, self._cfg, self._token)
         runner = _Runner(app, access_log=None, shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()

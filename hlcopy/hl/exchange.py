@@ -16,7 +16,8 @@ Weight: ``1 + floor(n / 40)`` in the order lane for a batch of n.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -34,7 +35,8 @@ from hlcopy.errors import (
 from hlcopy.hl import parse, wire
 from hlcopy.hl.info import HEADERS
 from hlcopy.hl.signing import NonceSource, Signer
-from hlcopy.model import CancelStatus, OrderStatus
+from hlcopy.hl.wire import Rounding
+from hlcopy.model import Asset, CancelStatus, OrderSpec, OrderStatus
 
 T = TypeVar("T")
 
@@ -50,8 +52,180 @@ def action_weight(n_items: int) -> int:
     return 1 + n_items // 40
 
 
+def _order_wire(spec: OrderSpec) -> dict[str, Any]:
+    """One order on the wire: the price rounded in the safe direction (a buy never pays more,
+    a sell never takes less than asked), the size rounded down to the lot."""
+    asset = spec.asset
+    if asset.delisted:
+        raise WireError(f"{asset.name} is delisted")
+    rounding = Rounding.DOWN if spec.is_buy else Rounding.UP
+    px = wire.round_price(spec.px, asset.sz_decimals, asset.is_spot, rounding)
+    sz = wire.round_size(spec.sz, asset.sz_decimals)
+    if sz <= 0:
+        raise WireError(f"size {spec.sz} is less than one lot of {asset.name}")
+    trigger = None
+    if spec.trigger_px is not None:
+        if spec.tpsl is None:
+            raise WireError("a trigger order needs tpsl ('tp' or 'sl')")
+        trigger = {
+            "isMarket": spec.trigger_is_market,
+            "triggerPx": wire.round_price(
+                spec.trigger_px, asset.sz_decimals, asset.is_spot, Rounding.NEAREST
+            ),
+            "tpsl": spec.tpsl,
+        }
+    tif = None if trigger is not None else spec.tif
+    return wire.order_wire(
+        asset.asset_id, spec.is_buy, px, sz, spec.reduce_only, tif, spec.cloid, trigger
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAction:
+    """A signed action ready to go: built first, sent later.
+
+    The executor prepares (nonce, expiresAfter, signature), commits its intent row, and only then
+    sends: nothing unrecorded can reach the exchange.
+    """
+
+    body: bytes
+    kind: str
+    nonce: int
+    n_items: int
+    expires_after: int | None
+
+
+class ActionSigner:
+    """Builds and signs actions for one signer and account: pure work, no I/O.
+
+    Rounding and the wire dicts happen here, inside ``hl/``; what comes out is a
+    ``PreparedAction`` (request bytes) that the exchange client sends.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        *,
+        is_mainnet: bool,
+        vault_address: str | None = None,
+        nonces: NonceSource | None = None,
+    ) -> None:
+        self.signer = signer
+        self.is_mainnet = is_mainnet
+        self.vault_address = None if vault_address is None else wire.check_address(vault_address)
+        self.nonces = nonces or NonceSource()
+
+    def orders(
+        self,
+        specs: Sequence[OrderSpec],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> PreparedAction:
+        """One order action (at most 200 orders)."""
+        action = wire.order_action([_order_wire(o) for o in specs])
+        return self._prepare(action, len(specs), nonce, expires_after)
+
+    def cancels(
+        self,
+        cancels: Sequence[tuple[Asset, int]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> PreparedAction:
+        """Cancel by ``(asset, exchange order id)``."""
+        action = wire.cancel_action((a.asset_id, oid) for a, oid in cancels)
+        return self._prepare(action, len(action["cancels"]), nonce, expires_after)
+
+    def cancels_by_cloid(
+        self,
+        cancels: Sequence[tuple[Asset, str]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> PreparedAction:
+        """Cancel by ``(asset, client order id)``."""
+        action = wire.cancel_by_cloid_action((a.asset_id, cloid) for a, cloid in cancels)
+        return self._prepare(action, len(action["cancels"]), nonce, expires_after)
+
+    def modify(
+        self,
+        modifies: Sequence[tuple[int | str, OrderSpec]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> PreparedAction:
+        """Replace resting orders (by oid or cloid) with new ones."""
+        action = wire.batch_modify_action((ref, _order_wire(spec)) for ref, spec in modifies)
+        return self._prepare(action, len(action["modifies"]), nonce, expires_after)
+
+    def update_leverage(
+        self, asset: Asset, leverage: int, *, is_cross: bool, nonce: int | None = None
+    ) -> PreparedAction:
+        if not 1 <= leverage <= asset.max_leverage:
+            raise WireError(f"leverage for {asset.name} must be 1..{asset.max_leverage}")
+        action = wire.update_leverage_action(asset.asset_id, is_cross, leverage)
+        return self._prepare(action, 1, nonce, None)
+
+    def schedule_cancel(self, time_ms: int | None, *, nonce: int | None = None) -> PreparedAction:
+        return self._prepare(wire.schedule_cancel_action(time_ms), 1, nonce, None)
+
+    def noop(self, *, nonce: int | None = None) -> PreparedAction:
+        return self._prepare(wire.noop_action(), 1, nonce, None)
+
+    def approve_agent(
+        self,
+        master: Signer,
+        agent_address: str,
+        agent_name: str | None = None,
+        *,
+        nonce: int | None = None,
+    ) -> PreparedAction:
+        """An approveAgent signed by ``master`` (a user-signed action, not an L1 one)."""
+        nonce = self.nonces.next() if nonce is None else nonce
+        action = wire.approve_agent_action(agent_address, agent_name, nonce, self.is_mainnet)
+        signature = master._sign_user_action(
+            action, wire.APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent"
+        )
+        if not agent_name:
+            # An unnamed agent is signed with agentName "" and sent without the field.
+            action = {k: v for k, v in action.items() if k != "agentName"}
+        body = orjson.dumps({"action": action, "nonce": nonce, "signature": signature})
+        return PreparedAction(body, "approveAgent", nonce, 1, None)
+
+    def _signed_body(
+        self, action: Mapping[str, Any], nonce: int, expires_after: int | None = None
+    ) -> dict[str, Any]:
+        """The request body for an L1 action."""
+        signature = self.signer._sign_l1_action(
+            action, self.vault_address, nonce, expires_after, self.is_mainnet
+        )
+        return {
+            "action": action,
+            "nonce": nonce,
+            "signature": signature,
+            "vaultAddress": self.vault_address,
+            "expiresAfter": expires_after,
+        }
+
+    def _prepare(
+        self,
+        action: Mapping[str, Any],
+        n_items: int,
+        nonce: int | None,
+        expires_after: int | None,
+    ) -> PreparedAction:
+        nonce = self.nonces.next() if nonce is None else nonce
+        body = orjson.dumps(self._signed_body(action, nonce, expires_after))
+        return PreparedAction(body, str(action["type"]), nonce, n_items, expires_after)
+
+
 class ExchangeClient:
-    """Signs and posts actions for one signer (an API wallet, usually) and one account."""
+    """Sends actions for one signer (an API wallet, usually) and one account.
+
+    Building and signing is the ``ActionSigner``'s (``self.actions``); this class only posts,
+    within the order lane of the weight budget, and classifies what came back.
+    """
 
     def __init__(
         self,
@@ -66,50 +240,123 @@ class ExchangeClient:
     ) -> None:
         self._session = session
         self._url = base_url.rstrip("/") + "/exchange"
-        self.signer = signer
         self._budget = budget
-        self.is_mainnet = is_mainnet
-        self.vault_address = None if vault_address is None else wire.check_address(vault_address)
-        self.nonces = nonces or NonceSource()
+        self.actions = ActionSigner(
+            signer, is_mainnet=is_mainnet, vault_address=vault_address, nonces=nonces
+        )
         self.sent = 0
         self.outcomes = {"ok": 0, "rejected": 0, "transient": 0, "ambiguous": 0}
 
-    def signed_body(
-        self, action: Mapping[str, Any], nonce: int, expires_after: int | None = None
-    ) -> dict[str, Any]:
-        """The request body for an L1 action."""
-        signature = self.signer.sign_l1_action(
-            action, self.vault_address, nonce, expires_after, self.is_mainnet
-        )
-        return {
-            "action": action,
-            "nonce": nonce,
-            "signature": signature,
-            "vaultAddress": self.vault_address,
-            "expiresAfter": expires_after,
-        }
+    @property
+    def nonces(self) -> NonceSource:
+        return self.actions.nonces
 
-    async def post_action(
+    # -- actions --------------------------------------------------------------------------
+
+    async def send_orders(self, prepared: PreparedAction) -> list[OrderStatus]:
+        """Send a prepared order action; one status per order, in order."""
+        n = prepared.n_items
+        statuses: list[OrderStatus] = await self._send(
+            prepared, lambda r: parse.parse_order_statuses(_data(r), n)
+        )
+        return statuses
+
+    async def place(
         self,
-        action: Mapping[str, Any],
+        orders: Sequence[OrderSpec],
         *,
-        n_items: int = 1,
         nonce: int | None = None,
         expires_after: int | None = None,
-        read: Callable[[Any], T] | None = None,
-    ) -> Any:
-        """Sign and send an L1 action. Returns the ``response`` of a ``status: ok`` reply, or
-        what ``read`` makes of it (a reply ``read`` cannot make sense of is ambiguous)."""
-        await self._budget.acquire(action_weight(n_items), Lane.ORDER)
-        nonce = self.nonces.next() if nonce is None else nonce
-        body = self.signed_body(action, nonce, expires_after)
-        return await self._post(body, str(action["type"]), nonce, read)
+    ) -> list[OrderStatus]:
+        """Prepare and send at once (when nothing needs recording in between)."""
+        return await self.send_orders(
+            self.actions.orders(orders, nonce=nonce, expires_after=expires_after)
+        )
+
+    async def cancel(
+        self,
+        cancels: Sequence[tuple[Asset, int]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> list[CancelStatus]:
+        """Cancel by ``(asset, exchange order id)``."""
+        return await self._cancels(
+            self.actions.cancels(cancels, nonce=nonce, expires_after=expires_after)
+        )
+
+    async def cancel_by_cloid(
+        self,
+        cancels: Sequence[tuple[Asset, str]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> list[CancelStatus]:
+        """Cancel by ``(asset, client order id)``."""
+        return await self._cancels(
+            self.actions.cancels_by_cloid(cancels, nonce=nonce, expires_after=expires_after)
+        )
+
+    async def modify(
+        self,
+        modifies: Sequence[tuple[int | str, OrderSpec]],
+        *,
+        nonce: int | None = None,
+        expires_after: int | None = None,
+    ) -> list[OrderStatus]:
+        """Replace resting orders (by oid or cloid) with new ones."""
+        return await self.send_orders(
+            self.actions.modify(modifies, nonce=nonce, expires_after=expires_after)
+        )
+
+    async def update_leverage(
+        self, asset: Asset, leverage: int, *, is_cross: bool, nonce: int | None = None
+    ) -> None:
+        """Set an asset's leverage and margin mode (the exchange refuses a mode switch while a
+        position is open, and a lower leverage the margin cannot carry)."""
+        await self._send(
+            self.actions.update_leverage(asset, leverage, is_cross=is_cross, nonce=nonce)
+        )
+
+    async def schedule_cancel(self, time_ms: int | None, *, nonce: int | None = None) -> None:
+        """Arm (or, with None, clear) the dead man's switch."""
+        await self._send(self.actions.schedule_cancel(time_ms, nonce=nonce))
+
+    async def noop(self, *, nonce: int | None = None) -> None:
+        """Use up a nonce; with an in-flight order's nonce it guarantees that order never lands."""
+        await self._send(self.actions.noop(nonce=nonce))
+
+    async def approve_agent(
+        self,
+        master: Signer,
+        agent_address: str,
+        agent_name: str | None = None,
+        *,
+        nonce: int | None = None,
+    ) -> None:
+        """Approve ``agent_address`` to trade for ``master``'s account (signed by the master)."""
+        await self._send(self.actions.approve_agent(master, agent_address, agent_name, nonce=nonce))
+
+    # -- the wire -------------------------------------------------------------------------
+
+    async def _cancels(self, prepared: PreparedAction) -> list[CancelStatus]:
+        n = prepared.n_items
+        statuses: list[CancelStatus] = await self._send(
+            prepared, lambda r: parse.parse_cancel_statuses(_data(r), n)
+        )
+        return statuses
+
+    async def _send(self, prepared: PreparedAction, read: Callable[[Any], T] | None = None) -> Any:
+        """Post a prepared action, charged to the order lane. Returns the ``response`` of a
+        ``status: ok`` reply, or what ``read`` makes of it (a reply ``read`` cannot make sense
+        of is ambiguous)."""
+        await self._budget.acquire(action_weight(prepared.n_items), Lane.ORDER)
+        return await self._post(prepared.body, prepared.kind, prepared.nonce, read)
 
     async def _post(
-        self, body: Mapping[str, Any], what: str, nonce: int, read: Callable[[Any], T] | None = None
+        self, payload: bytes, what: str, nonce: int, read: Callable[[Any], T] | None = None
     ) -> Any:
         self.sent += 1
-        payload = orjson.dumps(body)
         try:
             async with self._session.post(self._url, data=payload, headers=HEADERS) as r:
                 status = r.status
@@ -168,113 +415,5 @@ class ExchangeClient:
         self.outcomes["ok"] += 1
         return result
 
-    # -- actions --------------------------------------------------------------------------
-
-    async def order(
-        self,
-        wires: Sequence[dict[str, Any]],
-        grouping: wire.Grouping = "na",
-        builder: Mapping[str, Any] | None = None,
-        *,
-        nonce: int | None = None,
-        expires_after: int | None = None,
-    ) -> list[OrderStatus]:
-        """Place one or more orders (at most 200); one status per order, in order."""
-        action = wire.order_action(wires, grouping, builder)
-        return await self._statuses(
-            action, len(wires), parse.parse_order_statuses, nonce, expires_after
-        )
-
-    async def cancel(
-        self,
-        cancels: Iterable[tuple[int, int]],
-        *,
-        nonce: int | None = None,
-        expires_after: int | None = None,
-    ) -> list[CancelStatus]:
-        """Cancel by ``(asset, oid)``."""
-        action = wire.cancel_action(cancels)
-        return await self._statuses(
-            action, len(action["cancels"]), parse.parse_cancel_statuses, nonce, expires_after
-        )
-
-    async def cancel_by_cloid(
-        self,
-        cancels: Iterable[tuple[int, str]],
-        *,
-        nonce: int | None = None,
-        expires_after: int | None = None,
-    ) -> list[CancelStatus]:
-        """Cancel by ``(asset, cloid)``."""
-        action = wire.cancel_by_cloid_action(cancels)
-        return await self._statuses(
-            action, len(action["cancels"]), parse.parse_cancel_statuses, nonce, expires_after
-        )
-
-    async def batch_modify(
-        self,
-        modifies: Iterable[tuple[int | str, dict[str, Any]]],
-        *,
-        nonce: int | None = None,
-        expires_after: int | None = None,
-    ) -> list[OrderStatus]:
-        """Replace resting orders (by oid or cloid)."""
-        action = wire.batch_modify_action(modifies)
-        return await self._statuses(
-            action, len(action["modifies"]), parse.parse_order_statuses, nonce, expires_after
-        )
-
-    async def _statuses(
-        self,
-        action: dict[str, Any],
-        n: int,
-        parser: Callable[[Any, int], list[T]],
-        nonce: int | None,
-        expires_after: int | None,
-    ) -> list[T]:
-        """Post an action of ``n`` items and read one status per item."""
-        statuses: list[T] = await self.post_action(
-            action,
-            n_items=n,
-            nonce=nonce,
-            expires_after=expires_after,
-            read=lambda r: parser(_data(r), n),
-        )
-        return statuses
-
-    async def schedule_cancel(self, time_ms: int | None, *, nonce: int | None = None) -> None:
-        """Arm (or, with None, clear) the dead man's switch."""
-        await self.post_action(wire.schedule_cancel_action(time_ms), nonce=nonce)
-
-    async def update_leverage(
-        self, asset: int, is_cross: bool, leverage: int, *, nonce: int | None = None
-    ) -> None:
-        await self.post_action(wire.update_leverage_action(asset, is_cross, leverage), nonce=nonce)
-
-    async def noop(self, *, nonce: int | None = None) -> None:
-        """Use up a nonce; with an in-flight order's nonce it guarantees that order never lands."""
-        await self.post_action(wire.noop_action(), nonce=nonce)
-
-    async def approve_agent(
-        self,
-        master: Signer,
-        agent_address: str,
-        agent_name: str | None = None,
-        *,
-        nonce: int | None = None,
-    ) -> None:
-        """Approve ``agent_address`` to trade for ``master``'s account (signed by the master)."""
-        await self._budget.acquire(1, Lane.ORDER)
-        nonce = self.nonces.next() if nonce is None else nonce
-        action = wire.approve_agent_action(agent_address, agent_name, nonce, self.is_mainnet)
-        signature = master.sign_user_action(
-            action, wire.APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent"
-        )
-        if not agent_name:
-            # An unnamed agent is signed with agentName "" and sent without the field.
-            action = {k: v for k, v in action.items() if k != "agentName"}
-        body = {"action": action, "nonce": nonce, "signature": signature}
-        await self._post(body, "approveAgent", nonce)
-
     def stats(self) -> dict[str, Any]:
-        return {"sent": self.sent, **self.outcomes, "last_nonce": self.nonces.last}
+        return {"sent": self.sent, **self.outcomes, "last_nonce": self.actions.nonces.last}

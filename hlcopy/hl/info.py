@@ -1,9 +1,8 @@
 """The typed ``/info`` client: one aiohttp session, every call charged to the weight budget.
 
-Weights (HYPERLIQUID.md §2): 2 for allMids, l2Book, clearinghouseState, spotClearinghouseState
-and orderStatus; 60 for userRole; 20 for the rest, plus 1 per 20 items returned for fills,
-orders, funding and trades (1 per 60 for candles), debited after the response. Reads are safe to
-repeat, so transient failures retry with jittered, bounded backoff.
+What each request costs is in one table, ``WEIGHTS`` (HYPERLIQUID.md §2); the per-item part is
+debited after the response, when the number of items is known. Reads are safe to repeat, so
+transient failures retry with jittered, bounded backoff.
 """
 
 from __future__ import annotations
@@ -55,6 +54,39 @@ T = TypeVar("T")
 FILLS_PAGE = 2000  # userFillsByTime returns at most this many fills per response
 HEADERS = {"Content-Type": "application/json"}
 
+# Weight of each info request: (base, items per extra unit of weight or None). Requests not
+# listed cost the default; batchClearinghouseStates, undocumented upstream, is assumed to cost
+# what the same clearinghouseState requests would (2 per user).
+WEIGHTS: dict[str, tuple[int, int | None]] = {
+    "l2Book": (2, None),
+    "allMids": (2, None),
+    "clearinghouseState": (2, None),
+    "spotClearinghouseState": (2, None),
+    "orderStatus": (2, None),
+    "exchangeStatus": (2, None),
+    "userRole": (60, None),
+    "recentTrades": (20, 20),
+    "historicalOrders": (20, 20),
+    "userFills": (20, 20),
+    "userFillsByTime": (20, 20),
+    "userFunding": (20, 20),
+    "fundingHistory": (20, 20),
+    "nonUserFundingUpdates": (20, 20),
+    "userNonFundingLedgerUpdates": (20, 20),
+    "twapHistory": (20, 20),
+    "userTwapSliceFills": (20, 20),
+    "candleSnapshot": (20, 60),
+}
+DEFAULT_WEIGHT = (20, None)
+
+
+def request_weight(body: dict[str, Any]) -> tuple[int, int | None]:
+    """(base weight, items per extra weight) of an info request body."""
+    kind = str(body.get("type"))
+    if kind == "batchClearinghouseStates":
+        return max(2, 2 * len(body.get("users") or ())), None
+    return WEIGHTS.get(kind, DEFAULT_WEIGHT)
+
 
 def new_session(timeout_s: float = 10.0) -> aiohttp.ClientSession:
     """One session per process for REST. Idle keep-alive connections are dropped after 15 s,
@@ -94,10 +126,9 @@ class InfoClient:
         self.requests = 0
         self.failures = 0
 
-    async def request(
-        self, body: dict[str, Any], weight: int, lane: Lane, items_per_weight: int | None = None
-    ) -> Any:
+    async def _request(self, body: dict[str, Any], lane: Lane) -> Any:
         """POST one info request (retrying transient failures) and return the decoded JSON."""
+        weight, per = request_weight(body)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_random_exponential(multiplier=0.25, max=self._retry_max_wait_s),
@@ -107,8 +138,8 @@ class InfoClient:
         async for attempt in retrying:
             with attempt:
                 data = await self._once(body, weight, lane)
-        if items_per_weight is not None and isinstance(data, list):
-            self._budget.debit(extra_weight(len(data), items_per_weight), lane)
+        if per is not None and isinstance(data, list):
+            self._budget.debit(extra_weight(len(data), per), lane)
         return data
 
     async def _once(self, body: dict[str, Any], weight: int, lane: Lane) -> Any:
@@ -145,55 +176,43 @@ class InfoClient:
                 f"info {what}: reply is not JSON", status=status, request=what
             ) from exc
 
-    async def _typed(
-        self,
-        body: dict[str, Any],
-        weight: int,
-        lane: Lane,
-        parser: Callable[[Any], T],
-        items_per_weight: int | None = None,
-    ) -> T:
-        data = await self.request(body, weight, lane, items_per_weight)
+    async def _typed(self, body: dict[str, Any], lane: Lane, parser: Callable[[Any], T]) -> T:
+        data = await self._request(body, lane)
         try:
             return parser(data)
         except WireError as exc:
             raise WireError(f"info {body.get('type')}: {exc}") from exc
 
     async def _typed_list(
-        self,
-        body: dict[str, Any],
-        weight: int,
-        lane: Lane,
-        parser: Callable[[Any], T],
-        items_per_weight: int | None = None,
+        self, body: dict[str, Any], lane: Lane, parser: Callable[[Any], T]
     ) -> list[T]:
         def parse_all(data: Any) -> list[T]:
             if not isinstance(data, list):
                 raise WireError(f"expected a list, got {type(data).__name__}")
             return [parser(x) for x in data]
 
-        return await self._typed(body, weight, lane, parse_all, items_per_weight)
+        return await self._typed(body, lane, parse_all)
 
     # -- metadata and market data ---------------------------------------------------------
 
     async def meta(self, dex: str = "", lane: Lane = Lane.ENRICHMENT) -> Meta:
-        return await self._typed({"type": "meta", "dex": dex}, 20, lane, parse.parse_meta)
+        return await self._typed({"type": "meta", "dex": dex}, lane, parse.parse_meta)
 
     async def spot_meta(self, lane: Lane = Lane.ENRICHMENT) -> SpotMeta:
-        return await self._typed({"type": "spotMeta"}, 20, lane, parse.parse_spot_meta)
+        return await self._typed({"type": "spotMeta"}, lane, parse.parse_spot_meta)
 
     async def perp_dexs(self, lane: Lane = Lane.ENRICHMENT) -> tuple[PerpDex, ...]:
-        return await self._typed({"type": "perpDexs"}, 20, lane, parse.parse_perp_dexs)
+        return await self._typed({"type": "perpDexs"}, lane, parse.parse_perp_dexs)
 
     async def meta_and_asset_ctxs(
         self, dex: str = "", lane: Lane = Lane.ENRICHMENT
     ) -> tuple[Meta, tuple[AssetCtx, ...]]:
         return await self._typed(
-            {"type": "metaAndAssetCtxs", "dex": dex}, 20, lane, parse.parse_meta_and_ctxs
+            {"type": "metaAndAssetCtxs", "dex": dex}, lane, parse.parse_meta_and_ctxs
         )
 
     async def all_mids(self, dex: str = "", lane: Lane = Lane.LEADER) -> dict[str, Decimal]:
-        return await self._typed({"type": "allMids", "dex": dex}, 2, lane, parse.parse_all_mids)
+        return await self._typed({"type": "allMids", "dex": dex}, lane, parse.parse_all_mids)
 
     async def l2_book(
         self,
@@ -203,11 +222,11 @@ class InfoClient:
         lane: Lane = Lane.LEADER,
     ) -> L2Book:
         body = {"type": "l2Book", "coin": coin, "nSigFigs": n_sig_figs, "mantissa": mantissa}
-        return await self._typed(body, 2, lane, parse.parse_l2_book)
+        return await self._typed(body, lane, parse.parse_l2_book)
 
     async def recent_trades(self, coin: str, lane: Lane = Lane.ENRICHMENT) -> list[Trade]:
         return await self._typed_list(
-            {"type": "recentTrades", "coin": coin}, 20, lane, parse.parse_trade, items_per_weight=20
+            {"type": "recentTrades", "coin": coin}, lane, parse.parse_trade
         )
 
     async def candle_snapshot(
@@ -216,10 +235,8 @@ class InfoClient:
         req = {"coin": coin, "interval": interval, "startTime": start_ms, "endTime": end_ms}
         return await self._typed_list(
             {"type": "candleSnapshot", "req": req},
-            20,
             lane,
             parse.parse_candle,
-            items_per_weight=60,
         )
 
     # -- one user's state -----------------------------------------------------------------
@@ -228,7 +245,7 @@ class InfoClient:
         self, user: str, dex: str = "", lane: Lane = Lane.LEADER
     ) -> AccountState:
         body = {"type": "clearinghouseState", "user": user, "dex": dex}
-        return await self._typed(body, 2, lane, parse.parse_account_state)
+        return await self._typed(body, lane, parse.parse_account_state)
 
     async def batch_clearinghouse_states(
         self, users: Sequence[str], lane: Lane = Lane.LEADER
@@ -245,39 +262,35 @@ class InfoClient:
             return [None if s is None else parse.parse_account_state(s) for s in data]
 
         body = {"type": "batchClearinghouseStates", "users": list(users)}
-        return await self._typed(body, max(2, 2 * len(users)), lane, parse_all)
+        return await self._typed(body, lane, parse_all)
 
     async def spot_clearinghouse_state(
         self, user: str, lane: Lane = Lane.FOLLOWER
     ) -> tuple[SpotBalance, ...]:
         body = {"type": "spotClearinghouseState", "user": user}
-        return await self._typed(body, 2, lane, parse.parse_spot_balances)
+        return await self._typed(body, lane, parse.parse_spot_balances)
 
     async def open_orders(
         self, user: str, dex: str = "", lane: Lane = Lane.FOLLOWER
     ) -> list[Order]:
         return await self._typed_list(
-            {"type": "openOrders", "user": user, "dex": dex}, 20, lane, parse.parse_order
+            {"type": "openOrders", "user": user, "dex": dex}, lane, parse.parse_order
         )
 
     async def frontend_open_orders(
         self, user: str, dex: str = "", lane: Lane = Lane.FOLLOWER
     ) -> list[Order]:
         body = {"type": "frontendOpenOrders", "user": user, "dex": dex}
-        return await self._typed_list(body, 20, lane, parse.parse_order)
+        return await self._typed_list(body, lane, parse.parse_order)
 
     async def order_status(self, user: str, oid: int | str, lane: Lane = Lane.ORDER) -> OrderRecord:
         """By exchange oid or by cloid; an empty record when the exchange does not know it."""
         body = {"type": "orderStatus", "user": user, "oid": oid}
-        return await self._typed(body, 2, lane, parse.parse_order_status)
+        return await self._typed(body, lane, parse.parse_order_status)
 
     async def historical_orders(self, user: str, lane: Lane = Lane.ENRICHMENT) -> list[OrderRecord]:
         return await self._typed_list(
-            {"type": "historicalOrders", "user": user},
-            20,
-            lane,
-            parse.parse_order_record,
-            items_per_weight=20,
+            {"type": "historicalOrders", "user": user}, lane, parse.parse_order_record
         )
 
     async def user_fills(
@@ -285,7 +298,7 @@ class InfoClient:
     ) -> list[Fill]:
         """The most recent fills (at most 2000), newest first."""
         body = {"type": "userFills", "user": user, "aggregateByTime": aggregate_by_time}
-        return await self._typed_list(body, 20, lane, parse.parse_fill, items_per_weight=20)
+        return await self._typed_list(body, lane, parse.parse_fill)
 
     async def user_fills_by_time(
         self,
@@ -310,7 +323,7 @@ class InfoClient:
             }
             if end_ms is not None:
                 body["endTime"] = end_ms
-            page = await self._typed_list(body, 20, lane, parse.parse_fill, items_per_weight=20)
+            page = await self._typed_list(body, lane, parse.parse_fill)
             fresh = [f for f in page if _fill_key(f) not in seen]
             seen.update(_fill_key(f) for f in fresh)
             out.extend(fresh)
@@ -327,26 +340,22 @@ class InfoClient:
         body: dict[str, Any] = {"type": "userFunding", "user": user, "startTime": start_ms}
         if end_ms is not None:
             body["endTime"] = end_ms
-        return await self._typed_list(body, 20, lane, parse.parse_funding, items_per_weight=20)
+        return await self._typed_list(body, lane, parse.parse_funding)
 
     async def portfolio(self, user: str, lane: Lane = Lane.SCORING) -> Portfolio:
-        return await self._typed(
-            {"type": "portfolio", "user": user}, 20, lane, parse.parse_portfolio
-        )
+        return await self._typed({"type": "portfolio", "user": user}, lane, parse.parse_portfolio)
 
     async def user_role(self, user: str, lane: Lane = Lane.ENRICHMENT) -> UserRole:
-        return await self._typed(
-            {"type": "userRole", "user": user}, 60, lane, parse.parse_user_role
-        )
+        return await self._typed({"type": "userRole", "user": user}, lane, parse.parse_user_role)
 
     async def user_rate_limit(self, user: str, lane: Lane = Lane.FOLLOWER) -> UserRateLimit:
         return await self._typed(
-            {"type": "userRateLimit", "user": user}, 20, lane, parse.parse_user_rate_limit
+            {"type": "userRateLimit", "user": user}, lane, parse.parse_user_rate_limit
         )
 
     async def extra_agents(self, user: str, lane: Lane = Lane.ENRICHMENT) -> tuple[ExtraAgent, ...]:
         return await self._typed(
-            {"type": "extraAgents", "user": user}, 20, lane, parse.parse_extra_agents
+            {"type": "extraAgents", "user": user}, lane, parse.parse_extra_agents
         )
 
     def stats(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from hlcopy.model import (
     Order,
     OrderRecord,
     OrderStatus,
+    OrderUpdate,
     PerpDex,
     Portfolio,
     PortfolioPeriod,
@@ -296,6 +297,61 @@ def parse_fill(obj: Any) -> Fill:
         cloid=obj.get("cloid"),
         liquidation=obj.get("liquidation") is not None,
         twap_id=obj.get("twapId"),
+    )
+
+
+def parse_trades(data: Any) -> tuple[Trade, ...]:
+    """A trades message's data. The firehose's hot path: plain lookups, one Trade per item."""
+    if not isinstance(data, list):
+        raise WireError(f"trades: expected a list, got {type(data).__name__}")
+    out = []
+    for obj in data:
+        try:
+            side = obj["side"]
+            px = Decimal(obj["px"])
+            sz = Decimal(obj["sz"])
+            time_ms = obj["time"]
+            tid = obj["tid"]
+            users = obj.get("users")
+            trade = Trade(
+                obj["coin"],
+                side,
+                px,
+                sz,
+                time_ms,
+                obj["hash"],
+                tid,
+                None if users is None else (users[0].lower(), users[1].lower()),
+            )
+        except (KeyError, TypeError, IndexError, AttributeError, InvalidOperation) as exc:
+            raise WireError(f"trades: malformed trade {str(obj)[:200]}") from exc
+        if (
+            side not in ("B", "A")
+            or type(time_ms) is not int
+            or type(tid) is not int
+            or not (px.is_finite() and sz.is_finite())
+            or (users is not None and len(users) != 2)
+        ):
+            raise WireError(f"trades: malformed trade {str(obj)[:200]}")
+        out.append(trade)
+    return tuple(out)
+
+
+def parse_ws_user_fills(data: Any) -> tuple[str, bool, tuple[Fill, ...]]:
+    """A userFills message's data: (user, is_snapshot, fills)."""
+    fills = tuple(parse_fill(f) for f in _list(req(data, "fills"), "fills"))
+    return str(req(data, "user")).lower(), bool(data.get("isSnapshot", False)), fills
+
+
+def parse_ws_order_updates(data: Any) -> tuple[OrderUpdate, ...]:
+    """An orderUpdates message's data (it does not name the user)."""
+    return tuple(
+        OrderUpdate(
+            parse_order(req(u, "order")),
+            str(req(u, "status")),
+            _int(req(u, "statusTimestamp"), "statusTimestamp"),
+        )
+        for u in _list(data, "orderUpdates")
     )
 
 

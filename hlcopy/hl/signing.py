@@ -13,18 +13,18 @@ in the tests.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
 from coincurve import PrivateKey
 from sha3 import keccak_256
 
+from hlcopy.clock import SYSTEM, Clock
 from hlcopy.errors import WireError
+from hlcopy.keys import SECP256K1_N, parse_private_key
 
 _ZERO_ADDRESS_WORD = bytes(32)
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def keccak(data: bytes) -> bytes:
@@ -114,7 +114,11 @@ def user_signed_digest(
 
 
 class Signer:
-    """An ECDSA key that signs Hyperliquid actions. The key never appears in its repr."""
+    """An ECDSA key that signs Hyperliquid actions. The key never appears in its repr.
+
+    Outside ``hl/`` a signer is only made (``from_key``) and handed to the exchange client,
+    which alone signs: its signing methods take wire actions and stay inside the package.
+    """
 
     __slots__ = ("_key", "address")
 
@@ -126,19 +130,15 @@ class Signer:
     @classmethod
     def from_key(cls, hex_private_key: str) -> Signer:
         """From ``0x`` + 64 hex digits (the prefix is optional)."""
-        raw = hex_private_key[2:] if hex_private_key[:2] in ("0x", "0X") else hex_private_key
         try:
-            secret = bytes.fromhex(raw)
+            return cls(PrivateKey(parse_private_key(hex_private_key)))
         except ValueError as exc:
-            raise WireError("a private key is 64 hex digits") from exc
-        if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
-            raise WireError("a private key is 64 hex digits naming a valid secp256k1 scalar")
-        return cls(PrivateKey(secret))
+            raise WireError(str(exc)) from None
 
     def __repr__(self) -> str:
         return f"Signer(address={self.address!r})"
 
-    def sign_digest(self, digest: bytes) -> dict[str, Any]:
+    def _sign_digest(self, digest: bytes) -> dict[str, Any]:
         """``{"r", "s", "v"}`` as the exchange (and the official SDK) writes them."""
         sig = self._key.sign_recoverable(digest, hasher=None)
         # The SDK formats r and s with to_hex(int): minimal hex, leading zeros dropped
@@ -149,7 +149,7 @@ class Signer:
             "v": 27 + sig[64],
         }
 
-    def sign_l1_action(
+    def _sign_l1_action(
         self,
         action: Mapping[str, Any],
         vault_address: str | None,
@@ -158,15 +158,15 @@ class Signer:
         is_mainnet: bool,
     ) -> dict[str, Any]:
         """Sign an order, cancel, modify, leverage, scheduleCancel or noop action."""
-        return self.sign_digest(
+        return self._sign_digest(
             l1_digest(action_hash(action, vault_address, nonce, expires_after), is_mainnet)
         )
 
-    def sign_user_action(
+    def _sign_user_action(
         self, action: Mapping[str, Any], types: Sequence[tuple[str, str]], primary_type: str
     ) -> dict[str, Any]:
         """Sign a user-signed action such as approveAgent."""
-        return self.sign_digest(user_signed_digest(action, types, primary_type))
+        return self._sign_digest(user_signed_digest(action, types, primary_type))
 
 
 def recover_l1_signer(
@@ -192,7 +192,7 @@ def recover_digest_signer(digest: bytes, signature: Mapping[str, Any]) -> str:
         v = int(signature["v"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"malformed signature: {exc}") from exc
-    if v not in (27, 28) or not (0 < r < _SECP256K1_N and 0 < s < _SECP256K1_N):
+    if v not in (27, 28) or not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
         raise WireError("malformed signature: r, s or v out of range")
     compact = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v - 27])
     try:
@@ -205,12 +205,12 @@ def recover_digest_signer(digest: bytes, signature: Mapping[str, Any]) -> str:
 class NonceSource:
     """Per-signer nonces: ``max(now_ms, last + 1)``, so two actions never share one."""
 
-    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
-        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._last = 0
 
     def next(self) -> int:
-        nonce = max(self._clock_ms(), self._last + 1)
+        nonce = max(self._clock.time_ms(), self._last + 1)
         self._last = nonce
         return nonce
 

@@ -2,15 +2,20 @@
 
 Limits (HYPERLIQUID.md §3): at most 10 connections, 1000 subscriptions, 10 distinct users across
 user-specific subscriptions (refused with SubscriptionLimit), 2000 messages sent per minute and 30
-new connections per minute (both paced, never failed), 100 post requests in flight.
+new connections per minute (both paced by ``Pacer``, never failed), 100 post requests in flight.
 
 Each connection skips the plain-text greeting, pings every 50 s, and is recycled when it has
 received nothing for 60 s (a half-open socket looks exactly like a quiet one otherwise). After a
 drop it reconnects with capped, jittered backoff and resubscribes everything, waiting for each
-``subscriptionResponse``. Data messages are handed to the subscription's consumer, awaited in the
-connection's reader: consumers must be quick (put the message on a queue); a slow one holds back
-only its own connection. Snapshots that a resubscription replays (``isSnapshot``) are flagged,
-not filtered: deduplication belongs to the consumer, which knows its keys.
+``subscriptionResponse``.
+
+Feeds are typed: ``trades``, ``user_fills``, ``order_updates``, ``l2_book`` and ``all_mids``
+parse each message at the edge (``parse.py``) into the records of ``model.py`` and hand them to a
+``Sink`` — a ``BoundedQueue`` — with ``offer``. The reader never awaits downstream work; only a
+full queue whose written policy is ``block`` (nothing may be dropped) makes it wait, which holds
+back that one connection. Snapshots that a resubscription replays are flagged
+(``UserFills.is_snapshot``), not filtered: deduplication belongs to the consumer, which knows
+its keys.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 import structlog
@@ -29,15 +35,24 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from hlcopy.backoff import Backoff
-from hlcopy.budget import Lane, WeightBudget
-from hlcopy.component import Component
+from hlcopy.clock import SYSTEM, Clock, Timer, sleep_unless
+from hlcopy.component import Component, Ready
 from hlcopy.errors import (
     AmbiguousOutcome,
     StreamError,
     SubscriptionLimit,
     Timeout,
     Unavailable,
+    WireError,
 )
+from hlcopy.hl import parse
+from hlcopy.hl.pacer import Pacer
+from hlcopy.model import AllMids, L2Book, OrderUpdates, Trades, UserFills
+from hlcopy.queues import QueueClosed, Sink
+
+T = TypeVar("T")
+# How a raw message's data becomes a record: (data, recv_ns, recv_ms) -> record.
+Decoder = Callable[[Any, int, int], T]
 
 log = structlog.get_logger()
 
@@ -108,37 +123,44 @@ def _route_value(channel: str, data: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamMessage:
-    """A data message with the moment it was received."""
+class _Spec(Generic[T]):
+    """What a subscription is on the wire, and where its messages go."""
 
-    channel: str
-    data: Any
-    recv_ns: int  # time.perf_counter_ns(): for latency measurements
-    recv_ms: int  # wall clock, ms: comparable with exchange timestamps
-    subscription: Subscription
-
-    @property
-    def is_snapshot(self) -> bool:
-        return isinstance(self.data, dict) and bool(self.data.get("isSnapshot"))
-
-
-Consumer = Callable[[StreamMessage], Awaitable[None]]
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    """One subscription and its consumer. ``subscription`` is exactly what is sent."""
-
-    subscription: dict[str, Any]
-    consumer: Consumer
+    wire: dict[str, Any]  # exactly what is sent
+    decode: Decoder[T]
+    sink: Sink[T]
     key: tuple[Any, ...]
     channel: str
     route: Any
     user: str | None
-    conn: _Conn | None = None
-    sent_epoch: int = -1
-    acked_epoch: int = -1
-    messages: int = 0
+
+
+class Subscription(Generic[T]):
+    """A live subscription, as the feed methods return it: pass it to ``unsubscribe``."""
+
+    __slots__ = ("_spec", "acked_epoch", "conn", "dropped", "messages", "sent_epoch")
+
+    def __init__(self, spec: _Spec[T]) -> None:
+        self._spec = spec
+        self.conn: _Conn | None = None
+        self.sent_epoch = -1
+        self.acked_epoch = -1
+        self.messages = 0
+        self.dropped = 0
+
+    @property
+    def user(self) -> str | None:
+        """The user of a user-specific feed (lowercase), else None."""
+        return self._spec.user
+
+    @property
+    def description(self) -> str:
+        """``trades BTC``, ``userFills 0xabc…``: for logs and figures."""
+        wire = self._spec.wire
+        return " ".join([str(wire["type"]), *(str(v) for k, v in wire.items() if k != "type")])
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.description})"
 
 
 def _canonical(subscription: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,8 +179,8 @@ def _key(sub: Mapping[str, Any]) -> tuple[Any, ...]:
 @dataclass(eq=False, slots=True)
 class _Conn:
     id: int
-    subs: dict[tuple[Any, ...], Subscription] = field(default_factory=dict)
-    routes: dict[str, dict[Any, Subscription]] = field(default_factory=dict)
+    subs: dict[tuple[Any, ...], Subscription[Any]] = field(default_factory=dict)
+    routes: dict[str, dict[Any, Subscription[Any]]] = field(default_factory=dict)
     ws: ClientConnection | None = None
     epoch: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -167,16 +189,16 @@ class _Conn:
     last_recv: float = 0.0
     task: asyncio.Task[None] | None = None
 
-    def add(self, sub: Subscription) -> None:
-        self.subs[sub.key] = sub
-        self.routes.setdefault(sub.channel, {})[sub.route] = sub
+    def add(self, sub: Subscription[Any]) -> None:
+        self.subs[sub._spec.key] = sub
+        self.routes.setdefault(sub._spec.channel, {})[sub._spec.route] = sub
         sub.conn = self
 
-    def remove(self, sub: Subscription) -> None:
-        self.subs.pop(sub.key, None)
-        by_route = self.routes.get(sub.channel, {})
-        if by_route.get(sub.route) is sub:
-            del by_route[sub.route]
+    def remove(self, sub: Subscription[Any]) -> None:
+        self.subs.pop(sub._spec.key, None)
+        by_route = self.routes.get(sub._spec.channel, {})
+        if by_route.get(sub._spec.route) is sub:
+            del by_route[sub._spec.route]
         sub.conn = None
 
 
@@ -226,16 +248,18 @@ class StreamPool(Component):
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         pace_window_s: float = 60.0,
+        down_grace_s: float = 10.0,
         eager: bool = True,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.url = url
+        self._clock = clock
         self.max_connections = max_connections
         self.max_subscriptions = max_subscriptions
         self.max_users = max_users
         self._per_conn = -(-max_subscriptions // max_connections)
-        # The same exact sliding window as the REST budget; action posts take the top lane.
-        self._outbound = WeightBudget(max_messages_per_minute, 0.0, window_s=pace_window_s)
-        self._connects = WeightBudget(max_connects_per_minute, 0.0, window_s=pace_window_s)
+        self._outbound = Pacer(max_messages_per_minute, pace_window_s, clock)
+        self._connects = Pacer(max_connects_per_minute, pace_window_s, clock)
         self._post_slots = asyncio.Semaphore(max_posts_in_flight)
         self._ping_s = ping_interval_s
         self._silence_s = silence_timeout_s
@@ -243,7 +267,10 @@ class StreamPool(Component):
         self._post_s = post_timeout_s
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._eager = eager
-        self._subs: dict[tuple[Any, ...], Subscription] = {}
+        self._down_grace_s = down_grace_s
+        self._ready: Ready | None = None
+        self._down_timer: Timer | None = None
+        self._subs: dict[tuple[Any, ...], Subscription[Any]] = {}
         self._conns: list[_Conn] = []
         self._tg: asyncio.TaskGroup | None = None
         self._closing = asyncio.Event()
@@ -253,7 +280,7 @@ class StreamPool(Component):
             "reconnects": 0,
             "messages": 0,
             "malformed": 0,
-            "consumer_errors": 0,
+            "sink_dropped": 0,
             "server_errors": 0,
             "ack_timeouts": 0,
             "silences": 0,
@@ -262,7 +289,7 @@ class StreamPool(Component):
 
     # -- component ------------------------------------------------------------------------
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         self._closing.clear()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -274,9 +301,14 @@ class StreamPool(Component):
                 if self._conns:
                     await self._conns[0].ready.wait()
                 ready.set()
+                self._ready = ready
                 await self._closing.wait()
                 await self._close_all()
         finally:
+            self._ready = None
+            if self._down_timer is not None:
+                self._down_timer.cancel()
+                self._down_timer = None
             self._tg = None
 
     async def drain(self) -> None:
@@ -296,9 +328,68 @@ class StreamPool(Component):
         """Distinct users across user-specific subscriptions."""
         return {s.user for s in self._subs.values() if s.user is not None}
 
-    async def subscribe(
-        self, subscription: Mapping[str, Any], consumer: Consumer, *, wait: bool = True
-    ) -> Subscription:
+    # -- typed feeds ----------------------------------------------------------------------
+
+    async def trades(
+        self, coin: str, sink: Sink[Trades], *, wait: bool = True
+    ) -> Subscription[Trades]:
+        """Every public trade of ``coin``, one ``Trades`` per message."""
+        return await self._subscribe({"type": "trades", "coin": coin}, _decode_trades, sink, wait)
+
+    async def user_fills(
+        self,
+        user: str,
+        sink: Sink[UserFills],
+        *,
+        aggregate_by_time: bool = False,
+        wait: bool = True,
+    ) -> Subscription[UserFills]:
+        """``user``'s fills: first a snapshot of recent history, then each new fill."""
+        sub: dict[str, Any] = {"type": "userFills", "user": user}
+        if aggregate_by_time:
+            sub["aggregateByTime"] = True
+        return await self._subscribe(sub, _decode_user_fills, sink, wait)
+
+    async def order_updates(
+        self, user: str, sink: Sink[OrderUpdates], *, wait: bool = True
+    ) -> Subscription[OrderUpdates]:
+        """Status changes of ``user``'s orders (nothing is replayed on resubscription)."""
+        owner = user.lower()  # these messages do not say whose orders they are
+
+        def decode(data: Any, recv_ns: int, recv_ms: int) -> OrderUpdates:
+            return OrderUpdates(owner, parse.parse_ws_order_updates(data), recv_ns, recv_ms)
+
+        return await self._subscribe({"type": "orderUpdates", "user": user}, decode, sink, wait)
+
+    async def l2_book(
+        self,
+        coin: str,
+        sink: Sink[L2Book],
+        *,
+        n_sig_figs: int | None = None,
+        mantissa: int | None = None,
+        wait: bool = True,
+    ) -> Subscription[L2Book]:
+        """Order book snapshots of ``coin`` (20 levels a side)."""
+        sub: dict[str, Any] = {"type": "l2Book", "coin": coin}
+        if n_sig_figs is not None:
+            sub["nSigFigs"] = n_sig_figs
+        if mantissa is not None:
+            sub["mantissa"] = mantissa
+        return await self._subscribe(sub, _decode_l2_book, sink, wait)
+
+    async def all_mids(
+        self, sink: Sink[AllMids], *, dex: str = "", wait: bool = True
+    ) -> Subscription[AllMids]:
+        """Mid prices of every coin of ``dex``."""
+        sub: dict[str, Any] = {"type": "allMids"}
+        if dex:
+            sub["dex"] = dex
+        return await self._subscribe(sub, _decode_all_mids, sink, wait)
+
+    async def _subscribe(
+        self, subscription: Mapping[str, Any], decode: Decoder[T], sink: Sink[T], wait: bool
+    ) -> Subscription[T]:
         """Subscribe and (by default) wait until the server acknowledged it."""
         sub_dict = _canonical(subscription)
         key = _key(sub_dict)
@@ -318,7 +409,7 @@ class StreamPool(Component):
         channel = _CHANNEL.get(kind, kind)
         # The value its messages are routed by (users are already lowercase, as messages say).
         route = None if channel in _ANONYMOUS else sub_dict.get(_ROUTE_PARAM.get(channel, ""), "")
-        sub = Subscription(sub_dict, consumer, key, channel, route, user)
+        sub = Subscription(_Spec(sub_dict, decode, sink, key, channel, route, user))
         conn = self._place(sub)
         self._subs[key] = sub
         conn.add(sub)
@@ -338,9 +429,9 @@ class StreamPool(Component):
                 await self._send_subscribe(conn, sub)
         return sub
 
-    async def unsubscribe(self, sub: Subscription) -> None:
+    async def unsubscribe(self, sub: Subscription[T]) -> None:
         """Stop a subscription (its consumer gets nothing more)."""
-        if self._subs.pop(sub.key, None) is None:
+        if self._subs.pop(sub._spec.key, None) is None:
             return
         conn = sub.conn
         if conn is None:
@@ -348,18 +439,21 @@ class StreamPool(Component):
         conn.remove(sub)
         if conn.ws is not None and sub.sent_epoch == conn.epoch:
             with contextlib.suppress(ConnectionClosed):
-                await self._send(
-                    conn,
-                    {"method": "unsubscribe", "subscription": sub.subscription},
-                    Lane.ENRICHMENT,
-                )
+                await self._send(conn, {"method": "unsubscribe", "subscription": sub._spec.wire})
 
-    def _place(self, sub: Subscription) -> _Conn:
+    def _place(self, sub: Subscription[Any]) -> _Conn:
         candidates = [
             c
             for c in self._conns
-            if not (sub.channel in _ANONYMOUS and sub.channel in c.routes and c.routes[sub.channel])
-            and (sub.route is None or sub.route not in c.routes.get(sub.channel, {}))
+            if not (
+                sub._spec.channel in _ANONYMOUS
+                and sub._spec.channel in c.routes
+                and c.routes[sub._spec.channel]
+            )
+            and (
+                sub._spec.route is None
+                or sub._spec.route not in c.routes.get(sub._spec.channel, {})
+            )
         ]
         best = min(candidates, key=lambda c: len(c.subs), default=None)
         if best is not None and len(best.subs) < self._per_conn:
@@ -369,8 +463,7 @@ class StreamPool(Component):
         if best is not None:
             return best
         raise SubscriptionLimit(
-            f"no connection can take {sub.subscription} "
-            f"(at most {self.max_connections} connections)"
+            f"no connection can take {sub._spec.wire} (at most {self.max_connections} connections)"
         )
 
     def _new_conn(self) -> _Conn:
@@ -382,15 +475,15 @@ class StreamPool(Component):
         assert self._tg is not None
         conn.task = self._tg.create_task(self._conn_loop(conn), name=f"stream:conn{conn.id}")
 
-    async def _await_ack(self, conn: _Conn, sub: Subscription) -> None:
+    async def _await_ack(self, conn: _Conn, sub: Subscription[Any]) -> None:
         """Until the server acknowledged ``sub`` on the connection's current epoch, which may
         take a reconnect: a connection resubscribes everything it holds when it comes back."""
-        async with asyncio.timeout(self._ack_s * 3):
+        async with self._clock.timeout(self._ack_s * 3):
             while not (conn.ready.is_set() and sub.acked_epoch == conn.epoch):
                 if conn.ws is not None and sub.sent_epoch != conn.epoch:
                     with contextlib.suppress(ConnectionClosed):
                         await self._send_subscribe(conn, sub)
-                future = conn.acks.get(sub.key)
+                future = conn.acks.get(sub._spec.key)
                 if future is None:
                     await conn.ready.wait()
                     continue
@@ -400,9 +493,9 @@ class StreamPool(Component):
     # -- connections ----------------------------------------------------------------------
 
     async def _conn_loop(self, conn: _Conn) -> None:
-        backoff = Backoff(*self._backoff)
+        backoff = Backoff(*self._backoff, clock=self._clock)
         while not self._closing.is_set():
-            await self._connects.acquire(1, Lane.ORDER)
+            await self._connects.acquire(urgent=True)
             cause: str
             try:
                 ws = await connect(
@@ -433,14 +526,13 @@ class StreamPool(Component):
                 reconnect_in_s=round(delay, 3),
                 subscriptions=len(conn.subs),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
+            await sleep_unless(self._clock, self._closing, delay)
 
     async def _serve(self, conn: _Conn, ws: ClientConnection, backoff: Backoff) -> str:
         """Run one connection until it drops; return why it dropped."""
         conn.ws = ws
         conn.epoch += 1
-        conn.last_recv = time.monotonic()
+        conn.last_recv = self._clock.monotonic()
         heartbeat = asyncio.create_task(
             self._heartbeat(conn, ws), name=f"stream:conn{conn.id}:ping"
         )
@@ -458,9 +550,29 @@ class StreamPool(Component):
             # Their own errors end with the connection; a cancel of this task still propagates.
             await asyncio.gather(heartbeat, resubscribe, return_exceptions=True)
 
+    def _connectivity_changed(self) -> None:
+        """Ready while some connection is up; reported lost after ``down_grace_s`` without one
+        (a routine reconnect takes well under a second and should not flap /health)."""
+        ready = self._ready
+        if ready is None:
+            return
+        if not self._conns or any(c.ready.is_set() for c in self._conns):
+            if self._down_timer is not None:
+                self._down_timer.cancel()
+                self._down_timer = None
+            ready.set()
+        elif self._down_timer is None and ready.is_set():
+            self._down_timer = self._clock.call_later(self._down_grace_s, self._report_down)
+
+    def _report_down(self) -> None:
+        self._down_timer = None
+        if self._ready is not None and not any(c.ready.is_set() for c in self._conns):
+            self._ready.lost(f"no WebSocket connection for {self._down_grace_s:g} s")
+
     def _lost(self, conn: _Conn) -> None:
         conn.ws = None
         conn.ready.clear()
+        self._connectivity_changed()
         for future in conn.acks.values():
             if not future.done():
                 future.set_exception(ConnectionClosed(None, None))
@@ -474,11 +586,11 @@ class StreamPool(Component):
     async def _resubscribe(self, conn: _Conn, backoff: Backoff) -> None:
         try:
             for sub in list(conn.subs.values()):
-                if sub.sent_epoch != conn.epoch and sub.key in self._subs:
+                if sub.sent_epoch != conn.epoch and sub._spec.key in self._subs:
                     await self._send_subscribe(conn, sub)
             pending = [f for f in conn.acks.values() if not f.done()]
             if pending:
-                async with asyncio.timeout(self._ack_s):
+                async with self._clock.timeout(self._ack_s):
                     await asyncio.gather(*pending)
         except TimeoutError:
             self.counters["ack_timeouts"] += 1
@@ -489,18 +601,19 @@ class StreamPool(Component):
         except ConnectionClosed:
             return
         conn.ready.set()
+        self._connectivity_changed()
         backoff.healthy()
         log.info("stream connected", conn=conn.id, subscriptions=len(conn.subs), epoch=conn.epoch)
 
-    async def _send_subscribe(self, conn: _Conn, sub: Subscription) -> None:
-        conn.acks[sub.key] = asyncio.get_running_loop().create_future()
+    async def _send_subscribe(self, conn: _Conn, sub: Subscription[Any]) -> None:
+        conn.acks[sub._spec.key] = asyncio.get_running_loop().create_future()
         sub.sent_epoch = conn.epoch
-        await self._send(
-            conn, {"method": "subscribe", "subscription": sub.subscription}, Lane.ENRICHMENT
-        )
+        await self._send(conn, {"method": "subscribe", "subscription": sub._spec.wire})
 
-    async def _send(self, conn: _Conn, message: dict[str, Any], lane: Lane) -> None:
-        await self._outbound.acquire(1, lane)
+    async def _send(self, conn: _Conn, message: dict[str, Any], *, urgent: bool = False) -> None:
+        """Send one message within the outbound pace; ``urgent`` ones (action posts, pings)
+        go before routine ones."""
+        await self._outbound.acquire(urgent)
         ws = conn.ws
         if ws is None:
             raise ConnectionClosed(None, None)
@@ -508,10 +621,10 @@ class StreamPool(Component):
 
     async def _heartbeat(self, conn: _Conn, ws: ClientConnection) -> None:
         tick = min(self._ping_s, self._silence_s) / 4
-        last_ping = time.monotonic()
+        last_ping = self._clock.monotonic()
         while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
+            await self._clock.sleep(tick)
+            now = self._clock.monotonic()
             if now - conn.last_recv > self._silence_s:
                 self.counters["silences"] += 1
                 log.warning(
@@ -525,13 +638,13 @@ class StreamPool(Component):
             if now - last_ping >= self._ping_s:
                 last_ping = now
                 with contextlib.suppress(ConnectionClosed):
-                    await self._send(conn, {"method": "ping"}, Lane.FOLLOWER)
+                    await self._send(conn, {"method": "ping"}, urgent=True)
 
     async def _read(self, conn: _Conn, ws: ClientConnection) -> None:
         first = True
         async for raw in ws:
-            recv_ns = time.perf_counter_ns()
-            conn.last_recv = time.monotonic()
+            recv_ns = time.perf_counter_ns()  # for latency figures only, not a clock reading
+            conn.last_recv = self._clock.monotonic()
             if first and raw == GREETING:
                 first = False
                 continue
@@ -570,13 +683,18 @@ class StreamPool(Component):
                     continue  # an empty trades batch names no coin
                 self._malformed(conn, raw)
                 continue
-            sub.messages += 1
-            message = StreamMessage(channel, data, recv_ns, time.time_ns() // 1_000_000, sub)
             try:
-                await sub.consumer(message)
-            except Exception as exc:
-                self.counters["consumer_errors"] += 1
-                log.error("stream consumer failed", channel=channel, exc_info=exc)
+                item = sub._spec.decode(data, recv_ns, self._clock.time_ms())
+            except (WireError, KeyError, TypeError, ValueError, AttributeError):
+                self._malformed(conn, raw)
+                continue
+            sub.messages += 1
+            try:
+                if not sub._spec.sink.offer(item):
+                    await sub._spec.sink.put(item)  # a full queue that must not drop: wait for room
+            except QueueClosed:
+                sub.dropped += 1
+                self.counters["sink_dropped"] += 1
 
     def _malformed(self, conn: _Conn, raw: Any) -> None:
         self.counters["malformed"] += 1
@@ -612,7 +730,7 @@ class StreamPool(Component):
 
     # -- post requests --------------------------------------------------------------------
 
-    async def post(self, kind: Literal["info", "action"], payload: Mapping[str, Any]) -> Any:
+    async def _post(self, kind: Literal["info", "action"], payload: Mapping[str, Any]) -> Any:
         """A request over the socket: ``info`` returns the data; ``action`` the exchange's reply.
 
         A lost or late reply to an action raises AmbiguousOutcome (it may have landed)."""
@@ -631,13 +749,13 @@ class StreamPool(Component):
             }
             try:
                 try:
-                    await self._send(conn, message, Lane.ORDER if kind == "action" else Lane.LEADER)
+                    await self._send(conn, message, urgent=kind == "action")
                 except ConnectionClosed as exc:
                     if kind == "action":
                         raise AmbiguousOutcome("the WebSocket closed while sending") from exc
                     raise Unavailable("the WebSocket closed while sending") from exc
                 try:
-                    async with asyncio.timeout(self._post_s):
+                    async with self._clock.timeout(self._post_s):
                         response = await future
                 except TimeoutError as exc:
                     if kind == "action":
@@ -662,7 +780,7 @@ class StreamPool(Component):
             return min(ready, key=lambda c: len(c.posts))
         if not self._conns:
             self._start(self._new_conn())
-        async with asyncio.timeout(self._ack_s):
+        async with self._clock.timeout(self._ack_s):
             waiters = [asyncio.ensure_future(c.ready.wait()) for c in self._conns]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -679,8 +797,30 @@ class StreamPool(Component):
             "connections_ready": sum(1 for c in self._conns if c.ready.is_set()),
             "subscriptions": len(self._subs),
             "users": len(self.users()),
-            "messages_per_s": round(self._meter.rate(int(time.monotonic())), 1),
+            "messages_per_s": round(self._meter.rate(int(self._clock.monotonic())), 1),
             "outbound_last_minute": self._outbound.used(),
             "posts_in_flight": sum(len(c.posts) for c in self._conns),
             **self.counters,
         }
+
+
+# -- decoders: wire data of one message to the feed's record ----------------------------------
+
+
+def _decode_trades(data: Any, recv_ns: int, recv_ms: int) -> Trades:
+    trades = parse.parse_trades(data)
+    return Trades(trades[0].coin if trades else "", trades, recv_ns, recv_ms)
+
+
+def _decode_user_fills(data: Any, recv_ns: int, recv_ms: int) -> UserFills:
+    user, is_snapshot, fills = parse.parse_ws_user_fills(data)
+    return UserFills(user, is_snapshot, fills, recv_ns, recv_ms)
+
+
+def _decode_l2_book(data: Any, recv_ns: int, recv_ms: int) -> L2Book:
+    return parse.parse_l2_book(data)
+
+
+def _decode_all_mids(data: Any, recv_ns: int, recv_ms: int) -> AllMids:
+    mids: dict[str, Decimal] = parse.parse_all_mids(parse.req(data, "mids"))
+    return AllMids(mids, str(data.get("dex", "")), recv_ms)

@@ -9,16 +9,15 @@ ids never move) and refuse new orders. A refresh only ever adds assets or change
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hlcopy.component import Component
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, Ready
 from hlcopy.errors import ExchangeError, WireError
-from hlcopy.model import Meta, PerpDex, SpotMeta
+from hlcopy.model import Asset, Meta, PerpDex, SpotMeta
 
 if TYPE_CHECKING:
     from hlcopy.hl.info import InfoClient
@@ -28,24 +27,6 @@ log = structlog.get_logger()
 SPOT_OFFSET = 10_000
 BUILDER_OFFSET = 100_000
 BUILDER_DEX_STRIDE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Asset:
-    """What an order needs to know about a market."""
-
-    name: str
-    asset_id: int
-    sz_decimals: int
-    max_leverage: int
-    is_spot: bool = False
-    dex: str = ""
-    delisted: bool = False
-    only_isolated: bool = False
-
-    @property
-    def tradable(self) -> bool:
-        return not self.delisted
 
 
 class Universe:
@@ -191,8 +172,10 @@ class UniverseService(Component):
         refresh_s: float = 600.0,
         spot: bool = True,
         builder_dexes: bool = False,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._info = info
+        self._clock = clock
         self._refresh_s = refresh_s
         self._spot = spot
         self._builder_dexes = builder_dexes
@@ -206,15 +189,13 @@ class UniverseService(Component):
         self.universe = self.universe.merge(newer) if len(self.universe) else newer
         self.refreshes += 1
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         if not len(self.universe):
             await self.refresh()  # a failure here is transient: the supervisor retries
         log.info("universe loaded", assets=len(self.universe))
         ready.set()
         while not self._draining.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), self._refresh_s)
-            if self._draining.is_set():
+            if await sleep_unless(self._clock, self._draining, self._refresh_s):
                 return
             try:
                 await self.refresh()

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from hlcopy.errors import WireError
+from hlcopy.keys import parse_address
 
 MAX_SIG_FIGS = 5
 MAX_DECIMALS_PERP = 6
@@ -30,7 +31,6 @@ Tpsl = Literal["tp", "sl"]
 Grouping = Literal["na", "normalTpsl", "positionTpsl"]
 
 _CLOID = re.compile(r"0x[0-9a-f]{32}")
-_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
 _TIFS = frozenset(("Gtc", "Ioc", "Alo"))
 
 
@@ -136,10 +136,10 @@ def check_cloid(cloid: str) -> str:
 
 def check_address(address: str) -> str:
     """An address, returned lowercase (the exchange hashes lowercase addresses)."""
-    low = address.lower()
-    if not _ADDRESS.fullmatch(low):
-        raise WireError(f"not an address: {address!r}")
-    return low
+    try:
+        return parse_address(address)
+    except ValueError:
+        raise WireError(f"not an address: {address!r}") from None
 
 
 def order_wire(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import structlog
 
-from hlcopy.component import Component
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, Ready
 from hlcopy.store.db import Store
 
 log = structlog.get_logger()
@@ -22,14 +22,15 @@ class StoreMonitor(Component):
 
     name = "store"
 
-    def __init__(self, store: Store, ping_interval_s: float = 5.0) -> None:
+    def __init__(self, store: Store, ping_interval_s: float = 5.0, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._clock = clock
         self._interval = ping_interval_s
         self._draining = asyncio.Event()
         self._schema_version = 0
         self._pings = 0
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         await self._store.open()
         applied = await self._store.migrate()
         self._schema_version = await self._store.schema_version()
@@ -40,12 +41,9 @@ class StoreMonitor(Component):
             migrations_applied=applied,
         )
         ready.set()
-        while not self._draining.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), self._interval)
-            if not self._draining.is_set():
-                await self._store.ping()
-                self._pings += 1
+        while not await sleep_unless(self._clock, self._draining, self._interval):
+            await self._store.ping()
+            self._pings += 1
 
     async def drain(self) -> None:
         self._draining.set()

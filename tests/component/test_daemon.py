@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
-from hlcopy.component import Component
+from hlcopy.clock import VirtualClock
+from hlcopy.component import Component, Ready
 from hlcopy.config import HlcopyConfig
 from hlcopy.daemon import Daemon
 from hlcopy.errors import StoreUnavailable
 from hlcopy.notify import Notifier
+from hlcopy.queues import BoundedQueue, QueueClosed
 
 from tests.conftest import make_config, running
 
@@ -46,7 +48,7 @@ class Probe(Component):
         self.configs: list[HlcopyConfig] = []
         self.fail_now = asyncio.Event()
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         self.events.append(f"start {self.name}")
         await asyncio.sleep(0.01)
         if self.transient_failures > 0:
@@ -279,10 +281,10 @@ async def test_watchdog_pings_stop_when_a_core_component_is_dead(
 async def test_stats_and_metrics_show_queues_and_component_figures(tmp_path: Path) -> None:
     d = daemon_for(tmp_path)
     d.add(Probe("p", []))
-    q = d.queue("leader_fills", 4)
+    q = d.queue(BoundedQueue[int]("leader_fills", 4))
     for i in range(3):
         q.put_nowait(i)
-    drop = d.queue("firehose", 2, "drop_oldest")
+    drop = d.queue(BoundedQueue[int]("firehose", 2, "drop_oldest"))
     for i in range(5):
         assert drop.offer(i)
     async with running(d):
@@ -295,6 +297,7 @@ async def test_stats_and_metrics_show_queues_and_component_figures(tmp_path: Pat
             "dropped": 3,
             "high_water": 2,
             "total_in": 5,
+            "closed": False,
         }
         assert stats["components"]["p"]["answers"] == 42
         families = d.metrics()
@@ -316,9 +319,9 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     d.add(Probe("x", []))
     with pytest.raises(ValueError, match="two components"):
         d.add(Probe("x", []))
-    d.queue("q", 1)
+    d.queue(BoundedQueue[int]("q", 1))
     with pytest.raises(ValueError, match="two queues"):
-        d.queue("q", 1)
+        d.queue(BoundedQueue[int]("q", 1))
 
 
 class LostForGood(Component):
@@ -330,7 +333,7 @@ class LostForGood(Component):
         self.runs = 0
         self.lose = asyncio.Event()
 
-    async def run(self, ready: asyncio.Event) -> None:
+    async def run(self, ready: Ready) -> None:
         self.runs += 1
         if self.runs == 1:
             ready.set()
@@ -400,3 +403,92 @@ async def test_reload_of_a_fifo_is_refused_at_once_and_shutdown_is_not_held_up(
         assert time.monotonic() - t0 < 1
         assert not result.ok
         assert "not a regular file" in result.problems[0]
+
+
+class Wavering(Component):
+    """Ready, then not ready while a dependency is away, then ready again, without restarting."""
+
+    name = "feed"
+
+    def __init__(self) -> None:
+        self.ready: Ready | None = None
+        self.runs = 0
+        self.stop = asyncio.Event()
+
+    async def run(self, ready: Ready) -> None:
+        self.runs += 1
+        self.ready = ready
+        ready.set()
+        await self.stop.wait()
+
+    async def drain(self) -> None:
+        self.stop.set()
+
+
+async def test_a_component_can_report_lost_readiness_and_regain_it(tmp_path: Path) -> None:
+    d = daemon_for(tmp_path, dead_after_s=0.2)
+    feed = Wavering()
+    d.add(feed)
+    async with running(d):
+        assert feed.ready is not None
+        feed.ready.lost("the upstream feed went quiet")
+        ok, body = d.health()
+        assert not ok
+        assert body["components"]["feed"]["state"] == "unready"
+        assert body["components"]["feed"]["last_error"] == "the upstream feed went quiet"
+        await asyncio.sleep(0.3)
+        assert (d.liveness_problem() or "").startswith("feed down for")
+        feed.ready.set()
+        assert d.health()[0]
+        assert d.liveness_problem() is None
+        assert feed.runs == 1  # no restart was involved
+
+
+async def test_restart_with_backoff_runs_on_the_virtual_clock_without_real_sleeping(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    # A backoff of at least 50 s: waiting it out for real would time the test out.
+    d = Daemon(
+        make_config(tmp_path),
+        notifier=Notifier(""),
+        clock=clock,
+        backoff_base_s=100,
+        backoff_cap_s=100,
+    )
+    events: list[str] = []
+    flaky = Probe("flaky", events, transient_failures=2)
+    d.add(flaky)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task = asyncio.create_task(d.run())
+    await clock.settle()
+    await asyncio.sleep(0.05)  # the first attempt runs and fails (a real 10 ms inside Probe)
+    assert events == ["start flaky"]
+    assert d.health()[1]["components"]["flaky"]["state"] == "restarting"
+    await clock.advance(49)  # the delay is in [50, 100] s: not yet
+    assert events == ["start flaky"]
+    await clock.advance(51)
+    await asyncio.sleep(0.05)
+    assert events == ["start flaky", "start flaky"]
+    await clock.advance(100)
+    await asyncio.sleep(0.05)
+    assert events == ["start flaky", "start flaky", "start flaky", "ready flaky"]
+    assert d.health()[0]
+    assert d.health()[1]["components"]["flaky"]["restarts"] == 2
+    d.request_stop()
+    await clock.advance(1)
+    assert await asyncio.wait_for(task, 5) == 0
+    assert loop.time() - t0 < 5  # 200+ virtual seconds, well under 5 real ones
+
+
+async def test_a_closed_queue_refuses_producers_and_lets_the_consumer_drain(tmp_path: Path) -> None:
+    d = daemon_for(tmp_path)
+    q = d.queue(BoundedQueue[str]("intents", 8))
+    for item in ("a", "b"):
+        await q.put(item)
+    q.close()
+    with pytest.raises(QueueClosed):
+        await q.put("c")
+    assert [item async for item in q] == ["a", "b"]
+    assert d.stats()["queues"]["intents"]["closed"] is True

@@ -10,9 +10,8 @@ import aiohttp
 import pytest
 from hlcopy.budget import Lane, WeightBudget
 from hlcopy.errors import BadRequest, RateLimited, Timeout, Unavailable, WireError
-from hlcopy.hl.info import InfoClient
+from hlcopy.hl import InfoClient, Universe, load_universe
 from hlcopy.hl.parse import parse_spot_meta
-from hlcopy.hl.universe import Universe, load_universe
 
 from tests.scripted_server import ScriptedServer, fixture, scripted_server
 

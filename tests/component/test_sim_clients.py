@@ -10,18 +10,14 @@ from decimal import Decimal
 import aiohttp
 import pytest
 from hlcopy.budget import Lane, WeightBudget
-from hlcopy.errors import Rejected
-from hlcopy.hl import wire
-from hlcopy.hl.exchange import ExchangeClient
-from hlcopy.hl.info import InfoClient
-from hlcopy.hl.signing import Signer
-from hlcopy.hl.stream import StreamMessage
-from hlcopy.hl.universe import load_universe
-from hlcopy.model import OrderStatus
+from hlcopy.errors import Rejected, WireError
+from hlcopy.hl import ExchangeClient, InfoClient, Signer, load_universe, wire
+from hlcopy.model import AllMids, L2Book, OrderStatus, OrderUpdates, Trades, UserFills
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.sim.engine import OrderRequest
 
-from tests.component.test_sim_server import eth_order, pool_on, until
+from tests.component.test_sim_server import eth_spec, pool_on
+from tests.component.test_stream import inbox, receive
 
 D = Decimal
 
@@ -52,13 +48,13 @@ def clients(
 
 async def test_every_info_request_parses(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, budget = clients(sim, session)
-    me = ex.signer.address
+    me = ex.actions.signer.address
     state = await info.clearinghouse_state(me)  # the first look opens the account
     assert state.margin_summary.account_value == D(100_000)
     cloid = "0x" + secrets.token_hex(16)
-    (filled,) = await ex.order([eth_order(sim, cloid=cloid)])
-    bid = eth_order(sim, factor="0.9985", tif="Gtc")  # inside the 20 levels l2Book shows
-    (resting,) = await ex.order([bid])
+    (filled,) = await ex.place([eth_spec(sim, cloid=cloid)])
+    bid = eth_spec(sim, factor="0.9985", tif="Gtc")  # inside the 20 levels l2Book shows
+    (resting,) = await ex.place([bid])
 
     meta = await info.meta()
     assert meta.universe[3].delisted
@@ -76,7 +72,7 @@ async def test_every_info_request_parses(sim: Simulator, session: aiohttp.Client
     assert set(await info.all_mids(dex="test")) == {"test:ABC", "test:XYZ"}
     book = await info.l2_book("ETH")
     assert book.bids[0].px < book.asks[0].px
-    assert D(bid["p"]) in {level.px for level in book.bids}  # our resting order is in the book
+    assert bid.px in {level.px for level in book.bids}  # our resting order is in the book
     sim.step(5)
     state = await info.clearinghouse_state(me)
     assert state.position("ETH") == D("0.01")
@@ -137,7 +133,7 @@ async def test_universe_with_the_builder_dex(
 
 async def test_fills_by_time_page_past_2000(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, budget = clients(sim, session)
-    me = ex.signer.address
+    me = ex.actions.signer.address
     sim.contact(me)
     eth = sim.engine.by_name["ETH"]
     for i in range(2600):  # alternate sides so margin never runs out
@@ -159,30 +155,37 @@ async def test_fills_by_time_page_past_2000(sim: Simulator, session: aiohttp.Cli
 
 async def test_every_exchange_action(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, _ = clients(sim, session)
-    me = ex.signer.address
+    me = ex.actions.signer.address
     sim.contact(me)
+    eth = (await load_universe(info)).by_name("ETH")  # as the daemon knows it
+    assert eth.asset_id == 1
     c1, c2 = "0x" + secrets.token_hex(16), "0x" + secrets.token_hex(16)
-    statuses = await ex.order(
+    statuses = await ex.place(
         [
-            eth_order(sim, factor="0.95", tif="Gtc", cloid=c1),
-            eth_order(sim, factor="0.94", tif="Gtc", cloid=c2),
-            eth_order(sim, factor="1.01"),
-            eth_order(sim, factor="0.9", sz="0.001"),
+            eth_spec(sim, factor="0.95", tif="Gtc", cloid=c1),
+            eth_spec(sim, factor="0.94", tif="Gtc", cloid=c2),
+            eth_spec(sim, factor="1.01"),
+            eth_spec(sim, factor="0.9", sz="0.001"),
         ]
     )
     assert [s.outcome for s in statuses] == ["resting", "resting", "filled", "error"]
     assert statuses[0].cloid == c1
     assert statuses[3] == OrderStatus("error", error="Order must have minimum value of $10.")
-    moved = await ex.batch_modify([(c2, eth_order(sim, factor="0.93", tif="Gtc"))])
+    moved = await ex.modify([(c2, eth_spec(sim, factor="0.93", tif="Gtc"))])
     assert moved[0].outcome == "resting"
-    cancels = await ex.cancel_by_cloid([(1, c1), (1, "0x" + "00" * 16)])
+    cancels = await ex.cancel_by_cloid([(eth, c1), (eth, "0x" + "00" * 16)])
     assert [c.ok for c in cancels] == [True, False]
-    assert (await ex.cancel([(1, moved[0].oid or 0)]))[0].ok
+    assert (await ex.cancel([(eth, moved[0].oid or 0)]))[0].ok
     assert await info.open_orders(me) == []
-    await ex.update_leverage(1, False, 10)
+    await ex.update_leverage(eth, 10, is_cross=False)
     assert sim.engine.accounts[me].leverage["ETH"] == (10, False)
+    # Our client refuses a leverage above the asset's maximum before sending it...
+    with pytest.raises(WireError, match="leverage"):
+        await ex.update_leverage(eth, 500, is_cross=True)
+    # ...and the exchange refuses it too, when it is sent anyway.
+    too_high = ex.actions._prepare(wire.update_leverage_action(1, True, 500), 1, None, None)
     with pytest.raises(Rejected, match="Invalid leverage value"):
-        await ex.update_leverage(1, True, 500)
+        await ex._send(too_high)
     await ex.noop()
     with pytest.raises(Rejected, match=r"Required: \$1000000"):
         await ex.schedule_cancel(sim.engine.now_ms + 60_000)
@@ -192,36 +195,52 @@ async def test_stream_subscriptions_and_posts(
     sim: Simulator, session: aiohttp.ClientSession
 ) -> None:
     _, ex, _ = clients(sim, session)
-    me = ex.signer.address
-    got: dict[str, list[StreamMessage]] = {}
-
-    async def keep(msg: StreamMessage) -> None:
-        got.setdefault(msg.channel, []).append(msg)
+    me = ex.actions.signer.address
+    fills, updates = inbox(UserFills), inbox(OrderUpdates)
+    trades, mids, books = inbox(Trades), inbox(AllMids), inbox(L2Book)
 
     async with pool_on(sim) as pool:
-        await pool.subscribe({"type": "userFills", "user": me}, keep)
-        await pool.subscribe({"type": "orderUpdates", "user": me}, keep)
+        await pool.user_fills(me, fills)
+        await pool.order_updates(me, updates)
         for coin in ("ETH", "BTC"):
-            await pool.subscribe({"type": "trades", "coin": coin}, keep)
-        await pool.subscribe({"type": "allMids"}, keep)
-        await pool.subscribe({"type": "l2Book", "coin": "ETH"}, keep)
-        await until(lambda: "userFills" in got and "allMids" in got and "l2Book" in got)
-        assert got["userFills"][0].is_snapshot
-        (filled,) = await ex.order([eth_order(sim, cloid="0x" + "ab" * 16)])
-        await until(
-            lambda: len(got["userFills"]) == 2 and "orderUpdates" in got and "trades" in got
-        )
-        assert got["userFills"][1].data["fills"][0]["oid"] == filled.oid
-        assert got["orderUpdates"][0].data[0]["status"] == "filled"
-        assert all(t["coin"] == "ETH" for m in got["trades"] for t in m.data)
+            await pool.trades(coin, trades)
+        await pool.all_mids(mids)
+        await pool.l2_book("ETH", books)
+        (snapshot,) = await receive(fills, 1)
+        assert snapshot.is_snapshot
+        assert snapshot.user == me
+        (first_mids,) = await receive(mids, 1)
+        assert first_mids.mids["ETH"] == sim.engine.by_name["ETH"].path.mid
+        (first_book,) = await receive(books, 1)
+        assert first_book.coin == "ETH"
+        assert first_book.bids[0].px < first_book.asks[0].px
+        (filled,) = await ex.place([eth_spec(sim, cloid="0x" + "ab" * 16)])
+        (fill_msg,) = await receive(fills, 1)
+        assert not fill_msg.is_snapshot
+        assert fill_msg.fills[0].oid == filled.oid
+        assert fill_msg.fills[0].cloid == "0x" + "ab" * 16
+        (update_msg,) = await receive(updates, 1)
+        assert update_msg.user == me
+        assert update_msg.updates[0].status == "filled"
+        assert update_msg.updates[0].order.oid == filled.oid
+        got_trades = await receive(trades, 1)
+        got_trades += trades.drain_nowait()
+        assert all(t.coin == "ETH" for m in got_trades for t in m.trades)
         sim.step(30)  # the population trades; the book and mids are pushed every few ticks
-        await until(lambda: len(got["l2Book"]) >= 3 and len(got["allMids"]) >= 3)
-        assert {t["coin"] for m in got["trades"] for t in m.data} <= {"ETH", "BTC"}
+        await receive(books, 2)
+        await receive(mids, 2)
+        got_trades += trades.drain_nowait()
+        assert {t.coin for m in got_trades for t in m.trades} <= {"ETH", "BTC"}
+        assert all(m.coin == m.trades[0].coin for m in got_trades)
+        assert pool.stats()["malformed"] == 0
         # Requests over the socket: an info post and a signed action.
-        data = await pool.post("info", {"type": "clearinghouseState", "user": me})
+        data = await pool._post("info", {"type": "clearinghouseState", "user": me})
         assert data["assetPositions"][0]["position"]["szi"] == "0.01"
-        body = ex.signed_body(wire.noop_action(), ex.nonces.next())
-        assert await pool.post("action", body) == {"status": "ok", "response": {"type": "default"}}
+        body = ex.actions._signed_body(wire.noop_action(), ex.nonces.next())
+        assert await pool._post("action", body) == {
+            "status": "ok",
+            "response": {"type": "default"},
+        }
 
 
 async def test_the_budget_keeps_a_busy_client_under_the_servers_limit(

@@ -17,17 +17,17 @@ import eth_account
 import orjson
 import pytest
 from hlcopy.budget import WeightBudget
+from hlcopy.component import Ready
 from hlcopy.errors import AmbiguousOutcome, RateLimited, Unavailable
-from hlcopy.hl import wire
-from hlcopy.hl.exchange import ExchangeClient
-from hlcopy.hl.info import InfoClient
-from hlcopy.hl.signing import Signer
-from hlcopy.hl.stream import StreamMessage, StreamPool
+from hlcopy.hl import ExchangeClient, InfoClient, Signer, StreamPool, wire
+from hlcopy.model import Asset, OrderSpec, Tif, UserFills
 from hlcopy.sim import SimConfig, Simulator
 from hyperliquid.exchange import Exchange
 from hyperliquid.info import Info
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.component.test_stream import inbox, receive
 
 D = Decimal
 
@@ -67,6 +67,28 @@ def eth_order(
         asset.path.mid * D(factor), asset.sz_decimals, False, wire.Rounding.NEAREST
     )
     return wire.order_wire(asset.asset_id, is_buy, price, D(sz), False, tif, cloid)
+
+
+def eth_asset(sim: Simulator) -> Asset:
+    """ETH as a client's universe describes it."""
+    eth = sim.engine.by_name["ETH"]
+    return Asset(eth.name, eth.asset_id, eth.sz_decimals, eth.max_leverage)
+
+
+def eth_spec(
+    sim: Simulator,
+    is_buy: bool = True,
+    factor: str = "1.01",
+    sz: str = "0.01",
+    cloid: str | None = None,
+    tif: Tif = "Ioc",
+) -> OrderSpec:
+    """The order ``eth_order`` writes on the wire, in domain terms (its price is on the grid)."""
+    asset = sim.engine.by_name["ETH"]
+    price = wire.round_price(
+        asset.path.mid * D(factor), asset.sz_decimals, False, wire.Rounding.NEAREST
+    )
+    return OrderSpec(eth_asset(sim), is_buy, price, D(sz), tif=tif, cloid=cloid)
 
 
 def fresh_client(sim: Simulator, session: aiohttp.ClientSession) -> ExchangeClient:
@@ -144,9 +166,10 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
 async def test_a_tampered_signature_is_refused_as_an_unknown_user() -> None:
     async with stepped() as sim, aiohttp.ClientSession() as session:
         ex = fresh_client(sim, session)
+        me = ex.actions.signer.address
         action = wire.order_action([eth_order(sim)])
         nonce = ex.nonces.next()
-        body = ex.signed_body(action, nonce)
+        body = ex.actions._signed_body(action, nonce)
         bad_r = dict(
             body, signature={**body["signature"], "r": hex(int(body["signature"]["r"], 16) ^ 0xFF)}
         )
@@ -156,7 +179,7 @@ async def test_a_tampered_signature_is_refused_as_an_unknown_user() -> None:
         # A damaged r either recovers some other address or no point on the curve at all.
         assert reply["response"] == "Invalid signature" or (
             reply["response"].startswith("L1 error: User or API Wallet 0x")
-            and ex.signer.address not in reply["response"]
+            and me not in reply["response"]
         )
         # Changing the order after signing it recovers a stranger, whom nobody has funded.
         changed = dict(body, action=wire.order_action([eth_order(sim, sz="0.02")]))
@@ -164,7 +187,7 @@ async def test_a_tampered_signature_is_refused_as_an_unknown_user() -> None:
         assert reply["status"] == "err"
         assert reply["response"].startswith("L1 error: User or API Wallet 0x")
         assert reply["response"].endswith(" does not exist.")
-        assert ex.signer.address not in reply["response"]
+        assert me not in reply["response"]
         # The untouched body goes through.
         status, reply = await post(sim.url + "/exchange", body)
         assert reply["status"] == "ok"
@@ -178,10 +201,10 @@ async def test_numbers_and_key_order_must_be_signed_as_the_exchange_writes_them(
         padded = dict(good, p=good["p"] + ("0" if "." in good["p"] else ".0"))
         reordered = {"b": good["b"], "a": good["a"], **{k: good[k] for k in "psrt"}}
         for bad in (padded, reordered):
-            body = ex.signed_body(wire.order_action([bad]), ex.nonces.next())
+            body = ex.actions._signed_body(wire.order_action([bad]), ex.nonces.next())
             reply = (await post(sim.url + "/exchange", body))[1]
             assert reply["response"].startswith("L1 error: User or API Wallet"), bad
-        body = ex.signed_body(wire.order_action([good]), ex.nonces.next())
+        body = ex.actions._signed_body(wire.order_action([good]), ex.nonces.next())
         assert (await post(sim.url + "/exchange", body))[1]["status"] == "ok"
 
 
@@ -189,7 +212,7 @@ async def test_reused_nonces_and_expired_actions_are_refused() -> None:
     async with stepped() as sim, aiohttp.ClientSession() as session:
         ex = fresh_client(sim, session)
         nonce = ex.nonces.next()
-        body = ex.signed_body(wire.noop_action(), nonce)
+        body = ex.actions._signed_body(wire.noop_action(), nonce)
         assert (await post(sim.url + "/exchange", body))[1] == {
             "status": "ok",
             "response": {"type": "default"},
@@ -198,7 +221,7 @@ async def test_reused_nonces_and_expired_actions_are_refused() -> None:
             "status": "err",
             "response": f"Invalid nonce: duplicate nonce {nonce}",
         }
-        expired = ex.signed_body(
+        expired = ex.actions._signed_body(
             wire.noop_action(), ex.nonces.next(), expires_after=sim.engine.now_ms - 1
         )
         assert (await post(sim.url + "/exchange", expired))[1] == {
@@ -218,7 +241,7 @@ async def test_agents_trade_for_their_master() -> None:
         sim.contact(master.address)
         await by_master.approve_agent(master, agent.address, "bot")
         by_agent = ExchangeClient(session, sim.url, agent, budget, is_mainnet=False)
-        (status,) = await by_agent.order([eth_order(sim)])
+        (status,) = await by_agent.place([eth_spec(sim)])
         assert status.outcome == "filled"
         assert sim.engine.accounts[master.address].positions["ETH"].szi == D("0.01")
         assert agent.address not in sim.engine.accounts
@@ -242,9 +265,9 @@ async def test_per_item_weight_is_charged_after_the_answer() -> None:
     async with stepped(weight_per_minute=1200) as sim, aiohttp.ClientSession() as session:
         ex = fresh_client(sim, session)
         for _ in range(45):  # 45 taker orders: 45 fills, 45 records
-            await ex.order([eth_order(sim)])
+            await ex.place([eth_spec(sim)])
         before = sim.snapshot()["weight_charged"]
-        await post(sim.url + "/info", {"type": "userFills", "user": ex.signer.address})
+        await post(sim.url + "/info", {"type": "userFills", "user": ex.actions.signer.address})
         assert sim.snapshot()["weight_charged"] - before == 20 + 3  # ceil(45 / 20)
 
 
@@ -339,20 +362,14 @@ async def test_malformed_requests_get_422() -> None:
 # --- faults ------------------------------------------------------------------------------------
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[StreamMessage] = []
-
-    async def __call__(self, message: StreamMessage) -> None:
-        self.messages.append(message)
-
-
 @contextlib.asynccontextmanager
 async def pool_on(sim: Simulator, **kwargs: Any) -> AsyncIterator[StreamPool]:
     pool = StreamPool(sim.ws_url, backoff_base_s=0.02, backoff_cap_s=0.1, **kwargs)
-    ready = asyncio.Event()
+    became_ready = asyncio.Event()
+    ready = Ready(lambda is_ready, reason: became_ready.set() if is_ready else None)
     task = asyncio.create_task(pool.run(ready))
-    await asyncio.wait_for(ready.wait(), 5)
+    await asyncio.wait_for(became_ready.wait(), 5)
+    assert ready.is_set()
     try:
         yield pool
     finally:
@@ -403,7 +420,7 @@ async def test_fault_delayed_action_lands_after_the_client_gave_up() -> None:
         await post(sim.url + "/_sim/faults", {"exchange_delay": {"seconds": 0.8, "count": 1}})
         cloid = "0x" + secrets.token_hex(16)
         with pytest.raises(AmbiguousOutcome):
-            await ex.order([eth_order(sim, cloid=cloid)])
+            await ex.place([eth_spec(sim, cloid=cloid)])
         status, _ = await get(f"{sim.url}/_sim/orders?cloid={cloid}")
         assert status == 404  # not yet
         await asyncio.sleep(1.0)
@@ -419,10 +436,10 @@ async def test_fault_lost_reply_after_the_action_was_applied() -> None:
         await post(sim.url + "/_sim/faults", {"exchange_lose_reply": 1})
         cloid = "0x" + secrets.token_hex(16)
         with pytest.raises(AmbiguousOutcome):
-            await ex.order([eth_order(sim, cloid=cloid)])
-        record = await info.order_status(ex.signer.address, cloid)  # settled by cloid
+            await ex.place([eth_spec(sim, cloid=cloid)])
+        record = await info.order_status(ex.actions.signer.address, cloid)  # settled by cloid
         assert record.status == "filled"
-        (again,) = await ex.order([eth_order(sim)])  # the next reply arrives normally
+        (again,) = await ex.place([eth_spec(sim)])  # the next reply arrives normally
         assert again.outcome == "filled"
         assert sim.snapshot()["replies_lost"] == 1
 
@@ -450,19 +467,24 @@ async def test_fault_http_errors_for_a_period(status: int, error: type[Exception
 
 async def test_fault_duplicate_and_reordered_stream_messages() -> None:
     async with stepped() as sim, pool_on(sim) as pool, aiohttp.ClientSession() as session:
-        inbox = Inbox()
+        fills = inbox(UserFills)
         ex = fresh_client(sim, session)
-        await pool.subscribe({"type": "userFills", "user": ex.signer.address}, inbox)
-        await until(lambda: len(inbox.messages) == 1)  # the snapshot
+        await pool.user_fills(ex.actions.signer.address, fills)
+        (snapshot,) = await receive(fills, 1)
+        assert snapshot.is_snapshot
         await post(sim.url + "/_sim/faults", {"ws_duplicate": True})
-        await ex.order([eth_order(sim)])
-        await until(lambda: len(inbox.messages) == 3)
-        assert inbox.messages[1].data == inbox.messages[2].data
+        await ex.place([eth_spec(sim)])
+        once, twice = await receive(fills, 2)
+        assert once.fills  # the new fill, not an empty message
+        assert (once.user, once.is_snapshot, once.fills) == (
+            twice.user,
+            twice.is_snapshot,
+            twice.fills,
+        )
         await post(sim.url + "/_sim/faults", {"clear": True, "ws_reorder": True})
-        first = (await ex.order([eth_order(sim)]))[0]
-        second = (await ex.order([eth_order(sim)]))[0]
-        await until(lambda: len(inbox.messages) == 5)
-        oids = [m.data["fills"][0]["oid"] for m in inbox.messages[3:]]
+        first = (await ex.place([eth_spec(sim)]))[0]
+        second = (await ex.place([eth_spec(sim)]))[0]
+        oids = [m.fills[0].oid for m in await receive(fills, 2)]
         assert oids == [second.oid, first.oid]  # swapped in transit
         faults = (await get(sim.url + "/_sim/faults"))[1]
         assert (faults["ws_reorder"], faults["ws_duplicate"]) == (True, False)

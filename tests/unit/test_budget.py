@@ -7,13 +7,12 @@ import random
 
 import pytest
 from hlcopy.budget import Lane, WeightBudget, extra_weight
-
-from tests.clock import FakeClock
+from hlcopy.clock import VirtualClock
 
 READS = [lane for lane in Lane if lane is not Lane.ORDER]
 
 
-def budget(clock: FakeClock, limit: int = 1200, headroom: float = 10.0) -> WeightBudget:
+def budget(clock: VirtualClock, limit: int = 1200, headroom: float = 10.0) -> WeightBudget:
     return WeightBudget(limit, headroom, clock=clock)
 
 
@@ -30,13 +29,13 @@ def max_window_sum(events: list[tuple[float, int]], window: float = 60.0) -> int
 @pytest.mark.parametrize("seed", range(25))
 async def test_never_above_the_limit_in_any_window_and_nothing_starves(seed: int) -> None:
     rng = random.Random(seed)
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock)
     admitted: list[tuple[float, int, Lane]] = []
 
     async def request(at: float, weight: int, lane: Lane) -> None:
         await b.acquire(weight, lane)
-        admitted.append((clock.now(), weight, lane))
+        admitted.append((clock.monotonic(), weight, lane))
 
     plan = [
         (rng.uniform(0, 240), rng.choice([1, 2, 2, 2, 20, 20, 60, 120]), rng.choice(list(Lane)))
@@ -59,7 +58,7 @@ async def test_never_above_the_limit_in_any_window_and_nothing_starves(seed: int
 
 
 async def test_strict_lane_priority_when_saturated() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock, limit=600, headroom=0)
     await b.acquire(600, Lane.ORDER)  # the window is full until t=60
     order: list[Lane] = []
@@ -69,15 +68,16 @@ async def test_strict_lane_priority_when_saturated() -> None:
         order.append(lane)
 
     tasks = [asyncio.create_task(request(lane)) for lane in reversed(Lane)]  # lowest first
+    # Weight spent at t frees up at t + 60 s (a microsecond later, so rounding can't matter).
     await clock.advance(59)
     assert order == []
-    await clock.advance(1)
+    await clock.advance(1.001)
     assert order == list(Lane)  # served highest priority first, whatever the arrival order
     await asyncio.gather(*tasks)
 
 
 async def test_a_big_waiting_order_is_not_overtaken_by_smaller_reads() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     await b.acquire(90, Lane.LEADER)
     order: list[str] = []
@@ -90,13 +90,13 @@ async def test_a_big_waiting_order_is_not_overtaken_by_smaller_reads() -> None:
     small = asyncio.create_task(request("read", 5, Lane.SCORING))  # would fit now, but waits
     await clock.advance(1)
     assert order == []
-    await clock.advance(60)
+    await clock.advance(60.001)
     assert order == ["order", "read"]
     await asyncio.gather(big, small)
 
 
 async def test_headroom_keeps_orders_flowing_while_reads_are_saturated() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock)  # 1200 with 10% headroom: reads stop at 1080
     assert b.read_limit == 1080
     for _ in range(54):
@@ -108,12 +108,12 @@ async def test_headroom_keeps_orders_flowing_while_reads_are_saturated() -> None
     for _ in range(10):
         await asyncio.wait_for(b.acquire(10, Lane.ORDER), 0.1)
     assert b.used() == 1080 + 101
-    await clock.advance(60)
+    await clock.advance(60.001)
     assert read.done()
 
 
 async def test_429_backs_off_the_read_lanes_only() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = WeightBudget(1200, 10, clock=clock, backoff_base_s=5, backoff_cap_s=60)
     b.rate_limited()
     read = asyncio.create_task(b.acquire(2, Lane.LEADER))
@@ -133,7 +133,7 @@ async def test_429_backs_off_the_read_lanes_only() -> None:
 
 
 async def test_debited_extra_weight_delays_later_requests() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     await b.acquire(20, Lane.LEADER)
     b.debit(extra_weight(1500), Lane.LEADER)  # 1500 fills: +75
@@ -141,13 +141,13 @@ async def test_debited_extra_weight_delays_later_requests() -> None:
     later = asyncio.create_task(b.acquire(20, Lane.LEADER))
     await clock.advance(59)
     assert not later.done()
-    await clock.advance(1)
+    await clock.advance(1.001)
     assert later.done()
     assert b.stats()["lanes"]["leader"]["weight_total"] == 115
 
 
 async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     await b.acquire(60, Lane.ORDER)
     head = asyncio.create_task(b.acquire(50, Lane.FOLLOWER))
@@ -161,7 +161,7 @@ async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
 
 
 async def test_invalid_weights_are_refused() -> None:
-    b = budget(FakeClock(), limit=100, headroom=10)
+    b = budget(VirtualClock(), limit=100, headroom=10)
     with pytest.raises(ValueError, match="outside"):
         await b.acquire(0, Lane.ORDER)
     with pytest.raises(ValueError, match="outside"):
@@ -175,11 +175,11 @@ def test_extra_weight_rounds_up() -> None:
 
 
 async def test_stats_report_use_and_waits() -> None:
-    clock = FakeClock()
+    clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     await b.acquire(100, Lane.ORDER)
     waiter = asyncio.create_task(b.acquire(10, Lane.GAPFILL))
-    await clock.advance(60)
+    await clock.advance(60.001)
     await waiter
     stats = b.stats()
     assert stats["used_last_window"] == 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hlcopy.clock import SYSTEM, VirtualClock, sleep_unless
 
 
@@ -80,3 +81,47 @@ async def test_system_clock_reads_real_time() -> None:
     await SYSTEM.sleep(0.01)
     assert SYSTEM.monotonic() - before >= 0.009
     assert SYSTEM.time_ms() > 1_700_000_000_000
+
+
+async def test_timeout_on_the_virtual_clock_raises_timeout_error() -> None:
+    clock = VirtualClock()
+
+    async def slow() -> str:
+        async with clock.timeout(5):
+            await clock.sleep(60)
+        return "finished"
+
+    task = asyncio.create_task(slow())
+    await clock.advance(4)
+    assert not task.done()
+    await clock.advance(2)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_timeout_that_is_not_reached_changes_nothing() -> None:
+    clock = VirtualClock()
+
+    async def quick() -> str:
+        async with clock.timeout(5):
+            await clock.sleep(1)
+        return "finished"
+
+    task = asyncio.create_task(quick())
+    await clock.advance(10)
+    assert await task == "finished"
+    assert clock.pending == 0
+
+
+async def test_an_outer_cancel_inside_a_timeout_stays_a_cancel() -> None:
+    clock = VirtualClock()
+
+    async def waits() -> None:
+        async with clock.timeout(5):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(waits())
+    await clock.settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

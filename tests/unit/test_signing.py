@@ -9,6 +9,7 @@ from typing import Any
 import eth_account
 import pytest
 from eth_account.messages import encode_typed_data
+from hlcopy.clock import VirtualClock
 from hlcopy.errors import WireError
 from hlcopy.hl import wire
 from hlcopy.hl.signing import (
@@ -189,7 +190,7 @@ VECTORS = [
 def test_published_vectors(
     name: str, action: dict[str, Any], vault: str | None, mainnet: bool, expected: dict[str, Any]
 ) -> None:
-    assert Signer.from_key(TEST_KEY).sign_l1_action(action, vault, 0, None, mainnet) == expected
+    assert Signer.from_key(TEST_KEY)._sign_l1_action(action, vault, 0, None, mainnet) == expected
 
 
 def test_eth_ioc_order_connection_id() -> None:
@@ -215,12 +216,12 @@ def test_user_signed_vectors() -> None:
         "amount": "1",
         "time": 1687816341423,
     }
-    assert signer.sign_user_action(action, types, "HyperliquidTransaction:UsdSend") == sig(
+    assert signer._sign_user_action(action, types, "HyperliquidTransaction:UsdSend") == sig(
         "0x637b37dd731507cdd24f46532ca8ba6eec616952c56218baeff04144e4a77073",
         "0x11a6a24900e6e314136d2592e2f8d502cd89b7c15b198e1bee043c9589f9fad7",
         27,
     )
-    assert signer.sign_user_action(action, types, "HyperliquidTransaction:Withdraw") == sig(
+    assert signer._sign_user_action(action, types, "HyperliquidTransaction:Withdraw") == sig(
         "0x8363524c799e90ce9bc41022f7c39b4e9bdba786e5f9c72b20e43e1462c37cf9",
         "0x58b1411a775938b83e29182e8ef74975f9054c8e97ebf5ec2dc8d51bfc893881",
         28,
@@ -368,7 +369,7 @@ def test_signatures_equal_the_sdks_and_recover_with_eth_account(
     signer = Signer.from_key(key.hex())
     wallet = eth_account.Account.from_key(key)
     assert signer.address == wallet.address.lower()
-    got = signer.sign_l1_action(ours, vault, nonce, expires_after, mainnet)
+    got = signer._sign_l1_action(ours, vault, nonce, expires_after, mainnet)
     assert got == sdk.sign_l1_action(wallet, theirs, vault, nonce, expires_after, mainnet)
     # eth-account, from the EIP-712 document itself, recovers the signer.
     conn_id = action_hash(ours, vault, nonce, expires_after)
@@ -394,7 +395,7 @@ def test_approve_agent_equals_the_sdk(
     signer = Signer.from_key("0x" + key.hex())
     wallet = eth_account.Account.from_key(key)
     action = wire.approve_agent_action(agent, name, nonce, mainnet)
-    got = signer.sign_user_action(
+    got = signer._sign_user_action(
         action, wire.APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent"
     )
     theirs = {
@@ -447,14 +448,26 @@ def test_recovery_rejects_malformed_signatures() -> None:
             recover_l1_signer(DUMMY, None, 0, None, True, bad)
 
 
-def test_nonce_source_never_repeats_and_follows_the_clock() -> None:
-    now = [1_000]
-    nonces = NonceSource(lambda: now[0])
+class SteppableClock(VirtualClock):
+    """A virtual clock whose wall time can also be stepped back (as NTP may do to a real one);
+    its monotonic time never goes backwards."""
+
+    step_ms = 0
+
+    def time_ms(self) -> int:
+        return super().time_ms() + self.step_ms
+
+
+async def test_nonce_source_never_repeats_and_follows_the_clock() -> None:
+    clock = SteppableClock(epoch_ms=1_000)
+    nonces = NonceSource(clock)
     got = [nonces.next() for _ in range(3)]
     assert got == [1000, 1001, 1002]  # same millisecond: still unique
-    now[0] = 5_000
+    await clock.advance(4)
+    assert clock.time_ms() == 5_000
     assert nonces.next() == 5000  # fast-forwards to the clock
-    now[0] = 4_000  # the clock stepped back: never below the last nonce
+    clock.step_ms = -1_000  # the clock stepped back: never below the last nonce
+    assert clock.time_ms() == 4_000
     assert nonces.next() == 5001
     assert nonces.last == 5001
     real = NonceSource()

@@ -1,0 +1,112 @@
+"""The composition root: builds everything the daemon runs and hands it to the supervisor.
+
+Every resource is entered into one ``AsyncExitStack`` by the ``App`` that created it, so each
+has exactly one owner that closes it, in reverse order of creation, however the run ends. The
+supervisor (``daemon.py``) only runs components; it never builds or imports them.
+
+The store is owned here too: created and finally closed by the ``App``, after every component
+has stopped. Connecting is the store's own lazy, idempotent business (``Store.open``): the store
+monitor component calls it at start and after a failure, which is how a database that went away
+comes back without restarting the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from types import TracebackType
+
+from hlcopy.api.server import ApiServer
+from hlcopy.budget import WeightBudget
+from hlcopy.clock import SYSTEM, Clock
+from hlcopy.config import HlcopyConfig
+from hlcopy.credentials import Secrets
+from hlcopy.daemon import Daemon
+from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
+from hlcopy.instance import StateLock
+from hlcopy.notify import Notifier
+from hlcopy.store import Store
+from hlcopy.store.monitor import StoreMonitor
+
+
+class App:
+    """``async with App(config, secrets) as app: await app.run()``."""
+
+    def __init__(
+        self,
+        config: HlcopyConfig,
+        secrets: Secrets,
+        *,
+        config_path: Path | None = None,
+        clock: Clock = SYSTEM,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.clock = clock
+        self.daemon = Daemon(config, config_path=config_path, notifier=notifier, clock=clock)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> App:
+        try:
+            await self._build(self._stack)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _build(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg, clock, daemon = self.config, self.clock, self.daemon
+        net = cfg.network
+        session = await stack.enter_async_context(new_session(net.request_timeout_s))
+        budget = WeightBudget(cfg.budget.weight_per_minute, cfg.budget.headroom_pct, clock=clock)
+        info = InfoClient(
+            session, net.rest, budget, batch_clearinghouse_states=net.batch_clearinghouse_states
+        )
+        self.store = Store(cfg.database, cfg.state.dir, self.secrets.db_password)
+        stack.push_async_callback(self.store.close)
+        self.universe = UniverseService(
+            info, builder_dexes=cfg.discovery.builder_dexes, clock=clock
+        )
+        self.stream = StreamPool(net.ws, clock=clock)
+
+        daemon.add(StoreMonitor(self.store, clock=clock))
+        daemon.add(self.universe)
+        daemon.add(self.stream)
+        if cfg.api.enabled:
+            daemon.add(ApiServer(daemon, cfg.api, self.secrets.api_token))
+        daemon.add_stats("budget", budget.stats)
+        daemon.add_stats("info", info.stats)
+
+    async def run(self, stop_after_s: float | None = None) -> int:
+        """Run the daemon until stopped; the process exit code."""
+        if stop_after_s is not None:
+            asyncio.get_running_loop().call_later(stop_after_s, self.daemon.request_stop)
+        return await self.daemon.run()
+
+
+async def serve(
+    config: HlcopyConfig,
+    secrets: Secrets,
+    config_path: Path | None = None,
+    *,
+    stop_after_s: float | None = None,
+    clock: Clock = SYSTEM,
+) -> int:
+    """Run the daemon described by ``config`` until stopped; the process exit code.
+
+    Raises InstanceLocked when another hlcopy holds the state directory: the lock is taken
+    before anything is started or connected.
+    """
+    with StateLock(config.state.dir):
+        async with App(config, secrets, config_path=config_path, clock=clock) as app:
+            return await app.run(stop_after_s)

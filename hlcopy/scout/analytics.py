@@ -400,8 +400,9 @@ class FillStats:
 
 
 def wilson_lower_bound(successes: int, n: int, z: float = Z_95) -> float:
-    """Wilson score interval's lower bound of a proportion (0 for no trials)."""
-    if n <= 0:
+    """Wilson score interval's lower bound of a proportion (0 for no trials or no successes,
+    exactly, where the formula leaves rounding noise)."""
+    if n <= 0 or successes <= 0:
         return 0.0
     p = successes / n
     z2 = z * z

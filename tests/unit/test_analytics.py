@@ -424,7 +424,7 @@ def test_history_starting_mid_position_then_flip_opens_a_real_trip() -> None:
 def test_gap_in_history_drops_the_open_trip() -> None:
     fills = [
         fill("ARB", "B", "5", "0", T0, tid=1),
-        fill("ARB", "A", "5", "8", T0 + 10, tid=2, pnl="3"),  # starts at 8, not 5: fills missing
+        fill("ARB", "A", "8", "8", T0 + 10, tid=2, pnl="3"),  # starts at 8, not 5: fills missing
         fill("ARB", "B", "1", "0", T0 + 20, tid=3),
         fill("ARB", "A", "1", "1", T0 + 30, tid=4, pnl="1"),
     ]

@@ -1,0 +1,1 @@
+"""Who is worth following: discovery, tracking, analytics, the leaderboard."""

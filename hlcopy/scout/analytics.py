@@ -43,7 +43,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from hlcopy.hl.wire import MIN_NOTIONAL, round_size
+from hlcopy.hl import MIN_NOTIONAL, round_size
 from hlcopy.model import AccountState, Fill, Portfolio, PortfolioPeriod, UserRole
 
 DAY_MS = 86_400_000

@@ -180,12 +180,24 @@ class DiscoveryConfig(_Section):
     """Coins to watch; empty means every perp on the first dex."""
     builder_dexes: bool = False
     """Also watch builder-deployed (HIP-3) perp dexes."""
+    spot: bool = False
+    """Also watch spot pairs."""
     persist_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
-    """Trades written to the database per batch."""
+    """Changed addresses written to the database per batch."""
     flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
-    """Longest a trade waits before its batch is written."""
+    """Longest a change to an address's activity waits before it is written."""
     queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
-    """Trades buffered for persistence; beyond this the oldest are dropped and counted."""
+    """Changed addresses waiting to be written; beyond this (the database is slow or away) the
+    oldest changes are dropped and counted."""
+    calibrate: bool = True
+    """At start, check which of a trade's two addresses is the buyer with one userFillsByTime
+    lookup; until then, leader fills seen on the trade stream are only hints."""
+    seed_leaderboard: bool = False
+    """Fetch the exchange's public leaderboard once a day to seed tracking priorities (outside
+    the REST weight budget; about 40 MB on mainnet)."""
+    seed_url: Url | None = None
+    """Where the public leaderboard is; absent: the network's own (stats-data for mainnet,
+    <rest_url>/leaderboard for a custom network such as the simulator)."""
 
 
 class TrackingConfig(_Section):
@@ -201,6 +213,34 @@ class TrackingConfig(_Section):
     """How often a tracked trader's statistics are refreshed."""
     user_fills_subscriptions: int = Field(default=8, ge=0, le=10)
     """Leaders followed through userFills WebSocket subscriptions (the exchange allows 10 users)."""
+    workers: int = Field(default=6, ge=1, le=64)
+    """Requests the tracker keeps in flight; the weight budget, not this, sets the pace."""
+    positions_interval_s: Finite = Field(default=120.0, ge=5, le=86400)
+    """Shortest time between two position reads of the same tracked trader."""
+    scoring_top_n: int = Field(default=100, ge=0, le=10_000)
+    """Traders near the top of the leaderboard or the losers list whose fills are fetched
+    (userFillsByTime) to complete their score."""
+    inactive_after_days: Finite = Field(default=14.0, gt=0, le=3650)
+    """Traders not seen trading for this long stop being tracked (their metrics stay)."""
+
+
+class LeaderboardConfig(_Section):
+    refresh_interval_s: Finite = Field(default=10.0, ge=1, le=3600)
+    """How often the in-memory ranking is rebuilt from the latest metrics."""
+    follower_equity_usd: PositiveUsd | None = None
+    """Equity used for copyable_share; absent: account.paper_equity_usd (paper) or the
+    follower's account value (live)."""
+    losers_window: Literal["day", "week", "month", "allTime"] = "month"
+    """The default window of the losers list."""
+
+
+class RetentionConfig(_Section):
+    events_days: Finite = Field(default=30.0, gt=0, le=3650)
+    """Position events older than this are deleted."""
+    fills_days: Finite = Field(default=30.0, gt=0, le=3650)
+    """Stored fills older than this are deleted."""
+    prune_interval_s: Finite = Field(default=3600.0, ge=60, le=7 * 86400)
+    """How often old rows are deleted."""
 
 
 class AccountConfig(_Section):
@@ -289,6 +329,10 @@ class HlcopyConfig(_Section):
     """Finding traders on the public trade stream."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Polling positions within the budget."""
+    leaderboard: LeaderboardConfig = Field(default_factory=LeaderboardConfig)
+    """Ranking traders."""
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    """Keeping the database bounded."""
     account: AccountConfig = Field(default_factory=AccountConfig)
     """The follower's own account."""
     risk: RiskConfig = Field(default_factory=RiskConfig)

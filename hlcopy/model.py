@@ -503,3 +503,24 @@ class OrderOutcome:
     oid: int | None = None
     error: str | None = None
     time_ms: int = 0
+
+
+# --- what tracking observes -----------------------------------------------------------------------
+
+PositionEventKind = Literal["open", "increase", "decrease", "close", "flip", "liquidated"]
+
+
+@dataclass(frozen=True, slots=True)
+class PositionEvent:
+    """A change of one trader's position in one coin, seen between two snapshots (or fills)."""
+
+    address: str
+    coin: str
+    kind: PositionEventKind
+    prev_szi: Decimal
+    new_szi: Decimal
+    time_ms: int
+    entry_px: Decimal | None = None
+    px: Decimal | None = None  # the mark (or fill) price when it was seen
+    notional: Decimal | None = None  # |new size| x price
+    leverage: Decimal | None = None

@@ -524,3 +524,20 @@ class PositionEvent:
     px: Decimal | None = None  # the mark (or fill) price when it was seen
     notional: Decimal | None = None  # |new size| x price
     leverage: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPerformance:
+    pnl: Decimal
+    roi: Decimal
+    vlm: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SeedTrader:
+    """One row of the exchange's public leaderboard document (survivors only, self-reported
+    windows): a seed for tracking priorities, never a ranking of its own."""
+
+    address: str
+    account_value: Decimal
+    windows: Mapping[str, WindowPerformance]

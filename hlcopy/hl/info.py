@@ -43,6 +43,7 @@ from hlcopy.model import (
     OrderRecord,
     PerpDex,
     Portfolio,
+    SeedTrader,
     SpotBalance,
     SpotMeta,
     Trade,
@@ -357,6 +358,22 @@ class InfoClient:
         return await self._typed(
             {"type": "extraAgents", "user": user}, lane, parse.parse_extra_agents
         )
+
+    async def public_leaderboard(self, url: str) -> tuple[SeedTrader, ...]:
+        """The exchange's public leaderboard document (a plain GET on another host, outside the
+        per-IP weight budget as far as is known; ~40 MB on mainnet, so fetch it rarely)."""
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=300)) as r:
+                status = r.status
+                raw = await r.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Unavailable(f"public leaderboard: {exc}", request="leaderboard") from exc
+        if status != 200:
+            raise Unavailable(f"public leaderboard: HTTP {status}", status=status)
+        try:
+            return parse.parse_public_leaderboard(orjson.loads(raw))
+        except (orjson.JSONDecodeError, WireError) as exc:
+            raise WireError(f"public leaderboard: {exc}") from exc
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "failures": self.failures}

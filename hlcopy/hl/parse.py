@@ -35,6 +35,7 @@ from hlcopy.model import (
     Portfolio,
     PortfolioPeriod,
     Position,
+    SeedTrader,
     SpotBalance,
     SpotMeta,
     SpotPair,
@@ -42,6 +43,7 @@ from hlcopy.model import (
     Trade,
     UserRateLimit,
     UserRole,
+    WindowPerformance,
 )
 
 _ASSET_SUFFIX = re.compile(r" asset=\d+$")
@@ -491,3 +493,21 @@ def parse_cancel_statuses(data: Any, n: int) -> list[CancelStatus]:
     if len(out) == 1 and not out[0].ok:
         return out * n
     raise WireError(f"{len(out)} statuses for {n} cancels")
+
+
+def parse_public_leaderboard(obj: Any) -> tuple[SeedTrader, ...]:
+    """The public leaderboard document; rows that cannot be read are skipped, not fatal."""
+    out = []
+    for row in _list(req(obj, "leaderboardRows"), "leaderboardRows"):
+        try:
+            windows = {
+                str(name): WindowPerformance(
+                    dec(req(p, "pnl"), "pnl"), dec(req(p, "roi"), "roi"), dec(req(p, "vlm"), "vlm")
+                )
+                for name, p in _list(req(row, "windowPerformances"), "windowPerformances")
+            }
+            address = str(req(row, "ethAddress")).lower()
+            out.append(SeedTrader(address, dec(req(row, "accountValue"), "accountValue"), windows))
+        except (WireError, TypeError, ValueError):
+            continue
+    return tuple(out)

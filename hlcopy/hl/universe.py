@@ -9,7 +9,7 @@ ids never move) and refuse new orders. A refresh only ever adds assets or change
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -105,6 +105,9 @@ class Universe:
             if n not in newer._by_name
         ]
         return Universe([*newer._by_name.values(), *kept])
+
+    def __iter__(self) -> Iterator[Asset]:
+        return iter(self._by_id.values())
 
     def __len__(self) -> int:
         return len(self._by_name)

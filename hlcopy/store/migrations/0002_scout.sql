@@ -30,3 +30,4 @@ ALTER TABLE position_events DROP CONSTRAINT position_events_address_coin_time_ms
 CREATE UNIQUE INDEX position_events_once ON position_events (address, coin, time_ms, kind);
 CREATE INDEX position_events_time ON position_events (time_ms);
 CREATE INDEX fills_time ON fills (time_ms);
+ALTER TABLE fills ADD COLUMN liquidation boolean NOT NULL DEFAULT false;

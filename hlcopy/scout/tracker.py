@@ -1,0 +1,763 @@
+"""The tracker: one scheduler that spends the REST weight budget where it matters most.
+
+Work, in the budget's lane order (``budget.py`` serves lanes strictly):
+
+* **follower truth** — the follower account's ``clearinghouseState`` every few seconds;
+* **leader truth** — each followed leader's ``clearinghouseState`` (interval configurable);
+* **tracked traders** — chosen from every address discovery has seen (plus explicit track
+  requests and the public leaderboard's seeds), by a priority that rises with volume, recency,
+  a seed rank and a request; their positions are read round-robin by staleness x priority;
+* **scoring** — ``portfolio`` for every tracked trader, and fills for the ones near the top of
+  the winners or the losers (by the provisional score, which needs no fills), so their score
+  is complete; ``userRole`` for those too, since vaults, sub-accounts and agents are no leaders.
+
+Truth has a worker of its own, so a crowd of scoring requests can never make it wait for a
+worker; scoring has ``[tracking] workers``. With work waiting, every worker sits in the budget's
+queue, which is what keeps the budget full without ever going over it.
+
+Snapshots become position events (opened, increased, decreased, closed, flipped, liquidated),
+stored and published on the event bus. Metrics go to PostgreSQL and to the leaderboard. Prices
+for events come from the ``allMids`` feed (zero REST weight). Old events and fills are pruned
+here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from hlcopy.budget import Lane
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, Ready
+from hlcopy.config import HlcopyConfig
+from hlcopy.errors import ExchangeError, StoreError, WireError
+from hlcopy.events import Event, EventBus
+from hlcopy.hl import InfoClient, StreamPool, UniverseService
+from hlcopy.keys import parse_address
+from hlcopy.model import (
+    ZERO,
+    AccountState,
+    AllMids,
+    Fill,
+    MarginSummary,
+    Portfolio,
+    Position,
+    PositionEvent,
+    UserRole,
+)
+from hlcopy.queues import BoundedQueue
+from hlcopy.scout import analytics
+from hlcopy.scout.analytics import TraderMetrics
+from hlcopy.store import Store
+from hlcopy.store.tracking import TrackingStore, position_json
+
+log = structlog.get_logger()
+
+DAY_MS = 86_400_000
+SNAPSHOTS_KEPT = 24  # compact margin summaries per trader, for average leverage and risk
+INDEX_POINTS_KEPT = 200  # equity index points stored per window for charts
+SELECT_EVERY_S = 30.0  # how often the tracked set is chosen again
+LOOKBACK_MS = 31 * DAY_MS  # fills kept in view for scoring (the month window)
+FAILURE_RETRY_S = 60.0  # a trader whose request failed waits this long before the next try
+
+
+class ActivityView(Protocol):
+    """What the tracker needs of discovery's registry."""
+
+    address: str
+    last_seen_ms: int
+    trades: int
+    volume_usd: Decimal
+
+
+class RegistryView(Protocol):
+    def __iter__(self) -> Iterator[ActivityView]: ...
+
+    def get(self, address: str) -> ActivityView | None: ...
+
+
+class MetricsSink(Protocol):
+    """Where scores go: the leaderboard."""
+
+    def put(
+        self,
+        address: str,
+        metrics: Mapping[str, TraderMetrics],
+        *,
+        account_value: Decimal | None,
+        updated_ms: int,
+    ) -> None: ...
+
+
+# -- pure: snapshots to events ---------------------------------------------------------------
+
+
+def position_events(
+    address: str,
+    before: Mapping[str, Position] | None,
+    after: AccountState,
+    mids: Mapping[str, Decimal],
+    time_ms: int,
+) -> list[PositionEvent]:
+    """The changes between two snapshots of one account.
+
+    No events for a first observation: a position already open when first seen was not opened
+    then. A position that shrank or closed while the price crossed its liquidation price (read
+    from the earlier snapshot) was liquidated; the exchange says so only in fills.
+    """
+    if before is None:
+        return []
+    now = {p.coin: p for p in after.positions if p.szi != 0}
+    events: list[PositionEvent] = []
+    for coin in sorted(set(before) | set(now)):
+        prev = before.get(coin)
+        new = now.get(coin)
+        prev_szi = prev.szi if prev is not None else ZERO
+        new_szi = new.szi if new is not None else ZERO
+        if prev_szi == new_szi:
+            continue
+        mid = mids.get(coin)
+        if new_szi == 0:
+            kind = "close"
+        elif prev_szi == 0:
+            kind = "open"
+        elif (prev_szi > 0) != (new_szi > 0):
+            kind = "flip"
+        elif abs(new_szi) > abs(prev_szi):
+            kind = "increase"
+        else:
+            kind = "decrease"
+        if kind in ("close", "decrease") and prev is not None and _liquidated(prev, mid):
+            kind = "liquidated"
+        ref = new if new is not None else prev
+        px = mid if mid is not None else _mark(ref)
+        events.append(
+            PositionEvent(
+                address=address,
+                coin=coin,
+                kind=kind,  # type: ignore[arg-type]
+                prev_szi=prev_szi,
+                new_szi=new_szi,
+                time_ms=time_ms,
+                entry_px=new.entry_px if new is not None else prev.entry_px if prev else None,
+                px=px,
+                notional=None if px is None else abs(new_szi) * px,
+                leverage=None
+                if ref is None or ref.leverage is None
+                else Decimal(ref.leverage.value),
+            )
+        )
+    return events
+
+
+def _mark(p: Position | None) -> Decimal | None:
+    if p is None or p.position_value is None or p.szi == 0:
+        return None
+    return abs(p.position_value / p.szi)
+
+
+def _liquidated(prev: Position, mid: Decimal | None) -> bool:
+    liq = prev.liquidation_px
+    if liq is None or mid is None:
+        return False
+    return mid <= liq if prev.szi > 0 else mid >= liq
+
+
+def event_json(e: PositionEvent) -> dict[str, Any]:
+    """An event as the live feed and the API show it."""
+
+    def s(v: Decimal | None) -> str | None:
+        return None if v is None else str(v)
+
+    return {
+        "address": e.address,
+        "coin": e.coin,
+        "kind": e.kind,
+        "prev_szi": str(e.prev_szi),
+        "new_szi": str(e.new_szi),
+        "entry_px": s(e.entry_px),
+        "px": s(e.px),
+        "notional": s(e.notional),
+        "leverage": s(e.leverage),
+        "time_ms": e.time_ms,
+    }
+
+
+# -- the schedule ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tracked:
+    """What the tracker keeps per tracked trader between polls (compact on purpose)."""
+
+    address: str
+    priority: float = 0.0
+    positions: dict[str, Position] | None = None
+    positions_s: float = -math.inf  # clock.monotonic() of the last positions read
+    scored_s: float = -math.inf
+    fills_s: float = -math.inf
+    role_s: float = -math.inf
+    retry_after_s: float = -math.inf
+    fills_until_ms: int | None = None  # fills are stored up to here
+    role: UserRole | None = None
+    summaries: deque[tuple[int, Decimal, Decimal, Decimal]] = field(
+        default_factory=lambda: deque(maxlen=SNAPSHOTS_KEPT)
+    )
+    provisional_score: float | None = None
+    provisional_badness: float | None = None
+    candidate: bool = False  # near the top of either list: fills and role are worth their weight
+
+
+_LAST = {"positions": "positions_s", "score": "scored_s", "role": "role_s"}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    kind: str  # "positions" | "score" | "role"
+    trader: Tracked
+
+
+def next_job(
+    traders: Iterable[Tracked],
+    now_s: float,
+    positions_interval_s: float,
+    scoring_interval_s: float,
+) -> Job | None:
+    """The most urgent job that is due: staleness x priority, never-done work first."""
+    best: tuple[float, int, Job] | None = None
+    order = 0
+    for t in traders:
+        if now_s < t.retry_after_s:
+            continue
+        weight = 1.0 + max(t.priority, 0.0)
+        for kind, last, interval in (
+            ("role", t.role_s, 0.0),
+            ("score", t.scored_s, scoring_interval_s),
+            ("positions", t.positions_s, positions_interval_s),
+        ):
+            if kind == "role" and (t.role is not None or not t.candidate or last > -math.inf):
+                continue  # once, and only for a trader near the top: it costs 60 weight
+            if now_s - last < interval:
+                continue
+            # Never done: most urgent of all, by priority; otherwise the longer overdue, the
+            # more urgent, scaled by priority.
+            urgency = 1e12 * weight if last == -math.inf else (now_s - last) * weight
+            order += 1
+            if best is None or urgency > best[0]:
+                best = (urgency, -order, Job(kind, t))
+    return None if best is None else best[2]
+
+
+def priority(
+    volume_usd: Decimal,
+    last_seen_ms: int | None,
+    now_ms: int,
+    *,
+    requested: bool = False,
+    seed_rank: int | None = None,
+) -> float:
+    """Higher for more volume, more recent activity, a good or bad seed rank, a request."""
+    p = math.log10(1.0 + float(volume_usd))
+    if last_seen_ms is not None:
+        hours = max(0.0, (now_ms - last_seen_ms) / 3_600_000)
+        p += 3.0 / (1.0 + hours)
+    if seed_rank is not None:
+        p += 10.0 / (1.0 + seed_rank / 10)
+    if requested:
+        p += 100.0
+    return p
+
+
+# -- the component ---------------------------------------------------------------------------
+
+
+class Tracker(Component):
+    """See the module docstring."""
+
+    name = "tracker"
+
+    def __init__(
+        self,
+        *,
+        info: InfoClient,
+        store: Store,
+        stream: StreamPool,
+        universe: UniverseService,
+        registry: RegistryView,
+        metrics: MetricsSink,
+        bus: EventBus,
+        config: HlcopyConfig,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self._info = info
+        self._db = TrackingStore(store)
+        self._stream = stream
+        self._universe = universe
+        self._registry = registry
+        self._metrics = metrics
+        self._bus = bus
+        self._clock = clock
+        self.reconfigure(config)
+        self._traders: dict[str, Tracked] = {}
+        self._requested: set[str] = set()
+        self._seed_ranks: dict[str, int] = {}
+        self._leaders: set[str] = set()
+        self._leader_states: dict[str, AccountState] = {}
+        self._leader_due: dict[str, float] = {}
+        self.follower_state: AccountState | None = None
+        self._mids: dict[str, Decimal] = {}
+        self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
+        self._wake = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._loaded = False
+        self.counters: dict[str, int] = {
+            "positions": 0,
+            "scored": 0,
+            "fills_fetched": 0,
+            "roles": 0,
+            "events": 0,
+            "leader_reads": 0,
+            "follower_reads": 0,
+            "errors": 0,
+            "pruned_events": 0,
+            "pruned_fills": 0,
+            "seeded": 0,
+        }
+
+    def reconfigure(self, config: HlcopyConfig) -> None:
+        self._cfg = config.tracking
+        self._retention = config.retention
+        self._discovery = config.discovery
+        self._network_rest = config.network.rest
+        self._follower = config.account.address if config.account.mode == "live" else None
+        board = config.leaderboard
+        self._follower_equity = board.follower_equity_usd or config.account.paper_equity_usd
+
+    # -- what others ask of it ------------------------------------------------------------
+
+    def request_track(self, address: str) -> None:
+        """Raise ``address``'s tracking priority (the API calls this; no I/O here)."""
+        address = parse_address(address)
+        self._requested.add(address)
+        entry = self._traders.get(address)
+        if entry is None:
+            entry = self._traders[address] = Tracked(address)
+        entry.priority = max(entry.priority, priority(ZERO, None, 0, requested=True))
+        self._wake.set()
+
+    def set_leaders(self, addresses: Iterable[str]) -> None:
+        """The leaders whose positions are truth for the copy engine."""
+        self._leaders = {parse_address(a) for a in addresses}
+        for a in self._leaders:
+            self._leader_due.setdefault(a, -math.inf)
+        self._wake.set()
+
+    def leader_state(self, address: str) -> AccountState | None:
+        return self._leader_states.get(address)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, ready: Ready) -> None:
+        self._draining.clear()
+        if not self._loaded:
+            await self._load()
+        await self._select()
+        mids_sub = await self._stream.all_mids(self._mids_queue, wait=False)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_mids(), name="tracker:mids")
+                tg.create_task(self._truth_worker(), name="tracker:truth")
+                for i in range(self._cfg.workers):
+                    tg.create_task(self._scoring_worker(), name=f"tracker:worker{i}")
+                tg.create_task(self._selector(), name="tracker:select")
+                tg.create_task(self._pruner(), name="tracker:prune")
+                if self._discovery.seed_leaderboard:
+                    tg.create_task(self._seeder(), name="tracker:seed")
+                ready.set()
+                await self._draining.wait()
+                raise _Drained
+        except* _Drained:
+            pass
+        finally:
+            await self._stream.unsubscribe(mids_sub)
+
+    async def drain(self) -> None:
+        self._draining.set()
+        self._wake.set()
+
+    async def _load(self) -> None:
+        """What tracking knew before a restart: roles, last positions, requests, seeds."""
+        for row in await self._db.load():
+            if row.role is not None:
+                role = UserRole(row.role, row.master)
+            else:
+                role = None
+            entry = self._traders.setdefault(row.address, Tracked(row.address))
+            entry.role = role
+            if role is not None:
+                entry.role_s = self._clock.monotonic()
+            if row.positions is not None:
+                entry.positions = _positions_from_json(row.positions)
+            if row.track_requested_ms is not None:
+                self._requested.add(row.address)
+        self._loaded = True
+        log.info("tracker state loaded", traders=len(self._traders))
+
+    # -- choosing whom to track -----------------------------------------------------------
+
+    async def _selector(self) -> None:
+        while not await sleep_unless(self._clock, self._draining, SELECT_EVERY_S):
+            await self._select()
+
+    async def _select(self) -> None:
+        """Choose the tracked set: the highest priorities among active traders."""
+        now_ms = self._clock.time_ms()
+        inactive_before = now_ms - int(self._cfg.inactive_after_days * DAY_MS)
+        scored: list[tuple[float, str]] = []
+        for i, a in enumerate(self._registry):
+            if i % 5000 == 4999:
+                await asyncio.sleep(0)  # a large registry must not stall the event loop
+            if a.last_seen_ms < inactive_before:
+                continue
+            p = priority(
+                a.volume_usd,
+                a.last_seen_ms,
+                now_ms,
+                requested=a.address in self._requested,
+                seed_rank=self._seed_ranks.get(a.address),
+            )
+            scored.append((p, a.address))
+        for address in self._requested | set(self._seed_ranks):
+            activity = self._registry.get(address)
+            if activity is None:
+                scored.append(
+                    (
+                        priority(
+                            ZERO,
+                            None,
+                            now_ms,
+                            requested=address in self._requested,
+                            seed_rank=self._seed_ranks.get(address),
+                        ),
+                        address,
+                    )
+                )
+        chosen = heapq.nlargest(self._cfg.max_tracked_traders, scored)
+        keep = {address for _, address in chosen}
+        for address in list(self._traders):
+            if address not in keep and address not in self._requested:
+                del self._traders[address]
+        for p, address in chosen:
+            entry = self._traders.setdefault(address, Tracked(address))
+            entry.priority = p
+        self._mark_candidates()
+        self._wake.set()
+
+    def _mark_candidates(self) -> None:
+        """Traders near the top of either list (by provisional figures) get fills and a role."""
+        n = self._cfg.scoring_top_n
+        with_score = [t for t in self._traders.values() if t.provisional_score is not None]
+        with_bad = [t for t in self._traders.values() if t.provisional_badness is not None]
+        best = heapq.nlargest(n, with_score, key=lambda t: t.provisional_score or 0.0)
+        worst = heapq.nlargest(n, with_bad, key=lambda t: t.provisional_badness or 0.0)
+        top = {t.address for t in best} | {t.address for t in worst} | self._requested
+        for t in self._traders.values():
+            t.candidate = t.address in top
+
+    # -- truth: the follower and the leaders ----------------------------------------------
+
+    async def _truth_worker(self) -> None:
+        follower_due = -math.inf
+        while not self._draining.is_set():
+            now = self._clock.monotonic()
+            if self._follower is not None and now >= follower_due:
+                follower_due = now + self._cfg.follower_poll_interval_s
+                state = await self._read_state(self._follower, Lane.FOLLOWER)
+                if state is not None:
+                    self.follower_state = state
+                    self.counters["follower_reads"] += 1
+                continue
+            due = [(t, a) for a, t in self._leader_due.items() if a in self._leaders]
+            ready = [a for t, a in due if t <= now]
+            if ready:
+                address = ready[0]
+                self._leader_due[address] = now + self._cfg.leader_poll_interval_s
+                state = await self._read_state(address, Lane.LEADER)
+                if state is not None:
+                    self.counters["leader_reads"] += 1
+                    previous = self._leader_states.get(address)
+                    self._leader_states[address] = state
+                    entry = self._traders.get(address)
+                    before = (
+                        entry.positions
+                        if entry is not None
+                        else None
+                        if previous is None
+                        else {p.coin: p for p in previous.positions if p.szi != 0}
+                    )
+                    await self._absorb(address, state, entry, before)
+                continue
+            nexts = [t for t, _ in due] + ([follower_due] if self._follower is not None else [])
+            wait = min(nexts) - now if nexts else SELECT_EVERY_S
+            self._wake.clear()
+            await sleep_unless(self._clock, self._wake, max(0.05, wait))
+
+    async def _read_state(self, address: str, lane: Lane) -> AccountState | None:
+        try:
+            return await self._info.clearinghouse_state(address, lane=lane)
+        except (ExchangeError, WireError) as exc:
+            self.counters["errors"] += 1
+            log.warning("position read failed", address=address, error=str(exc))
+            return None
+
+    # -- scoring workers -------------------------------------------------------------------
+
+    async def _scoring_worker(self) -> None:
+        while not self._draining.is_set():
+            job = next_job(
+                list(self._traders.values()),
+                self._clock.monotonic(),
+                self._cfg.positions_interval_s,
+                self._cfg.scoring_interval_s,
+            )
+            if job is None:
+                self._wake.clear()
+                await sleep_unless(self._clock, self._wake, 1.0)
+                continue
+            trader = job.trader
+            # Claim it before the first await, so no other worker takes the same job.
+            attr = _LAST[job.kind]
+            previous = getattr(trader, attr)
+            setattr(trader, attr, self._clock.monotonic())
+            try:
+                await self._run(job)
+            except (ExchangeError, WireError, StoreError) as exc:
+                self.counters["errors"] += 1
+                # Due again after a pause, not after a whole interval.
+                setattr(trader, attr, previous)
+                trader.retry_after_s = self._clock.monotonic() + FAILURE_RETRY_S
+                log.warning(
+                    "tracking job failed", job=job.kind, address=trader.address, error=str(exc)
+                )
+
+    async def _run(self, job: Job) -> None:
+        t = job.trader
+        if job.kind == "positions":
+            state = await self._info.clearinghouse_state(t.address, lane=Lane.SCORING)
+            self.counters["positions"] += 1
+            await self._absorb(t.address, state, t, t.positions)
+        elif job.kind == "role":
+            role = await self._info.user_role(t.address, lane=Lane.ENRICHMENT)
+            t.role = role
+            self.counters["roles"] += 1
+            await self._db.save_role(t.address, role, self._clock.time_ms())
+        else:
+            await self._score(t)
+
+    async def _absorb(
+        self,
+        address: str,
+        state: AccountState,
+        t: Tracked | None,
+        before: Mapping[str, Position] | None,
+    ) -> None:
+        """A new snapshot: events against the previous one, then store and publish."""
+        now_ms = state.time_ms or self._clock.time_ms()
+        events = position_events(address, before, state, self._mids, now_ms)
+        positions = {p.coin: p for p in state.positions if p.szi != 0}
+        if t is not None:
+            t.positions = positions
+            m = state.margin_summary
+            t.summaries.append((now_ms, m.account_value, m.total_margin_used, m.total_ntl_pos))
+        await self._db.save_positions(
+            address,
+            state.margin_summary.account_value,
+            [
+                position_json(
+                    p.coin,
+                    p.szi,
+                    p.entry_px,
+                    p.position_value,
+                    p.unrealized_pnl,
+                    p.leverage.value if p.leverage is not None else None,
+                    p.liquidation_px,
+                    p.margin_used,
+                )
+                for p in positions.values()
+            ],
+            now_ms,
+        )
+        for e in await self._db.record_events(events):
+            self.counters["events"] += 1
+            self._bus.publish(Event("position", event_json(e), e.time_ms, e.address))
+
+    async def _score(self, t: Tracked) -> None:
+        portfolio = await self._info.portfolio(t.address, lane=Lane.SCORING)
+        fills: list[Fill] | None = None
+        if t.candidate:
+            fills = await self._fills(t)
+        now_ms = self._clock.time_ms()
+        sz_decimals = {a.name: a.sz_decimals for a in self._universe.universe}
+        snapshots = [
+            AccountState((), MarginSummary(av, margin, ntl, ZERO), None, None, None, ms)
+            for ms, av, margin, ntl in t.summaries
+        ]
+        metrics = analytics.analyze(
+            portfolio,
+            now_ms=now_ms,
+            fills=fills,
+            snapshots=snapshots,
+            role=t.role,
+            follower_equity=self._follower_equity,
+            sz_decimals=sz_decimals,
+        )
+        month = metrics.get("month")
+        t.provisional_score = month.provisional_score if month else None
+        t.provisional_badness = month.provisional_badness if month else None
+        account_value = next(
+            (m.account_value for m in metrics.values() if m.account_value is not None), None
+        )
+        await self._db.save_stats(
+            t.address,
+            {w: m.as_dict() for w, m in metrics.items()},
+            _index_points(portfolio),
+            account_value,
+            now_ms,
+        )
+        self._metrics.put(t.address, metrics, account_value=account_value, updated_ms=now_ms)
+        self.counters["scored"] += 1
+        if not t.candidate:
+            self._mark_candidates()
+            if t.candidate:  # it just climbed into the top: complete its score soon
+                t.scored_s = -math.inf
+
+    async def _fills(self, t: Tracked) -> list[Fill]:
+        """New fills since the last look (the most recent 2000 the first time), stored, then
+        everything stored within the lookback."""
+        now_ms = self._clock.time_ms()
+        if t.fills_until_ms is None:
+            fresh = await self._info.user_fills(t.address, lane=Lane.SCORING)
+        else:
+            fresh = await self._info.user_fills_by_time(
+                t.address, t.fills_until_ms, lane=Lane.SCORING, max_pages=2
+            )
+        self.counters["fills_fetched"] += len(fresh)
+        await self._db.record_fills(t.address, fresh, "rest", now_ms)
+        t.fills_until_ms = max((f.time_ms for f in fresh), default=t.fills_until_ms or now_ms)
+        t.fills_s = self._clock.monotonic()
+        return await self._db.load_fills(t.address, now_ms - LOOKBACK_MS)
+
+    # -- prices, seeds, retention ----------------------------------------------------------
+
+    async def _read_mids(self) -> None:
+        async for update in self._mids_queue:
+            self._mids.update(update.mids)
+
+    async def _seeder(self) -> None:
+        url = self._discovery.seed_url or f"{self._network_rest}/leaderboard"
+        while True:
+            try:
+                rows = await self._info.public_leaderboard(url)
+            except (ExchangeError, WireError) as exc:
+                log.warning("seed leaderboard unavailable", url=url, error=str(exc))
+                rows = ()
+            if rows:
+                ranked = [r for r in rows if "month" in r.windows]
+                best = sorted(ranked, key=lambda r: r.windows["month"].roi, reverse=True)
+                n = max(self._cfg.scoring_top_n, 10)
+                ranks: dict[str, int] = {}
+                for i, r in enumerate(best[:n]):
+                    ranks[r.address] = i
+                for i, r in enumerate(reversed(best[-n:])):
+                    ranks.setdefault(r.address, i)
+                self._seed_ranks = ranks
+                self.counters["seeded"] = len(ranks)
+                with contextlib.suppress(StoreError):
+                    await self._db.mark_seeded(list(ranks), self._clock.time_ms())
+                await self._select()
+                log.info("tracking seeded from the public leaderboard", traders=len(ranks))
+            if await sleep_unless(self._clock, self._draining, 86_400.0 if rows else 600.0):
+                return
+
+    async def _pruner(self) -> None:
+        while not await sleep_unless(self._clock, self._draining, self._retention.prune_interval_s):
+            now_ms = self._clock.time_ms()
+            try:
+                events, fills = await self._db.prune(
+                    now_ms - int(self._retention.events_days * DAY_MS),
+                    now_ms - int(self._retention.fills_days * DAY_MS),
+                )
+            except StoreError as exc:
+                log.warning("pruning failed", error=str(exc))
+                continue
+            self.counters["pruned_events"] += events
+            self.counters["pruned_fills"] += fills
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        now = self._clock.monotonic()
+        polled = [t.positions_s for t in self._traders.values() if t.positions_s > -math.inf]
+        return {
+            "tracked": len(self._traders),
+            "candidates": sum(1 for t in self._traders.values() if t.candidate),
+            "requested": len(self._requested),
+            "leaders": len(self._leaders),
+            "oldest_snapshot_age_s": round(now - min(polled), 1) if polled else None,
+            **self.counters,
+        }
+
+
+class _Drained(Exception):
+    """Ends the tracker's task group when the daemon drains it."""
+
+
+def _positions_from_json(rows: Sequence[Mapping[str, Any]]) -> dict[str, Position]:
+    out: dict[str, Position] = {}
+    for r in rows:
+
+        def d(key: str, row: Mapping[str, Any] = r) -> Decimal | None:
+            value = row.get(key)
+            return None if value is None else Decimal(str(value))
+
+        szi = d("szi")
+        if szi is None or szi == 0:
+            continue
+        out[str(r["coin"])] = Position(
+            coin=str(r["coin"]),
+            szi=szi,
+            entry_px=d("entry_px"),
+            leverage=None,
+            liquidation_px=d("liquidation_px"),
+            margin_used=d("margin_used"),
+            position_value=d("position_value"),
+            unrealized_pnl=d("unrealized_pnl"),
+            return_on_equity=None,
+        )
+    return out
+
+
+def _index_points(portfolio: Portfolio) -> dict[str, list[list[float]]]:
+    """The equity index per window, thinned to at most INDEX_POINTS_KEPT points."""
+    out: dict[str, list[list[float]]] = {}
+    for window in analytics.WINDOWS:
+        period = portfolio.periods.get(window)
+        stats = None if period is None else analytics.portfolio_stats(period)
+        if stats is None:
+            continue
+        points = stats.index
+        step = max(1, math.ceil(len(points) / INDEX_POINTS_KEPT))
+        thinned = list(points[::step])
+        if points and thinned[-1] != points[-1]:
+            thinned.append(points[-1])
+        out[window] = [[float(ms), round(value, 6)] for ms, value in thinned]
+    return out

@@ -1,0 +1,199 @@
+"""The tracker against the simulator and real PostgreSQL: it scores traders within the budget,
+turns position changes into events, stores what it learns and picks it up after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hlcopy.budget import WeightBudget
+from hlcopy.config import DatabaseConfig, HlcopyConfig
+from hlcopy.daemon import Daemon
+from hlcopy.events import EventBus
+from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
+from hlcopy.notify import Notifier
+from hlcopy.scout.analytics import TraderMetrics
+from hlcopy.scout.tracker import Tracker
+from hlcopy.sim import Simulator
+from hlcopy.store import Store
+from hlcopy.store.monitor import StoreMonitor
+
+from tests.conftest import make_config, running
+
+NOW_MS = 0  # registry entries are "seen now" relative to the sim's clock below
+
+
+@dataclass
+class Seen:
+    """A registry entry as discovery keeps it."""
+
+    address: str
+    last_seen_ms: int
+    trades: int
+    volume_usd: Decimal
+
+
+class ListRegistry:
+    def __init__(self, entries: list[Seen]) -> None:
+        self._by = {e.address: e for e in entries}
+
+    def __iter__(self) -> Iterator[Seen]:
+        return iter(self._by.values())
+
+    def get(self, address: str) -> Seen | None:
+        return self._by.get(address)
+
+
+class Board:
+    """Collects what the tracker hands the leaderboard."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Mapping[str, TraderMetrics]] = {}
+
+    def put(
+        self,
+        address: str,
+        metrics: Mapping[str, TraderMetrics],
+        *,
+        account_value: Decimal | None,
+        updated_ms: int,
+    ) -> None:
+        self.metrics[address] = metrics
+
+
+async def sim_get(sim: Simulator, path: str) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(sim.url + path) as r:
+        return await r.json()
+
+
+async def sim_post(sim: Simulator, path: str, body: dict[str, Any]) -> Any:
+    async with aiohttp.ClientSession() as s, s.post(sim.url + path, json=body) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    tracker: Tracker
+    board: Board
+    bus: EventBus
+    store: Store
+    budget: WeightBudget
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[Rig]:
+    archetypes: dict[str, str] = await sim_get(sim, "/_sim/archetypes")
+    now_ms = sim.engine.now_ms
+    registry = ListRegistry(
+        [
+            Seen(address, now_ms, 100, Decimal(10_000 if kind == "whale" else 1000))
+            for address, kind in sorted(archetypes.items())
+            if kind != "market_maker"
+        ]
+    )
+    cfg: HlcopyConfig = make_config(
+        tmp_path,
+        dsn,
+        tracking={"workers": 3, "positions_interval_s": 5, "scoring_top_n": 4},
+        retention={"prune_interval_s": 60},
+    )
+    store = Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False)
+    bus = EventBus()
+    board = Board()
+    async with new_session(10) as session:
+        budget = WeightBudget(1200, 5)
+        info = InfoClient(session, sim.url, budget)
+        universe = UniverseService(info)
+        stream = StreamPool(sim.ws_url)
+        tracker = Tracker(
+            info=info,
+            store=store,
+            stream=stream,
+            universe=universe,
+            registry=registry,
+            metrics=board,
+            bus=bus,
+            config=cfg,
+        )
+        daemon = Daemon(cfg, notifier=Notifier(""))
+        for component in (StoreMonitor(store), universe, stream, tracker):
+            daemon.add(component)
+        try:
+            async with running(daemon):
+                yield Rig(daemon, tracker, board, bus, store, budget)
+        finally:
+            await store.close()
+
+
+async def until(predicate: Any, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.1)
+
+
+async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Simulator) -> None:
+    archetypes: dict[str, str] = await sim_get(sim, "/_sim/archetypes")
+    watched = sorted(a for a, kind in archetypes.items() if kind == "skilled")[:2]
+    for address in watched:  # requested traders are candidates: fills and role, not just portfolio
+        rig.tracker.request_track(address)
+    await until(lambda: len(rig.board.metrics) >= 6)
+    address, metrics = next(iter(rig.board.metrics.items()))
+    assert set(metrics) == {"day", "week", "month", "allTime"}
+    assert metrics["month"].return_ is not None
+    rows = await rig.store.pool.fetch(
+        "SELECT address, stats, index_points, stats_at_ms FROM traders WHERE stats IS NOT NULL"
+    )
+    stored = {r["address"]: r for r in rows}
+    assert set(rig.board.metrics) <= set(stored)
+    row = stored[address]
+    assert TraderMetrics.from_dict(row["stats"]["month"]) == metrics["month"]
+    assert row["index_points"]["month"][0][1] == pytest.approx(1.0)
+    # Candidates (near the top or bottom, or requested) get fills and a role on top of their
+    # portfolio, which completes their score.
+    await until(lambda: rig.tracker.stats()["roles"] >= 2)
+    await until(lambda: all(a in rig.board.metrics for a in watched))
+    await until(lambda: any(rig.board.metrics[a]["month"].trade_count is not None for a in watched))
+    assert rig.tracker.stats()["fills_fetched"] >= 1
+    roles = await rig.store.pool.fetch(
+        "SELECT address, role FROM traders WHERE role IS NOT NULL ORDER BY address"
+    )
+    assert {r["address"]: r["role"] for r in roles} == dict.fromkeys(watched, "user")
+    lanes = rig.budget.stats()["lanes"]
+    assert lanes["scoring"]["requests"] > 0
+    assert lanes["enrichment"]["requests"] >= 1
+    assert (await sim_get(sim, "/_sim/stats"))["rate_limited"] == 0
+
+
+async def test_a_requested_trader_becomes_position_events(rig: Rig, sim: Simulator) -> None:
+    me = "0x" + "7e" * 20
+    await sim_post(sim, "/_sim/fund", {"address": me, "usdc": "100000"})
+    feed = rig.bus.subscribe(types=["position"], addresses=[me])
+    rig.tracker.request_track(me)
+    await until(lambda: rig.tracker.stats()["positions"] >= 1)
+    # A first read only learns where the trader is; changes after it are events.
+    await asyncio.sleep(6)
+    await sim_post(sim, "/_sim/trade", {"address": me, "coin": "ETH", "is_buy": True, "usd": 5000})
+    opened = await asyncio.wait_for(feed.next(), 30)
+    assert opened.data["kind"] == "open"
+    assert opened.data["coin"] == "ETH"
+    assert Decimal(opened.data["new_szi"]) > 0
+    await sim_post(
+        sim, "/_sim/trade", {"address": me, "coin": "ETH", "is_buy": False, "usd": 10_000}
+    )
+    flipped = await asyncio.wait_for(feed.next(), 30)
+    assert flipped.data["kind"] == "flip"
+    assert Decimal(flipped.data["new_szi"]) < 0
+    rows = await rig.store.pool.fetch(
+        "SELECT kind FROM position_events WHERE address = $1 ORDER BY time_ms", me
+    )
+    assert [r["kind"] for r in rows] == ["open", "flip"]
+    stored = await rig.store.pool.fetchval("SELECT positions FROM traders WHERE address = $1", me)
+    assert [p["coin"] for p in stored] == ["ETH"]

@@ -1,0 +1,148 @@
+"""The tracker's pure parts: snapshots to position events, and which job goes next."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+from hlcopy.model import AccountState, Leverage, MarginSummary, Position
+from hlcopy.scout.tracker import Tracked, next_job, position_events, priority
+
+D = Decimal
+A = "0x" + "ab" * 20
+
+
+def pos(coin: str, szi: str, liq: str | None = None, lev: int = 5) -> Position:
+    size = D(szi)
+    return Position(
+        coin=coin,
+        szi=size,
+        entry_px=D(100),
+        leverage=Leverage("cross", lev),
+        liquidation_px=None if liq is None else D(liq),
+        margin_used=None,
+        position_value=abs(size) * D(101),
+        unrealized_pnl=None,
+        return_on_equity=None,
+    )
+
+
+def state(*positions: Position) -> AccountState:
+    return AccountState(
+        positions, MarginSummary(D(1000), D(0), D(0), D(1000)), None, None, None, 1_000
+    )
+
+
+def kinds(
+    before: dict[str, Position] | None, after: AccountState, mids: dict[str, Decimal]
+) -> dict[str, str]:
+    return {e.coin: e.kind for e in position_events(A, before, after, mids, 5_000)}
+
+
+def test_a_first_observation_yields_no_events() -> None:
+    assert position_events(A, None, state(pos("BTC", "1")), {}, 1) == []
+
+
+def test_every_kind_of_change() -> None:
+    before = {
+        "BTC": pos("BTC", "1"),
+        "ETH": pos("ETH", "2"),
+        "SOL": pos("SOL", "-3"),
+        "DOGE": pos("DOGE", "10"),
+        "AVAX": pos("AVAX", "1"),
+    }
+    after = state(
+        pos("BTC", "1.5"),  # increase
+        pos("ETH", "1"),  # decrease
+        pos("SOL", "4"),  # flip
+        pos("ARB", "7"),  # open
+        pos("AVAX", "1"),  # unchanged: no event
+    )  # DOGE gone: close
+    assert kinds(before, after, {}) == {
+        "BTC": "increase",
+        "ETH": "decrease",
+        "SOL": "flip",
+        "ARB": "open",
+        "DOGE": "close",
+    }
+
+
+def test_event_figures() -> None:
+    (event,) = position_events(A, {}, state(pos("BTC", "-2", lev=20)), {"BTC": D(110)}, 42)
+    assert event.kind == "open"
+    assert (event.prev_szi, event.new_szi) == (D(0), D(-2))
+    assert event.px == D(110)
+    assert event.notional == D(220)
+    assert event.leverage == D(20)
+    assert event.entry_px == D(100)
+    assert event.time_ms == 42
+    # Without a mid, the mark comes from the position's value.
+    (event,) = position_events(A, {}, state(pos("BTC", "2")), {}, 42)
+    assert event.px == D(101)
+
+
+@pytest.mark.parametrize(
+    ("szi", "liq", "mid", "expected"),
+    [
+        ("1", "90", "89", "liquidated"),  # a long, the price fell through its liquidation price
+        ("1", "90", "91", "close"),
+        ("-1", "110", "111", "liquidated"),  # a short, the price rose through it
+        ("-1", "110", "109", "close"),
+        ("1", None, "50", "close"),  # no liquidation price known: just closed
+    ],
+)
+def test_liquidation_is_read_from_the_earlier_liquidation_price(
+    szi: str, liq: str | None, mid: str, expected: str
+) -> None:
+    before = {"BTC": pos("BTC", szi, liq)}
+    assert kinds(before, state(), {"BTC": D(mid)}) == {"BTC": expected}
+
+
+def test_a_partial_liquidation_is_a_liquidation_not_a_decrease() -> None:
+    before = {"BTC": pos("BTC", "2", "90")}
+    assert kinds(before, state(pos("BTC", "1")), {"BTC": D(85)}) == {"BTC": "liquidated"}
+
+
+def test_never_done_work_comes_first_then_the_most_overdue_by_priority() -> None:
+    fresh = Tracked("0x" + "01" * 20, priority=1.0)
+    busy = Tracked("0x" + "02" * 20, priority=9.0, positions_s=0.0, scored_s=0.0)
+    quiet = Tracked("0x" + "03" * 20, priority=1.0, positions_s=0.0, scored_s=0.0)
+    job = next_job([busy, quiet, fresh], 100.0, 60.0, 3600.0)
+    assert job is not None
+    assert job.trader is fresh
+    assert job.kind == "score"  # scoring before positions when neither was ever done
+    fresh.scored_s = fresh.positions_s = 100.0
+    job = next_job([busy, quiet, fresh], 100.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (busy, "positions")  # same staleness, higher priority
+
+
+def test_nothing_is_due_before_its_interval_and_failures_wait() -> None:
+    t = Tracked("0x" + "01" * 20, positions_s=50.0, scored_s=50.0)
+    assert next_job([t], 100.0, 60.0, 3600.0) is None
+    job = next_job([t], 111.0, 60.0, 3600.0)
+    assert job is not None
+    assert job.kind == "positions"
+    t.retry_after_s = 200.0
+    assert next_job([t], 150.0, 60.0, 3600.0) is None
+
+
+def test_a_role_is_looked_up_once_and_only_for_candidates() -> None:
+    t = Tracked("0x" + "01" * 20, positions_s=0.0, scored_s=0.0)
+    assert next_job([t], 10.0, 60.0, 3600.0) is None
+    t.candidate = True
+    job = next_job([t], 10.0, 60.0, 3600.0)
+    assert job is not None
+    assert job.kind == "role"
+
+
+def test_priority_rises_with_volume_recency_seed_and_request() -> None:
+    now = 10 * 3_600_000
+    base = priority(D(1000), now - 3_600_000, now)
+    assert priority(D(100_000), now - 3_600_000, now) > base
+    assert priority(D(1000), now, now) > base
+    assert priority(D(1000), now - 3_600_000, now, seed_rank=0) > base
+    assert priority(D(1000), now - 3_600_000, now, requested=True) > base + 50
+    assert priority(D(0), None, now) == 0.0
+    assert math.isfinite(priority(D(10) ** 30, 0, now))

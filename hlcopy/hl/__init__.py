@@ -9,7 +9,7 @@ rules: the exports are free of ``Any``, and nothing else imports past this file.
 
 from hlcopy.hl.exchange import ActionSigner, ExchangeClient, PreparedAction, action_weight
 from hlcopy.hl.info import FILLS_PAGE, InfoClient, new_session
-from hlcopy.hl.signing import NonceSource, Signer
+from hlcopy.hl.signing import NonceSource, Signer, derive_cloid
 from hlcopy.hl.stream import StreamPool, Subscription
 from hlcopy.hl.universe import Universe, UniverseService, load_universe
 from hlcopy.hl.wire import (
@@ -39,6 +39,7 @@ __all__ = [
     "UniverseService",
     "action_weight",
     "check_cloid",
+    "derive_cloid",
     "is_valid_price",
     "is_valid_size",
     "load_universe",

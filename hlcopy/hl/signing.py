@@ -202,6 +202,12 @@ def recover_digest_signer(digest: bytes, signature: Mapping[str, Any]) -> str:
     return "0x" + keccak(public.format(compressed=False)[1:])[-20:].hex()
 
 
+def derive_cloid(text: str) -> str:
+    """A client order id derived from ``text``: the first 16 bytes of its keccak-256, as
+    ``0x`` + 32 hex digits. Deciding the same thing twice derives the same id (DESIGN §4.3)."""
+    return "0x" + keccak(text.encode()).hex()[:32]
+
+
 class NonceSource:
     """Per-signer nonces: ``max(now_ms, last + 1)``, so two actions never share one."""
 

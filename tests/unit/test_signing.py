@@ -474,3 +474,15 @@ async def test_nonce_source_never_repeats_and_follows_the_clock() -> None:
     seq = [real.next() for _ in range(1000)]
     assert len(set(seq)) == 1000
     assert seq == sorted(seq)
+
+
+def test_derived_cloids_are_keccak_prefixes_and_stable() -> None:
+    from eth_utils import keccak as eth_keccak
+    from hlcopy.hl import check_cloid, derive_cloid
+
+    text = "follow-a|0x" + "11" * 20 + "|123456789|0"
+    cloid = derive_cloid(text)
+    assert cloid == "0x" + eth_keccak(text.encode()).hex()[:32]
+    assert check_cloid(cloid) == cloid
+    assert derive_cloid(text) == cloid
+    assert derive_cloid(text + "x") != cloid

@@ -477,7 +477,7 @@ async def test_nonce_source_never_repeats_and_follows_the_clock() -> None:
 
 
 def test_derived_cloids_are_keccak_prefixes_and_stable() -> None:
-    from eth_utils import keccak as eth_keccak
+    from eth_hash.auto import keccak as eth_keccak
     from hlcopy.hl import check_cloid, derive_cloid
 
     text = "follow-a|0x" + "11" * 20 + "|123456789|0"

@@ -42,7 +42,7 @@ def extra_weight(items: int, per: int = 20) -> int:
 @dataclass(slots=True)
 class _Waiter:
     weight: int
-    future: asyncio.Future[None]
+    future: asyncio.Future[int]
     since: float
 
 
@@ -66,7 +66,9 @@ class WeightBudget:
         self.window_s = window_s
         self._clock: Clock = clock or SYSTEM
         self._backoff = (backoff_base_s, backoff_cap_s)
-        self._spent: deque[tuple[float, int, Lane]] = deque()
+        # (time, weight, lane, ticket): what was spent, oldest first.
+        self._spent: deque[tuple[float, int, Lane, int]] = deque()
+        self._tickets = 0
         self._used = 0
         self._used_by_lane = [0] * len(Lane)
         self._queues: list[deque[_Waiter]] = [deque() for _ in Lane]
@@ -84,16 +86,17 @@ class WeightBudget:
 
     # -- the budget -----------------------------------------------------------------------
 
-    async def acquire(self, weight: int, lane: Lane) -> None:
-        """Wait until ``weight`` may be spent in ``lane``, then spend it."""
+    async def acquire(self, weight: int, lane: Lane) -> int:
+        """Wait until ``weight`` may be spent in ``lane``, then spend it; the ticket returned
+        names this spend for ``refund``."""
         cap = self.limit if lane == Lane.ORDER else self.read_limit
         if weight <= 0 or weight > cap:
             raise ValueError(f"weight {weight} outside 1..{cap} for lane {lane.name}")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queues[lane].append(_Waiter(weight, future, self._clock.monotonic()))
         self._dispatch()
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             self._dispatch()  # a waiter gave up: the ones behind it may go now
             raise
@@ -103,6 +106,28 @@ class WeightBudget:
         if weight > 0:
             self._spend(weight, lane, self._clock.monotonic())
             self._weight_total[lane] += weight
+
+    def refund(self, ticket: int, weight: int) -> None:
+        """Give back ``weight`` of the spend ``ticket`` names, reserved but not used.
+
+        A request whose weight depends on the size of the answer reserves the most it can cost
+        and refunds the difference: debiting afterwards instead could push a full window past
+        the limit and draw a 429. The refund comes off that spend's own entry, at its own time,
+        so every later window still counts exactly what was used.
+        """
+        spent = self._spent
+        for i in range(len(spent) - 1, -1, -1):  # it is recent: search from the newest
+            t, w, lane, entry_ticket = spent[i]
+            if entry_ticket != ticket:
+                continue
+            back = min(w, max(0, weight))
+            spent[i] = (t, w - back, lane, entry_ticket)
+            self._used -= back
+            self._used_by_lane[lane] -= back
+            self._weight_total[lane] -= back
+            self._dispatch()
+            return
+        # Already outside the window: it no longer counts, nothing to give back.
 
     def rate_limited(self) -> None:
         """The exchange answered 429: our count and its differ. Back the read lanes off."""
@@ -119,16 +144,18 @@ class WeightBudget:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _spend(self, weight: int, lane: Lane, now: float) -> None:
-        self._spent.append((now, weight, lane))
+    def _spend(self, weight: int, lane: Lane, now: float) -> int:
+        self._tickets += 1
+        self._spent.append((now, weight, lane, self._tickets))
         self._used += weight
         self._used_by_lane[lane] += weight
+        return self._tickets
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
         spent = self._spent
         while spent and spent[0][0] <= horizon:
-            _, weight, lane = spent.popleft()
+            _, weight, lane, _ = spent.popleft()
             self._used -= weight
             self._used_by_lane[lane] -= weight
 
@@ -140,7 +167,7 @@ class WeightBudget:
         cap = self.limit if lane == Lane.ORDER else self.read_limit
         excess = self._used + weight - cap
         if excess > 0:
-            for t, w, _ in self._spent:
+            for t, w, _, _ in self._spent:
                 excess -= w
                 if excess <= 0:
                     delay = max(delay, t + self.window_s - now)
@@ -168,7 +195,7 @@ class WeightBudget:
                     self._timer = self._clock.call_later(delay + TIMER_SLACK_S, self._dispatch)
                     return
                 queue.popleft()
-                self._spend(waiter.weight, lane, now)
+                ticket = self._spend(waiter.weight, lane, now)
                 self._admitted[lane] += 1
                 self._weight_total[lane] += waiter.weight
                 waited = now - waiter.since
@@ -176,7 +203,7 @@ class WeightBudget:
                     self._waits += 1
                     self._wait_s += waited
                     self._max_wait_s = max(self._max_wait_s, waited)
-                waiter.future.set_result(None)
+                waiter.future.set_result(ticket)
 
     def used(self) -> int:
         """Weight spent within the current window."""

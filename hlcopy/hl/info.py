@@ -57,7 +57,8 @@ HEADERS = {"Content-Type": "application/json"}
 
 # Weight of each info request: (base, items per extra unit of weight or None). Requests not
 # listed cost the default; batchClearinghouseStates, undocumented upstream, is assumed to cost
-# what the same clearinghouseState requests would (2 per user).
+# what the same clearinghouseState requests would (2 per user). A request with a per-item part
+# reserves what its largest answer (MAX_ITEMS) would cost and is refunded the rest.
 WEIGHTS: dict[str, tuple[int, int | None]] = {
     "l2Book": (2, None),
     "allMids": (2, None),
@@ -79,6 +80,16 @@ WEIGHTS: dict[str, tuple[int, int | None]] = {
     "candleSnapshot": (20, 60),
 }
 DEFAULT_WEIGHT = (20, None)
+# The most items one answer can hold (HYPERLIQUID.md §4): fills and orders 2000, candles 5000,
+# time-range endpoints 500; recentTrades is undocumented, so a generous 2000.
+MAX_ITEMS: dict[str, int] = {
+    "userFills": 2000,
+    "userFillsByTime": 2000,
+    "historicalOrders": 2000,
+    "recentTrades": 2000,
+    "candleSnapshot": 5000,
+}
+DEFAULT_MAX_ITEMS = 500
 
 
 def request_weight(body: dict[str, Any]) -> tuple[int, int | None]:
@@ -129,7 +140,9 @@ class InfoClient:
 
     async def _request(self, body: dict[str, Any], lane: Lane) -> Any:
         """POST one info request (retrying transient failures) and return the decoded JSON."""
-        weight, per = request_weight(body)
+        base, per = request_weight(body)
+        kind = str(body.get("type"))
+        reserved = 0 if per is None else extra_weight(MAX_ITEMS.get(kind, DEFAULT_MAX_ITEMS), per)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_random_exponential(multiplier=0.25, max=self._retry_max_wait_s),
@@ -138,14 +151,27 @@ class InfoClient:
         )
         async for attempt in retrying:
             with attempt:
-                data = await self._once(body, weight, lane)
-        if per is not None and isinstance(data, list):
-            self._budget.debit(extra_weight(len(data), per), lane)
+                data = await self._once(body, base, reserved, lane)
         return data
 
-    async def _once(self, body: dict[str, Any], weight: int, lane: Lane) -> Any:
-        await self._budget.acquire(weight, lane)
+    async def _once(self, body: dict[str, Any], weight: int, reserved: int, lane: Lane) -> Any:
+        ticket = await self._budget.acquire(weight + reserved, lane)
         self.requests += 1
+        try:
+            data = await self._post(body)
+        except BaseException:
+            # The exchange charges per item returned: with nothing returned, nothing extra.
+            self._budget.refund(ticket, reserved)
+            raise
+        per = request_weight(body)[1]
+        used = extra_weight(len(data), per) if per is not None and isinstance(data, list) else 0
+        if used < reserved:
+            self._budget.refund(ticket, reserved - used)
+        elif used > reserved:
+            self._budget.debit(used - reserved, lane)
+        return data
+
+    async def _post(self, body: dict[str, Any]) -> Any:
         what = str(body.get("type"))
         try:
             async with self._session.post(self._url, data=orjson.dumps(body), headers=HEADERS) as r:

@@ -188,3 +188,30 @@ async def test_stats_report_use_and_waits() -> None:
     assert stats["waits"] == 1
     assert stats["wait_s_max"] == pytest.approx(60)
     assert stats["utilization"] == 0.1
+
+
+async def test_a_reservation_refunded_leaves_only_what_was_used_and_lets_others_in() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=200, headroom=0)
+    ticket = await b.acquire(120, Lane.SCORING)  # 20 base + up to 100 for the answer's size
+    waiting = asyncio.create_task(b.acquire(90, Lane.SCORING))
+    await clock.settle()
+    assert not waiting.done()
+    b.refund(ticket, 95)  # the answer held 100 items: 5 of the 100 were used
+    await clock.settle()
+    assert waiting.done()
+    assert b.used() == 25 + 90
+    assert b.stats()["lanes"]["scoring"]["weight_total"] == 115
+
+
+async def test_a_refund_comes_off_its_own_spend_so_later_windows_stay_exact() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=100, headroom=0)
+    first = await b.acquire(60, Lane.SCORING)
+    await clock.advance(30)
+    await b.acquire(30, Lane.SCORING)
+    b.refund(first, 50)  # the older spend shrinks to 10...
+    await clock.advance(30.001)  # ...and leaves the window at t=60: the newer 30 remains
+    assert b.used() == 30
+    b.refund(first, 10)  # already outside the window: nothing to give back
+    assert b.used() == 30

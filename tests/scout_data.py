@@ -3,6 +3,7 @@ snapshots, scored by the real analytics (``analyze``), plus the recorded fixture
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -171,11 +172,16 @@ def recorded() -> Trader:
 
 def population(n: int, seed: int = 7) -> list[Trader]:
     """``n`` traders of every kind (the recorded one among them)."""
+    return list(_population(n, seed))
+
+
+@functools.cache
+def _population(n: int, seed: int) -> tuple[Trader, ...]:
     rng = random.Random(seed)
     out = [recorded()]
     while len(out) < n:
         out.append(generated(rng, KINDS[len(out) % len(KINDS)]))
-    return out
+    return tuple(out)
 
 
 def stored_stats(trader: Trader) -> dict[str, Any]:

@@ -105,7 +105,8 @@ _COLUMNS: Final = (
     "style",
 )
 _STORED_NUMBERS: Final = tuple("volume" if c == "total_volume_usd" else c for c in _COLUMNS[:-2])
-_STORED_TEXTS: Final = ("pnl", "volume", "max_profit_usd", "max_loss_usd")
+# The money packed per window, then the window's account value (used when the trader has none).
+_STORED_TEXTS: Final = ("pnl", "volume", "max_profit_usd", "max_loss_usd", "account_value")
 _STORED_LABELS: Final = ("risk_level", "style")
 _SCORE: Final = _COLUMNS.index("score")
 _TRADER_COLUMNS: Final = ("account_value", "updated_at")
@@ -133,6 +134,12 @@ def _num(value: float | int | Decimal | None) -> float:
 
 def _money(value: Decimal | None) -> str:
     return "" if value is None or not value.is_finite() else str(value)
+
+
+def _plain(value: Decimal) -> str:
+    """Without an exponent, as PostgreSQL prints a numeric: the stored account value reads back
+    the same as it went in."""
+    return format(value, "f") if value.is_finite() else ""
 
 
 def _opt(value: float) -> float | None:
@@ -312,17 +319,19 @@ class Leaderboard:
         address = address.lower()
         if self._stale(address, updated_ms):
             return
-        if account_value is None:  # the freshest window's last portfolio point
-            account_value = next(
+        if account_value is not None:
+            value = _plain(account_value)
+        else:  # the last portfolio point of the first window that has one
+            value = next(
                 (
-                    m.account_value
+                    _money(m.account_value)
                     for w in WINDOWS
                     if (m := metrics.get(w)) is not None and m.account_value is not None
                 ),
-                None,
+                "",
             )
         figures = {w: _figures(metrics[w]) for w in WINDOWS if w in metrics}
-        self._stage(address, figures, _money(account_value), updated_ms)
+        self._stage(address, figures, value, updated_ms)
 
     def _stage(
         self,
@@ -344,28 +353,36 @@ class Leaderboard:
         """Stage traders read back by ``BoardQueries.stored_figures`` (rows of one trader
         together); the same as ``put`` without building TraderMetrics, for a fast start.
         Returns the number of traders staged."""
+        n = len(_STORED_NUMBERS)
         staged = 0
         current: str | None = None
         figures: dict[str, tuple[tuple[float, ...], str]] = {}
+        values: dict[str, str] = {}
         value, updated = "", 0
-        n = len(_STORED_NUMBERS)
+
+        def stage() -> None:
+            nonlocal staged
+            if current is None or self._stale(current, updated):
+                return
+            fallback = next((values[w] for w in WINDOWS if w in values), "")
+            self._stage(current, figures, value or fallback, updated)
+            staged += 1
+
         for row in rows:
             address, window, trader_value, stats_at_ms = row[0], row[1], row[2], row[3]
             if address != current:
-                if current is not None and not self._stale(current, updated):
-                    self._stage(current, figures, value, updated)
-                    staged += 1
-                current, figures, updated = address, {}, int(stats_at_ms)
+                stage()
+                current, figures, values, updated = address, {}, {}, int(stats_at_ms)
                 value = trader_value if trader_value and math.isfinite(float(trader_value)) else ""
             if window not in self._windows:
                 continue
             money = row[4 + n : 8 + n]
-            risk, style = row[8 + n], row[9 + n]
+            if row[8 + n] is not None:
+                values[window] = row[8 + n]
+            risk, style = row[9 + n], row[10 + n]
             nums = (*row[4 : 4 + n], _RISK_RANK.get(risk, _NAN), _STYLE_RANK.get(style, _NAN))
             figures[window] = (nums, _SEP.join([m or "" for m in money]))
-        if current is not None and not self._stale(current, updated):
-            self._stage(current, figures, value, updated)
-            staged += 1
+        stage()
         return staged
 
     def drop(self, address: str) -> None:
@@ -709,7 +726,7 @@ class Leaderboard:
             "profit_factor": _opt(c["profit_factor"][s]),
             "sharpe": _opt(c["sharpe"][s]),
             "total_volume_usd": volume or None,
-            "trade_count": None if trades != trades else int(trades),
+            "trade_count": None if trades != trades or trades % 1 else int(trades),
             "account_age_days": _opt(c["account_age_days"][s]),
             "avg_risk_ratio": _opt(c["avg_risk_ratio"][s]),
             "avg_leverage": _opt(c["avg_leverage"][s]),

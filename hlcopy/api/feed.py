@@ -70,7 +70,8 @@ async def updates(request: web.Request, args: Args) -> web.StreamResponse:
     bus = scout.bus
     if bus is None:
         raise unavailable("the event bus")
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096)
+    # No per-message compression: it would cost the event loop CPU per client and message.
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096, compress=False)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "this route speaks WebSocket: send an Upgrade request", "not_websocket")
     if len(feeds.open) >= scout.feed.max_clients:
@@ -127,27 +128,34 @@ async def _send(
             async with scout.clock.timeout(scout.feed.send_timeout_s):
                 await ws.send_frame(body, WSMsgType.TEXT)
             feeds.sent += 1
-    except (Overflowed, TimeoutError) as exc:
+    except Overflowed as exc:
         feeds.dropped_slow += 1
-        log.warning("live feed client dropped", reason=str(exc) or "send timed out")
-        await _close(request, ws, WSCloseCode.TRY_AGAIN_LATER, b"too slow", scout.clock)
+        log.warning("live feed client dropped", reason=str(exc))
+        await _close(request, ws, scout.clock)
+    except TimeoutError:
+        # It does not read: a close frame would wait behind everything already unread.
+        feeds.dropped_slow += 1
+        log.warning("live feed client dropped", reason="a send timed out")
+        _abort(request)
     except (ConnectionError, RuntimeError):  # the client went while we were sending
         return
     except Exception as exc:
         log.error("live feed failed", exc_info=exc)
-        await _close(request, ws, WSCloseCode.INTERNAL_ERROR, b"internal error", scout.clock)
+        _abort(request)
 
 
-async def _close(
-    request: web.Request, ws: web.WebSocketResponse, code: int, why: bytes, clock: Clock
-) -> None:
-    """Close politely if the client still listens; otherwise cut the connection."""
+async def _close(request: web.Request, ws: web.WebSocketResponse, clock: Clock) -> None:
+    """Close with 1013 ("try again later") if the client still listens; else cut it off."""
     try:
         async with clock.timeout(_CLOSE_TIMEOUT_S):
-            await ws.close(code=code, message=why)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
     except (TimeoutError, ConnectionError, RuntimeError):
-        if request.transport is not None:
-            request.transport.abort()
+        _abort(request)
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 ROUTES: Final = (

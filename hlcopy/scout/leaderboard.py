@@ -835,5 +835,6 @@ class LeaderboardService(Component):
         return {
             **self.board.stats(),
             "loaded_traders": self.loaded_traders,
+            "load_careful_batches": self._queries.careful_batches,
             "load_s": None if self.load_s is None else round(self.load_s, 3),
         }

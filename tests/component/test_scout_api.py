@@ -52,6 +52,7 @@ async def test_leaderboard_after_a_restart_is_the_stored_state(api: ScoutApi) ->
         assert api.board.losers(window, limit=1000).rows == fresh.losers(window, limit=1000).rows
     stats = (await api.get("/api/v1/stats"))["components"]["leaderboard"]
     assert stats["loaded_traders"] == len(api.traders)
+    assert stats["load_careful_batches"] == 0
     assert stats["traders"] == len(api.traders)
     assert stats["ranked"] == fresh.stats()["ranked"]
     assert stats["load_s"] is not None
@@ -91,10 +92,12 @@ async def test_stored_junk_reads_as_missing_and_never_stops_the_start(
     daemon = Daemon(cfg, notifier=Notifier(""))
     store = Store(cfg.database, cfg.state.dir)
     board = Leaderboard()
+    service = LeaderboardService(board, store, cfg.leaderboard)
     daemon.add(StoreMonitor(store))
-    daemon.add(LeaderboardService(board, store, cfg.leaderboard))
+    daemon.add(service)
     try:
         async with running(daemon):
+            assert service.stats()["load_careful_batches"] == 1  # the one batch, read again
             assert len(board) == len(sane) + 3  # 0x03 has no readable window; 0x05 no object
             rows = {r["address"]: r for r in board.ranking("month", "pnl", limit=100).rows}
             assert rows["0x" + "01" * 20]["score"] is None
@@ -112,6 +115,14 @@ async def test_stored_junk_reads_as_missing_and_never_stops_the_start(
                 None,
             )
             assert board.rank("0x" + "04" * 20, "month") is not None
+            # The sound traders of that batch read the same the careful way.
+            fresh = board_of(sane)
+            ours = {t.address for t in sane}
+            for window in WINDOWS:
+                got = board.ranking(window, "pnl", limit=100).rows
+                assert [r for r in got if r["address"] in ours] == fresh.ranking(
+                    window, "pnl", limit=100
+                ).rows
     finally:
         await store.close()
 

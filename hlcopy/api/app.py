@@ -31,6 +31,7 @@ from hlcopy.clock import SYSTEM, Clock
 from hlcopy.component import MetricFamily, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
+from hlcopy.errors import StoreUnavailable
 from hlcopy.events import EventBus
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
@@ -86,6 +87,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.message, exc.code, exc.headers, **exc.extra)
+    except StoreUnavailable:  # the store monitor is bringing it back; say so, briefly
+        return error_response(503, "the database is unavailable", headers={"Retry-After": "5"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -60,7 +60,6 @@ def _operation(route: Route) -> dict[str, Any]:
         op["security"] = _READ_SECURITY
     else:
         op["security"] = _WRITE_SECURITY
-    op.update(route.extra)
     return op
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -227,7 +227,6 @@ class Route:
     content_type: str = "application/json"
     errors: tuple[int, ...] = ()
     description: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)  # more OpenAPI operation fields
 
     @property
     def path_params(self) -> tuple[Param, ...]:

@@ -412,9 +412,11 @@ class Leaderboard:
         for vk in [vk for vk, v in self._views.items() if v.used < idle]:
             del self._views[vk]
         # 1. Take the changed traders out of every view while their old figures still place them.
-        for view in self._views.values():
-            for s in known:
-                self._take_out(view, s)
+        broken = [vk for vk, view in self._views.items() if not self._take_out(view, known)]
+        if broken:  # cannot happen while the views are kept right; never serve a wrong order
+            log.error("leaderboard views out of order; rebuilding them", views=len(broken))
+            for vk in broken:
+                del self._views[vk]
         for s in known:  # and out of the ranked counts
             for w in self._windows.values():
                 if w.present[s] and w.cols["score"][s] == w.cols["score"][s]:
@@ -595,20 +597,23 @@ class Leaderboard:
             self.view_evictions += 1
         return view
 
-    def _take_out(self, view: _View, s: int) -> None:
-        if not view.passes(s):
-            return
-        key = view.key_of(s)
-        if key[0] == key[0]:
-            seq, i = view.keyed, bisect.bisect_left(view.keyed, key, key=view.key_of)
-        else:
-            addresses = self._addresses
-            seq = view.nulls
-            i = bisect.bisect_left(seq, addresses[s], key=addresses.__getitem__)
-        if i < len(seq) and seq[i] == s:
+    def _take_out(self, view: _View, slots: Iterable[int]) -> bool:
+        """Remove ``slots`` from ``view`` (by their current figures); False if one is not
+        where it should be."""
+        addresses = self._addresses
+        for s in slots:
+            if not view.passes(s):
+                continue
+            key = view.key_of(s)
+            if key[0] == key[0]:
+                seq, i = view.keyed, bisect.bisect_left(view.keyed, key, key=view.key_of)
+            else:
+                seq = view.nulls
+                i = bisect.bisect_left(seq, addresses[s], key=addresses.__getitem__)
+            if i >= len(seq) or seq[i] != s:
+                return False
             del seq[i]
-        else:  # cannot happen while the views are kept right; never serve a wrong order
-            self._drop_views()
+        return True
 
     def _put_in(self, view: _View, s: int) -> None:
         if not view.passes(s):
@@ -620,11 +625,6 @@ class Leaderboard:
             addresses = self._addresses
             i = bisect.bisect_left(view.nulls, addresses[s], key=addresses.__getitem__)
             view.nulls.insert(i, s)
-
-    def _drop_views(self) -> None:
-        log.error("leaderboard view out of order; rebuilding the views")
-        self._views.clear()
-        self._view_entries = 0
 
     # -- queries ----------------------------------------------------------------------------
 

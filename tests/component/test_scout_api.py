@@ -294,6 +294,14 @@ async def test_loading_and_missing_parts_are_503s(api: ScoutApi, tmp_path: Path)
         r = await client.get("/health")
         assert r.status in (200, 503)  # the daemon's own routes do not need the scout
 
+    # A database that is away is a 503 too (the store monitor brings it back), not a 500.
+    closed = Store(DatabaseConfig(dsn="postgresql://127.0.0.1:1/x"), tmp_path, exclusive=False)
+    away = build_app(api.daemon, cfg.api, Secret(TOKEN), store=closed)
+    async with TestClient(TestServer(away)) as client:
+        r = await client.get(f"/api/v1/traders/{'0x' + 'ab' * 20}/events")
+        assert r.status == 503
+        assert (await r.json())["error"]["message"] == "the database is unavailable"
+
 
 # --- traders -------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ queries read orders that are already sorted.
 
 Layout, chosen for 100,000 traders: one slot per trader; per window one float64 column per figure
 (NaN for None) and one packed string of the exact money figures; a trader's account value and
-update time are per-trader columns. About 1 kB per trader over the four windows.
+update time are per-trader columns. About 1.3 kB per trader over the four windows, plus 4 bytes
+per trader and cached view (~150 MB resident for 100,000 scored traders and 50 views).
 
 A *view* is one window ordered by one key under one set of filters. It is built on first use, by
 a stable sort of the address-ordered members, and from then on kept current by ``refresh()``,
@@ -315,7 +316,11 @@ class Leaderboard:
     ) -> None:
         """Stage a trader's metrics per window (visible after ``refresh``). A window missing
         from ``metrics`` takes the trader off that window's board. Older than what is already
-        held or staged (by ``updated_ms``): ignored."""
+        held or staged (by ``updated_ms``): ignored.
+
+        Put when a trader was re-scored, not on every position poll: each changed trader costs
+        every cached view a bisect and an array move (~30 us at 100,000 traders) at the next
+        refresh."""
         address = address.lower()
         if self._stale(address, updated_ms):
             return

@@ -240,6 +240,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
             return EXIT_USAGE
         result = run(orders_per_run=args.orders, runs=args.runs)
+    elif args.name == "api":
+        result = run(seconds=args.seconds)
     else:
         result = run(seconds=args.seconds, rate=args.rate)
     print(orjson.dumps(result).decode() if args.json else render(result))
@@ -287,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim"],
-        help="sign: build and sign one order; sim: simulator trades stream",
+        choices=["sign", "sim", "api"],
+        help="sign: build and sign one order; sim: simulator trades stream; "
+        "api: leaderboard latency over HTTP",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")

@@ -3,25 +3,48 @@
 Every error leaves as ``{"error": {"code": ..., "message": ...}}`` with the right status; a 500
 says nothing about internals (the traceback goes to the log). Mutating routes need
 ``Authorization: Bearer <token>``, compared in constant time.
+
+Routes live with their resource: the daemon's own here, the scout's in ``scout.py``, the live
+feed in ``feed.py``, the OpenAPI document in ``openapi.py``; ``ROUTES`` lists them all, and both
+the router and the document are built from that one list.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from decimal import Decimal
-from typing import Any
+from typing import Final
 
-import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hlcopy.api import feed, openapi, schemas, scout
+from hlcopy.api.feed import FEEDS, Feeds
+from hlcopy.api.params import ApiError, Args, Route, endpoint
+from hlcopy.api.ports import RegistryView, TrackRequests
+from hlcopy.api.responses import dumps, error_response, json_response, read_json
+from hlcopy.api.scout import SCOUT, FeedSettings, Scout
+from hlcopy.clock import SYSTEM, Clock
 from hlcopy.component import MetricFamily, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
+from hlcopy.errors import StoreUnavailable
+from hlcopy.events import EventBus
+from hlcopy.scout.leaderboard import Leaderboard
+from hlcopy.store import Store
+from hlcopy.store.board import BoardQueries
+
+__all__ = [
+    "ROUTES",
+    "build_app",
+    "error_response",
+    "json_response",
+    "read_json",
+    "render_metrics",
+]
 
 log = structlog.get_logger()
 
@@ -29,63 +52,6 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "unprocessable",
-    429: "too_many_requests",
-    500: "internal",
-    503: "unavailable",
-}
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, Decimal):
-        return str(obj)
-    if isinstance(obj, set | frozenset | tuple):
-        return list(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A JSON response serialised by orjson (Decimals as strings, never floats)."""
-    return web.Response(
-        body=orjson.dumps(data, default=_default),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def error_response(
-    status: int,
-    message: str,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> web.Response:
-    """The one error body shape."""
-    body = {"error": {"code": code or _CODES.get(status, "error"), "message": message, **extra}}
-    return json_response(body, status, headers)
-
-
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; a 400 naming the problem otherwise."""
-    raw = await request.read()
-    if not raw:
-        raise web.HTTPBadRequest(text="a JSON body is required")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(text=f"the body is not valid JSON: {exc}") from exc
 
 
 class _Families(Collector):
@@ -119,6 +85,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every exception into the JSON error shape."""
     try:
         return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.code, exc.headers, **exc.extra)
+    except StoreUnavailable:  # the store monitor is bringing it back; say so, briefly
+        return error_response(503, "the database is unavailable", headers={"Retry-After": "5"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -169,21 +139,21 @@ def auth_middleware(token: Secret, read_auth: bool) -> Callable[..., Awaitable[w
     return middleware
 
 
-async def health(request: web.Request) -> web.Response:
+async def health(request: web.Request, args: Args) -> web.Response:
     ok, body = request.app[SUPERVISOR].health()
     return json_response(body, 200 if ok else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request, args: Args) -> web.Response:
     body = render_metrics(request.app[SUPERVISOR].metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def stats(request: web.Request) -> web.Response:
+async def stats(request: web.Request, args: Args) -> web.Response:
     return json_response(request.app[SUPERVISOR].stats())
 
 
-async def reload(request: web.Request) -> web.Response:
+async def reload(request: web.Request, args: Args) -> web.Response:
     result = await request.app[SUPERVISOR].reload()
     if not result.ok:
         return error_response(
@@ -197,8 +167,58 @@ async def reload(request: web.Request) -> web.Response:
     )
 
 
-def build_app(supervisor: Supervisor, cfg: ApiConfig, token: Secret) -> web.Application:
-    """The API application for one daemon."""
+_FIGURES = schemas.ref("Figures")
+ROUTES: Final = (
+    Route(
+        "GET",
+        "/health",
+        health,
+        "Whether every component is ready",
+        "daemon",
+        response=_FIGURES,
+        errors=(503,),
+        description="200 when every component is ready, 503 otherwise; never needs a token.",
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics",
+        "daemon",
+        response={"type": "string"},
+        content_type="text/plain",
+    ),
+    Route("GET", "/api/v1/stats", stats, "Figures of every component", "daemon", response=_FIGURES),
+    Route(
+        "POST",
+        "/api/v1/reload",
+        reload,
+        "Re-read the TOML file (like SIGHUP)",
+        "daemon",
+        response=schemas.ref("ReloadResult"),
+        errors=(400,),
+    ),
+    *scout.ROUTES,
+    *feed.ROUTES,
+    openapi.ROUTE,
+)
+
+
+def build_app(
+    supervisor: Supervisor,
+    cfg: ApiConfig,
+    token: Secret,
+    *,
+    leaderboard: Leaderboard | None = None,
+    registry: RegistryView | None = None,
+    tracker: TrackRequests | None = None,
+    bus: EventBus | None = None,
+    store: Store | None = None,
+    clock: Clock = SYSTEM,
+    feed_settings: FeedSettings | None = None,
+) -> web.Application:
+    """The API application for one daemon. The scout's collaborators are optional: a route
+    whose collaborator is missing answers 503."""
     app = web.Application(
         client_max_size=cfg.max_body_bytes,
         middlewares=[
@@ -208,8 +228,22 @@ def build_app(supervisor: Supervisor, cfg: ApiConfig, token: Secret) -> web.Appl
         ],
     )
     app[SUPERVISOR] = supervisor
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/stats", stats)
-    app.router.add_post("/api/v1/reload", reload)
+    app[SCOUT] = Scout(
+        leaderboard=leaderboard,
+        registry=registry,
+        tracker=tracker,
+        reads=None if store is None else BoardQueries(store),
+        bus=bus,
+        clock=clock,
+        feed=feed_settings or FeedSettings(),
+    )
+    feeds = Feeds(clock)
+    app[FEEDS] = feeds
+    app.on_shutdown.append(feeds.close_all)
+    for route in ROUTES:
+        if route.method == "GET":
+            app.router.add_get(route.path, endpoint(route))
+        else:
+            app.router.add_route(route.method, route.path, endpoint(route))
+    app[openapi.OPENAPI] = dumps(openapi.document(ROUTES))
     return app

@@ -12,10 +12,17 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hlcopy.api.app import build_app, error_response
+from hlcopy.api.feed import FEEDS
+from hlcopy.api.ports import RegistryView, TrackRequests
+from hlcopy.api.scout import SCOUT, FeedSettings
+from hlcopy.clock import SYSTEM, Clock
 from hlcopy.component import Component, Ready, Supervisor
 from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import ComponentFailed
+from hlcopy.events import EventBus
+from hlcopy.scout.leaderboard import Leaderboard
+from hlcopy.store import Store
 
 log = structlog.get_logger()
 
@@ -106,18 +113,41 @@ class ApiServer(Component):
     core = False  # trading goes on without the API; systemd should not restart us for it
 
     def __init__(
-        self, supervisor: Supervisor, cfg: ApiConfig, token: Secret, shutdown_timeout_s: float = 5.0
+        self,
+        supervisor: Supervisor,
+        cfg: ApiConfig,
+        token: Secret,
+        shutdown_timeout_s: float = 5.0,
+        *,
+        leaderboard: Leaderboard | None = None,
+        registry: RegistryView | None = None,
+        tracker: TrackRequests | None = None,
+        bus: EventBus | None = None,
+        store: Store | None = None,
+        clock: Clock = SYSTEM,
+        feed_settings: FeedSettings | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
         self._token = token
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._parts: dict[str, Any] = {
+            "leaderboard": leaderboard,
+            "registry": registry,
+            "tracker": tracker,
+            "bus": bus,
+            "store": store,
+            "clock": clock,
+            "feed_settings": feed_settings,
+        }
+        self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self.port: int | None = None
 
     async def run(self, ready: Ready) -> None:
-        app = build_app(self._supervisor, self._cfg, self._token)
+        app = build_app(self._supervisor, self._cfg, self._token, **self._parts)
+        self._app = app
         runner = _Runner(app, access_log=None, shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
         self._runner = runner
@@ -151,4 +181,10 @@ class ApiServer(Component):
         self._stopped.set()
 
     def stats(self) -> dict[str, Any]:
-        return {"port": self.port or 0, "host": self._cfg.host}
+        out: dict[str, Any] = {"port": self.port or 0, "host": self._cfg.host}
+        if self._app is not None:
+            scout = self._app[SCOUT]
+            out["pages"] = scout.pages.stats()
+            out["track_requests"] = scout.track_requests
+            out["feed"] = self._app[FEEDS].stats()
+        return out

@@ -32,3 +32,23 @@ def test_bench_sim_json_is_the_only_thing_on_stdout(capfd: pytest.CaptureFixture
 def test_bench_sign_table_and_minimum(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "sign", "--orders", "100"]) == 2
     assert "at least 10000" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_bench_api_measures_real_requests_from_another_process() -> None:
+    from hlcopy.bench import bench_api, format_api
+
+    result = bench_api(seconds=1.0, traders=2000, clients=8, refresh_s=0.5, warmup_s=0.5)
+    assert result["benchmark"] == "api"
+    assert result["requests"] > 0
+    assert set(result["statuses"]) == {"200"}  # every request of the mix is a valid one
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["load_cpu_s"] > 0  # the load ran in its own process
+    assert result["refresh_ms"]
+    assert "p99" in format_api(result)
+
+
+def test_bench_api_is_a_choice_of_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "api" in capsys.readouterr().out

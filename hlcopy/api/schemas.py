@@ -1,0 +1,230 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of what the API answers.
+
+The fuzz test checks every 2xx body against these, so they are kept exact: objects list every
+property and forbid others, except where a body is open on purpose (figures, stored metrics).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from hlcopy.api.params import ADDRESS_PATTERN
+from hlcopy.scout.analytics import WINDOWS, RiskLevel, Style
+from hlcopy.scout.leaderboard import ROW_FIELDS, SORT_KEYS
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _null(schema: Schema) -> Schema:
+    out = dict(schema)
+    out["type"] = [schema["type"], "null"]
+    if "enum" in schema:
+        out["enum"] = [*schema["enum"], None]
+    return out
+
+
+def _obj(properties: dict[str, Schema], *, open_: bool = False) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": open_,
+    }
+
+
+_ADDRESS: Final = {"type": "string", "pattern": ADDRESS_PATTERN}
+_DEC: Final = {"type": "string", "description": "an exact decimal number"}
+_INT: Final = {"type": "integer"}
+_NUM: Final = {"type": "number"}
+_STR: Final = {"type": "string"}
+_MS: Final = {"type": "integer", "description": "milliseconds since the epoch"}
+
+_ROW_SCHEMAS: Final[dict[str, Schema]] = {
+    "address": _ADDRESS,
+    "account_value": _null(_DEC),
+    "pnl": _null(_DEC),
+    "return": _null(_NUM),
+    "max_drawdown": _null(_NUM),
+    "win_rate": _null(_NUM),
+    "win_rate_lower": _null(_NUM),
+    "profit_factor": _null(_NUM),
+    "sharpe": _null(_NUM),
+    "total_volume_usd": _null(_DEC),
+    "trade_count": _null(_INT),
+    "account_age_days": _null(_NUM),
+    "avg_risk_ratio": _null(_NUM),
+    "avg_leverage": _null(_NUM),
+    "max_profit_usd": _null(_DEC),
+    "max_loss_usd": _null(_DEC),
+    "risk_level": _null({"type": "string", "enum": [r.value for r in RiskLevel]}),
+    "style": _null({"type": "string", "enum": [s.value for s in Style]}),
+    "copyable_share": _null(_NUM),
+    "score": _null(_NUM),
+    "updated_at": _MS,
+}
+assert tuple(_ROW_SCHEMAS) == ROW_FIELDS  # one list of fields
+
+
+def _page(rows: str, **extra: Schema) -> Schema:
+    return _obj(
+        {
+            "window": {"type": "string", "enum": list(WINDOWS)},
+            **extra,
+            "total": _INT,
+            "limit": _INT,
+            "offset": _INT,
+            "version": _INT,
+            "as_of": _null(_MS),
+            "rows": {"type": "array", "items": ref(rows)},
+        }
+    )
+
+
+_ACTIVITY: Final = _obj(
+    {
+        "address": _ADDRESS,
+        "first_seen_ms": _MS,
+        "last_seen_ms": _MS,
+        "trades": _INT,
+        "volume_usd": _DEC,
+        "taker": _INT,
+        "maker": _INT,
+        "coins": {"type": "array", "items": _STR},
+    }
+)
+
+_EVENT: Final = _obj(
+    {
+        "id": _INT,
+        "address": _ADDRESS,
+        "coin": _STR,
+        "kind": {
+            "type": "string",
+            "enum": ["open", "increase", "decrease", "close", "flip", "liquidated"],
+        },
+        "prev_szi": _DEC,
+        "new_szi": _DEC,
+        "px": _null(_DEC),
+        "entry_px": _null(_DEC),
+        "notional": _null(_DEC),
+        "leverage": _null(_DEC),
+        "time_ms": _MS,
+        "tid": _null(_INT),
+    }
+)
+
+_FILL: Final = _obj(
+    {
+        "address": _ADDRESS,
+        "tid": _INT,
+        "coin": _STR,
+        "px": _DEC,
+        "sz": _DEC,
+        "side": {"type": "string", "enum": ["B", "A"]},
+        "time_ms": _MS,
+        "start_position": _null(_DEC),
+        "dir": _null(_STR),
+        "closed_pnl": _null(_DEC),
+        "hash": _null(_STR),
+        "oid": _null(_INT),
+        "crossed": {"type": ["boolean", "null"]},
+        "fee": _null(_DEC),
+        "fee_token": _null(_STR),
+        "cloid": _null(_STR),
+        "source": _STR,
+        "received_ms": _MS,
+    }
+)
+
+
+def _paged(name: str, item: str) -> Schema:
+    return _obj(
+        {
+            "address": _ADDRESS,
+            "limit": _INT,
+            "offset": _INT,
+            "more": {"type": "boolean"},
+            name: {"type": "array", "items": ref(item)},
+        }
+    )
+
+
+COMPONENTS: Final[dict[str, Schema]] = {
+    "Error": _obj(
+        {
+            "error": _obj(
+                {"code": _STR, "message": _STR},
+                open_=True,  # some errors say more: "parameter", "allowed", "problems"
+            )
+        }
+    ),
+    "LeaderboardRow": _obj(_ROW_SCHEMAS),
+    "LoserRow": _obj({**_ROW_SCHEMAS, "badness": _NUM}),
+    "LeaderboardPage": _page(
+        "LeaderboardRow",
+        sort_by={"type": "string", "enum": list(SORT_KEYS)},
+        order={"type": "string", "enum": ["desc", "asc"]},
+    ),
+    "LosersPage": _page("LoserRow"),
+    "Activity": _ACTIVITY,
+    "TradersPage": _obj(
+        {
+            "q": _STR,
+            "total": _INT,
+            "limit": _INT,
+            "offset": _INT,
+            "traders": {"type": "array", "items": ref("Activity")},
+        }
+    ),
+    "PositionEvent": _EVENT,
+    "Fill": _FILL,
+    "EventsPage": _paged("events", "PositionEvent"),
+    "FillsPage": _paged("fills", "Fill"),
+    "Trader": _obj(
+        {
+            "address": _ADDRESS,
+            "activity": {"oneOf": [ref("Activity"), {"type": "null"}]},
+            "role": _null(_STR),
+            "master": _null(_STR),
+            "tracked": {"type": "boolean"},
+            "track_requested_ms": _null(_MS),
+            "account_value": _null(_DEC),
+            "metrics": {
+                "type": "object",
+                "description": "TraderMetrics per window, as the tracker stored them",
+                "additionalProperties": {"type": "object"},
+            },
+            "metrics_at_ms": _null(_MS),
+            "ranks": _obj({w: _null(_INT) for w in WINDOWS}),
+            "positions": {"type": "array", "items": {"type": "object"}},
+            "positions_at_ms": _null(_MS),
+            "index_points": {
+                "type": "object",
+                "description": "per window, [time ms, equity index] pairs for a chart",
+                "additionalProperties": {"type": "array", "items": {"type": "array"}},
+            },
+            "events": {"type": "array", "items": ref("PositionEvent")},
+        }
+    ),
+    "TrackAccepted": _obj({"address": _ADDRESS, "track_requested": {"const": True}}),
+    "Figures": {"type": "object", "description": "figures by component; open"},
+    "ReloadResult": _obj(
+        {
+            "ok": {"type": "boolean"},
+            "changed": {"type": "array", "items": _STR},
+            "restart_required": {"type": "array", "items": _STR},
+        }
+    ),
+    "FeedMessage": _obj(
+        {
+            "type": {"type": "string", "description": '"connection" first, then event types'},
+            "data": {"type": "object"},
+            "timestamp": _MS,
+        }
+    ),
+    "OpenApi": {"type": "object", "required": ["openapi", "paths"]},
+}

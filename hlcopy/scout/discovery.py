@@ -416,6 +416,14 @@ class Registry:
                 self._pending.append(a)
 
 
+def party_sides(aggressor: Side, order: UsersOrder | None) -> tuple[Side, Side]:
+    """The sides of ``users[0]`` and ``users[1]`` of a trade whose aggressor took ``aggressor``,
+    under ``order`` (the docs' [buyer, seller] until calibrated)."""
+    if order == "maker_taker":
+        return _OTHER[aggressor], aggressor
+    return "B", "A"
+
+
 def users_order_from(trade: Trade, user: str, fills: Iterable[Fill]) -> UsersOrder | None:
     """Which reading of ``trade.users`` the fills of ``user`` (one of the two) bear out.
 
@@ -624,17 +632,18 @@ class Discovery(Component):
     def _match(self, frame: Trades) -> None:
         watched = self._watched
         order = self._order
-        maker_taker = order == "maker_taker"
         confirmed = order is not None
         for t in frame.trades:
             users = t.users
             if users is None:
                 continue
             u0, u1 = users
-            if u0 in watched:
-                self._emit(t, u0, _OTHER[t.side] if maker_taker else "B", confirmed, frame)
-            if u1 in watched:
-                self._emit(t, u1, t.side if maker_taker else "A", confirmed, frame)
+            if u0 in watched or u1 in watched:
+                s0, s1 = party_sides(t.side, order)
+                if u0 in watched:
+                    self._emit(t, u0, s0, confirmed, frame)
+                if u1 in watched:
+                    self._emit(t, u1, s1, confirmed, frame)
 
     def _emit(self, t: Trade, leader: str, side: Side, confirmed: bool, frame: Trades) -> None:
         fill = LeaderFill(
@@ -822,12 +831,15 @@ class Discovery(Component):
     # -- calibration ----------------------------------------------------------------------
 
     async def _calibrate(self) -> None:
+        # Catch a trade from the first frames on, while the stored answer is being read.
+        self._probe = asyncio.get_running_loop().create_future() if self._cfg.calibrate else None
         try:
             stored = await self._store.kv_get(KV_USERS_ORDER)
         except StoreError as exc:
             stored = None
             log.warning("discovery: cannot read the users order; calibrating", error=str(exc))
         if stored in USERS_ORDERS:
+            self._probe = None
             self._order = stored
             self._calibration = "stored"
             log.info("discovery: users order recorded earlier", users_order=stored)
@@ -850,14 +862,17 @@ class Discovery(Component):
         )
 
     async def _probe_once(self) -> UsersOrder | None:
-        self._probe = asyncio.get_running_loop().create_future()
+        """One lookup of the first address of a trade in which the aggressor bought."""
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_future()
         try:
             trade = await self._probe
         finally:
             self._probe = None
         assert trade.users is not None
-        # The exchange may not serve a fill the instant its trade is streamed.
-        await self._clock.sleep(self._calibration_delay_s)
+        if self._calibration_delay_s > 0:
+            # The exchange may not serve a fill the instant its trade is streamed.
+            await self._clock.sleep(self._calibration_delay_s)
         user = trade.users[0]
         self.counters["calibration_lookups"] += 1
         try:

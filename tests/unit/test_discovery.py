@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 from hlcopy.model import Fill, Side, Trade
-from hlcopy.scout.discovery import Registry, users_order_from
+from hlcopy.scout.discovery import Registry, party_sides, users_order_from
 from hlcopy.store.registry import COIN_SEPARATOR
 from hypothesis import given
 from hypothesis import strategies as st
@@ -299,3 +299,13 @@ def test_users_order_needs_the_trade_among_the_fills() -> None:
     assert users_order_from(t, A[0], [fill(43, "B", True)]) is None
     assert users_order_from(t, A[3], [fill(42, "B", True)]) is None  # not a party
     assert users_order_from(trade(A[0], A[0], "B", tid=42), A[0], [fill(42, "B", True)]) is None
+
+
+def test_party_sides_under_each_reading() -> None:
+    # [buyer, seller]: whoever the aggressor was, the first bought.
+    assert party_sides("B", "buyer_seller") == ("B", "A")
+    assert party_sides("A", "buyer_seller") == ("B", "A")
+    assert party_sides("A", None) == ("B", "A")  # the docs' reading until calibrated
+    # [maker, taker]: the second took the aggressor's side.
+    assert party_sides("B", "maker_taker") == ("A", "B")
+    assert party_sides("A", "maker_taker") == ("B", "A")

@@ -56,6 +56,10 @@ _OTHER: dict[str, Side] = {"B": "A", "A": "B"}
 
 # Where an address stands with the database writer (Activity._state).
 _CLEAN, _PENDING, _DROPPED = 0, 1, 2
+# Activity._counts: takers in the low bits, makers above (a trillion takers before they meet).
+_MAKER_SHIFT = 40
+_MAKER = 1 << _MAKER_SHIFT
+_TAKERS = _MAKER - 1
 
 
 class _CoinTable:
@@ -107,20 +111,20 @@ class _CoinTable:
 class Activity:
     """What the trade stream says about one address. Live: the registry updates it in place.
 
-    Slotted and compact for 100,000+ addresses: the coins are a bit set over the registry's coin
-    table (``coins`` decodes it), the volume is an exact Decimal sum of px x sz.
+    Compact for 100,000+ addresses: slotted; the coins are a bit set over the registry's coin
+    table (``coins`` decodes it); taker and maker counts share one int (each trade an address
+    is in, it either took or made, so ``trades`` is their sum); the volume is the exact
+    Decimal sum of px x sz.
     """
 
     __slots__ = (
         "_coins",
+        "_counts",
         "_state",
         "_table",
         "address",
         "first_seen_ms",
         "last_seen_ms",
-        "maker",
-        "taker",
-        "trades",
         "volume_usd",
     )
 
@@ -130,7 +134,6 @@ class Activity:
         address: str,
         first_seen_ms: int,
         last_seen_ms: int,
-        trades: int,
         volume_usd: Decimal,
         taker: int,
         maker: int,
@@ -140,12 +143,25 @@ class Activity:
         self.address = address
         self.first_seen_ms = first_seen_ms
         self.last_seen_ms = last_seen_ms
-        self.trades = trades
         self.volume_usd = volume_usd
-        self.taker = taker
-        self.maker = maker
+        self._counts = taker + maker * _MAKER
         self._coins = coins
         self._state = _CLEAN
+
+    @property
+    def taker(self) -> int:
+        """Trades in which the address crossed the book."""
+        return self._counts & _TAKERS
+
+    @property
+    def maker(self) -> int:
+        """Trades in which the address's resting order was hit."""
+        return self._counts >> _MAKER_SHIFT
+
+    @property
+    def trades(self) -> int:
+        counts = self._counts
+        return (counts & _TAKERS) + (counts >> _MAKER_SHIFT)
 
     @property
     def coins(self) -> tuple[str, ...]:
@@ -154,14 +170,16 @@ class Activity:
 
     def row(self) -> ActivityRow:
         """The figures as a write sends them."""
+        counts = self._counts
+        taker, maker = counts & _TAKERS, counts >> _MAKER_SHIFT
         return (
             self.address,
             self.first_seen_ms,
             self.last_seen_ms,
-            self.trades,
+            taker + maker,
             str(self.volume_usd),
-            self.taker,
-            self.maker,
+            taker,
+            maker,
             self._table.joined(self._coins),
         )
 
@@ -173,7 +191,7 @@ class Activity:
 
 
 # Stands in for what a trade names that is not an address: never registered, never queued.
-_IGNORED = Activity(_CoinTable(), "", 0, 0, 0, Decimal(0), 0, 0, 0)
+_IGNORED = Activity(_CoinTable(), "", 0, 0, Decimal(0), 0, 0, 0)
 _IGNORED._state = _PENDING
 
 
@@ -269,8 +287,7 @@ class Registry:
             if a is None:
                 a = self._new(taker, ms, notional, 1, 0, bit)
             else:
-                a.trades += 1
-                a.taker += 1
+                a._counts += 1
                 a.volume_usd += notional
                 if ms > a.last_seen_ms:
                     a.last_seen_ms = ms
@@ -288,8 +305,7 @@ class Registry:
             if a is None:
                 a = self._new(maker, ms, notional, 0, 1, bit)
             else:
-                a.trades += 1
-                a.maker += 1
+                a._counts += _MAKER
                 a.volume_usd += notional
                 if ms > a.last_seen_ms:
                     a.last_seen_ms = ms
@@ -313,7 +329,7 @@ class Registry:
         if _ADDRESS.fullmatch(address) is None:
             self.invalid += 1
             return _IGNORED
-        a = Activity(self._coins, address, ms, ms, 1, notional, taker, maker, bit)
+        a = Activity(self._coins, address, ms, ms, notional, taker, maker, bit)
         self._by[address] = a
         self._unsorted.append(address)
         return a
@@ -351,15 +367,17 @@ class Registry:
             a = popleft()
             a._state = _CLEAN
             taken.append(a)
+            counts = a._counts
+            taker, maker = counts & _TAKERS, counts >> _MAKER_SHIFT
             rows.append(
                 (
                     a.address,
                     a.first_seen_ms,
                     a.last_seen_ms,
-                    a.trades,
+                    taker + maker,
                     str(a.volume_usd),
-                    a.taker,
-                    a.maker,
+                    taker,
+                    maker,
                     joined(a._coins),
                 )
             )
@@ -392,23 +410,22 @@ class Registry:
     def merge(self, rows: Iterable[LoadedRow]) -> None:
         """Add what the database knew. An address already seen since start-up has only been
         counted in memory (nothing is written before the load completes): the figures add up
-        and the sum is queued for writing."""
+        and the sum is queued for writing. The stored trade count is taker + maker, as this
+        registry writes it."""
         by = self._by
         table = self._coins
-        for address, first, last, trades, volume, taker, maker, coins in rows:
+        for address, first, last, _, volume, taker, maker, coins in rows:
             a = by.get(address)
             if a is None:
                 by[address] = Activity(
-                    table, address, first, last, trades, volume, taker, maker, table.mask(coins)
+                    table, address, first, last, volume, taker, maker, table.mask(coins)
                 )
                 self._unsorted.append(address)
                 continue
             a.first_seen_ms = min(a.first_seen_ms, first)
             a.last_seen_ms = max(a.last_seen_ms, last)
-            a.trades += trades
             a.volume_usd += volume
-            a.taker += taker
-            a.maker += maker
+            a._counts += taker + maker * _MAKER
             a._coins |= table.mask(coins)
             if a._state != _PENDING:
                 self._dropped.discard(a)

@@ -544,6 +544,8 @@ class Discovery(Component):
         self._subs: dict[str, Subscription[Trades]] = {}
         self._synced: Universe | None = None
         self._sync_needed = True
+        self._dexes: list[str] = []  # builder dexes and spot pairs, as last listed
+        self._spot: list[str] = []
         self._loaded = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._writing = asyncio.Lock()  # one writer at a time: batches never overlap
@@ -604,6 +606,7 @@ class Discovery(Component):
             await self._draining.wait()
             for task in tasks:
                 task.cancel()
+        self._probe = None
         self._consume_queued()
         await self._final_flush()
 
@@ -628,7 +631,9 @@ class Discovery(Component):
     def _consume_queued(self) -> None:
         for frame in self.frames.drain_nowait():
             self._ingest(frame)
-        self._overflow.clear()  # the copy engine is stopping too; its reconcile catches up
+        # The copy engine is stopping too (and reconciles with the exchange when it starts).
+        self.counters["leader_fills_lost"] += len(self._overflow)
+        self._overflow.clear()
 
     def _ingest(self, frame: Trades) -> None:
         """One frame: leaders first (latency), then the registry."""
@@ -709,12 +714,7 @@ class Discovery(Component):
         """Subscribe to what should be watched and unsubscribe from what should not."""
         universe = self._universe.universe
         self._sync_needed = False
-        try:
-            wanted = await self._wanted(universe)
-        except ExchangeError as exc:
-            self._sync_needed = True
-            log.warning("discovery: cannot list the markets; will retry", error=str(exc))
-            return
+        wanted = await self._wanted(universe)
         for coin in sorted(set(self._subs) - wanted):
             await self._stream.unsubscribe(self._subs.pop(coin))
             log.info("discovery: unsubscribed a delisted coin", coin=coin)
@@ -750,13 +750,23 @@ class Discovery(Component):
             return {c for c in cfg.coins if (a := universe.get(c)) is not None and not a.delisted}
         wanted = {a.name for a in universe.perps()}
         # The universe lists assets by name only; which dexes and spot pairs there are comes
-        # from the exchange (20 weight each, only when the universe changed).
+        # from the exchange (20 weight each, only when the universe changed). If that fails,
+        # the last answer stands and the next check asks again.
         if cfg.builder_dexes:
-            for dex in await self._info.perp_dexs():
-                wanted.update(a.name for a in universe.perps(dex.name))
+            try:
+                self._dexes = [d.name for d in await self._info.perp_dexs()]
+            except ExchangeError as exc:
+                self._sync_needed = True
+                log.warning("discovery: cannot list the builder dexes", error=str(exc))
+            for dex in self._dexes:
+                wanted.update(a.name for a in universe.perps(dex))
         if cfg.spot:
-            spot = await self._info.spot_meta()
-            wanted.update(p.name for p in spot.universe if p.name in universe)
+            try:
+                self._spot = [p.name for p in (await self._info.spot_meta()).universe]
+            except ExchangeError as exc:
+                self._sync_needed = True
+                log.warning("discovery: cannot list the spot pairs", error=str(exc))
+            wanted.update(name for name in self._spot if name in universe)
         return wanted
 
     # -- the database ---------------------------------------------------------------------
@@ -788,18 +798,17 @@ class Discovery(Component):
 
     async def _flush_loop(self) -> None:
         await self._loaded.wait()
-        interval_s = self._cfg.flush_interval_ms / 1000
         failures = 0
         while True:
-            await sleep_unless(self._clock, self._flush_now, interval_s)
+            await sleep_unless(self._clock, self._flush_now, self._cfg.flush_interval_ms / 1000)
             self._flush_now.clear()
             if await self._flush():
                 failures = 0
                 continue
+            # The database is away or refusing: the queue holds (and caps) the changes.
             delay = self._retry_delay(failures)
             failures += 1
             await self._clock.sleep(delay)
-            interval_s = self._cfg.flush_interval_ms / 1000
 
     async def flush(self) -> bool:
         """Write every change made so far (after any write in progress); False when the
@@ -821,6 +830,11 @@ class Discovery(Component):
             taken, rows = reg.take(self._cfg.persist_batch_size)
             try:
                 await self._db.upsert(rows)
+            except asyncio.CancelledError:
+                # Stopped mid-write (the last flush at drain writes them; if this write did
+                # commit, writing the same absolute figures again changes nothing).
+                reg.requeue(taken)
+                raise
             except StoreUnavailable as exc:
                 reg.requeue(taken)
                 self.counters["write_failures"] += 1

@@ -115,6 +115,7 @@ async def harness(
     config: DiscoveryConfig | None = None,
     *,
     builder_dexes: bool = False,
+    wait_ready: bool = True,
     **kwargs: Any,
 ) -> AsyncIterator[Harness]:
     clock = VirtualClock()
@@ -139,7 +140,10 @@ async def harness(
                 name="test:discovery",
             )
             try:
-                await asyncio.wait_for(disc_up.wait(), 20)
+                if wait_ready:
+                    await asyncio.wait_for(disc_up.wait(), 20)
+                else:  # subscribed, at least
+                    await until(lambda: discovery.stats()["subscriptions"] > 0)
                 yield Harness(sim, store, stream, universe, discovery, clock, fills)
             finally:
                 await discovery.drain()
@@ -375,6 +379,54 @@ async def test_a_restart_reloads_the_registry(stepped: Simulator, store: Store) 
         assert_matches(rows[address], e)
 
 
+async def kill_postgres(store: Store, data_dir: Path) -> None:
+    """The database server dies: no goodbye to its clients."""
+    pid = store.embedded_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while postmaster_alive(pid, data_dir):
+            await asyncio.sleep(0.05)
+
+
+async def reopen(store: Store) -> None:
+    """What the store monitor does in the daemon."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await store.open()
+                return
+            except StoreUnavailable:  # orphaned backends may hold the old segment for a moment
+                await asyncio.sleep(0.5)
+
+
+async def test_a_database_away_at_start_does_not_hold_up_the_stream(tmp_path: Path) -> None:
+    sim = Simulator(SimConfig(port=0, realtime=False, traders=60, rate=40))
+    async with sim, Store(DatabaseConfig(), tmp_path) as store:
+        await store.migrate()
+        async with harness(sim, store) as h:  # a first life: some addresses are stored
+            first = await h.step(20)
+        await kill_postgres(store, (tmp_path / "pg").resolve())
+        async with harness(sim, store, wait_ready=False, retry_cap_s=1.0) as h:
+            assert not h.discovery.loaded
+            both = await h.step(20)  # registered while the registry cannot load
+            assert h.discovery.registry.trades == len(both) - len(first)
+            await reopen(store)
+            await h.clock.advance(2.0)  # the load's retry pause
+            await until(lambda: h.discovery.loaded)
+            await h.discovery.flush()
+            # What was seen before the load was added to what was stored, not overwritten.
+            expected = expected_from(both)
+            for address, e in expected.items():
+                a = h.discovery.registry.get(address)
+                assert a is not None
+                assert_matches(a, e)
+            rows = await stored(store)
+        assert set(rows) == set(expected)
+        for address, e in expected.items():
+            assert_matches(rows[address], e)
+
+
 async def test_a_stopped_database_drops_the_oldest_changes_and_catches_up(
     tmp_path: Path,
 ) -> None:
@@ -385,12 +437,7 @@ async def test_a_stopped_database_drops_the_oldest_changes_and_catches_up(
         async with harness(sim, store, config, retry_cap_s=1.0) as h:
             await h.step(5)
             await h.discovery.flush()
-            pid = store.embedded_pid
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            async with asyncio.timeout(10):
-                while postmaster_alive(pid, (tmp_path / "pg").resolve()):
-                    await asyncio.sleep(0.05)
+            await kill_postgres(store, (tmp_path / "pg").resolve())
             # The stream keeps flowing into the registry while nothing can be written.
             trades = await h.step(60)
             for _ in range(5):
@@ -402,14 +449,7 @@ async def test_a_stopped_database_drops_the_oldest_changes_and_catches_up(
             assert stats["dropped"] > 0
             assert stats["write_failures"] > 0
             assert stats["frames_dropped"] == 0
-            # The database comes back (the store monitor's job in the daemon).
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        await store.open()
-                        break
-                    except StoreUnavailable:
-                        await asyncio.sleep(0.5)
+            await reopen(store)
             for _ in range(20):
                 await h.clock.advance(1.0)
                 if h.discovery.registry.pending == 0 and h.discovery.registry.stale == 0:

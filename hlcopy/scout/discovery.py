@@ -537,7 +537,7 @@ class Discovery(Component):
         # oldest frames go (counted in this queue's figures).
         self.frames = BoundedQueue[Trades]("discovery_trades", frames_size, "drop_oldest")
         self._watched: frozenset[str] = frozenset()
-        self._overflow: list[LeaderFill] = []  # fills the sink had no room for yet
+        self._overflow: deque[LeaderFill] = deque()  # fills the sink had no room for yet
         self._order: UsersOrder | None = None
         self._calibration = "pending"
         self._probe: asyncio.Future[Trade] | None = None
@@ -554,6 +554,7 @@ class Discovery(Component):
         self.counters = {
             "frames": 0,
             "leader_fills": 0,
+            "leader_fills_waited": 0,  # the sink was full: handed over once it had room
             "leader_fills_lost": 0,
             "persisted": 0,
             "flushes": 0,
@@ -686,6 +687,7 @@ class Discovery(Component):
         try:
             if self._overflow or not self._sink.offer(fill):
                 self._overflow.append(fill)  # in order, behind what is already waiting
+                self.counters["leader_fills_waited"] += 1
         except QueueClosed:
             self.counters["leader_fills_lost"] += 1
 
@@ -701,7 +703,7 @@ class Discovery(Component):
                 self.counters["leader_fills_lost"] += len(self._overflow)
                 self._overflow.clear()
                 return
-            self._overflow.pop(0)
+            self._overflow.popleft()
 
     # -- subscriptions --------------------------------------------------------------------
 

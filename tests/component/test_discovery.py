@@ -116,6 +116,7 @@ async def harness(
     *,
     builder_dexes: bool = False,
     wait_ready: bool = True,
+    fills_size: int = 1000,
     **kwargs: Any,
 ) -> AsyncIterator[Harness]:
     clock = VirtualClock()
@@ -124,7 +125,7 @@ async def harness(
         universe = UniverseService(info, builder_dexes=builder_dexes)
         await universe.refresh()
         stream = StreamPool(sim.ws_url, backoff_base_s=0.05, backoff_cap_s=0.2)
-        fills = BoundedQueue[LeaderFill]("test:leader_fills", 1000)
+        fills = BoundedQueue[LeaderFill]("test:leader_fills", fills_size)
         cfg = config or DiscoveryConfig(calibrate=False)
         discovery = Discovery(
             stream, universe, info, store, cfg, fills, clock, calibration_delay_s=0, **kwargs
@@ -327,6 +328,30 @@ async def test_a_watched_address_trading_becomes_a_leader_fill(
         stepped.publish()
         await until(lambda: activity.trades > seen)
         assert h.fills.empty()
+
+
+async def test_leader_fills_wait_for_room_and_are_never_dropped(
+    stepped: Simulator, store: Store
+) -> None:
+    leader = "0x" + "cd" * 20
+    stepped.contact(leader)
+    async with harness(stepped, store, fills_size=1) as h:
+        h.discovery.watch([leader])
+        for i in range(4):
+            stepped.engine.market_order(leader, "SOL", i % 2 == 0, D(1), D("0.05"))
+            stepped.publish()
+        mine = [t for t in stepped.engine.trades["SOL"] if leader in t["users"]]
+        assert len(mine) >= 4
+        got: list[LeaderFill] = []
+        while len(got) < len(mine):  # the copy engine, slow: one at a time
+            got.append(await asyncio.wait_for(h.fills.get(), 10))
+            await asyncio.sleep(0.01)
+        assert [(f.tid, f.side) for f in got] == [
+            (t["tid"], "B" if t["users"][0] == leader else "A") for t in mine
+        ]
+        assert h.discovery.stats()["leader_fills_lost"] == 0
+        assert h.discovery.stats()["leader_fills_waited"] > 0
+        await until(lambda: h.discovery.registry.trades == len(mine))  # the consumer went on
 
 
 async def test_calibration_finds_buyer_seller_and_is_remembered(

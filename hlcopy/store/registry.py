@@ -83,14 +83,12 @@ class RegistryStore:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self.statements = 0  # round trips made, for the no-round-trip-per-trade figure
 
     async def load_page(self, after: str, limit: int) -> list[LoadedRow]:
         """Up to ``limit`` traders with an address above ``after``, in address order: a restart
         pages through a large table without holding it all twice."""
         with translate("load registry"):
             rows = await self._store.pool.fetch(_PAGE, after, limit)
-        self.statements += 1
         return [
             (
                 r["address"],
@@ -118,4 +116,3 @@ class RegistryStore:
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 # Another writer held the rows: nothing was written, and trying again will do.
                 raise StoreUnavailable(f"write registry: {exc}") from exc
-        self.statements += 5  # begin, create, copy, insert, commit

@@ -4,12 +4,14 @@ notes). It starts its own embedded PostgreSQL, so it lives with the component te
 from __future__ import annotations
 
 import os
+import sys
 
 import orjson
 import pytest
 from hlcopy.bench import firehose_frames
 from hlcopy.cli import main
 from hlcopy.hl import parse
+from hlcopy.log import configure_logging
 
 
 def test_firehose_frames_are_what_the_parser_takes() -> None:
@@ -24,7 +26,12 @@ def test_firehose_frames_are_what_the_parser_takes() -> None:
 @pytest.mark.timeout(300)
 def test_bench_firehose_json(capfd: pytest.CaptureFixture[str]) -> None:
     cores = os.sched_getaffinity(0)
-    assert main(["bench", "firehose", "--json", "--seconds", "3"]) == 0
+    try:
+        assert main(["bench", "firehose", "--json", "--seconds", "3"]) == 0
+    finally:
+        # The command logs to the captured stderr, which closes after the test: later tests
+        # must not log there.
+        configure_logging("info", "json", sys.__stderr__)
     result = orjson.loads(capfd.readouterr().out)  # fails on any stray line
     assert os.sched_getaffinity(0) == cores  # the pinning is undone
     assert result["benchmark"] == "firehose"

@@ -523,7 +523,6 @@ class Discovery(Component):
         self._universe = universe
         self._info = info
         self._db = RegistryStore(store)
-        self._store = store
         self._cfg = config
         self._sink = leader_fills
         self._clock = clock
@@ -867,7 +866,7 @@ class Discovery(Component):
         # Catch a trade from the first frames on, while the stored answer is being read.
         self._probe = asyncio.get_running_loop().create_future() if self._cfg.calibrate else None
         try:
-            stored = await self._store.kv_get(KV_USERS_ORDER)
+            stored = await self._db.kv_get(KV_USERS_ORDER)
         except StoreError as exc:
             stored = None
             log.warning("discovery: cannot read the users order; calibrating", error=str(exc))
@@ -925,7 +924,7 @@ class Discovery(Component):
         attempt = 0
         while True:
             try:
-                await self._store.kv_set(KV_USERS_ORDER, order)
+                await self._db.kv_set(KV_USERS_ORDER, order)
                 return
             except StoreError as exc:
                 delay = self._retry_delay(attempt)

@@ -15,8 +15,10 @@ rows written are a good part of the work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -78,16 +80,35 @@ FROM traders WHERE address > $1 ORDER BY address LIMIT $2
 """
 
 
+@contextlib.contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """``translate``, and asyncpg's own confusion after the server died under it (a pooled
+    connection "in another operation"), which is no PostgreSQL error: transient too."""
+    try:
+        with translate(what):
+            yield
+    except asyncpg.InternalClientError as exc:
+        raise StoreUnavailable(f"{what}: {exc}") from exc
+
+
 class RegistryStore:
-    """Reads and writes discovery's columns of ``traders``."""
+    """Reads and writes discovery's columns of ``traders``, and its kv entries."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    async def kv_get(self, key: str) -> Any:
+        with _guard("kv_get"):
+            return await self._store.kv_get(key)
+
+    async def kv_set(self, key: str, value: Any) -> None:
+        with _guard("kv_set"):
+            await self._store.kv_set(key, value)
+
     async def load_page(self, after: str, limit: int) -> list[LoadedRow]:
         """Up to ``limit`` traders with an address above ``after``, in address order: a restart
         pages through a large table without holding it all twice."""
-        with translate("load registry"):
+        with _guard("load registry"):
             rows = await self._store.pool.fetch(_PAGE, after, limit)
         return [
             (
@@ -107,7 +128,7 @@ class RegistryStore:
         """Write ``rows`` (each address at most once) in one transaction."""
         if not rows:
             return
-        with translate("write registry"):
+        with _guard("write registry"):
             try:
                 async with self._store.pool.acquire() as con, con.transaction():
                     await con.execute(_CREATE_STAGING)

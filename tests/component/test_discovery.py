@@ -437,8 +437,10 @@ async def test_a_database_away_at_start_does_not_hold_up_the_stream(tmp_path: Pa
             both = await h.step(20)  # registered while the registry cannot load
             assert h.discovery.registry.trades == len(both) - len(first)
             await reopen(store)
-            await h.clock.advance(2.0)  # the load's retry pause
-            await until(lambda: h.discovery.loaded)
+            async with asyncio.timeout(30):
+                while not h.discovery.loaded:  # a fresh server may refuse for a moment more
+                    await h.clock.advance(1.0)  # the load's retry pause
+                    await asyncio.sleep(0.05)
             await h.discovery.flush()
             # What was seen before the load was added to what was stored, not overwritten.
             expected = expected_from(both)

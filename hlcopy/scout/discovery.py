@@ -11,8 +11,9 @@ entries past that (counted); a dropped address is written again by a sweep once 
 is back, so an outage delays the table but loses nothing that is still in memory.
 
 **Leader fast path.** ``watch(addresses)`` names the followed leaders; a trade naming one becomes
-a ``LeaderFill(source="firehose")`` handed to the leader-fills sink at once, before the registry
-is even updated for the next frame.
+a ``LeaderFill(source="firehose")`` handed to the leader-fills sink at once, before the frame is
+even registered. The sink's own policy holds (leader fills are never dropped): when it is full,
+fills wait in order and only this consumer waits with them, never the stream reader.
 
 **Who is who in ``users``.** The docs say a trade's ``users`` is [buyer, seller]; one SDK reads
 [maker, taker]. The two readings differ only when the aggressor buys (``side == "B"``): then the

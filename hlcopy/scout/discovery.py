@@ -717,10 +717,21 @@ class Discovery(Component):
         universe = self._universe.universe
         self._sync_needed = False
         wanted = await self._wanted(universe)
-        for coin in sorted(set(self._subs) - wanted):
+        for coin in sorted(set(self._subs) - set(wanted)):
             await self._stream.unsubscribe(self._subs.pop(coin))
-            log.info("discovery: unsubscribed a delisted coin", coin=coin)
-        todo = sorted(wanted - set(self._subs))
+            log.info("discovery: unsubscribed a coin no longer listed or wanted", coin=coin)
+        todo = [c for c in wanted if c not in self._subs]
+        # Within the pool's subscription limit, leaving the rest for later (and for the
+        # userFills and book feeds of other components): first-dex perps come first.
+        room = self._stream.max_subscriptions - int(self._stream.stats()["subscriptions"])
+        if len(todo) > room:
+            self._sync_needed = True
+            log.warning(
+                "discovery: at the subscription limit; some coins are not watched",
+                not_watched=len(todo) - max(0, room),
+                limit=self._stream.max_subscriptions,
+            )
+            todo = todo[: max(0, room)]
         async with asyncio.TaskGroup() as tg:
             for coin in todo:
                 tg.create_task(self._subscribe(coin), name=f"discovery:subscribe:{coin}")
@@ -741,16 +752,21 @@ class Discovery(Component):
             self._sync_needed = True
             log.warning("discovery: cannot subscribe", coin=coin, error=str(exc))
 
-    async def _wanted(self, universe: Universe) -> set[str]:
+    async def _wanted(self, universe: Universe) -> list[str]:
+        """The coins to watch, most important first."""
         cfg = self._cfg
         if not cfg.enabled:
-            return set()
+            return []
         if cfg.coins:
             unknown = sorted(c for c in cfg.coins if c not in universe)
             if unknown:
                 log.warning("discovery: configured coins not listed", coins=unknown)
-            return {c for c in cfg.coins if (a := universe.get(c)) is not None and not a.delisted}
-        wanted = {a.name for a in universe.perps()}
+            return [
+                c
+                for c in dict.fromkeys(cfg.coins)
+                if (a := universe.get(c)) is not None and not a.delisted
+            ]
+        wanted = [a.name for a in universe.perps()]
         # The universe lists assets by name only; which dexes and spot pairs there are comes
         # from the exchange (20 weight each, only when the universe changed). If that fails,
         # the last answer stands and the next check asks again.
@@ -761,15 +777,15 @@ class Discovery(Component):
                 self._sync_needed = True
                 log.warning("discovery: cannot list the builder dexes", error=str(exc))
             for dex in self._dexes:
-                wanted.update(a.name for a in universe.perps(dex))
+                wanted += [a.name for a in universe.perps(dex)]
         if cfg.spot:
             try:
                 self._spot = [p.name for p in (await self._info.spot_meta()).universe]
             except ExchangeError as exc:
                 self._sync_needed = True
                 log.warning("discovery: cannot list the spot pairs", error=str(exc))
-            wanted.update(name for name in self._spot if name in universe)
-        return wanted
+            wanted += [name for name in self._spot if name in universe]
+        return list(dict.fromkeys(wanted))
 
     # -- the database ---------------------------------------------------------------------
 

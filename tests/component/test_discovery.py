@@ -117,6 +117,7 @@ async def harness(
     builder_dexes: bool = False,
     wait_ready: bool = True,
     fills_size: int = 1000,
+    max_subscriptions: int = 1000,
     **kwargs: Any,
 ) -> AsyncIterator[Harness]:
     clock = VirtualClock()
@@ -124,7 +125,12 @@ async def harness(
         info = InfoClient(session, sim.url, WeightBudget())
         universe = UniverseService(info, builder_dexes=builder_dexes)
         await universe.refresh()
-        stream = StreamPool(sim.ws_url, backoff_base_s=0.05, backoff_cap_s=0.2)
+        stream = StreamPool(
+            sim.ws_url,
+            backoff_base_s=0.05,
+            backoff_cap_s=0.2,
+            max_subscriptions=max_subscriptions,
+        )
         fills = BoundedQueue[LeaderFill]("test:leader_fills", fills_size)
         cfg = config or DiscoveryConfig(calibrate=False)
         discovery = Discovery(
@@ -279,6 +285,14 @@ async def test_configured_coins_builder_dexes_and_spot(stepped: Simulator, store
         coins = h.watched_coins()
         assert {"BTC", "test:ABC", "test:XYZ", "PURR/USDC", "@1", "@2"} <= coins
         assert "MATIC" not in coins
+    # Within the pool's limit, the first dex's perps first (in asset id order).
+    async with harness(stepped, store, wide, builder_dexes=True, max_subscriptions=10) as h:
+        first_ten = {a.name for a in h.universe.universe.perps()[:10]}
+        assert h.watched_coins() == first_ten
+        await h.clock.advance(10.0)  # tried again later: still within the limit, no failures
+        await until(lambda: h.discovery.stats()["subscriptions"] == 10)
+        assert h.watched_coins() == first_ten
+        assert h.discovery.stats()["subscribe_failures"] == 0
 
 
 async def test_a_watched_address_trading_becomes_a_leader_fill(

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,7 @@ from hlcopy.errors import StoreUnavailable
 from hlcopy.hl import InfoClient, StreamPool, UniverseService
 from hlcopy.model import LeaderFill
 from hlcopy.queues import BoundedQueue
-from hlcopy.scout.discovery import KV_USERS_ORDER, Discovery
+from hlcopy.scout.discovery import KV_USERS_ORDER, Activity, Discovery
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.sim.engine import Asset
 from hlcopy.store import Store
@@ -181,19 +181,9 @@ async def stored(store: Store) -> dict[str, Any]:
     return {r["address"]: r for r in rows}
 
 
-def assert_matches(actual: Any, e: Expected) -> None:
-    """A registry Activity or a traders row against what the simulator sent."""
-    if isinstance(actual, dict) or hasattr(actual, "keys"):
-        got = (
-            actual["trade_count"],
-            actual["taker_count"],
-            actual["maker_count"],
-            actual["volume_usd"],
-            set(actual["coins"]),
-            actual["first_seen_ms"],
-            actual["last_seen_ms"],
-        )
-    else:
+def assert_matches(actual: Activity | Mapping[str, Any], e: Expected) -> None:
+    """A registry Activity, or a traders row, against what the simulator sent."""
+    if isinstance(actual, Activity):
         got = (
             actual.trades,
             actual.taker,
@@ -202,6 +192,16 @@ def assert_matches(actual: Any, e: Expected) -> None:
             set(actual.coins),
             actual.first_seen_ms,
             actual.last_seen_ms,
+        )
+    else:
+        got = (
+            actual["trade_count"],
+            actual["taker_count"],
+            actual["maker_count"],
+            actual["volume_usd"],
+            set(actual["coins"]),
+            actual["first_seen_ms"],
+            actual["last_seen_ms"],
         )
     assert got == (e.trades, e.taker, e.maker, e.volume, e.coins, min(e.times), max(e.times))
 

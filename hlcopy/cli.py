@@ -240,7 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
             return EXIT_USAGE
         result = run(orders_per_run=args.orders, runs=args.runs)
-    elif args.name == "api":
+    elif args.name in ("api", "firehose"):
         result = run(seconds=args.seconds)
     else:
         result = run(seconds=args.seconds, rate=args.rate)
@@ -289,14 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim", "api"],
+        choices=["sign", "sim", "firehose", "api"],
         help="sign: build and sign one order; sim: simulator trades stream; "
+        "firehose: discovery's trades ingest into PostgreSQL; "
         "api: leaderboard latency over HTTP",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
     p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
-    p.add_argument("--seconds", type=float, default=20.0, help="sim: measuring time")
+    p.add_argument("--seconds", type=float, default=20.0, help="sim, firehose: measuring time")
     p.add_argument("--rate", type=float, default=6000.0, help="sim: trader actions per second")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -23,9 +23,13 @@ from hlcopy.clock import SYSTEM, Clock
 from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
+from hlcopy.events import EventBus
 from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
 from hlcopy.instance import StateLock
 from hlcopy.notify import Notifier
+from hlcopy.scout.discovery import Discovery, Registry
+from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
+from hlcopy.scout.tracker import Tracker
 from hlcopy.store import Store
 from hlcopy.store.monitor import StoreMonitor
 
@@ -78,14 +82,53 @@ class App:
             info, builder_dexes=cfg.discovery.builder_dexes, clock=clock
         )
         self.stream = StreamPool(net.ws, clock=clock)
+        self.bus = EventBus()
+        self.leaderboard = Leaderboard(losers_window=cfg.leaderboard.losers_window, clock=clock)
+        self.discovery: Discovery | None = None
+        registry: Registry = Registry(cfg.discovery.queue_size)
+        if cfg.discovery.enabled:
+            self.discovery = Discovery(
+                self.stream, self.universe, info, self.store, cfg.discovery, clock=clock
+            )
+            registry = self.discovery.registry
+            daemon.queue(self.discovery.frames)
+        self.tracker = Tracker(
+            info=info,
+            store=self.store,
+            stream=self.stream,
+            universe=self.universe,
+            registry=registry,
+            metrics=self.leaderboard,
+            bus=self.bus,
+            config=cfg,
+            clock=clock,
+        )
 
+        # Start order: each waits for the one before it to be ready.
         daemon.add(StoreMonitor(self.store, clock=clock))
         daemon.add(self.universe)
         daemon.add(self.stream)
+        daemon.add(LeaderboardService(self.leaderboard, self.store, cfg.leaderboard, clock=clock))
+        if self.discovery is not None:
+            daemon.add(self.discovery)
+        daemon.add(self.tracker)
         if cfg.api.enabled:
-            daemon.add(ApiServer(daemon, cfg.api, self.secrets.api_token))
+            daemon.add(
+                ApiServer(
+                    daemon,
+                    cfg.api,
+                    self.secrets.api_token,
+                    leaderboard=self.leaderboard,
+                    registry=registry,
+                    tracker=self.tracker,
+                    bus=self.bus,
+                    store=self.store,
+                    clock=clock,
+                )
+            )
         daemon.add_stats("budget", budget.stats)
         daemon.add_stats("info", info.stats)
+        daemon.add_stats("events", self.bus.stats)
 
     async def run(self, stop_after_s: float | None = None) -> int:
         """Run the daemon until stopped; the process exit code."""

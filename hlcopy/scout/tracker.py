@@ -71,12 +71,16 @@ FAILURE_RETRY_S = 60.0  # a trader whose request failed waits this long before t
 
 
 class ActivityView(Protocol):
-    """What the tracker needs of discovery's registry."""
+    """What the tracker needs of discovery's registry entries (read-only)."""
 
-    address: str
-    last_seen_ms: int
-    trades: int
-    volume_usd: Decimal
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def last_seen_ms(self) -> int: ...
+
+    @property
+    def volume_usd(self) -> Decimal: ...
 
 
 class RegistryView(Protocol):

@@ -69,9 +69,13 @@ def eth_order(
     return wire.order_wire(asset.asset_id, is_buy, price, D(sz), False, tif, cloid)
 
 
+FUNDED_USD = 100_000
+
+
 def fresh_client(sim: Simulator, session: aiohttp.ClientSession) -> ExchangeClient:
+    """A new wallet with a funded account on the simulated exchange."""
     signer = Signer.from_key("0x" + secrets.token_hex(32))
-    sim.contact(signer.address)  # what any client's first look at its account does
+    sim.fund(signer.address, FUNDED_USD)
     return ExchangeClient(session, sim.url, signer, WeightBudget(), is_mainnet=False)
 
 
@@ -82,6 +86,7 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     async with Simulator(SimConfig(port=0, traders=30, warmup_s=20)) as sim:
         wallet = eth_account.Account.create()
         address = wallet.address
+        sim.fund(address, FUNDED_USD)  # accounts are funded explicitly, as on the exchange
 
         def sdk_session() -> dict[str, Any]:
             info = Info(sim.url, skip_ws=False)
@@ -123,7 +128,7 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     assert "ETH" in {a["name"] for a in out["meta"]["universe"]}
     assert float(out["mids"]["BTC"]) > 0
     assert len(out["book"]["levels"][0]) == 20
-    assert out["state_before"]["marginSummary"]["accountValue"] == "100000"
+    assert out["state_before"]["marginSummary"]["accountValue"] == "100000.0"
     assert out["modified"]["status"] == "ok"
     assert "resting" in out["modified"]["response"]["data"]["statuses"][0]
     assert out["open"][0]["sz"] == "0.02"
@@ -134,6 +139,8 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     assert out["state_after"]["assetPositions"][0]["position"]["szi"] == "0.05"
     snapshot, *stream = out["ws"]
     assert snapshot["data"]["isSnapshot"] is True
+    assert stream
+    assert all(m["data"]["isSnapshot"] is False for m in stream)  # streaming messages say so
     ws_fills = [f for m in stream for f in m["data"]["fills"]]
     assert {f["tid"] for f in ws_fills} == {f["tid"] for f in out["fills"]}
 
@@ -215,7 +222,7 @@ async def test_agents_trade_for_their_master() -> None:
         by_master = ExchangeClient(session, sim.url, master, budget, is_mainnet=False)
         with pytest.raises(Exception, match="Must deposit before performing actions"):
             await by_master.approve_agent(master, agent.address, "bot")
-        sim.contact(master.address)
+        sim.fund(master.address, FUNDED_USD)
         await by_master.approve_agent(master, agent.address, "bot")
         by_agent = ExchangeClient(session, sim.url, agent, budget, is_mainnet=False)
         (status,) = await by_agent.order([eth_order(sim)])
@@ -475,9 +482,21 @@ async def test_control_endpoints() -> None:
     async with stepped(traders=40) as sim:
         _, kinds = await get(sim.url + "/_sim/archetypes")
         assert len(kinds) == 40
-        assert set(kinds.values()) == {"skilled", "unskilled", "market_maker", "whale", "noise"}
+        assert set(kinds.values()) == {
+            "skilled",
+            "unskilled",
+            "market_maker",
+            "whale",
+            "noise",
+            "lucky",
+            "vault",
+        }
         who = "0x" + "c3" * 20
         assert (await get(f"{sim.url}/_sim/accounts/{who}"))[0] == 404
+        assert (await get(f"{sim.url}/_sim/truth/{who}"))[0] == 404
+        # Nobody can trade for an address nobody funded.
+        unfunded = {"address": who, "coin": "SOL", "is_buy": False, "usd": 1000}
+        assert (await post(sim.url + "/_sim/trade", unfunded))[0] == 400
         assert (await post(sim.url + "/_sim/fund", {"address": who, "usdc": "5000"}))[0] == 200
         _, price = await post(sim.url + "/_sim/price", {"coin": "SOL", "px": 150.123})
         assert price == {"coin": "SOL", "mid": "150.12"}
@@ -495,6 +514,12 @@ async def test_control_endpoints() -> None:
         assert stats["orders_accepted"] > 0
         assert (await post(sim.url + "/_sim/price", {"coin": "NOPE", "px": 1}))[0] == 404
         assert (await post(sim.url + "/_sim/faults", {"drop_ws": "x"}))[0] == 400
+        _, truth = await get(f"{sim.url}/_sim/truth/{who}")
+        assert (truth["deposits"], truth["depositCount"], truth["archetype"]) == ("5000.0", 1, None)
+        _, roles = await get(sim.url + "/_sim/roles")
+        vaults = [a for a, k in kinds.items() if k == "vault"]
+        assert vaults
+        assert all(roles[v] == {"role": "vault"} for v in vaults)
 
 
 async def test_leaderboard_document() -> None:
@@ -503,7 +528,9 @@ async def test_leaderboard_document() -> None:
         status, board = await get(sim.url + "/leaderboard")
         assert status == 200
         rows = board["leaderboardRows"]
-        assert len(rows) == 40 - 2  # market makers are not on it
+        makers = set(sim.engine.market_makers)
+        assert makers
+        assert {r["ethAddress"] for r in rows} == set(sim.engine.accounts) - makers
         row = rows[0]
         assert set(row) == {
             "ethAddress",

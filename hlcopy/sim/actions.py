@@ -243,7 +243,11 @@ class ExchangeCore:
         action, signature, nonce = body.get("action"), body.get("signature"), body.get("nonce")
         nonce = _int(nonce)
         signature = _signature(signature)
-        if isinstance(action, dict) and action.get("type") in USER_SIGNED:
+        if (
+            isinstance(action, dict)
+            and isinstance(action.get("type"), str)
+            and (action["type"] in USER_SIGNED)
+        ):
             return self._user_signed(action, signature, nonce)
         vault = body.get("vaultAddress")
         vault = None if vault is None else _address(vault)

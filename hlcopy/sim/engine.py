@@ -172,6 +172,7 @@ class Account:
     realized: Decimal = ZERO
     fees: Decimal = ZERO
     funding: Decimal = ZERO  # received (negative: paid)
+    forgiven: Decimal = ZERO  # losses past zero a liquidation left to the liquidator vault
     liquidations: int = 0
 
 
@@ -893,7 +894,10 @@ class Engine:
                     (acct.address, num(mark), "backstop"),
                 )
         if acct.usdc < 0:  # bad debt: the liquidator vault absorbs it
-            self._liquidator().usdc += acct.usdc
+            vault = self._liquidator()
+            vault.usdc += acct.usdc
+            vault.forgiven += acct.usdc
+            acct.forgiven -= acct.usdc
             acct.usdc = ZERO
         self._ledger(acct, "liquidation", ntl_total, (value, kind, tuple(positions)))
         if acct.address in self.watched:

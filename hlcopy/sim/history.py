@@ -56,7 +56,7 @@ DAY_MS = 86_400_000
 HALF_SPREAD = 0.00015
 TAKER_IMPACT = 0.0001
 CHUNK_GAP_MS = (30_000, 600_000)
-FLOOR, CEILING = 0.35, 2.5  # the account stays between these multiples of its opening balance
+FLOOR, CEILING = 0.25, 4.0  # the account stays between these multiples of its opening balance
 MIN_FIRST_DEPOSIT = 0.2
 LUCKY_LEVERAGE = 3
 OID_BASE = 10**12  # past order ids sit far below nothing and above the live ones' range
@@ -260,8 +260,9 @@ class Builder:
     # -- 2. size, find liquidations, add money moves ------------------------------------------
 
     def _size(self, positions: list[_Position]) -> list[tuple[int, float]]:
-        """Sizes from the equity at each position's close (walking back from the opening
-        balance); the money moves, as (time, USD: positive in, negative out)."""
+        """Sizes from the equity at each position's open, found walking back from the opening
+        balance (no position is sized by its own outcome); the money moves, as (time, USD:
+        positive in, negative out)."""
         p, rng = self.profile, self.rng
         moves: list[tuple[int, float]] = []
         natural: list[int] = []
@@ -290,31 +291,36 @@ class Builder:
             past = self.coin(x.coin)
             spec = self.specs[x.coin]
             px0 = past.price(x.entries[0])
-            notional = x.plan.notional * equity / self.opening
-            x.units = _lots(notional / px0, D(1).scaleb(-spec.sz_decimals))
-            notional = x.units * px0 * 10.0**-spec.sz_decimals
-            mmr = 1 / (2 * spec.max_leverage)
-            lev = x.plan.leverage
-            adverse = (equity / notional if x.cross else 1 / lev) - mmr
-            adverse = min(0.9, max(0.002, adverse))
             long = x.plan.is_buy
+            # The position as a fraction of the equity it was opened with, and what it did to
+            # that equity: the equity at the open is what the equity after it implies.
+            share = x.plan.notional / self.opening
+            mmr = 1 / (2 * spec.max_leverage)
+            adverse = (1 / share if x.cross else 1 / x.plan.leverage) - mmr
+            adverse = min(0.9, max(0.002, adverse))
             x.liq_px = px0 * (1 - adverse) if long else px0 * (1 + adverse)
             x.liq_ms = past.first_cross(x.entries[0], x.exits[-1], x.liq_px, below=long)
             if x.liq_ms is not None:
-                pnl = -notional * adverse
+                ret = -adverse
             else:
-                pnl = (past.price(x.exits[-1]) - px0) * notional / px0 * (1 if long else -1)
-            pnl -= notional * 0.0006
-            before = equity - pnl
-            if before < lo:
-                out = lo * rng.uniform(1.2, 2.0) - before
-                moves.append((min(self.close_by, x.exits[-1] + 60_000), -out))
-                before += out
-            elif before > hi:
-                put_in = before - self.opening * rng.uniform(0.8, 1.5)
-                moves.append((max(self.start_ms + 1, x.entries[0] - 60_000), put_in))
-                before -= put_in
-            equity = before
+                ret = (past.price(x.exits[-1]) / px0 - 1) * (1 if long else -1)
+            multiple = max(0.01, 1 + share * (ret - 0.0006))
+            opened = equity / multiple
+            if not lo <= opened <= hi:
+                # The equity the trader had is its usual one; the difference moved in or out
+                # of the account after the position closed (re-deposits after a wipe-out,
+                # profits taken).
+                opened = self.opening * rng.uniform(0.6, 1.6)
+                after = opened * multiple
+                moves.append(
+                    (
+                        min(self.close_by, x.exits[-1] + rng.randint(60_000, 3_600_000)),
+                        equity - after,
+                    )
+                )
+            notional = share * opened
+            x.units = _lots(notional / px0, D(1).scaleb(-spec.sz_decimals))
+            equity = opened
         return moves
 
     # -- 3. replay --------------------------------------------------------------------------

@@ -45,6 +45,12 @@ MAKER_WAIT_MS = (60_000, 900_000)  # a resting limit waits this long before it i
 NOISE_WAIT_MS = (10_000, 180_000)  # a noise limit order is cancelled after this long
 NOISE_ORDERS = 3  # resting orders a noise trader keeps at most
 
+
+def cents(usd: float) -> Decimal:
+    """A float amount of USD as an exact Decimal of cents (never the float's binary tail)."""
+    return D(f"{usd:.2f}")
+
+
 # Scheduled events: (due ms, sequence, trader index, kind, coin).
 OPEN, ENTER, EXIT, CHASE, FLOW, CLOSE = range(6)
 
@@ -98,7 +104,7 @@ class Population:
                 trader = Trader(address, profile, i)
                 i += 1
                 self.traders.append(trader)
-                engine.open_account(address, D(round(profile.equity, 2)), opening=True)
+                engine.open_account(address, cents(profile.equity), opening=True)
                 if kind.name == "market_maker":
                     engine.market_makers.append(address)
                 elif kind.name == "vault":
@@ -305,10 +311,10 @@ class Population:
         opening = float(acct.opening) or p.equity
         if equity < 0.5 * opening or (equity < 1.3 * opening and self.rng.random() < 0.55):
             amount = opening * self.rng.uniform(0.1, 0.5)
-            self.engine.deposit(acct, D(round(amount, 2)))
+            self.engine.deposit(acct, cents(amount))
         else:
             amount = equity * self.rng.uniform(0.05, 0.3)
-            self.engine.withdraw(acct, D(round(amount, 2)))
+            self.engine.withdraw(acct, cents(amount))
         self.engine.watch_risk(trader.address, self.engine.now_ms)
 
     # -- the background flow ----------------------------------------------------------------

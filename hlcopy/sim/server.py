@@ -78,7 +78,7 @@ STAT_KEYS = (
     "internal_errors",
     "task_restarts",
 )
-MAX_STEP_TICKS = 1_000_000
+MAX_STEP_TICKS = 36_000  # per request: an hour of 100 ms ticks
 WARM_PAUSE_S = 0.02
 
 
@@ -593,7 +593,7 @@ class Simulator:
         if not isinstance(sub, dict):
             return None
         kind = sub.get("type")
-        if kind not in SUPPORTED_SUBS:
+        if not isinstance(kind, str) or kind not in SUPPORTED_SUBS:
             return None
         if kind in USER_SUBS:
             user = sub.get("user")
@@ -619,7 +619,9 @@ class Simulator:
             return None
         if kind == "candle":
             interval = sub.get("interval")
-            return (kind, coin, interval) if interval in INTERVAL_MINUTES else None
+            if not isinstance(interval, str) or interval not in INTERVAL_MINUTES:
+                return None
+            return kind, coin, interval
         if kind == "l2Book":
             sig, mantissa = sub.get("nSigFigs"), sub.get("mantissa")
             if sig is not None and (isinstance(sig, bool) or sig not in (2, 3, 4, 5)):
@@ -1042,6 +1044,10 @@ class Simulator:
         return self._json({"statuses": statuses})
 
     async def _step(self, request: web.Request) -> web.Response:
+        """``{"ticks": n}``: a stepped simulator moves n ticks (a real-time one runs by itself:
+        stepping it would stop its clock until real time caught up)."""
+        if self.config.realtime:
+            raise web.HTTPBadRequest(text="this simulator runs in real time; it cannot be stepped")
         body = await self._control_body(request)
         ticks = body.get("ticks", 1)
         if isinstance(ticks, bool) or not isinstance(ticks, int) or not 0 < ticks <= MAX_STEP_TICKS:

@@ -404,7 +404,7 @@ def candle_snapshot(engine: Engine, pasts: Pasts | None, req: Any) -> list[dict[
         raise BadInfo("req must be an object")
     coin = _name(req.get("coin"))
     interval = req.get("interval")
-    if interval not in INTERVAL_MINUTES:
+    if not isinstance(interval, str) or interval not in INTERVAL_MINUTES:
         raise BadInfo(f"unknown interval {interval!r}")
     start = _ms(req.get("startTime"), "startTime")
     end = _opt_ms(req.get("endTime"), "endTime")
@@ -922,6 +922,7 @@ def account_truth(engine: Engine, pasts: Pasts | None, acct: Account) -> dict[st
         "unrealizedPnl": usd(unrealized),
         "fees": usd(fees),
         "funding": usd(funding),
+        "badDebtForgiven": usd(acct.forgiven),
         "fills": fills,
         "liquidations": liquidations,
         "windows": out_windows,

@@ -17,7 +17,8 @@ import eth_account
 import orjson
 import pytest
 from hlcopy.budget import WeightBudget
-from hlcopy.errors import AmbiguousOutcome, RateLimited, Unavailable
+from hlcopy.clock import VirtualClock
+from hlcopy.errors import AmbiguousOutcome, RateLimited, Rejected, Unavailable
 from hlcopy.hl import wire
 from hlcopy.hl.exchange import ExchangeClient
 from hlcopy.hl.info import InfoClient
@@ -143,6 +144,42 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     assert all(m["data"]["isSnapshot"] is False for m in stream)  # streaming messages say so
     ws_fills = [f for m in stream for f in m["data"]["fills"]]
     assert {f["tid"] for f in ws_fills} == {f["tid"] for f in out["fills"]}
+
+
+# --- time -----------------------------------------------------------------------------------------
+
+
+async def test_the_simulator_runs_on_the_clock_it_is_given_at_its_speed() -> None:
+    clock = VirtualClock(epoch_ms=1_790_000_000_000)
+    config = SimConfig(port=0, traders=20, speed=60, warmup_s=0, warm_pasts=False)
+    async with Simulator(config, clock=clock) as sim:
+        assert sim.engine.now_ms == 1_790_000_000_000
+        await clock.advance(60.0)  # a minute of the clock: an hour of market time
+        assert sim.engine.now_ms == pytest.approx(1_790_000_000_000 + 3_600_000, abs=6_000)
+        assert 590 <= sim.engine.ticks <= 601  # ten ticks a second of the clock
+        assert sim.engine.counters["funding_hours"] == 1
+        assert sim.engine.counters["trades"] > 0
+        # Nonces are judged by the clients' clock, not by the faster market.
+        assert sim._client_now() == clock.time_ms()
+
+
+async def test_an_unfunded_account_is_empty_and_cannot_trade() -> None:
+    async with stepped() as sim, aiohttp.ClientSession() as session:
+        signer = Signer.from_key("0x" + secrets.token_hex(32))
+        ex = ExchangeClient(session, sim.url, signer, WeightBudget(), is_mainnet=False)
+        _, state = await post(
+            sim.url + "/info", {"type": "clearinghouseState", "user": signer.address}
+        )
+        assert state["marginSummary"]["accountValue"] == "0.0"
+        _, role = await post(sim.url + "/info", {"type": "userRole", "user": signer.address})
+        assert role == {"role": "missing"}
+        with pytest.raises(
+            Rejected, match=f"^L1 error: User or API Wallet {signer.address} does not exist.$"
+        ):
+            await ex.order([eth_order(sim)])
+        sim.fund(signer.address, 1_000)
+        (status,) = await ex.order([eth_order(sim)])
+        assert status.outcome == "filled"
 
 
 # --- authentication ---------------------------------------------------------------------------

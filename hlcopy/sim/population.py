@@ -23,12 +23,14 @@ from decimal import Decimal
 from hlcopy.hl.wire import round_size
 from hlcopy.sim.archetypes import (
     ARCHETYPES,
+    REACTION_MS,
     Plan,
     Profile,
     address_for,
     choose_coin,
     counts,
     draw_profile,
+    follows_trend,
     habitual_leverage,
     next_flow_ms,
     next_open_ms,
@@ -52,7 +54,7 @@ def cents(usd: float) -> Decimal:
 
 
 # Scheduled events: (due ms, sequence, trader index, kind, coin).
-OPEN, ENTER, EXIT, CHASE, FLOW, CLOSE = range(6)
+OPEN, ENTER, EXIT, EXIT_NEXT, REVIEW, CHASE, FLOW, CLOSE = range(8)
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class Holding:
     entries_left: int
     exits_left: int
     resting: int | None = None  # oid of a limit order working for this position
+    exiting: bool = False  # the exit has begun: its fills follow one another
 
 
 @dataclass(slots=True)
@@ -130,7 +133,8 @@ class Population:
                 continue
             agent = address_for(self.seed, f"agent:{t.index}")
             self.engine.agents[agent] = t.address
-            self.engine.agent_names.setdefault(t.address, {})[agent] = ""
+            name = f"bot{t.index}" if self.rng.random() < 0.5 else ""  # named ones: extraAgents
+            self.engine.agent_names.setdefault(t.address, {})[agent] = name
 
     def archetypes(self) -> dict[str, str]:
         return {t.address: t.kind for t in self.traders}
@@ -179,6 +183,10 @@ class Population:
                 self._enter(trader, coin)
             elif kind == EXIT:
                 self._exit(trader, coin)
+            elif kind == EXIT_NEXT:
+                self._exit(trader, coin, chained=True)
+            elif kind == REVIEW:
+                self._review(trader, coin)
             elif kind == CHASE:
                 self._chase(trader, coin)
             elif kind == FLOW:
@@ -249,14 +257,32 @@ class Population:
             self._at(now + self.rng.randint(*CHUNK_GAP_MS), trader, ENTER, coin)
         else:
             self._at(now + h.plan.hold_ms, trader, EXIT, coin)
+            if follows_trend(trader.profile):
+                self._at(now + self.rng.randint(*REACTION_MS), trader, REVIEW, coin)
         if h.resting is not None:
             self._at(now + self.rng.randint(*MAKER_WAIT_MS), trader, CHASE, coin)
 
-    def _exit(self, trader: Trader, coin: str) -> None:
+    def _review(self, trader: Trader, coin: str) -> None:
+        """A trend follower looks at its position now and then, and leaves when the trend
+        has turned against it (as its past does)."""
+        h = trader.holdings.get(coin)
+        if h is None or h.exiting:
+            return
+        regime = self.engine.by_name[coin].path.regime
+        against = regime < 0 if h.plan.is_buy else regime > 0
+        if against and self.rng.random() < trader.profile.kind.skill:
+            self._exit(trader, coin)
+        else:
+            self._at(self.engine.now_ms + self.rng.randint(*REACTION_MS), trader, REVIEW, coin)
+
+    def _exit(self, trader: Trader, coin: str, chained: bool = False) -> None:
+        """One fill of the way out; the first call starts the exit, later ones (``chained``)
+        continue it."""
         h = trader.holdings.get(coin)
         pos = self._account(trader).positions.get(coin)
-        if h is None:
+        if h is None or (h.exiting and not chained):
             return
+        h.exiting = True
         self._cancel_resting(trader, h)
         if pos is None or not pos.szi:  # liquidated, or never filled
             del trader.holdings[coin]
@@ -273,7 +299,7 @@ class Population:
             h.resting = self._post(trader, asset, pos.szi < 0, chunk, True)
         else:
             self._take(trader, asset, pos.szi < 0, chunk, True)
-        self._at(self.engine.now_ms + self.rng.randint(*CHUNK_GAP_MS), trader, EXIT, coin)
+        self._at(self.engine.now_ms + self.rng.randint(*CHUNK_GAP_MS), trader, EXIT_NEXT, coin)
 
     def _chase(self, trader: Trader, coin: str) -> None:
         """A limit order that waited long enough is cancelled; half the time its remainder

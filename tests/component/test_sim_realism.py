@@ -287,3 +287,8 @@ def test_vaults_sub_accounts_and_agents_have_their_roles(run: Run) -> None:
             "data": {"user": master},
         }
         assert run.info({"type": "clearinghouseState", "user": agent})["assetPositions"] == []
+    named = [(m, a, n) for m, agents in engine.agent_names.items() for a, n in agents.items() if n]
+    assert named
+    master, agent, name = named[0]
+    listed = run.info({"type": "extraAgents", "user": master})
+    assert {"name": name, "address": agent, "validUntil": None} in listed

@@ -523,7 +523,11 @@ async def test_values_of_the_wrong_kind_where_names_belong(
     ):
         assert await send(session, sim.url + "/info", body) == 422
     async with connect(sim.ws_url) as ws:
-        for sub in ({"type": {}}, {"type": "candle", "coin": "BTC", "interval": []}):
+        subs: list[dict[str, Any]] = [
+            {"type": {}},
+            {"type": "candle", "coin": "BTC", "interval": []},
+        ]
+        for sub in subs:
             await ws.send(orjson.dumps({"method": "subscribe", "subscription": sub}).decode())
         await ping(ws)
     healthy(sim)

@@ -107,6 +107,7 @@ def _sim_config(args: argparse.Namespace, port: int, funds: dict[str, Decimal]) 
         rate=args.rate,
         warmup_s=args.warmup_s,
         funds=funds,
+        warm_pasts=False if args.lazy_pasts else None,
     )
 
 
@@ -318,6 +319,11 @@ def _sim_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         help="seconds of live market traded before serving, after the 90-day past (default 60)",
+    )
+    p.add_argument(
+        "--lazy-pasts",
+        action="store_true",
+        help="build each trader's 90-day past when first asked for, not in the background",
     )
     p.add_argument(
         "--fund",

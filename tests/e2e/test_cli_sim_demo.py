@@ -157,3 +157,17 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_sim_arguments_become_the_simulator_config() -> None:
+    from hlcopy.cli import _funds, _sim_config, build_parser
+
+    args = build_parser().parse_args(
+        ["sim", "--speed", "60", "--fund", f"{FUNDED}=10", "--fund", f"{FUNDED}=5", "--lazy-pasts"]
+    )
+    config = _sim_config(args, 0, _funds(args.fund))
+    assert (config.speed, config.funds, config.warm_pasts) == (60.0, {FUNDED: D(15)}, False)
+    default = _sim_config(build_parser().parse_args(["sim"]), 0, {})
+    assert (
+        default.warm_pasts is None
+    )  # built in the background when the simulator runs in real time

@@ -14,8 +14,12 @@ an account (cross) or position (isolated) below it is liquidated by a market ord
 book, what the book cannot take goes to the liquidator vault at the mark (backstop). Funding is
 paid every hour from the average premium of the book over the oracle.
 
-Simplifications, stated: one margin table tier per asset; trigger orders are accepted and rest
-as triggers but never fire; spot balances do not count as perp collateral.
+Simplifications, stated: one margin table tier per asset; one USDC balance backs every perp
+dex (the builder dex's positions are isolated, their margin taken from it); the mark is the
+book's fair price; margin checks run on a schedule set by how far each account is from its
+maintenance margin (a jump can land a liquidation past the bankruptcy price: the liquidator
+vault absorbs the difference, recorded as bad debt); trigger orders are accepted and rest as
+triggers but never fire; spot balances do not count as perp collateral.
 """
 
 from __future__ import annotations
@@ -405,17 +409,6 @@ class Events:
     ledger: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)  # whose clearinghouseState changed
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.trades
-            or self.fills
-            or self.updates
-            or self.user
-            or self.fundings
-            or self.ledger
-            or self.changed
-        )
-
 
 class Engine:
     """See the module docstring."""
@@ -628,10 +621,6 @@ class Engine:
 
     def account_value(self, acct: Account) -> Decimal:
         return self.margin(acct).value
-
-    def margin_used(self, acct: Account) -> Decimal:
-        m = self.margin(acct)
-        return m.cross_margin + m.iso_equity
 
     def withdrawable(self, acct: Account) -> Decimal:
         m = self.margin(acct)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 MAX_DELAY_S = 60.0
@@ -113,6 +113,6 @@ class Faults:
             setattr(self, key, value)
 
     def snapshot(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "now"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "now"}
         out["http_remaining_s"] = max(0.0, round(self.http_until - self.now(), 3))
         return out

@@ -611,9 +611,6 @@ class Pasts:
             self._accounts[address] = past
         return past
 
-    def built(self, address: str) -> bool:
-        return address in self._accounts
-
     def detail(self, address: str) -> Detail | None:
         """Fills, funding and ledger rows of the account's past."""
         if address not in self._traders:

@@ -526,8 +526,9 @@ class Simulator:
             try:
                 await writer
             except asyncio.CancelledError:
-                if not writer.cancelled():
-                    raise  # our own cancellation, not the writer's: let it through
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this handler is being cancelled, not only its writer
         return ws
 
     async def _writer(self, client: WsClient) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -352,7 +353,7 @@ def funding_wire(row: FundingRecord) -> dict[str, Any]:
     time, coin, amount, szi, rate = row
     return {
         "time": time,
-        "hash": "0x" + "0" * 64,
+        "hash": tx_hash(time // 1000 * 1009 + zlib.crc32(coin.encode())),  # the hour's, per coin
         "delta": {
             "type": "funding",
             "coin": coin,

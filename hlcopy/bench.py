@@ -135,6 +135,7 @@ async def _sim_process(rate: float, traders: int) -> tuple[asyncio.subprocess.Pr
         str(traders),
         "--warmup-s",
         "0",
+        "--lazy-pasts",  # the traders' pasts are not what this measures (built when asked for)
         "--log-level",
         "warning",
         stdout=asyncio.subprocess.PIPE,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 LONG_RUNNING = frozenset({"run", "demo"})
+DEMO_ACCOUNT = "0x" + "de30" * 10  # the demo's paper account on the simulated exchange
 
 
 def _report(exc: ConfigError) -> int:
@@ -117,7 +120,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sim_config(args: argparse.Namespace, port: int) -> Any:
+def _sim_config(args: argparse.Namespace, port: int, funds: dict[str, Decimal]) -> Any:
     from hlcopy.sim import SimConfig
 
     return SimConfig(
@@ -128,7 +131,30 @@ def _sim_config(args: argparse.Namespace, port: int) -> Any:
         speed=args.speed,
         rate=args.rate,
         warmup_s=args.warmup_s,
+        funds=funds,
+        warm_pasts=False if args.lazy_pasts else None,
     )
+
+
+def _fund_arg(text: str) -> tuple[str, Decimal]:
+    """``ADDRESS=USD`` for ``--fund``."""
+    address, _, amount = text.partition("=")
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+        raise argparse.ArgumentTypeError(f"{address!r} is not an address (0x + 40 hex digits)")
+    try:
+        usd = Decimal(amount)
+    except InvalidOperation:
+        usd = Decimal("NaN")
+    if not usd.is_finite() or not 0 < usd <= 10**12:
+        raise argparse.ArgumentTypeError(f"{amount!r} is not an amount of USD (0 to 1e12)")
+    return address.lower(), usd
+
+
+def _funds(pairs: list[tuple[str, Decimal]] | None) -> dict[str, Decimal]:
+    funds: dict[str, Decimal] = {}
+    for address, usd in pairs or ():
+        funds[address] = funds.get(address, Decimal(0)) + usd
+    return funds
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -144,7 +170,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Simulator(_sim_config(args, args.port)) as sim:
+        async with Simulator(_sim_config(args, args.port, _funds(args.fund))) as sim:
             print(
                 f"hlcopy sim: REST {sim.url}  WebSocket {sim.ws_url}  "
                 f"control {sim.url}/_sim/stats  (Ctrl-C to stop)",
@@ -187,8 +213,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             probe.bind((cfg.api.host, 0))
             args.api_port = probe.getsockname()[1]
 
+    # The demo trades (on paper) as one account of the simulated exchange, funded there with
+    # the paper equity: a configured address, or the demo's own.
+    account = cfg.account.address or DEMO_ACCOUNT
+    funds = _funds(args.fund)
+    funds[account] = funds.get(account, Decimal(0)) + cfg.account.paper_equity_usd
+
     async def main() -> int:
-        async with Simulator(_sim_config(args, args.sim_port)) as sim:
+        async with Simulator(_sim_config(args, args.sim_port, funds)) as sim:
             demo = cfg.model_copy(
                 update={
                     "network": cfg.network.model_copy(
@@ -200,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         }
                     ),
                     "api": cfg.api.model_copy(update={"port": args.api_port}),
-                    "account": cfg.account.model_copy(update={"mode": "paper"}),
+                    "account": cfg.account.model_copy(update={"mode": "paper", "address": account}),
                 }
             )
             secrets = load_secrets(demo)
@@ -209,6 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(
                 f"hlcopy demo: simulated exchange at {sim.url} (WebSocket {sim.ws_url}, "
                 f"control {sim.url}/_sim/stats)\n"
+                f"hlcopy demo: trading as {account}, funded with "
+                f"{cfg.account.paper_equity_usd} USD on the simulated exchange\n"
                 f"hlcopy demo: daemon API at http://{demo.api.host}:{args.api_port} "
                 f"(try /health, /metrics, /api/v1/stats; bearer token in {token_file})\n"
                 f"hlcopy demo: paper mode, embedded PostgreSQL in {demo.state.dir / 'pg'}; "
@@ -306,15 +340,35 @@ def build_parser() -> argparse.ArgumentParser:
 def _sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="market and traders seed (default 1)")
     p.add_argument("--traders", type=int, default=200, help="synthetic traders (default 200)")
-    p.add_argument("--speed", type=float, default=1.0, help="market speed vs real time")
     p.add_argument(
-        "--rate", type=float, default=20.0, help="trader actions per second at speed 1 (default 20)"
+        "--speed",
+        type=float,
+        default=1.0,
+        help="market time per real second (60: an hour of trading per minute)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=5.0,
+        help="background flow: noise-trader actions per second of market time (default 5)",
     )
     p.add_argument(
         "--warmup-s",
         type=float,
-        default=600.0,
-        help="seconds of simulated history made at start (default 600)",
+        default=60.0,
+        help="seconds of live market traded before serving, after the 90-day past (default 60)",
+    )
+    p.add_argument(
+        "--lazy-pasts",
+        action="store_true",
+        help="build each trader's 90-day past when first asked for, not in the background",
+    )
+    p.add_argument(
+        "--fund",
+        type=_fund_arg,
+        action="append",
+        metavar="ADDRESS=USD",
+        help="deposit USD to an address at start (repeatable); unfunded addresses are empty",
     )
 
 

@@ -3,24 +3,31 @@
 The action is parsed into types and re-serialised in the exchange's own key order and number
 format before its hash is taken, as the exchange does: a client that signed trailing zeros, an
 uppercase address or keys in another order recovers to a different address and is refused as
-an unknown user. Nothing a client sends is trusted.
+an unknown user. Nothing a client sends is trusted: every field is checked for its type and
+bounds before any arithmetic (numbers are plain decimal strings of bounded length, integers fit
+the exchange's 64 bits), and anything else does not deserialise (HTTP 422).
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from hlcopy.errors import WireError
 from hlcopy.hl.wire import to_wire
 from hlcopy.sim.auth import USER_SIGNED, NonceBook, recover_l1, recover_user_signed
 from hlcopy.sim.engine import Engine, OrderRequest
+from hlcopy.sim.fmt import plain
 
 _CLOID = re.compile(r"0x[0-9a-fA-F]{32}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_HEX = re.compile(r"0x[0-9a-fA-F]{1,64}")
 MAX_ITEMS = 200
+MAX_DESERIALISED = 10_000  # items in one body: past this it is not even read
 CANCEL_EXTRA = 100_000  # cancels get min(limit + 100000, 2 * limit)
+U64 = 2**64
 
 
 class BadAction(Exception):
@@ -38,20 +45,28 @@ def _ok(kind: str, statuses: list[Any] | None = None) -> dict[str, Any]:
 
 
 def _num(value: Any) -> Decimal:
-    if not isinstance(value, str):
-        raise BadAction("numbers are strings")
+    """A wire number: a plain decimal string of bounded length that the exchange can hash
+    (at most 8 decimals once trailing zeros go)."""
+    out = plain(value)
+    if out is None:
+        raise BadAction(f"not a number: {str(value)[:40]!r}")
     try:
-        out = Decimal(value)
-    except InvalidOperation as exc:
-        raise BadAction(f"not a number: {value!r}") from exc
-    if not out.is_finite():
-        raise BadAction(f"not a number: {value!r}")
+        to_wire(out)
+    except WireError as exc:
+        raise BadAction(f"too many decimals: {value!r}") from exc
     return out
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadAction(f"expected an integer, got {value!r}")
+def _int(value: Any, hi: int = U64) -> int:
+    """An unsigned integer below ``hi`` (the exchange's fields are u64 or narrower)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < hi:
+        raise BadAction(f"expected an unsigned integer, got {str(value)[:40]!r}")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadAction(f"{what} is an object")
     return value
 
 
@@ -75,10 +90,9 @@ def _address(value: Any) -> str:
 
 def parse_order(w: Any) -> tuple[OrderRequest, dict[str, Any]]:
     """One order wire: the request and its canonical form (what the exchange hashes)."""
-    if not isinstance(w, dict):
-        raise BadAction("an order is an object")
+    w = _obj(w, "an order")
     try:
-        asset, is_buy, px, sz = _int(w["a"]), _bool(w["b"]), _num(w["p"]), _num(w["s"])
+        asset, is_buy, px, sz = _int(w["a"], 2**32), _bool(w["b"]), _num(w["p"]), _num(w["s"])
         reduce_only, kind = _bool(w["r"]), w["t"]
     except KeyError as exc:
         raise BadAction(f"order field {exc} missing") from exc
@@ -91,7 +105,7 @@ def parse_order(w: Any) -> tuple[OrderRequest, dict[str, Any]]:
         tif = "Ioc" if tif == "FrontendMarket" else tif
     elif isinstance(kind, dict) and isinstance(kind.get("trigger"), dict):
         t = kind["trigger"]
-        if t.get("tpsl") not in ("tp", "sl"):
+        if t.get("tpsl") not in ("tp", "sl"):  # (a dict: checked above)
             raise BadAction("bad tpsl")
         trigger = {
             "isMarket": _bool(t.get("isMarket")),
@@ -124,7 +138,7 @@ def parse_order(w: Any) -> tuple[OrderRequest, dict[str, Any]]:
 
 def _items(action: dict[str, Any], key: str) -> list[Any]:
     items = action.get(key)
-    if not isinstance(items, list) or not items:
+    if not isinstance(items, list) or not items or len(items) > MAX_DESERIALISED:
         raise BadAction(f"{key} must be a non-empty list")
     return items
 
@@ -145,27 +159,27 @@ def canonical(action: Any) -> tuple[dict[str, Any], list[OrderRequest]]:
             "grouping": grouping,
         }
         if action.get("builder") is not None:
-            b = action["builder"]
-            out["builder"] = {"b": _address(b.get("b")), "f": _int(b.get("f"))}
+            b = _obj(action["builder"], "builder")
+            out["builder"] = {"b": _address(b.get("b")), "f": _int(b.get("f"), 1001)}
         return out, [o for o, _ in parsed]
     if kind == "cancel":
         cancels = [
-            {"a": _int(c.get("a")), "o": _int(c.get("o"))} for c in _items(action, "cancels")
+            {"a": _int(c.get("a"), 2**32), "o": _int(c.get("o"))}
+            for c in (_obj(c, "a cancel") for c in _items(action, "cancels"))
         ]
         return {"type": "cancel", "cancels": cancels}, []
     if kind == "cancelByCloid":
-        cancels = [
-            {"asset": _int(c.get("asset")), "cloid": c.get("cloid")}
-            for c in _items(action, "cancels")
-        ]
-        for c in cancels:
-            _cloid(c["cloid"])
-        return {"type": "cancelByCloid", "cancels": cancels}, []
+        by_cloid: list[dict[str, Any]] = []
+        for c in (_obj(c, "a cancel") for c in _items(action, "cancels")):
+            asset = _int(c.get("asset"), 2**32)
+            _cloid(c.get("cloid"))
+            by_cloid.append({"asset": asset, "cloid": c["cloid"]})
+        return {"type": "cancelByCloid", "cancels": by_cloid}, []
     if kind == "modify":
         order, wire_ = parse_order(action.get("order"))
         return {"type": "modify", "oid": _ref(action.get("oid")), "order": wire_}, [order]
     if kind == "batchModify":
-        mods = _items(action, "modifies")
+        mods = [_obj(m, "a modify") for m in _items(action, "modifies")]
         parsed = [parse_order(m.get("order")) for m in mods]
         return {
             "type": "batchModify",
@@ -183,9 +197,9 @@ def canonical(action: Any) -> tuple[dict[str, Any], list[OrderRequest]]:
     if kind == "updateLeverage":
         return {
             "type": "updateLeverage",
-            "asset": _int(action.get("asset")),
+            "asset": _int(action.get("asset"), 2**32),
             "isCross": _bool(action.get("isCross")),
-            "leverage": _int(action.get("leverage")),
+            "leverage": _int(action.get("leverage"), 2**32),
         }, []
     if kind == "noop":
         return {"type": "noop"}, []
@@ -193,15 +207,32 @@ def canonical(action: Any) -> tuple[dict[str, Any], list[OrderRequest]]:
 
 
 def _ref(value: Any) -> int | str:
-    return value if isinstance(value, int) and not isinstance(value, bool) else _cloid(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value)
+    return _cloid(value)
+
+
+def _signature(value: Any) -> dict[str, Any]:
+    sig = _obj(value, "signature")
+    r, s_, v = sig.get("r"), sig.get("s"), sig.get("v")
+    if not (
+        isinstance(r, str) and _HEX.fullmatch(r) and isinstance(s_, str) and _HEX.fullmatch(s_)
+    ):
+        raise BadAction("signature r and s are hex strings")
+    _int(v, 256)
+    return sig
 
 
 class ExchangeCore:
     """Authenticates and executes ``/exchange`` bodies against one engine."""
 
-    def __init__(self, engine: Engine, *, is_mainnet: bool) -> None:
+    def __init__(
+        self, engine: Engine, *, is_mainnet: bool, client_now: Callable[[], int] | None = None
+    ) -> None:
         self.engine = engine
         self.is_mainnet = is_mainnet
+        # Nonces and expiries are judged by the clients' time (the market's may run faster).
+        self.client_now = client_now or (lambda: engine.now_ms)
         self.nonces = NonceBook()
         self.refused = {"signature": 0, "nonce": 0, "unknown_user": 0, "expired": 0}
 
@@ -211,16 +242,19 @@ class ExchangeCore:
             raise BadAction("the body is an object")
         action, signature, nonce = body.get("action"), body.get("signature"), body.get("nonce")
         nonce = _int(nonce)
-        if not isinstance(signature, dict):
-            raise BadAction("signature must be an object")
-        if isinstance(action, dict) and action.get("type") in USER_SIGNED:
+        signature = _signature(signature)
+        if (
+            isinstance(action, dict)
+            and isinstance(action.get("type"), str)
+            and (action["type"] in USER_SIGNED)
+        ):
             return self._user_signed(action, signature, nonce)
         vault = body.get("vaultAddress")
         vault = None if vault is None else _address(vault)
         expires = body.get("expiresAfter")
         expires = None if expires is None else _int(expires)
         signed, orders = canonical(action)
-        now = self.engine.now_ms
+        now = self.client_now()
         try:
             signer = recover_l1(signed, vault, nonce, expires, self.is_mainnet, signature)
         except WireError:
@@ -305,6 +339,13 @@ class ExchangeCore:
         for key in ("signatureChainId", "hyperliquidChain", "agentAddress"):
             if not isinstance(action.get(key), str):
                 raise BadAction(f"{key} missing")
+        chain_id = action["signatureChainId"]
+        if not re.fullmatch(r"0x[0-9a-fA-F]{1,16}", chain_id):
+            raise BadAction("signatureChainId is a hex chain id")
+        agent_name = action.get("agentName")
+        if agent_name is not None and (not isinstance(agent_name, str) or len(agent_name) > 64):
+            raise BadAction("agentName is a short string")
+        agent = _address(action["agentAddress"])
         expected_chain = "Mainnet" if self.is_mainnet else "Testnet"
         if action["hyperliquidChain"] != expected_chain:
             return _err("Mainnet and testnet require different signature.")
@@ -316,12 +357,11 @@ class ExchangeCore:
         if master not in self.engine.accounts:
             self.refused["unknown_user"] += 1
             return _err(f"Must deposit before performing actions. User: {master}")
-        refused = self.nonces.use(master, nonce, self.engine.now_ms)
+        refused = self.nonces.use(master, nonce, self.client_now())
         if refused is not None:
             self.refused["nonce"] += 1
             return _err(refused)
-        agent = _address(action["agentAddress"])
-        name = str(action.get("agentName") or "")
+        name = agent_name or ""
         owner = self.engine.agents.get(agent)
         if (owner is not None and owner != master) or agent in self.engine.accounts:
             return _err(f"Agent address {agent} is already in use.")

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+MAX_DELAY_S = 60.0
+MAX_FAULT_S = 3600.0
+MAX_COUNT = 1_000_000
+
+
+def _seconds(value: Any, limit: float) -> float:
+    """A duration from a fault spec: finite, 0 to ``limit``; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds")
+    seconds = float(value)
+    if not math.isfinite(seconds) or not 0 <= seconds <= limit:
+        raise ValueError(f"a duration must be between 0 and {limit:g} seconds")
+    return seconds
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"a count must be an integer from 0 to {MAX_COUNT}")
+    return value
 
 
 @dataclass
@@ -21,11 +43,12 @@ class Faults:
     ws_duplicate: bool = False  # every data message is sent twice
     ws_reorder: bool = False  # data messages are sent in swapped pairs
     drops: int = field(default=0)  # WebSocket connections dropped on purpose so far
+    now: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def http_error(self, path: str) -> int | None:
         """The status to answer ``path`` with right now, if a REST fault is on."""
         if self.http_status is not None and path in self.http_paths:
-            if time.monotonic() < self.http_until:
+            if self.now() < self.http_until:
                 return self.http_status
             self.http_status = None
         return None
@@ -43,30 +66,53 @@ class Faults:
         return False
 
     def update(self, spec: dict[str, Any]) -> None:
-        """Apply a ``/_sim/faults`` body (see the server docs); ValueError on nonsense."""
-        if spec.get("clear"):
-            drops = self.drops
-            self.__init__()  # type: ignore[misc]
-            self.drops = drops
+        """Apply a ``/_sim/faults`` body (see the server docs); ValueError on nonsense, before
+        anything changes."""
+        delay = lose = http = None
         if "exchange_delay" in spec:
             d = spec["exchange_delay"]
-            self.exchange_delay_s = float(d["seconds"])
-            self.exchange_delay_count = int(d.get("count", 1))
+            if not isinstance(d, dict):
+                raise ValueError("exchange_delay is {seconds, count}")
+            delay = (_seconds(d["seconds"], MAX_DELAY_S), _count(d.get("count", 1)))
         if "exchange_lose_reply" in spec:
-            self.exchange_lose_count = int(spec["exchange_lose_reply"])
+            lose = _count(spec["exchange_lose_reply"])
         if "http_error" in spec:
             e = spec["http_error"]
-            status = int(e["status"])
+            if not isinstance(e, dict):
+                raise ValueError("http_error is {status, seconds, paths}")
+            status = e["status"]
+            if isinstance(status, bool) or not isinstance(status, int):
+                raise ValueError("http_error.status must be 429 or 5xx")
             if not (status == 429 or 500 <= status <= 599):
                 raise ValueError("http_error.status must be 429 or 5xx")
-            self.http_status = status
-            self.http_until = time.monotonic() + float(e.get("seconds", 10))
-            self.http_paths = tuple(e.get("paths", ("/info", "/exchange")))
+            paths = e.get("paths", ("/info", "/exchange"))
+            if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
+                raise ValueError("http_error.paths must be a list of paths")
+            http = (status, _seconds(e.get("seconds", 10), MAX_FAULT_S), tuple(paths))
+        switches = {}
         for key in ("ws_silent", "ws_duplicate", "ws_reorder"):
             if key in spec:
-                setattr(self, key, bool(spec[key]))
+                if not isinstance(spec[key], bool):
+                    raise ValueError(f"{key} must be true or false")
+                switches[key] = spec[key]
+        if spec.get("clear"):
+            self.exchange_delay_s, self.exchange_delay_count = 0.0, 0
+            self.exchange_lose_count = 0
+            self.http_status, self.http_until = None, 0.0
+            self.http_paths = ("/info", "/exchange")
+            self.ws_silent = self.ws_duplicate = self.ws_reorder = False
+        if delay is not None:
+            self.exchange_delay_s, self.exchange_delay_count = delay
+        if lose is not None:
+            self.exchange_lose_count = lose
+        if http is not None:
+            self.http_status = http[0]
+            self.http_until = self.now() + http[1]
+            self.http_paths = http[2]
+        for key, value in switches.items():
+            setattr(self, key, value)
 
     def snapshot(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["http_remaining_s"] = max(0.0, round(self.http_until - time.monotonic(), 3))
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "now"}
+        out["http_remaining_s"] = max(0.0, round(self.http_until - self.now(), 3))
         return out

@@ -2,40 +2,53 @@
 
 Routes: ``POST /info``, ``POST /exchange``, ``GET /ws``, ``GET /leaderboard`` and the control API
 under ``/_sim/``. REST weight is charged per client address (HTTP 429 past the limit); the
-WebSocket endpoint enforces the per-IP limits. An account is opened (and funded) the first time
-any client looks at an address — an info request or subscription naming it, or ``/_sim/fund`` —
-so a client can trade without setup, while a tampered signature, which recovers to an address
-nobody has looked at, is refused as the exchange refuses an unknown user.
+WebSocket endpoint enforces the per-IP limits. Accounts are funded explicitly (``POST
+/_sim/fund``, ``SimConfig.funds``, ``Simulator.fund``): an address nobody funded is empty, as on
+the exchange, and its orders are refused as an unknown user's.
+
+Time comes from one clock. In real-time mode the market runs ``speed`` times faster than the
+clock: a tick every ``tick_ms`` of clock time advances the market by ``tick_ms * speed``, so
+holding times, funding hours and history stay consistent in exchange milliseconds while the
+demo compresses them. Client-side times (nonces, ``expiresAfter``) are checked against the
+clock, not against the faster market. In stepped mode the market moves only through ``step``.
+
+Nothing a client sends can stop the simulator: requests are validated before any arithmetic,
+an unexpected error is logged and answered, and every background task is supervised (logged
+and restarted when it fails).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import time
+import re
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from hlcopy.clock import SYSTEM, Clock
 from hlcopy.hl.wire import round_size
 from hlcopy.sim import views
 from hlcopy.sim.actions import BadAction, ExchangeCore
-from hlcopy.sim.engine import Engine, fill_wire, record_wire
+from hlcopy.sim.candles import INTERVAL_MINUTES, bucket_bounds, candle_wire, merge
+from hlcopy.sim.engine import Engine, Events, record_wire
 from hlcopy.sim.faults import Faults
+from hlcopy.sim.fmt import bounded_usd, num, usd
+from hlcopy.sim.history import CoinSpec, Pasts
 from hlcopy.sim.population import Population
 
 log = structlog.get_logger()
 
 D = Decimal
-AUTO_FUND_USD = D(100_000)
 GREETING = "Websocket connection established."
 DESERIALIZE = "Failed to deserialize the JSON body into the target type"
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 USER_SUBS = frozenset(
     {
         "userFills",
@@ -47,6 +60,8 @@ USER_SUBS = frozenset(
         "userNonFundingLedgerUpdates",
     }
 )
+COIN_SUBS = frozenset({"trades", "l2Book", "bbo", "candle"})
+SUPPORTED_SUBS = USER_SUBS | COIN_SUBS | {"allMids"}
 STAT_KEYS = (
     "info_requests",
     "exchange_requests",
@@ -59,8 +74,12 @@ STAT_KEYS = (
     "ws_idle_closes",
     "ws_drops",
     "ws_messages_sent",
+    "ws_errors",
+    "internal_errors",
+    "task_restarts",
 )
-SUPPORTED_SUBS = frozenset({"trades", "l2Book", "allMids", "userFills", "orderUpdates"})
+MAX_STEP_TICKS = 36_000  # per request: an hour of 100 ms ticks
+WARM_PAUSE_S = 0.02
 
 
 @dataclass
@@ -71,13 +90,13 @@ class SimConfig:
     port: int = 8787
     seed: int = 1
     traders: int = 200
-    speed: float = 1.0  # market ticks per wall second, relative to real time
-    rate: float = 20.0  # trader actions per second at speed 1
-    tick_ms: int = 100
+    speed: float = 1.0  # market time per unit of clock time (real-time mode)
+    rate: float = 5.0  # background flow: noise-trader actions per second of market time
+    tick_ms: int = 100  # clock time between ticks (real-time), market time per step (stepped)
     realtime: bool = True  # False: time moves only through step()
-    warmup_s: float = 600.0  # simulated history created before serving
-    start_ms: int | None = None  # first timestamp in stepped mode (default: now)
-    auto_fund_usd: Decimal = AUTO_FUND_USD
+    warmup_s: float = 60.0  # market time traded before serving (the past is synthesized)
+    start_ms: int | None = None  # when the live market opens (default: the clock's now)
+    funds: dict[str, Decimal] = field(default_factory=dict)  # address -> USD, at start
     is_mainnet: bool = False  # which signatures are valid (the SDK signs testnet off mainnet)
     weight_per_minute: int = 1200
     ws_idle_s: float = 60.0
@@ -86,7 +105,10 @@ class SimConfig:
     ws_max_subscriptions: int = 1000
     ws_max_users: int = 10
     ws_max_messages_per_min: int = 2000
-    book_every_ticks: int = 5  # l2Book and allMids pushes, at most every 0.5 s of market time
+    book_every_ticks: int = 5  # l2Book, allMids, candle and state pushes, every few ticks
+    # Build every trader's past in the background after start (default: in real-time mode;
+    # stepped tests build the pasts they ask about, when they ask).
+    warm_pasts: bool | None = None
 
 
 class _Window:
@@ -114,11 +136,11 @@ class WsClient:
     ip: str
     ws: web.WebSocketResponse
     transport: asyncio.Transport | None
+    last_sent: float
     queue: asyncio.Queue[tuple[str, bool]] = field(
         default_factory=lambda: asyncio.Queue(maxsize=20_000)
     )
-    subs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    last_sent: float = field(default_factory=time.monotonic)
+    subs: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     held: str | None = None  # a message held back to reorder with the next
 
     def send(self, text: str, faults: Faults, data: bool = False) -> None:
@@ -135,31 +157,62 @@ class WsClient:
             self.transport.abort()
 
 
+def _coin_args(engine: Engine) -> dict[str, tuple[int, bool, float, float]]:
+    return {
+        a.name: (a.sz_decimals, a.is_spot, a.path.daily_vol, a.open_price)
+        for a in engine.assets.values()
+    }
+
+
 class Simulator:
     """A simulated Hyperliquid: ``async with Simulator(cfg) as sim: ... sim.url ...``."""
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, clock: Clock | None = None) -> None:
         self.config = cfg = config or SimConfig()
-        start = cfg.start_ms if cfg.start_ms is not None else time.time_ns() // 1_000_000
+        self.clock = clock or SYSTEM
+        opens = cfg.start_ms if cfg.start_ms is not None else self.clock.time_ms()
         if cfg.realtime:
-            start -= int(cfg.warmup_s * 1000)
-        self.engine = Engine(seed=cfg.seed, start_ms=start, tick_ms=cfg.tick_ms)
-        self.population = Population(self.engine, cfg.traders, seed=cfg.seed)
-        self.core = ExchangeCore(self.engine, is_mainnet=cfg.is_mainnet)
-        self.faults = Faults()
+            opens -= int(cfg.warmup_s * 1000)
+        self.engine = Engine(seed=cfg.seed, start_ms=opens, tick_ms=cfg.tick_ms)
+        self.population = Population(self.engine, cfg.traders, seed=cfg.seed, rate=cfg.rate)
+        self.pasts = Pasts(
+            cfg.seed,
+            self.engine.start_ms,
+            _coin_args(self.engine),
+            {
+                a.name: CoinSpec(a.name, a.sz_decimals, a.max_leverage, a.strict_isolated)
+                for a in self.engine.assets.values()
+                if not a.is_spot
+            },
+            {
+                t.address: (t.profile, self.engine.accounts[t.address].opening)
+                for t in self.population.traders
+            },
+        )
+        self.core = ExchangeCore(
+            self.engine, is_mainnet=cfg.is_mainnet, client_now=self._client_now
+        )
+        self.faults = Faults(now=self.clock.monotonic)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._weights = _Window()
         self._ws_messages = _Window()
         self._ws_connects = _Window()
         self._clients: dict[int, WsClient] = {}
-        self._subs: dict[tuple[str, str], set[WsClient]] = defaultdict(set)
+        self._subs: dict[tuple[str, str, str], set[WsClient]] = defaultdict(set)
+        self._last_pushed: dict[tuple[str, str, str], str] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = cfg.port
-        self.actions_per_tick = cfg.rate * cfg.tick_ms / 1000
+        for address, amount in cfg.funds.items():
+            self.fund(address, amount)
         if cfg.realtime and cfg.warmup_s > 0:
             self.step(int(cfg.warmup_s * 1000 / cfg.tick_ms), publish=False)
+
+    def _client_now(self) -> int:
+        """The time clients' nonces and expiries are judged by: the clock's (real time), or
+        the market's when the market is stepped."""
+        return self.clock.time_ms() if self.config.realtime else self.engine.now_ms
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -172,12 +225,14 @@ class Simulator:
         return f"ws://{self.config.host}:{self.port}/ws"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._guard])
         app.router.add_post("/info", self._info)
         app.router.add_post("/exchange", self._exchange)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/leaderboard", self._leaderboard)
         app.router.add_get("/_sim/archetypes", self._archetypes)
+        app.router.add_get("/_sim/roles", self._roles)
+        app.router.add_get("/_sim/truth/{address}", self._truth)
         app.router.add_get("/_sim/accounts/{address}", self._account)
         app.router.add_get("/_sim/orders", self._orders)
         app.router.add_post("/_sim/fund", self._fund)
@@ -192,9 +247,11 @@ class Simulator:
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self._tasks.append(asyncio.create_task(self._sweep_idle(), name="sim:idle"))
+        self._spawn("sim:idle", self._sweep_idle)
         if self.config.realtime:
-            self._tasks.append(asyncio.create_task(self._ticker(), name="sim:ticker"))
+            self._spawn("sim:ticker", self._ticker)
+        if self.config.realtime if self.config.warm_pasts is None else self.config.warm_pasts:
+            self._spawn("sim:pasts", self._warm_pasts)
         log.info(
             "simulator listening",
             url=self.url,
@@ -222,55 +279,105 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _spawn(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` as an owned, named task; if it fails it is logged and restarted."""
+
+        async def supervised() -> None:
+            delay = 0.1
+            while True:
+                try:
+                    await body()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.stats["task_restarts"] += 1
+                    log.exception("simulator task failed, restarting", task=name)
+                    await self.clock.sleep(delay)
+                    delay = min(5.0, delay * 2)
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The last line: an error nobody anticipated is logged and answered, never a crash."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("simulator request failed", path=request.path)
+            return web.Response(status=500, text="internal error")
+
     # -- time -------------------------------------------------------------------------------
 
     def step(self, ticks: int = 1, publish: bool = True) -> None:
-        """Advance the market ``ticks`` ticks (stepped mode, tests, warm-up)."""
+        """Advance the market ``ticks`` ticks of ``tick_ms`` (stepped mode, tests, warm-up)."""
+        dt = self.config.tick_ms / 1000
         for _ in range(ticks):
             self.engine.step()
-            self.population.step(self.actions_per_tick)
+            self.population.step(dt)
             if publish:
                 self.publish()
             else:
                 self.engine.drain_events()
 
     async def _ticker(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.config.tick_ms / 1000 / self.config.speed
-        due = loop.time()
+        clock, cfg, engine = self.clock, self.config, self.engine
+        interval = cfg.tick_ms / 1000
+        start = clock.monotonic()
+        opened = engine.now_ms
+        due = start
         while True:
             due += interval
-            delay = due - loop.time()
+            delay = due - clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await clock.sleep(delay)
             elif delay < -1.0:  # far behind (a stalled host): skip ahead, do not spiral
-                due = loop.time()
+                due = clock.monotonic()
             else:
                 await asyncio.sleep(0)  # let requests in between ticks even when behind
-            self.engine.step(max(self.engine.now_ms, time.time_ns() // 1_000_000))
+            market = opened + int((clock.monotonic() - start) * 1000 * cfg.speed)
+            if market <= engine.now_ms:
+                continue
+            dt = (market - engine.now_ms) / 1000
+            engine.step(market)
             # A busy tick is cut into chunks so that requests are answered in between.
-            todo = self.population.plan(self.actions_per_tick)
+            todo = self.population.plan(dt)
             while todo > 0:
                 for _ in range(min(todo, 32)):
-                    self.population.act_random()
+                    self.population.flow()
                 todo -= 32
                 if todo > 0:
                     self.publish()
                     await asyncio.sleep(0)
-            while self.population.close_due(limit=32):
+            while self.population.run_due(limit=32):
                 self.publish()
                 await asyncio.sleep(0)
             self.publish()
 
+    async def _warm_pasts(self) -> None:
+        """Build every trader's past, one at a time, leaving the event loop room to breathe
+        between them (a coin or a trader takes tens of milliseconds)."""
+        for coin in list(self.engine.by_name):
+            self.pasts.coin(coin)
+            await self.clock.sleep(WARM_PAUSE_S)
+        for address in self.pasts.pending():
+            self.pasts.account(address)
+            await self.clock.sleep(WARM_PAUSE_S)
+        log.info("simulator pasts built", traders=len(self.population.traders))
+
     # -- accounts ---------------------------------------------------------------------------
 
-    def contact(self, address: Any) -> None:
-        """Someone looked at ``address``: open and fund its account if it has none."""
-        if not isinstance(address, str) or len(address) != 42 or not address.startswith("0x"):
-            return
-        address = address.lower()
-        if address not in self.engine.accounts and address not in self.engine.agents:
-            self.engine.open_account(address, self.config.auto_fund_usd)
+    def fund(self, address: str, usdc: Decimal | int | str, spot_usdc: Decimal | int = 0) -> None:
+        """Deposit ``usdc`` to ``address`` (opening its account if needed)."""
+        if not _ADDRESS.fullmatch(address):
+            raise ValueError(f"not an address: {address!r}")
+        self.engine.open_account(address.lower(), D(usdc), D(spot_usdc))
+        self.publish()
 
     # -- REST -------------------------------------------------------------------------------
 
@@ -278,7 +385,7 @@ class Simulator:
         return request.remote or "?"
 
     def _charge(self, ip: str, weight: int) -> bool:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._weights.used(ip, now) + weight > self.config.weight_per_minute:
             self.stats["rate_limited"] += 1
             return False
@@ -299,10 +406,7 @@ class Simulator:
     def _answer_info(self, body: Any) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
             raise views.BadInfo("no type")
-        self.contact(body.get("user"))
-        for user in body.get("users") or ():
-            self.contact(user)
-        return views.answer(self.engine, body)
+        return views.answer(self.engine, body, self.pasts)
 
     def _fault(self, path: str) -> web.Response | None:
         """The answer a REST fault switch gives ``path`` right now, if one is on."""
@@ -318,7 +422,9 @@ class Simulator:
             return faulty
         body = await self._body(request)
         kind = body.get("type") if isinstance(body, dict) else None
-        if not self._charge(self._ip(request), views.base_weight(str(kind), body or {})):
+        if not self._charge(
+            self._ip(request), views.base_weight(str(kind), body if isinstance(body, dict) else {})
+        ):
             return web.Response(status=429, text="null")
         try:
             data = self._answer_info(body)
@@ -326,7 +432,7 @@ class Simulator:
             return web.Response(status=422, text=DESERIALIZE)
         extra = views.item_weight(str(kind), len(data) if isinstance(data, list) else 0)
         if extra:  # known only now; charged even past the limit, as the exchange does
-            self._weights.add(self._ip(request), extra, time.monotonic())
+            self._weights.add(self._ip(request), extra, self.clock.monotonic())
             self.stats["weight_charged"] += extra
         return self._json(data)
 
@@ -339,12 +445,13 @@ class Simulator:
         action = body.get("action") if isinstance(body, dict) else None
         n = 1
         if isinstance(action, dict):
-            n = len(action.get("orders") or action.get("cancels") or action.get("modifies") or [1])
+            items = action.get("orders") or action.get("cancels") or action.get("modifies")
+            n = len(items) if isinstance(items, list) else 1
         if not self._charge(self._ip(request), 1 + n // 40):
             return web.Response(status=429, text="null")
         delay = self.faults.take_delay()
         if delay:
-            await asyncio.sleep(delay)  # lands late, after the client may have given up
+            await self.clock.sleep(delay)  # lands late, after the client may have given up
         try:
             reply = self._act(body)
         except BadAction:
@@ -362,13 +469,13 @@ class Simulator:
         return reply
 
     async def _leaderboard(self, request: web.Request) -> web.Response:
-        return self._json(views.leaderboard(self.engine))
+        return self._json(views.leaderboard(self.engine, self.pasts))
 
     # -- WebSocket --------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         ip = self._ip(request)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         cfg = self.config
         open_here = sum(1 for c in self._clients.values() if c.ip == ip)
         if (
@@ -380,7 +487,7 @@ class Simulator:
         self._ws_connects.add(ip, 1, now)
         ws = web.WebSocketResponse(autoping=True, max_msg_size=1024 * 1024)
         await ws.prepare(request)
-        client = WsClient(next(self._ids), ip, ws, request.transport)
+        client = WsClient(next(self._ids), ip, ws, request.transport, self.clock.monotonic())
         self._clients[client.id] = client
         self.stats["ws_connections_total"] += 1
         writer = asyncio.create_task(self._writer(client), name=f"sim:ws{client.id}:writer")
@@ -389,7 +496,10 @@ class Simulator:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
-                if self._ws_messages.used(ip, time.monotonic()) >= cfg.ws_max_messages_per_min:
+                if (
+                    self._ws_messages.used(ip, self.clock.monotonic())
+                    >= cfg.ws_max_messages_per_min
+                ):
                     client.send(
                         orjson.dumps(
                             {"channel": "error", "data": "Too many messages sent"}
@@ -398,16 +508,27 @@ class Simulator:
                     )
                     self.stats["ws_limit_closes"] += 1
                     break
-                self._ws_messages.add(ip, 1, time.monotonic())
-                await self._on_ws_message(client, msg.data)
+                self._ws_messages.add(ip, 1, self.clock.monotonic())
+                try:
+                    await self._on_ws_message(client, msg.data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bad message is answered, the connection stays
+                    self.stats["internal_errors"] += 1
+                    log.exception("simulator websocket message failed")
+                    self._ws_error(client, "Internal error handling the request")
         finally:
             self._clients.pop(client.id, None)
             for key in client.subs:
                 self._subs[key].discard(client)
             self._rewatch()
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await writer
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this handler is being cancelled, not only its writer
         return ws
 
     async def _writer(self, client: WsClient) -> None:
@@ -428,48 +549,94 @@ class Simulator:
                     await client.ws.send_str(t)
                 except (ConnectionError, RuntimeError):
                     return
-                client.last_sent = time.monotonic()
+                client.last_sent = self.clock.monotonic()
                 self.stats["ws_messages_sent"] += 1
 
     def _ws_error(self, client: WsClient, message: str) -> None:
+        self.stats["ws_errors"] += 1
         client.send(orjson.dumps({"channel": "error", "data": message}).decode(), self.faults)
+
+    @staticmethod
+    def _show(value: Any) -> str:
+        """Part of a client's message, quoted back in an error (bounded)."""
+        try:
+            return orjson.dumps(value).decode()[:200]
+        except TypeError:
+            return repr(value)[:200]
 
     async def _on_ws_message(self, client: WsClient, raw: str) -> None:
         try:
             msg = orjson.loads(raw)
             method = msg["method"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
             self._ws_error(client, f"Error parsing JSON into valid websocket request: {raw[:100]}")
             return
         if method == "ping":
             client.send('{"channel":"pong"}', self.faults)
         elif method in ("subscribe", "unsubscribe"):
             sub = msg.get("subscription")
-            if not isinstance(sub, dict) or sub.get("type") not in SUPPORTED_SUBS:
-                self._ws_error(client, f"Invalid subscription {orjson.dumps(sub).decode()}")
+            key = self._sub_key(sub)
+            if key is None:
+                self._ws_error(client, f"Invalid subscription {self._show(sub)}")
                 return
+            assert isinstance(sub, dict)
             if method == "subscribe":
-                self._subscribe(client, sub)
+                self._subscribe(client, key, sub)
             else:
-                self._unsubscribe(client, sub)
+                self._unsubscribe(client, key, sub)
         elif method == "post":
             await self._post(client, msg)
         else:
-            self._ws_error(client, f"Unknown method {method!r}")
+            self._ws_error(client, f"Unknown method {self._show(method)}")
 
-    @staticmethod
-    def _sub_key(sub: dict[str, Any]) -> tuple[str, str]:
-        kind = sub["type"]
+    def _sub_key(self, sub: Any) -> tuple[str, str, str] | None:
+        """(type, user or coin, variant) of a valid subscription, None for anything else."""
+        if not isinstance(sub, dict):
+            return None
+        kind = sub.get("type")
+        if not isinstance(kind, str) or kind not in SUPPORTED_SUBS:
+            return None
         if kind in USER_SUBS:
-            return kind, str(sub.get("user", "")).lower()
+            user = sub.get("user")
+            if not isinstance(user, str) or not _ADDRESS.fullmatch(user):
+                return None
+            variant = ""
+            if kind == "userFills":
+                agg = sub.get("aggregateByTime")
+                if agg is not None and not isinstance(agg, bool):
+                    return None
+                variant = "agg" if agg else ""
+            elif kind in ("clearinghouseState", "openOrders"):
+                dex = sub.get("dex") or ""
+                if not isinstance(dex, str) or len(dex) > 20:
+                    return None
+                variant = dex
+            return kind, user.lower(), variant
         if kind == "allMids":
-            return kind, str(sub.get("dex") or "")
-        return kind, str(sub.get("coin", ""))
+            dex = sub.get("dex") or ""
+            return (kind, dex, "") if isinstance(dex, str) and len(dex) <= 20 else None
+        coin = sub.get("coin")
+        if not isinstance(coin, str) or coin not in self.engine.by_name:
+            return None
+        if kind == "candle":
+            interval = sub.get("interval")
+            if not isinstance(interval, str) or interval not in INTERVAL_MINUTES:
+                return None
+            return kind, coin, interval
+        if kind == "l2Book":
+            sig, mantissa = sub.get("nSigFigs"), sub.get("mantissa")
+            if sig is not None and (isinstance(sig, bool) or sig not in (2, 3, 4, 5)):
+                return None
+            if mantissa is not None and (
+                isinstance(mantissa, bool) or mantissa not in (1, 2, 5) or sig != 5
+            ):
+                return None
+            return kind, coin, f"{sig}:{mantissa}"
+        return kind, coin, ""
 
-    def _subscribe(self, client: WsClient, sub: dict[str, Any]) -> None:
-        key = self._sub_key(sub)
+    def _subscribe(self, client: WsClient, key: tuple[str, str, str], sub: dict[str, Any]) -> None:
         if key in client.subs:
-            self._ws_error(client, f"Already subscribed: {orjson.dumps(sub).decode()}")
+            self._ws_error(client, f"Already subscribed: {self._show(sub)}")
             return
         mine = [c for c in self._clients.values() if c.ip == client.ip]
         if sum(len(c.subs) for c in mine) >= self.config.ws_max_subscriptions:
@@ -484,7 +651,6 @@ class Simulator:
                     client, f"Cannot track more than {self.config.ws_max_users} total users."
                 )
                 return
-            self.contact(key[1])
         client.subs[key] = sub
         self._subs[key].add(client)
         self._rewatch()
@@ -499,10 +665,11 @@ class Simulator:
         )
         self._snapshot(client, key)
 
-    def _unsubscribe(self, client: WsClient, sub: dict[str, Any]) -> None:
-        key = self._sub_key(sub)
+    def _unsubscribe(
+        self, client: WsClient, key: tuple[str, str, str], sub: dict[str, Any]
+    ) -> None:
         if client.subs.pop(key, None) is None:
-            self._ws_error(client, f"Already unsubscribed: {orjson.dumps(sub).decode()}")
+            self._ws_error(client, f"Already unsubscribed: {self._show(sub)}")
             return
         self._subs[key].discard(client)
         self._rewatch()
@@ -517,31 +684,87 @@ class Simulator:
         )
 
     def _rewatch(self) -> None:
-        """Tell the engine whose fills and order updates anyone is streaming."""
+        """Tell the engine whose fills, order updates and events anyone is streaming."""
         self.engine.watched = {
-            user
-            for (kind, user), clients in self._subs.items()
-            if clients and kind in ("userFills", "orderUpdates")
+            user for (kind, user, _), clients in self._subs.items() if clients and kind in USER_SUBS
         }
 
-    def _snapshot(self, client: WsClient, key: tuple[str, str]) -> None:
-        kind, arg = key
-        data: Any = None
+    def _channel_data(self, key: tuple[str, str, str], snapshot: bool) -> Any:
+        """The current data of a state-like feed (None when there is nothing to send)."""
+        kind, arg, variant = key
+        engine = self.engine
+        acct = engine.accounts.get(arg)
+        if kind == "l2Book":
+            sig, mantissa = variant.split(":")
+            return views.l2_book(
+                engine,
+                arg,
+                None if sig == "None" else int(sig),
+                None if mantissa == "None" else int(mantissa),
+            )
+        if kind == "allMids":
+            return {"mids": views.all_mids(engine, arg)}
+        if kind == "bbo":
+            return views.bbo(engine, arg)
+        if kind == "candle":
+            return self._candle(arg, variant)
+        if kind == "clearinghouseState":
+            return {
+                "dex": variant,
+                "user": arg,
+                "clearinghouseState": views.clearinghouse_state(engine, acct, variant),
+            }
+        if kind == "openOrders":
+            return {"dex": variant, "user": arg, "orders": views.open_orders(engine, acct, variant)}
+        if not snapshot:
+            return None
         if kind == "userFills":
-            acct = self.engine.accounts.get(arg)
-            data = {
+            fills = views.user_fills(engine, self.pasts, arg, acct, variant == "agg")[::-1]
+            return {"isSnapshot": True, "user": arg, "fills": fills}
+        if kind == "userFundings":
+            rows = views.user_funding(
+                engine, self.pasts, arg, acct, engine.now_ms - 86_400_000, None
+            )
+            return {
                 "isSnapshot": True,
                 "user": arg,
-                "fills": [fill_wire(f) for f in list(acct.fills)[-2000:]] if acct else [],
+                "fundings": [{"time": r["time"], **_funding_item(r["delta"])} for r in rows],
             }
-        elif kind == "l2Book":
-            data = views.l2_book(self.engine, arg)
-        elif kind == "allMids":
-            data = {"mids": views.all_mids(self.engine, arg)}
+        if kind == "userNonFundingLedgerUpdates":
+            return {
+                "isSnapshot": True,
+                "user": arg,
+                "nonFundingLedgerUpdates": views.ledger_updates(
+                    engine, self.pasts, arg, acct, 0, None
+                ),
+            }
+        return None
+
+    def _candle(self, coin: str, interval: str) -> dict[str, Any] | None:
+        asset = self.engine.by_name[coin]
+        start, end = bucket_bounds(interval, self.engine.now_ms)
+        if INTERVAL_MINUTES[interval] and INTERVAL_MINUTES[interval] < 60:
+            parts = [
+                views.minute_bar(self.engine, self.pasts, asset, m)
+                for m in range(start // 60_000, end // 60_000)
+            ]
+        else:
+            parts = [
+                views.hour_bar(self.engine, self.pasts, asset, h)
+                for h in range(
+                    start // 3_600_000, min(end, self.engine.now_ms + 1) // 3_600_000 + 1
+                )
+            ]
+        bar = merge(p for p in parts if p is not None)
+        return None if bar is None else candle_wire(coin, interval, start, end, bar)
+
+    def _snapshot(self, client: WsClient, key: tuple[str, str, str]) -> None:
+        data = self._channel_data(key, snapshot=True)
         if data is not None:
-            client.send(
-                orjson.dumps({"channel": kind, "data": data}).decode(), self.faults, data=True
-            )
+            channel = "user" if key[0] == "userEvents" else key[0]
+            text = orjson.dumps({"channel": channel, "data": data}).decode()
+            self._last_pushed[key] = text
+            client.send(text, self.faults, data=True)
 
     async def _post(self, client: WsClient, msg: dict[str, Any]) -> None:
         post_id = msg.get("id")
@@ -560,7 +783,7 @@ class Simulator:
         elif kind == "action":
             delay = self.faults.take_delay()
             if delay:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             try:
                 response = {"type": "action", "payload": self._act(payload)}
             except BadAction:
@@ -570,56 +793,94 @@ class Simulator:
                 return
         else:
             response = {"type": "error", "payload": "400 request type must be info or action"}
-        client.send(
-            orjson.dumps(
-                {"channel": "post", "data": {"id": post_id, "response": response}}
-            ).decode(),
-            self.faults,
-        )
+        try:
+            text = orjson.dumps({"channel": "post", "data": {"id": post_id, "response": response}})
+        except TypeError:  # an id orjson cannot write back
+            text = orjson.dumps({"channel": "post", "data": {"id": None, "response": response}})
+        client.send(text.decode(), self.faults)
 
     def publish(self) -> None:
         """Send what the engine produced since the last call to the subscribed clients."""
-        trades, fills, updates = self.engine.drain_events()
-        faults = self.faults
+        events = self.engine.drain_events()
         subs = self._subs
-        for coin, batch in trades.items():
-            clients = subs.get(("trades", coin))
-            if clients:
-                text = orjson.dumps({"channel": "trades", "data": batch}).decode()
-                for c in clients:
-                    c.send(text, faults, data=True)
-        for user, batch in fills.items():
-            clients = subs.get(("userFills", user))
-            if clients:
-                text = orjson.dumps(
-                    {"channel": "userFills", "data": {"user": user, "fills": batch}}
-                ).decode()
-                for c in clients:
-                    c.send(text, faults, data=True)
-        for user, batch in updates.items():
-            clients = subs.get(("orderUpdates", user))
-            if clients:
-                text = orjson.dumps({"channel": "orderUpdates", "data": batch}).decode()
-                for c in clients:
-                    c.send(text, faults, data=True)
-        if self.engine.ticks % self.config.book_every_ticks == 0:
-            for (kind, arg), clients in subs.items():
-                if not clients or kind not in ("l2Book", "allMids"):
-                    continue
-                data = (
-                    views.l2_book(self.engine, arg)
-                    if kind == "l2Book"
-                    else {"mids": views.all_mids(self.engine, arg)}
+        if subs:
+            self._publish_events(events)
+            if self.engine.ticks % self.config.book_every_ticks == 0:
+                self._publish_states(events)
+
+    def _send(self, key: tuple[str, str, str], channel: str, data: Any) -> None:
+        clients = self._subs.get(key)
+        if clients:
+            text = orjson.dumps({"channel": channel, "data": data}).decode()
+            for c in clients:
+                c.send(text, self.faults, data=True)
+
+    def _publish_events(self, events: Events) -> None:
+        subs = self._subs
+        for coin, batch in events.trades.items():
+            if subs.get(("trades", coin, "")):
+                self._send(("trades", coin, ""), "trades", batch)
+        for user, fills in events.fills.items():
+            if subs.get(("userFills", user, "")):
+                self._send(
+                    ("userFills", user, ""),
+                    "userFills",
+                    {"isSnapshot": False, "user": user, "fills": fills},
                 )
-                text = orjson.dumps({"channel": kind, "data": data}).decode()
-                for c in clients:
-                    c.send(text, faults, data=True)
+            if subs.get(("userFills", user, "agg")):
+                self._send(
+                    ("userFills", user, "agg"),
+                    "userFills",
+                    {"isSnapshot": False, "user": user, "fills": views._aggregate(fills)},
+                )
+            if subs.get(("userEvents", user, "")):
+                self._send(("userEvents", user, ""), "user", {"fills": fills})
+        for user, batch in events.updates.items():
+            if subs.get(("orderUpdates", user, "")):
+                self._send(("orderUpdates", user, ""), "orderUpdates", batch)
+        for user, items in events.user.items():
+            if subs.get(("userEvents", user, "")):
+                for item in items:
+                    self._send(("userEvents", user, ""), "user", item)
+        for user, rows in events.fundings.items():
+            if subs.get(("userFundings", user, "")):
+                self._send(
+                    ("userFundings", user, ""), "userFundings", {"user": user, "fundings": rows}
+                )
+        for user, rows in events.ledger.items():
+            key = ("userNonFundingLedgerUpdates", user, "")
+            if subs.get(key):
+                self._send(key, key[0], {"user": user, "nonFundingLedgerUpdates": rows})
+        for user in events.changed:
+            for kind in ("clearinghouseState", "openOrders"):
+                for key in [k for k in subs if k[0] == kind and k[1] == user and subs[k]]:
+                    self._push_state(key)
+
+    def _publish_states(self, events: Events) -> None:
+        for key, clients in list(self._subs.items()):
+            if clients and key[0] in ("l2Book", "allMids", "bbo", "candle", "clearinghouseState"):
+                self._push_state(key)
+
+    def _push_state(self, key: tuple[str, str, str]) -> None:
+        """Send a state-like feed when it changed (bbo is sent only on change, as the
+        exchange does; so are the others here, which saves the clients work)."""
+        data = self._channel_data(key, snapshot=False)
+        if data is None:
+            return
+        text = orjson.dumps({"channel": key[0], "data": data}).decode()
+        if key[0] in ("bbo", "candle", "clearinghouseState", "openOrders"):
+            comparable = text if key[0] == "candle" else _without_time(data)
+            if self._last_pushed.get(key) == comparable:
+                return
+            self._last_pushed[key] = comparable
+        for c in self._subs.get(key, ()):
+            c.send(text, self.faults, data=True)
 
     async def _sweep_idle(self) -> None:
         """The exchange closes a connection it has sent nothing on for 60 seconds."""
         while True:
-            await asyncio.sleep(min(1.0, self.config.ws_idle_s / 4))
-            horizon = time.monotonic() - self.config.ws_idle_s
+            await self.clock.sleep(min(1.0, self.config.ws_idle_s / 4))
+            horizon = self.clock.monotonic() - self.config.ws_idle_s
             for client in list(self._clients.values()):
                 if client.last_sent < horizon:
                     self.stats["ws_idle_closes"] += 1
@@ -632,6 +893,8 @@ class Simulator:
         if which == "all":
             targets = list(self._clients.values())
         else:
+            if isinstance(which, bool) or not isinstance(which, int | str):
+                raise ValueError("drop_ws takes 'all' or a connection id")
             wanted = int(which)  # ValueError for anything but "all" or a connection id
             targets = [c for c in self._clients.values() if c.id == wanted]
         for client in targets:
@@ -642,11 +905,36 @@ class Simulator:
 
     # -- control API ------------------------------------------------------------------------
 
+    @staticmethod
+    def _path_address(request: web.Request) -> str:
+        address = request.match_info["address"]
+        if not _ADDRESS.fullmatch(address):
+            raise web.HTTPBadRequest(text="not an address")
+        return address.lower()
+
     async def _archetypes(self, request: web.Request) -> web.Response:
         return self._json(self.population.archetypes())
 
+    async def _roles(self, request: web.Request) -> web.Response:
+        out: dict[str, dict[str, Any]] = {}
+        for address, (kind, master) in self.engine.roles.items():
+            out[address] = {"role": kind} if master is None else {"role": kind, "master": master}
+        for agent, master in self.engine.agents.items():
+            out[agent] = {"role": "agent", "master": master}
+        return self._json(out)
+
+    async def _truth(self, request: web.Request) -> web.Response:
+        address = self._path_address(request)
+        acct = self.engine.accounts.get(address)
+        if acct is None:
+            return self._json({"error": f"no account {address}"}, 404)
+        truth = views.account_truth(self.engine, self.pasts, acct)
+        truth["archetype"] = self.population.archetypes().get(address)
+        truth["role"] = views.user_role(self.engine, address)["role"]
+        return self._json(truth)
+
     async def _account(self, request: web.Request) -> web.Response:
-        address = request.match_info["address"].lower()
+        address = self._path_address(request)
         acct = self.engine.accounts.get(address)
         if acct is None:
             return self._json({"error": f"no account {address}"}, 404)
@@ -660,11 +948,12 @@ class Simulator:
                     for c, p in acct.positions.items()
                     if p.szi
                 },
+                "leverage": {c: {"value": v, "cross": x} for c, (v, x) in acct.leverage.items()},
                 "spot": {str(t): str(v) for t, v in acct.spot.items()},
                 "open_orders": [
                     {
                         "oid": r.oid,
-                        "coin": r.asset.name,
+                        "coin": r.coin,
                         "is_buy": r.is_buy,
                         "px": str(r.px),
                         "sz": str(r.sz),
@@ -695,56 +984,75 @@ class Simulator:
         return body
 
     async def _fund(self, request: web.Request) -> web.Response:
+        """``{"address", "usdc", "spot_usdc"?}``: a deposit (amounts finite, 0 to 1e12)."""
         body = await self._control_body(request)
-        try:
-            address = str(body["address"]).lower()
-            usdc = D(str(body.get("usdc", self.config.auto_fund_usd)))
-            spot = D(str(body.get("spot_usdc", 0)))
-        except (KeyError, InvalidOperation) as exc:
-            raise web.HTTPBadRequest(text=f"bad fund request: {exc}") from exc
-        acct = self.engine.open_account(address, usdc, spot)
-        return self._json({"address": address, "usdc": str(acct.usdc)})
+        address = body.get("address")
+        if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+            raise web.HTTPBadRequest(text="address must be 0x and 40 hex digits")
+        usdc = bounded_usd(body.get("usdc", 0))
+        spot = bounded_usd(body.get("spot_usdc", 0))
+        if usdc is None or spot is None:
+            raise web.HTTPBadRequest(text="amounts must be finite numbers from 0 to 1e12")
+        if not usdc and not spot:
+            raise web.HTTPBadRequest(text="fund with a positive amount")
+        self.fund(address, usdc, spot)
+        acct = self.engine.accounts[address.lower()]
+        return self._json({"address": acct.address, "usdc": usd(acct.usdc)})
 
     async def _price(self, request: web.Request) -> web.Response:
         body = await self._control_body(request)
-        asset = self.engine.by_name.get(str(body.get("coin")))
+        coin = body.get("coin")
+        asset = self.engine.by_name.get(coin) if isinstance(coin, str) else None
         if asset is None:
-            raise web.HTTPNotFound(text=f"unknown coin {body.get('coin')!r}")
-        try:
-            asset.path.set_mid(float(body["px"]))
-        except (KeyError, ValueError) as exc:
-            raise web.HTTPBadRequest(text=f"bad price: {exc}") from exc
-        asset.depth = None
-        return self._json({"coin": asset.name, "mid": str(asset.path.mid)})
+            raise web.HTTPNotFound(text=f"unknown coin {self._show(body.get('coin'))}")
+        px = bounded_usd(body.get("px"))
+        if px is None or not px > 0 or px > 10**9:
+            raise web.HTTPBadRequest(text="px must be a finite price above 0 and at most 1e9")
+        self.engine.set_price(asset, float(px))
+        return self._json({"coin": asset.name, "mid": num(asset.path.mid)})
 
     async def _trade(self, request: web.Request) -> web.Response:
-        """Make an address trade now: ``{"address", "coin", "is_buy", "usd" | "sz"}``."""
+        """Make a funded address trade now: ``{"address", "coin", "is_buy", "usd" | "sz"}``."""
         body = await self._control_body(request)
-        address = str(body.get("address", "")).lower()
-        asset = self.engine.by_name.get(str(body.get("coin")))
-        if asset is None or len(address) != 42:
-            raise web.HTTPBadRequest(text="address and a known coin are required")
-        self.contact(address)
-        is_buy = bool(body.get("is_buy", True))
-        try:
-            sz = (
-                D(str(body["sz"]))
-                if "sz" in body
-                else round_size(D(str(body.get("usd", 1000))) / asset.path.mid, asset.sz_decimals)
-            )
-        except InvalidOperation as exc:
-            raise web.HTTPBadRequest(text=f"bad size: {exc}") from exc
+        address = body.get("address")
+        if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+            raise web.HTTPBadRequest(text="address must be 0x and 40 hex digits")
+        address = address.lower()
+        coin = body.get("coin")
+        asset = self.engine.by_name.get(coin) if isinstance(coin, str) else None
+        if asset is None:
+            raise web.HTTPBadRequest(text="a known coin is required")
+        if address not in self.engine.accounts:
+            raise web.HTTPBadRequest(text=f"{address} is not funded")
+        if "sz" in body:
+            sz = bounded_usd(body["sz"])
+        else:
+            amount = bounded_usd(body.get("usd", 1000))
+            sz = None if amount is None else round_size(amount / asset.path.mid, asset.sz_decimals)
+        if sz is None or not sz > 0:
+            raise web.HTTPBadRequest(text="sz (or usd) must be a positive finite number")
         statuses = [
             self.engine.market_order(
-                address, asset.name, is_buy, sz, D("0.05"), bool(body.get("reduce_only"))
+                address,
+                asset.name,
+                bool(body.get("is_buy", True)),
+                sz,
+                D("0.05"),
+                bool(body.get("reduce_only")),
             )
         ]
         self.publish()
         return self._json({"statuses": statuses})
 
     async def _step(self, request: web.Request) -> web.Response:
+        """``{"ticks": n}``: a stepped simulator moves n ticks (a real-time one runs by itself:
+        stepping it would stop its clock until real time caught up)."""
+        if self.config.realtime:
+            raise web.HTTPBadRequest(text="this simulator runs in real time; it cannot be stepped")
         body = await self._control_body(request)
-        ticks = int(body.get("ticks", 1))
+        ticks = body.get("ticks", 1)
+        if isinstance(ticks, bool) or not isinstance(ticks, int) or not 0 < ticks <= MAX_STEP_TICKS:
+            raise web.HTTPBadRequest(text=f"ticks must be an integer from 1 to {MAX_STEP_TICKS}")
         self.step(ticks)
         return self._json({"ticks": self.engine.ticks, "time": self.engine.now_ms})
 
@@ -758,10 +1066,12 @@ class Simulator:
             **e.counters,
             "ticks": e.ticks,
             "time": e.now_ms,
+            "opened": e.start_ms,
             "accounts": len(e.accounts),
             "ws_connections": len(self._clients),
             "refused": dict(self.core.refused),
             "population_actions": self.population.actions,
+            "pasts_pending": len(self.pasts.pending()),
         }
 
     async def _faults_get(self, request: web.Request) -> web.Response:
@@ -773,6 +1083,21 @@ class Simulator:
             if "drop_ws" in body:
                 self.drop_ws(body["drop_ws"])
             self.faults.update(body)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise web.HTTPBadRequest(text=f"bad fault spec: {exc}") from exc
         return self._json(self.faults.snapshot())
+
+
+def _funding_item(delta: dict[str, Any]) -> dict[str, Any]:
+    return {k: delta[k] for k in ("coin", "usdc", "szi", "fundingRate", "nSamples")}
+
+
+def _without_time(data: Any) -> str:
+    """A state message without its timestamp, to tell whether anything changed."""
+    if isinstance(data, dict):
+        inner = data.get("clearinghouseState")
+        if isinstance(inner, dict):
+            data = {**data, "clearinghouseState": {k: v for k, v in inner.items() if k != "time"}}
+        else:
+            data = {k: v for k, v in data.items() if k != "time"}
+    return orjson.dumps(data).decode()

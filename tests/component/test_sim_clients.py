@@ -49,7 +49,12 @@ def clients(
 async def test_every_info_request_parses(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, budget = clients(sim, session)
     me = ex.actions.signer.address
-    state = await info.clearinghouse_state(me)  # the first look opens the account
+    state = await info.clearinghouse_state(me)  # nobody funded it: empty, as on the exchange
+    assert state.margin_summary.account_value == 0
+    assert state.positions == ()
+    assert (await info.user_role(me)).role == "missing"
+    sim.fund(me, 100_000)
+    state = await info.clearinghouse_state(me)
     assert state.margin_summary.account_value == D(100_000)
     cloid = "0x" + secrets.token_hex(16)
     (filled,) = await ex.place([eth_spec(sim, cloid=cloid)])
@@ -109,10 +114,11 @@ async def test_every_info_request_parses(sim: Simulator, session: aiohttp.Client
     limits = await info.user_rate_limit(me)
     assert limits.n_requests_used == 2
     assert limits.n_requests_cap == 10_000 + int(limits.cum_vlm)
-    trades = await info.recent_trades("ETH")
-    assert trades[0].tid == fills[0].tid
-    assert trades[0].users is not None
-    assert me in trades[0].users
+    trades = {t.tid: t for t in await info.recent_trades("ETH")}
+    assert fills[0].tid is not None
+    ours = trades[fills[0].tid]
+    assert ours.users is not None
+    assert me in ours.users
     states = await info.batch_clearinghouse_states([me, "0x" + "00" * 20])
     assert states[0] is not None
     assert states[0].position("ETH") == D("0.01")
@@ -134,7 +140,7 @@ async def test_universe_with_the_builder_dex(
 async def test_fills_by_time_page_past_2000(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, budget = clients(sim, session)
     me = ex.actions.signer.address
-    sim.contact(me)
+    sim.fund(me, 100_000)
     eth = sim.engine.by_name["ETH"]
     for i in range(2600):  # alternate sides so margin never runs out
         is_buy = i % 2 == 0
@@ -156,7 +162,7 @@ async def test_fills_by_time_page_past_2000(sim: Simulator, session: aiohttp.Cli
 async def test_every_exchange_action(sim: Simulator, session: aiohttp.ClientSession) -> None:
     info, ex, _ = clients(sim, session)
     me = ex.actions.signer.address
-    sim.contact(me)
+    sim.fund(me, 100_000)
     eth = (await load_universe(info)).by_name("ETH")  # as the daemon knows it
     assert eth.asset_id == 1
     c1, c2 = "0x" + secrets.token_hex(16), "0x" + secrets.token_hex(16)
@@ -177,7 +183,13 @@ async def test_every_exchange_action(sim: Simulator, session: aiohttp.ClientSess
     assert [c.ok for c in cancels] == [True, False]
     assert (await ex.cancel([(eth, moved[0].oid or 0)]))[0].ok
     assert await info.open_orders(me) == []
-    await ex.update_leverage(eth, 10, is_cross=False)
+    # One ETH position is open (the IOC above filled): the margin type cannot change now.
+    with pytest.raises(Rejected, match=r"^Cannot switch leverage type with open position\.$"):
+        await ex.update_leverage(eth, 10, is_cross=False)
+    await ex.update_leverage(eth, 10, is_cross=True)  # the leverage alone can
+    (closed,) = await ex.place([eth_spec(sim, is_buy=False, factor="0.99")])
+    assert closed.outcome == "filled"
+    await ex.update_leverage(eth, 10, is_cross=False)  # flat: it can switch
     assert sim.engine.accounts[me].leverage["ETH"] == (10, False)
     # Our client refuses a leverage above the asset's maximum before sending it...
     with pytest.raises(WireError, match="leverage"):
@@ -196,6 +208,7 @@ async def test_stream_subscriptions_and_posts(
 ) -> None:
     _, ex, _ = clients(sim, session)
     me = ex.actions.signer.address
+    sim.fund(me, 100_000)
     fills, updates = inbox(UserFills), inbox(OrderUpdates)
     trades, mids, books = inbox(Trades), inbox(AllMids), inbox(L2Book)
 

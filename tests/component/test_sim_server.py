@@ -17,8 +17,9 @@ import eth_account
 import orjson
 import pytest
 from hlcopy.budget import WeightBudget
+from hlcopy.clock import VirtualClock
 from hlcopy.component import Ready
-from hlcopy.errors import AmbiguousOutcome, RateLimited, Unavailable
+from hlcopy.errors import AmbiguousOutcome, RateLimited, Rejected, Unavailable
 from hlcopy.hl import ExchangeClient, InfoClient, Signer, StreamPool, wire
 from hlcopy.model import Asset, OrderSpec, Tif, UserFills
 from hlcopy.sim import SimConfig, Simulator
@@ -91,9 +92,13 @@ def eth_spec(
     return OrderSpec(eth_asset(sim), is_buy, price, D(sz), tif=tif, cloid=cloid)
 
 
+FUNDED_USD = 100_000
+
+
 def fresh_client(sim: Simulator, session: aiohttp.ClientSession) -> ExchangeClient:
+    """A new wallet with a funded account on the simulated exchange."""
     signer = Signer.from_key("0x" + secrets.token_hex(32))
-    sim.contact(signer.address)  # what any client's first look at its account does
+    sim.fund(signer.address, FUNDED_USD)
     return ExchangeClient(session, sim.url, signer, WeightBudget(), is_mainnet=False)
 
 
@@ -104,6 +109,7 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     async with Simulator(SimConfig(port=0, traders=30, warmup_s=20)) as sim:
         wallet = eth_account.Account.create()
         address = wallet.address
+        sim.fund(address, FUNDED_USD)  # accounts are funded explicitly, as on the exchange
 
         def sdk_session() -> dict[str, Any]:
             info = Info(sim.url, skip_ws=False)
@@ -145,7 +151,7 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     assert "ETH" in {a["name"] for a in out["meta"]["universe"]}
     assert float(out["mids"]["BTC"]) > 0
     assert len(out["book"]["levels"][0]) == 20
-    assert out["state_before"]["marginSummary"]["accountValue"] == "100000"
+    assert out["state_before"]["marginSummary"]["accountValue"] == "100000.0"
     assert out["modified"]["status"] == "ok"
     assert "resting" in out["modified"]["response"]["data"]["statuses"][0]
     assert out["open"][0]["sz"] == "0.02"
@@ -156,8 +162,46 @@ async def test_the_official_sdk_reads_and_trades_against_the_sim() -> None:
     assert out["state_after"]["assetPositions"][0]["position"]["szi"] == "0.05"
     snapshot, *stream = out["ws"]
     assert snapshot["data"]["isSnapshot"] is True
+    assert stream
+    assert all(m["data"]["isSnapshot"] is False for m in stream)  # streaming messages say so
     ws_fills = [f for m in stream for f in m["data"]["fills"]]
     assert {f["tid"] for f in ws_fills} == {f["tid"] for f in out["fills"]}
+
+
+# --- time -----------------------------------------------------------------------------------------
+
+
+async def test_the_simulator_runs_on_the_clock_it_is_given_at_its_speed() -> None:
+    clock = VirtualClock(epoch_ms=1_790_000_000_000)
+    config = SimConfig(port=0, traders=20, speed=60, warmup_s=0, warm_pasts=False)
+    async with Simulator(config, clock=clock) as sim:
+        assert sim.engine.now_ms == 1_790_000_000_000
+        await clock.advance(60.0)  # a minute of the clock: an hour of market time
+        assert sim.engine.now_ms == pytest.approx(1_790_000_000_000 + 3_600_000, abs=6_000)
+        assert 590 <= sim.engine.ticks <= 601  # ten ticks a second of the clock
+        assert sim.engine.counters["funding_hours"] == 1
+        assert sim.engine.counters["trades"] > 0
+        # Nonces are judged by the clients' clock, not by the faster market.
+        assert sim._client_now() == clock.time_ms()
+
+
+async def test_an_unfunded_account_is_empty_and_cannot_trade() -> None:
+    async with stepped() as sim, aiohttp.ClientSession() as session:
+        signer = Signer.from_key("0x" + secrets.token_hex(32))
+        ex = ExchangeClient(session, sim.url, signer, WeightBudget(), is_mainnet=False)
+        _, state = await post(
+            sim.url + "/info", {"type": "clearinghouseState", "user": signer.address}
+        )
+        assert state["marginSummary"]["accountValue"] == "0.0"
+        _, role = await post(sim.url + "/info", {"type": "userRole", "user": signer.address})
+        assert role == {"role": "missing"}
+        with pytest.raises(
+            Rejected, match=f"^L1 error: User or API Wallet {signer.address} does not exist.$"
+        ):
+            await ex.place([eth_spec(sim)])
+        sim.fund(signer.address, 1_000)
+        (status,) = await ex.place([eth_spec(sim)])
+        assert status.outcome == "filled"
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -238,7 +282,7 @@ async def test_agents_trade_for_their_master() -> None:
         by_master = ExchangeClient(session, sim.url, master, budget, is_mainnet=False)
         with pytest.raises(Exception, match="Must deposit before performing actions"):
             await by_master.approve_agent(master, agent.address, "bot")
-        sim.contact(master.address)
+        sim.fund(master.address, FUNDED_USD)
         await by_master.approve_agent(master, agent.address, "bot")
         by_agent = ExchangeClient(session, sim.url, agent, budget, is_mainnet=False)
         (status,) = await by_agent.place([eth_spec(sim)])
@@ -497,9 +541,21 @@ async def test_control_endpoints() -> None:
     async with stepped(traders=40) as sim:
         _, kinds = await get(sim.url + "/_sim/archetypes")
         assert len(kinds) == 40
-        assert set(kinds.values()) == {"skilled", "unskilled", "market_maker", "whale", "noise"}
+        assert set(kinds.values()) == {
+            "skilled",
+            "unskilled",
+            "market_maker",
+            "whale",
+            "noise",
+            "lucky",
+            "vault",
+        }
         who = "0x" + "c3" * 20
         assert (await get(f"{sim.url}/_sim/accounts/{who}"))[0] == 404
+        assert (await get(f"{sim.url}/_sim/truth/{who}"))[0] == 404
+        # Nobody can trade for an address nobody funded.
+        unfunded = {"address": who, "coin": "SOL", "is_buy": False, "usd": 1000}
+        assert (await post(sim.url + "/_sim/trade", unfunded))[0] == 400
         assert (await post(sim.url + "/_sim/fund", {"address": who, "usdc": "5000"}))[0] == 200
         _, price = await post(sim.url + "/_sim/price", {"coin": "SOL", "px": 150.123})
         assert price == {"coin": "SOL", "mid": "150.12"}
@@ -517,6 +573,12 @@ async def test_control_endpoints() -> None:
         assert stats["orders_accepted"] > 0
         assert (await post(sim.url + "/_sim/price", {"coin": "NOPE", "px": 1}))[0] == 404
         assert (await post(sim.url + "/_sim/faults", {"drop_ws": "x"}))[0] == 400
+        _, truth = await get(f"{sim.url}/_sim/truth/{who}")
+        assert (truth["deposits"], truth["depositCount"], truth["archetype"]) == ("5000.0", 1, None)
+        _, roles = await get(sim.url + "/_sim/roles")
+        vaults = [a for a, k in kinds.items() if k == "vault"]
+        assert vaults
+        assert all(roles[v] == {"role": "vault"} for v in vaults)
 
 
 async def test_leaderboard_document() -> None:
@@ -525,7 +587,9 @@ async def test_leaderboard_document() -> None:
         status, board = await get(sim.url + "/leaderboard")
         assert status == 200
         rows = board["leaderboardRows"]
-        assert len(rows) == 40 - 2  # market makers are not on it
+        makers = set(sim.engine.market_makers)
+        assert makers
+        assert {r["ethAddress"] for r in rows} == set(sim.engine.accounts) - makers
         row = rows[0]
         assert set(row) == {
             "ethAddress",

@@ -6,11 +6,15 @@ import asyncio
 import re
 import signal
 import sys
+from decimal import Decimal as D
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import REPO, hlcopy_env
+
+FUNDED = "0x" + "f0" * 20
 
 
 async def _line(
@@ -38,6 +42,10 @@ async def test_hlcopy_sim_serves_until_interrupted() -> None:
         "5",
         "--traders",
         "20",
+        "--fund",
+        f"{FUNDED}=2500",
+        "--fund",
+        f"{FUNDED}=0.5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env=hlcopy_env(),
@@ -50,12 +58,41 @@ async def test_hlcopy_sim_serves_until_interrupted() -> None:
                 assert len((await r.json())["universe"]) >= 20
             async with s.get(url + "/_sim/archetypes") as r:
                 assert len(await r.json()) == 20
+            body = {"type": "clearinghouseState", "user": FUNDED}
+            async with s.post(url + "/info", json=body) as r:
+                assert (await r.json())["marginSummary"]["accountValue"] == "2500.5"
+            body = {"type": "userRole", "user": "0x" + "77" * 20}
+            async with s.post(url + "/info", json=body) as r:
+                assert await r.json() == {"role": "missing"}  # nobody funded it
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("0x1234=5", "is not an address"), (f"{'0x' + '12' * 20}=-5", "is not an amount")],
+)
+async def test_hlcopy_sim_refuses_a_bad_fund_argument(value: str, complaint: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hlcopy",
+        "sim",
+        "--port",
+        "0",
+        "--fund",
+        value,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=hlcopy_env(),
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert complaint in err.decode()
 
 
 async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> None:
@@ -87,6 +124,9 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         env=hlcopy_env(),
     )
     try:
+        sim_url = (await _line(proc, r"simulated exchange at (http://\S+)"))[1]
+        trading = await _line(proc, r"trading as (0x[0-9a-f]{40}), funded with (\S+) USD")
+        account, funded = trading[1], trading[2]
         api = (await _line(proc, r"daemon API at (http://\S+)"))[1]
         async with aiohttp.ClientSession() as s:
             async with asyncio.timeout(60):
@@ -102,6 +142,12 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
             assert set(body["components"]) == {"store", "universe", "stream", "api"}
             async with s.get(api + "/api/v1/stats") as r:
                 stats = await r.json()
+            body = {"type": "clearinghouseState", "user": account}
+            async with s.post(sim_url + "/info", json=body) as r:
+                state = await r.json()
+        # The account the demo trades as exists on the simulated exchange, funded with the
+        # paper equity (accounts are funded explicitly, as on the exchange).
+        assert D(state["marginSummary"]["accountValue"]) == D(funded) == D(10_000)
         assert stats["mode"] == "paper"
         assert stats["components"]["universe"]["assets"] >= 25
         assert stats["components"]["stream"]["connections_ready"] == 1
@@ -111,3 +157,17 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_sim_arguments_become_the_simulator_config() -> None:
+    from hlcopy.cli import _funds, _sim_config, build_parser
+
+    args = build_parser().parse_args(
+        ["sim", "--speed", "60", "--fund", f"{FUNDED}=10", "--fund", f"{FUNDED}=5", "--lazy-pasts"]
+    )
+    config = _sim_config(args, 0, _funds(args.fund))
+    assert (config.speed, config.funds, config.warm_pasts) == (60.0, {FUNDED: D(15)}, False)
+    default = _sim_config(build_parser().parse_args(["sim"]), 0, {})
+    assert (
+        default.warm_pasts is None
+    )  # built in the background when the simulator runs in real time

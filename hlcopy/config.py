@@ -9,6 +9,7 @@ find the line to fix. Secrets never live here: keys and tokens come from files (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -553,11 +554,13 @@ async def load_config_async(
 
     def work() -> None:
         try:
-            result = loader(path)
+            result: HlcopyConfig | None = loader(path)
+            error: BaseException | None = None
         except BaseException as exc:  # handed to the loop, which re-raises it there
-            loop.call_soon_threadsafe(deliver, None, exc)
-        else:
-            loop.call_soon_threadsafe(deliver, result, None)
+            result, error = None, exc
+        # A read that outlived its timeout may find the loop gone: nobody waits for it then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, result, error)
 
     threading.Thread(target=work, name="hlcopy-config-read", daemon=True).start()
     try:

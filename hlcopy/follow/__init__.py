@@ -1,0 +1,40 @@
+"""The copy engine's pure cores: the copier (targets -> order intents), risk (ACTIVE / REDUCING /
+HALTED per scope) and the fill model (paper fills, funding, paper accounts).
+
+No I/O, no asyncio, no clock: the async shells feed them and act on what they return, and the
+backtest runs them unchanged in virtual time.
+"""
+
+from hlcopy.follow.risk import (
+    Cause,
+    OrderResult,
+    RiskEvent,
+    RiskInputs,
+    RiskLimits,
+    RiskState,
+    TradingState,
+    Trip,
+    evaluate,
+    halt,
+    most_severe,
+    permits,
+    result_of,
+    resume,
+)
+
+__all__ = [
+    "Cause",
+    "OrderResult",
+    "RiskEvent",
+    "RiskInputs",
+    "RiskLimits",
+    "RiskState",
+    "TradingState",
+    "Trip",
+    "evaluate",
+    "halt",
+    "most_severe",
+    "permits",
+    "result_of",
+    "resume",
+]

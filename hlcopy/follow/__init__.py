@@ -5,6 +5,14 @@ No I/O, no asyncio, no clock: the async shells feed them and act on what they re
 backtest runs them unchanged in virtual time.
 """
 
+from hlcopy.follow.fills import (
+    Booked,
+    PaperAccount,
+    PaperFill,
+    PaperPosition,
+    funding_payment,
+    simulate_ioc,
+)
 from hlcopy.follow.risk import (
     Cause,
     OrderResult,
@@ -23,8 +31,12 @@ from hlcopy.follow.risk import (
 )
 
 __all__ = [
+    "Booked",
     "Cause",
     "OrderResult",
+    "PaperAccount",
+    "PaperFill",
+    "PaperPosition",
     "RiskEvent",
     "RiskInputs",
     "RiskLimits",
@@ -32,9 +44,11 @@ __all__ = [
     "TradingState",
     "Trip",
     "evaluate",
+    "funding_payment",
     "halt",
     "most_severe",
     "permits",
     "result_of",
     "resume",
+    "simulate_ioc",
 ]

@@ -5,6 +5,21 @@ No I/O, no asyncio, no clock: the async shells feed them and act on what they re
 backtest runs them unchanged in virtual time.
 """
 
+from hlcopy.follow.copier import (
+    AccountLimits,
+    Decision,
+    Follow,
+    FollowerView,
+    LeaderView,
+    Market,
+    Skip,
+    SkipReason,
+    Transfer,
+    allocate,
+    decide,
+    intent_cloid,
+    split_fill,
+)
 from hlcopy.follow.fills import (
     Booked,
     PaperAccount,
@@ -31,8 +46,14 @@ from hlcopy.follow.risk import (
 )
 
 __all__ = [
+    "AccountLimits",
     "Booked",
     "Cause",
+    "Decision",
+    "Follow",
+    "FollowerView",
+    "LeaderView",
+    "Market",
     "OrderResult",
     "PaperAccount",
     "PaperFill",
@@ -41,14 +62,21 @@ __all__ = [
     "RiskInputs",
     "RiskLimits",
     "RiskState",
+    "Skip",
+    "SkipReason",
     "TradingState",
+    "Transfer",
     "Trip",
+    "allocate",
+    "decide",
     "evaluate",
     "funding_payment",
     "halt",
+    "intent_cloid",
     "most_severe",
     "permits",
     "result_of",
     "resume",
     "simulate_ioc",
+    "split_fill",
 ]

@@ -28,7 +28,7 @@ Per follow, in this order:
    chases an old move and a reordered old fill does not block a fresh position.
 4. **Rounding.** The follow's new position is its target rounded toward zero to the lot: an
    increase is rounded down, a reduction up, never past zero. So the follower may end below a
-   target but never above a limit, and always within one lot of the target.
+   target but never above a limit, and once traded it is within one lot of the target.
 
 Then for the account: the follows' moves (new - attributed - pending) of opposite signs net
 internally as ``Transfer``s (attribution moves at the mid, no trade); the rest is one order for

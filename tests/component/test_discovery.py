@@ -12,11 +12,11 @@ import contextlib
 import os
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -30,11 +30,12 @@ from hlcopy.model import LeaderFill
 from hlcopy.queues import BoundedQueue
 from hlcopy.scout.discovery import KV_USERS_ORDER, Activity, Discovery
 from hlcopy.sim import SimConfig, Simulator
-from hlcopy.sim.engine import Asset
+from hlcopy.sim.engine import TradeRecord
 from hlcopy.store import Store
 from hlcopy.store.embedded import postmaster_alive
 
 D = Decimal
+FUNDED_USD = 100_000  # what the simulator once gave any address it was asked about
 
 
 @dataclass
@@ -49,30 +50,55 @@ class Expected:
     times: list[int] = field(default_factory=list)
 
 
-def sent_trades(sim: Simulator, coins: set[str]) -> list[dict[str, Any]]:
+class Trade(NamedTuple):
+    """One trade as the simulator records it (``TradeRecord``), its fields named."""
+
+    coin: str
+    buyer_took: bool  # the buyer was the taker: the wire's side "B"
+    px: str
+    sz: str
+    time: int
+    hash: str
+    tid: int
+    buyer: str
+    seller: str
+
+    @property
+    def users(self) -> tuple[str, str]:
+        """As the wire's ``users``: [buyer, seller]."""
+        return self.buyer, self.seller
+
+
+def trades_of(sim: Simulator, coin: str) -> list[Trade]:
+    """The trades the simulator kept for ``coin`` (the last 2000), oldest first."""
+    kept: Iterable[TradeRecord] = sim.engine.trades.get(coin, ())
+    return [Trade(*t) for t in kept]
+
+
+def sent_trades(sim: Simulator, coins: set[str]) -> list[Trade]:
     """Every trade the simulator made on ``coins`` (it keeps the last 2000 per coin)."""
-    out: list[dict[str, Any]] = []
+    out: list[Trade] = []
     for coin in coins:
-        kept = sim.engine.trades.get(coin, ())
+        kept = trades_of(sim, coin)
         assert len(kept) < 2000, "stepped too far: the simulator forgot trades"
         out.extend(kept)
     return out
 
 
-def expected_from(trades: list[dict[str, Any]]) -> dict[str, Expected]:
+def expected_from(trades: list[Trade]) -> dict[str, Expected]:
     """Per address, counted the way the docs read a trade: users = [buyer, seller]."""
     out: dict[str, Expected] = defaultdict(Expected)
     for t in trades:
-        buyer, seller = t["users"]
-        taker = buyer if t["side"] == "B" else seller
+        buyer, seller = t.users
+        taker = buyer if t.buyer_took else seller
         for who in (buyer, seller):
             e = out[who]
             e.trades += 1
             e.taker += who == taker
             e.maker += who != taker
-            e.volume += D(t["px"]) * D(t["sz"])
-            e.coins.add(t["coin"])
-            e.times.append(t["time"])
+            e.volume += D(t.px) * D(t.sz)
+            e.coins.add(t.coin)
+            e.times.append(t.time)
     return out
 
 
@@ -95,10 +121,12 @@ class Harness:
     def watched_coins(self) -> set[str]:
         """The coins the simulator has a trades subscriber for: what discovery really asked."""
         return {
-            coin for (kind, coin), clients in self.sim._subs.items() if kind == "trades" and clients
+            coin
+            for (kind, coin, _), clients in self.sim._subs.items()
+            if kind == "trades" and clients
         }
 
-    async def step(self, ticks: int) -> list[dict[str, Any]]:
+    async def step(self, ticks: int) -> list[Trade]:
         """Step the market and wait until discovery registered every trade it made."""
         before = self.discovery.registry.trades
         seen = len(sent_trades(self.sim, self.watched_coins()))
@@ -224,7 +252,9 @@ async def test_every_address_traded_is_registered_and_stored_in_batches(
         assert "MATIC" not in perps
         assert h.discovery.stats()["subscriptions"] == len(perps)
         for _ in range(3):
-            trades = await h.step(30)
+            # 40 ticks: the market's flow rate counts resting limits too, so it takes this long
+            # to bring the hundred-odd trades per flush interval this test is about.
+            trades = await h.step(40)
             await h.clock.advance(0.5)  # the flush interval: one batch per interval
             await until(lambda: h.discovery.registry.pending == 0)
         await h.discovery.flush()
@@ -259,15 +289,14 @@ async def test_subscriptions_follow_new_listings_and_delistings(
         engine = stepped.engine
         engine.by_name["DYDX"].delisted = True
         new_id = max(a.asset_id for a in engine.assets.values() if not a.is_spot and not a.dex)
-        engine._add(
-            Asset(new_id + 1, "NEWC", 1, 5, False, "", engine._path("NEWC", 1, False, "2.5", 3.0))
-        )
+        # (asset id, name, size decimals, max leverage, spot, dex, opening price, daily vol)
+        engine._add(new_id + 1, "NEWC", 1, 5, False, "", "2.5", 0.05)
         await h.universe.refresh()
         await h.clock.advance(5.0)  # discovery notices the refreshed universe
         await until(lambda: h.watched_coins() == (before - {"DYDX"}) | {"NEWC"})
         assert h.discovery.stats()["subscriptions"] == len(before)
         # The new listing's trades are registered under its name.
-        stepped.contact("0x" + "ab" * 20)
+        stepped.fund("0x" + "ab" * 20, FUNDED_USD)
         engine.market_order("0x" + "ab" * 20, "NEWC", True, D(10), D("0.05"))
         stepped.publish()
         await until(lambda: "0x" + "ab" * 20 in h.discovery.registry)
@@ -299,7 +328,7 @@ async def test_a_watched_address_trading_becomes_a_leader_fill(
     stepped: Simulator, store: Store
 ) -> None:
     leader = "0x" + "cd" * 20
-    stepped.contact(leader)
+    stepped.fund(leader, FUNDED_USD)
     async with harness(stepped, store) as h:
         house = stepped.engine._maker(stepped.engine.by_name["ETH"])  # the book's market maker
         h.discovery.watch([leader.upper().replace("0X", "0x"), house])
@@ -309,23 +338,23 @@ async def test_a_watched_address_trading_becomes_a_leader_fill(
         fills = [await asyncio.wait_for(h.fills.get(), 10)]
         while not h.fills.empty() or len(fills) < 2:
             fills.append(await asyncio.wait_for(h.fills.get(), 10))
-        trades = list(stepped.engine.trades["ETH"])
-        mine = [t for t in trades if leader in t["users"]]
+        trades = trades_of(stepped, "ETH")
+        mine = [t for t in trades if leader in t.users]
         assert mine
-        by_tid = {t["tid"]: t for t in mine}
+        by_tid = {t.tid: t for t in mine}
         leader_fills = [f for f in fills if f.leader == leader]
         house_fills = [f for f in fills if f.leader == house]
-        assert [f.tid for f in leader_fills] == [t["tid"] for t in mine]
-        assert [f.tid for f in house_fills] == [t["tid"] for t in trades if house in t["users"]]
+        assert [f.tid for f in leader_fills] == [t.tid for t in mine]
+        assert [f.tid for f in house_fills] == [t.tid for t in trades if house in t.users]
         assert house_fills
         for f in leader_fills:
             t = by_tid[f.tid]
             assert (f.coin, f.side, f.px, f.sz, f.time_ms) == (
                 "ETH",
                 "B",  # the leader bought
-                D(t["px"]),
-                D(t["sz"]),
-                t["time"],
+                D(t.px),
+                D(t.sz),
+                t.time,
             )
             assert f.source == "firehose"
             assert f.confirmed is False
@@ -348,20 +377,20 @@ async def test_leader_fills_wait_for_room_and_are_never_dropped(
     stepped: Simulator, store: Store
 ) -> None:
     leader = "0x" + "cd" * 20
-    stepped.contact(leader)
+    stepped.fund(leader, FUNDED_USD)
     async with harness(stepped, store, fills_size=1) as h:
         h.discovery.watch([leader])
         for i in range(4):
             stepped.engine.market_order(leader, "SOL", i % 2 == 0, D(1), D("0.05"))
             stepped.publish()
-        mine = [t for t in stepped.engine.trades["SOL"] if leader in t["users"]]
+        mine = [t for t in trades_of(stepped, "SOL") if leader in t.users]
         assert len(mine) >= 4
         got: list[LeaderFill] = []
         while len(got) < len(mine):  # the copy engine, slow: one at a time
             got.append(await asyncio.wait_for(h.fills.get(), 10))
             await asyncio.sleep(0.01)
         assert [(f.tid, f.side) for f in got] == [
-            (t["tid"], "B" if t["users"][0] == leader else "A") for t in mine
+            (t.tid, "B" if t.users[0] == leader else "A") for t in mine
         ]
         assert h.discovery.stats()["leader_fills_lost"] == 0
         assert h.discovery.stats()["leader_fills_waited"] > 0
@@ -384,7 +413,7 @@ async def test_calibration_finds_buyer_seller_and_is_remembered(
                 await asyncio.sleep(0.01)
     # A later start reuses it without a lookup, and fills are confirmed from the first trade.
     leader = "0x" + "ee" * 20
-    stepped.contact(leader)
+    stepped.fund(leader, FUNDED_USD)
     async with harness(stepped, store, DiscoveryConfig()) as h:
         await until(lambda: h.discovery.users_order == "buyer_seller")
         assert h.discovery.stats()["calibration"] == "stored"

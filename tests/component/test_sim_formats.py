@@ -19,9 +19,8 @@ import aiohttp
 import orjson
 import pytest
 from hlcopy.budget import WeightBudget
-from hlcopy.hl import wire
-from hlcopy.hl.exchange import ExchangeClient
-from hlcopy.hl.signing import Signer
+from hlcopy.hl import ExchangeClient, Signer, wire
+from hlcopy.model import Asset, OrderSpec, Tif
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.sim.candles import INTERVAL_MINUTES
 from websockets.asyncio.client import ClientConnection, connect
@@ -73,14 +72,22 @@ async def market() -> AsyncIterator[tuple[Simulator, ExchangeClient, aiohttp.Cli
         yield sim, ex, session
 
 
+def asset_of(sim: Simulator, coin: str) -> Asset:
+    """``coin`` as a client's universe describes it."""
+    a = sim.engine.by_name[coin]
+    return Asset(a.name, a.asset_id, a.sz_decimals, a.max_leverage)
+
+
 def order(
-    sim: Simulator, coin: str, is_buy: bool, sz: str, factor: str, tif: wire.Tif = "Ioc"
-) -> Any:
+    sim: Simulator, coin: str, is_buy: bool, sz: str, factor: str, tif: Tif = "Ioc"
+) -> OrderSpec:
+    """An order ``factor`` times the mid away (its price on the grid, so the client's rounding
+    leaves it as it is)."""
     asset = sim.engine.by_name[coin]
     price = wire.round_price(
         asset.path.mid * D(factor), asset.sz_decimals, False, wire.Rounding.NEAREST
     )
-    return wire.order_wire(asset.asset_id, is_buy, price, D(sz), False, tif)
+    return OrderSpec(asset_of(sim, coin), is_buy, price, D(sz), tif=tif)
 
 
 async def info(session: aiohttp.ClientSession, sim: Simulator, body: dict[str, Any]) -> Any:
@@ -91,12 +98,12 @@ async def info(session: aiohttp.ClientSession, sim: Simulator, body: dict[str, A
 
 async def test_every_rest_answer_writes_numbers_as_the_exchange_does() -> None:
     async with market() as (sim, ex, session):
-        me = ex.signer.address
-        await ex.update_leverage(1, False, 10)  # ETH isolated
-        await ex.order(
+        me = ex.actions.signer.address
+        await ex.update_leverage(asset_of(sim, "ETH"), 10, is_cross=False)  # ETH isolated
+        await ex.place(
             [order(sim, "BTC", True, "0.01", "1.01"), order(sim, "ETH", False, "1", "0.99")]
         )
-        await ex.order([order(sim, "SOL", True, "1", "0.97", "Gtc")])
+        await ex.place([order(sim, "SOL", True, "1", "0.97", "Gtc")])
         sim.engine.deposit(sim.engine.accounts[me], D(1000))
         sim.engine.withdraw(sim.engine.accounts[me], D(500))
         sim.step(40_000)  # over an hour: funding, samples, candles
@@ -218,7 +225,7 @@ class Feed:
 
 async def test_websocket_feeds_have_their_documented_shapes() -> None:
     async with market() as (sim, ex, _), connect(sim.ws_url) as ws:
-        me = ex.signer.address
+        me = ex.actions.signer.address
         feed = Feed(ws)
         for sub in (
             {"type": "userFills", "user": me},
@@ -245,7 +252,7 @@ async def test_websocket_feeds_have_their_documented_shapes() -> None:
         # A taker order that sweeps two levels: two fills, one when aggregated by time.
         btc = sim.engine.by_name["BTC"]
         level = sum(sz for _, sz in sim.engine.depth_levels(btc, is_ask=True)[:1])
-        (status,) = await ex.order([order(sim, "BTC", True, str(level + D("0.01")), "1.01")])
+        (status,) = await ex.place([order(sim, "BTC", True, str(level + D("0.01")), "1.01")])
         assert status.outcome == "filled"
         fills = await feed.wait("userFills", 4)
         streamed = [m for m in fills if not m["isSnapshot"]]
@@ -296,9 +303,9 @@ async def test_websocket_feeds_have_their_documented_shapes() -> None:
         assert set(events[-1]["funding"]) == {"coin", "usdc", "szi", "fundingRate", "nSamples"}
         # Liquidation: the user's BTC long at 40x isolated, and the price under it.
         btc_pos = sim.engine.accounts[me].positions["BTC"]
-        await ex.order([order(sim, "BTC", False, str(btc_pos.szi), "0.99")])
-        await ex.update_leverage(0, False, 40)
-        await ex.order([order(sim, "BTC", True, "0.5", "1.01")])
+        await ex.place([order(sim, "BTC", False, str(btc_pos.szi), "0.99")])
+        await ex.update_leverage(asset_of(sim, "BTC"), 40, is_cross=False)
+        await ex.place([order(sim, "BTC", True, "0.5", "1.01")])
         liq_px = sim.engine.liquidation_px(sim.engine.accounts[me], "BTC")
         assert liq_px is not None
         sim.engine.set_price(btc, float(liq_px) * 0.99)

@@ -16,9 +16,7 @@ import aiohttp
 import orjson
 import pytest
 from hlcopy.budget import WeightBudget
-from hlcopy.hl import wire
-from hlcopy.hl.exchange import ExchangeClient
-from hlcopy.hl.signing import Signer
+from hlcopy.hl import ExchangeClient, Signer, wire
 from hlcopy.sim import SimConfig, Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -320,7 +318,7 @@ async def test_fuzzed_exchange_bodies(
         # Signed by a funded account, so malformed values get past the signature check too.
         ex = ExchangeClient(session, sim.url, FUNDED, WeightBudget(), is_mainnet=False)
         with contextlib.suppress(Exception):  # actions msgpack cannot hash stay unsigned
-            body = ex.signed_body(body["action"], ex.nonces.next())
+            body = ex.actions._signed_body(body["action"], ex.nonces.next())
     raw = body if encodable(body) else repr(body).encode()
     assert await send(session, sim.url + "/exchange", raw) < 500
     healthy(sim)
@@ -377,7 +375,7 @@ async def test_fuzzed_well_formed_signed_actions(
             "leverage": int(D(o["s"])) % 100,
         }
     try:
-        body = ex.signed_body(action, ex.nonces.next())
+        body = ex.actions._signed_body(action, ex.nonces.next())
     except Exception:  # a number hlcopy's own signer will not hash (more than 8 decimals)
         return
     async with session.post(sim.url + "/exchange", data=orjson.dumps(body)) as r:
@@ -510,7 +508,7 @@ async def test_the_market_ticks_through_a_storm_of_bad_requests(
 
 
 def signed(ex: ExchangeClient, action: dict[str, Any]) -> dict[str, Any]:
-    return ex.signed_body(action, ex.nonces.next())
+    return ex.actions._signed_body(action, ex.nonces.next())
 
 
 async def test_values_of_the_wrong_kind_where_names_belong(
@@ -572,8 +570,10 @@ async def test_the_inputs_that_once_broke_the_simulator(
     for body in bad_bodies:
         assert await send(session, sim.url + "/exchange", body) == 422, body
     # Numbers the exchange accepts but that make no sense are refused per order, not broken on.
+    # Sent as written (an OrderSpec would be rounded onto the grid by the client first).
     for p, s in (("0.00000001", "0.01"), ("99999999999", "0.01"), ("3000", "99999999")):
-        (status,) = await ex.order([dict(good, p=p, s=s)])
+        action = wire.order_action([dict(good, p=p, s=s)])
+        (status,) = await ex.send_orders(ex.actions._prepare(action, 1, None, None))
         assert status.outcome == "error"
     # A thousand orders priced 1e999999: refused at once, without the arithmetic.
     batch = {

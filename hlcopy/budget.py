@@ -1,11 +1,15 @@
 """The REST weight budget: one per egress IP, every REST call waits on it.
 
-Weight spent at time t comes back at t + 60 s, so no 60-second window ever holds more than the
-limit — a plain token bucket (capacity N, refill N/60 per second) could admit 2N in its first
-minute. Lanes are served in strict priority: orders and cancels, follower truth, leader truth,
-gap-fill, scoring, enrichment. The read lanes stop at ``limit x (1 - headroom)``; the headroom
-is kept for the order lane, so reads can never starve orders. Per-item weight that is only known
-from the response is debited afterwards. An HTTP 429 sends the read lanes into back-off.
+Weight spent at time t comes back at t + 61 s, so no 60-second window ever holds more than the
+limit (a plain token bucket, capacity N refilled at N/60 per second, could admit 2N in its first
+minute). The extra second is for the road: the exchange counts a request when it arrives, we
+count it when we send it, and a later request may travel faster than an earlier one.
+
+Lanes are served in strict priority: orders and cancels, follower truth, leader truth, gap-fill,
+scoring, enrichment. The read lanes stop at ``limit x (1 - headroom)``; the headroom is kept for
+the order lane, so reads can never starve orders. A request whose weight depends on the size of
+its answer reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends
+the read lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """
@@ -54,7 +58,7 @@ class WeightBudget:
         weight_per_minute: int = 1200,
         headroom_pct: float = 10.0,
         *,
-        window_s: float = 60.0,
+        window_s: float = 61.0,
         clock: Clock | None = None,
         backoff_base_s: float = 5.0,
         backoff_cap_s: float = 60.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import socket
 import sys
@@ -192,6 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hlcopy.app import serve
     from hlcopy.config import load_config
     from hlcopy.credentials import load_secrets
+    from hlcopy.demo import narrate
     from hlcopy.errors import ConfigError, InstanceLocked
     from hlcopy.log import configure_logging, register_secret
     from hlcopy.sim import Simulator
@@ -249,7 +251,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "Ctrl-C to stop",
                 flush=True,
             )
-            return await serve(demo, secrets, args.config, stop_after_s=args.duration)
+            api_url = f"http://{demo.api.host}:{args.api_port}"
+            narrator = asyncio.create_task(
+                narrate(api_url, secrets.api_token.reveal(), every_s=args.narrate_every_s),
+                name="demo:narrator",
+            )
+            try:
+                return await serve(demo, secrets, args.config, stop_after_s=args.duration)
+            finally:
+                narrator.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await narrator
 
     try:
         return asyncio.run(main())
@@ -318,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=int, default=8080, help="daemon API port (default 8080)")
     p.add_argument("--sim-port", type=int, default=8787, help="simulator port (default 8787)")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument(
+        "--narrate-every-s",
+        type=float,
+        default=30.0,
+        help="print the leaderboard every S seconds (default 30)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")

@@ -219,7 +219,7 @@ class TrackingConfig(_Section):
     """Requests the tracker keeps in flight; the weight budget, not this, sets the pace."""
     positions_interval_s: Finite = Field(default=120.0, ge=5, le=86400)
     """Shortest time between two position reads of the same tracked trader."""
-    scoring_top_n: int = Field(default=100, ge=0, le=10_000)
+    scoring_top_n: int = Field(default=20, ge=0, le=10_000)
     """Traders near the top of the leaderboard or the losers list whose fills are fetched
     (userFillsByTime) to complete their score."""
     inactive_after_days: Finite = Field(default=14.0, gt=0, le=3650)

@@ -22,7 +22,9 @@ trips in the window, a market-maker or high-frequency pattern (``is_market_maker
 **Badness** (losers; higher is worse) — the loss the trader made even at the optimistic end:
 badness = -(e^U - 1) with U the upper 95% bound of the window's log return (Σ log(1 + r) +
 1.96·sd·√k), in [-1, 1]. Positive only when the trader lost with confidence; one unlucky trade
-is not enough. None without the same minimum activity, for market makers and non-user roles.
+is not enough. It needs no fills: the minimum activity is ``MIN_RETURNS`` returns and some volume
+traded; with fills known, market makers and too few round trips are excluded as for the score.
+None for non-user roles.
 
 ``provisional_score`` / ``provisional_badness`` are the same without the fill-based parts
 (win rate, trip count, market-maker test): the tracker uses them to pick whose fills to fetch.
@@ -650,11 +652,14 @@ def badness_of(returns: Sequence[float]) -> float | None:
     """-(e^U - 1), U the upper 95% bound of Σ log(1 + r): the loss made even optimistically.
 
     In [-1, 1]: U is capped at log 2, since how much a trader might have won says nothing
-    more about how badly they lose."""
+    more about how badly they lose. Each point's log return is clipped to ±log 2 first: a
+    single wipeout (log(1 + r) near -∞) would otherwise swell the spread until the optimistic
+    bound turned positive, and the traders who lost everything would look like non-losers,
+    while one such point alone still does not make a loser."""
     k = len(returns)
     if k < 2:
         return None
-    logs = [math.log(max(1.0 + r, _LOG_FLOOR)) for r in returns]
+    logs = [max(-_LOG_2, min(_LOG_2, math.log(max(1.0 + r, _LOG_FLOOR)))) for r in returns]
     upper = math.fsum(logs) + Z_95 * _mean_sd(logs)[1] * math.sqrt(k)
     return -math.expm1(min(upper, _LOG_2))
 
@@ -830,6 +835,9 @@ def _window(
         provisional_badness = badness_of(ps.returns)
         if fs is None:
             excluded = "no_fills"
+            # Losing is judged on returns alone, activity on the volume traded: a loser needs
+            # no fills (with fills, the market-maker and few-trips rules below still apply).
+            badness = provisional_badness if ps.volume > 0 else None
         elif mm:
             excluded = "market_maker"
         elif fs.trade_count < MIN_TRIPS:

@@ -218,10 +218,15 @@ class Tracked:
     )
     provisional_score: float | None = None
     provisional_badness: float | None = None
-    candidate: bool = False  # near the top of either list: fills and role are worth their weight
+    portfolio: Portfolio | None = None  # kept while a candidate, to complete its score
+    requested: bool = False  # asked for by the user: the truth worker reads its positions
+    promising: bool = False  # seeded, requested or a candidate: worth the scoring lane
+    candidate: bool = False  # near the top of either list: its fills are worth their weight
+    contender: bool = False  # its complete score ranks near the top: its role is worth 60 too
+    score: float | None = None  # the complete (fills-based) month score, once known
 
 
-_LAST = {"positions": "positions_s", "score": "scored_s", "role": "role_s"}
+_LAST = {"positions": "positions_s", "score": "scored_s", "fills": "fills_s", "role": "role_s"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,26 +240,44 @@ def next_job(
     now_s: float,
     positions_interval_s: float,
     scoring_interval_s: float,
+    *,
+    explore: bool = True,
 ) -> Job | None:
-    """The most urgent job that is due: staleness x priority, never-done work first."""
+    """The most urgent job that is due: staleness x priority, never-done work first.
+
+    Completing a candidate's score (its fills, then its role) comes before anything else: a
+    trader who may rank near the top is worth more than one more provisional figure. Without
+    ``explore``, only promising traders' work is chosen: weight spent exploring stays in the
+    budget's window for a minute, in the way of the completions that follow."""
     best: tuple[float, int, Job] | None = None
     order = 0
     for t in traders:
-        if now_s < t.retry_after_s:
+        if now_s < t.retry_after_s or not (explore or t.promising):
             continue
         weight = 1.0 + max(t.priority, 0.0)
         for kind, last, interval in (
+            ("fills", t.fills_s, scoring_interval_s),
             ("role", t.role_s, 0.0),
             ("score", t.scored_s, scoring_interval_s),
             ("positions", t.positions_s, positions_interval_s),
         ):
-            if kind == "role" and (t.role is not None or not t.candidate or last > -math.inf):
-                continue  # once, and only for a trader near the top: it costs 60 weight
+            if kind == "positions" and t.requested:
+                continue  # the truth worker reads a watched trader's positions, on time
+            if kind == "fills" and (not t.candidate or t.scored_s == -math.inf):
+                continue  # fills complete a score: for candidates, after their portfolio
+            if kind == "role" and (
+                t.role is not None or not t.contender or t.fills_s == -math.inf or last > -math.inf
+            ):
+                # Once, for a fully scored trader near the top of the winners, where a vault or
+                # an agent must not rank: it costs 60 weight.
+                continue
             if now_s - last < interval:
                 continue
-            # Never done: most urgent of all, by priority; otherwise the longer overdue, the
-            # more urgent, scaled by priority.
-            urgency = 1e12 * weight if last == -math.inf else (now_s - last) * weight
+            if last == -math.inf:
+                # Never done: most urgent, by priority; a candidate's fills first of all.
+                urgency = (1e15 if kind == "fills" else 1e12) * weight
+            else:
+                urgency = (now_s - last) * weight  # the longer overdue, the more urgent
             order += 1
             if best is None or urgency > best[0]:
                 best = (urgency, -order, Job(kind, t))
@@ -274,8 +297,8 @@ def priority(
     if last_seen_ms is not None:
         hours = max(0.0, (now_ms - last_seen_ms) / 3_600_000)
         p += 3.0 / (1.0 + hours)
-    if seed_rank is not None:
-        p += 10.0 / (1.0 + seed_rank / 10)
+    if seed_rank is not None:  # the public leaderboard's best and worst go first
+        p += 30.0 / (1.0 + seed_rank / 10)
     if requested:
         p += 100.0
     return p
@@ -314,9 +337,10 @@ class Tracker(Component):
         self._traders: dict[str, Tracked] = {}
         self._requested: set[str] = set()
         self._seed_ranks: dict[str, int] = {}
+        self._seed_best: set[str] = set()  # the public leaderboard's best by month ROI
         self._leaders: set[str] = set()
         self._leader_states: dict[str, AccountState] = {}
-        self._leader_due: dict[str, float] = {}
+        self._truth_due: dict[str, float] = {}  # leaders and watched traders: next read
         self.follower_state: AccountState | None = None
         self._mids: dict[str, Decimal] = {}
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
@@ -327,6 +351,9 @@ class Tracker(Component):
             "positions": 0,
             "scored": 0,
             "fills_fetched": 0,
+            "portfolio_reads": 0,
+            "exploring_reads": 0,
+            "fills_reads": 0,
             "roles": 0,
             "events": 0,
             "leader_reads": 0,
@@ -356,13 +383,12 @@ class Tracker(Component):
         if entry is None:
             entry = self._traders[address] = Tracked(address)
         entry.priority = max(entry.priority, priority(ZERO, None, 0, requested=True))
+        self._mark_candidates()
         self._wake.set()
 
     def set_leaders(self, addresses: Iterable[str]) -> None:
         """The leaders whose positions are truth for the copy engine."""
         self._leaders = {parse_address(a) for a in addresses}
-        for a in self._leaders:
-            self._leader_due.setdefault(a, -math.inf)
         self._wake.set()
 
     def leader_state(self, address: str) -> AccountState | None:
@@ -467,19 +493,36 @@ class Tracker(Component):
         self._wake.set()
 
     def _mark_candidates(self) -> None:
-        """Traders near the top of either list (by provisional figures) get fills and a role."""
+        """Traders near the top of the winners (by provisional score) get fills and a role.
+
+        By rank: the provisional score is a lower bound, and a good month can still have a
+        negative one. Losers need no fills (their badness is a bound on returns alone), so the
+        whole budget for completing goes to the winners, where fills decide the score."""
         n = self._cfg.scoring_top_n
         with_score = [t for t in self._traders.values() if t.provisional_score is not None]
-        with_bad = [t for t in self._traders.values() if t.provisional_badness is not None]
-        best = heapq.nlargest(n, with_score, key=lambda t: t.provisional_score or 0.0)
-        worst = heapq.nlargest(n, with_bad, key=lambda t: t.provisional_badness or 0.0)
-        top = {t.address for t in best} | {t.address for t in worst} | self._requested
+        # "Near the top" means something only once there is a field to be near the top of;
+        # until then, only the public leaderboard's best are worth completing.
+        settled = len(with_score) >= 2 * n
+        best = {
+            t.address
+            for t in heapq.nlargest(n, with_score, key=lambda t: t.provisional_score or 0.0)
+            if settled or t.address in self._seed_best
+        }
         for t in self._traders.values():
-            t.candidate = t.address in top
+            requested = t.requested = t.address in self._requested
+            t.candidate = requested or t.address in best
+            t.promising = t.candidate or requested or t.address in self._seed_ranks
+            # A role (60 weight) only for the winners' side, once the score is complete.
+            t.contender = requested or (settled and t.address in best and t.score is not None)
+            if not t.candidate:
+                t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
 
-    # -- truth: the follower and the leaders ----------------------------------------------
+    # -- truth: the follower, the leaders and the watched ------------------------------------
 
     async def _truth_worker(self) -> None:
+        """The follower, then the leaders, then the traders the user asked to watch, each on
+        its own interval and in its own lane: the scoring workers can all be waiting on a full
+        window behind heavy reads, and a watched trader's position events must not wait too."""
         follower_due = -math.inf
         while not self._draining.is_set():
             now = self._clock.monotonic()
@@ -490,30 +533,46 @@ class Tracker(Component):
                     self.follower_state = state
                     self.counters["follower_reads"] += 1
                 continue
-            due = [(t, a) for a, t in self._leader_due.items() if a in self._leaders]
-            ready = [a for t, a in due if t <= now]
-            if ready:
-                address = ready[0]
-                self._leader_due[address] = now + self._cfg.leader_poll_interval_s
-                state = await self._read_state(address, Lane.LEADER)
-                if state is not None:
-                    self.counters["leader_reads"] += 1
-                    previous = self._leader_states.get(address)
-                    self._leader_states[address] = state
-                    entry = self._traders.get(address)
-                    before = (
-                        entry.positions
-                        if entry is not None
-                        else None
-                        if previous is None
-                        else {p.coin: p for p in previous.positions if p.szi != 0}
-                    )
-                    await self._absorb(address, state, entry, before)
-                continue
-            nexts = [t for t, _ in due] + ([follower_due] if self._follower is not None else [])
+            watched = self._leaders | self._requested
+            for address in list(self._truth_due):
+                if address not in watched:
+                    del self._truth_due[address]
+            for address in watched:
+                self._truth_due.setdefault(address, -math.inf)
+            if self._truth_due:
+                address, due = min(self._truth_due.items(), key=lambda item: item[1])
+                if due <= now:
+                    await self._read_truth(address, now)
+                    continue
+            nexts = list(self._truth_due.values())
+            if self._follower is not None:
+                nexts.append(follower_due)
             wait = min(nexts) - now if nexts else SELECT_EVERY_S
             self._wake.clear()
             await sleep_unless(self._clock, self._wake, max(0.05, wait))
+
+    async def _read_truth(self, address: str, now: float) -> None:
+        leader = address in self._leaders
+        cfg = self._cfg
+        self._truth_due[address] = now + (
+            cfg.leader_poll_interval_s if leader else cfg.positions_interval_s
+        )
+        state = await self._read_state(address, Lane.LEADER)
+        if state is None:
+            return
+        self.counters["leader_reads" if leader else "positions"] += 1
+        previous = self._leader_states.get(address)
+        if leader:
+            self._leader_states[address] = state
+        entry = self._traders.get(address)
+        if entry is not None:
+            entry.positions_s = now
+            before: Mapping[str, Position] | None = entry.positions
+        elif previous is not None:
+            before = {p.coin: p for p in previous.positions if p.szi != 0}
+        else:
+            before = None
+        await self._absorb(address, state, entry, before)
 
     async def _read_state(self, address: str, lane: Lane) -> AccountState | None:
         try:
@@ -527,11 +586,13 @@ class Tracker(Component):
 
     async def _scoring_worker(self) -> None:
         while not self._draining.is_set():
+            traders = list(self._traders.values())
             job = next_job(
-                list(self._traders.values()),
+                traders,
                 self._clock.monotonic(),
                 self._cfg.positions_interval_s,
                 self._cfg.scoring_interval_s,
+                explore=not _completing(traders),
             )
             if job is None:
                 self._wake.clear()
@@ -560,10 +621,19 @@ class Tracker(Component):
             self.counters["positions"] += 1
             await self._absorb(t.address, state, t, t.positions)
         elif job.kind == "role":
-            role = await self._info.user_role(t.address, lane=Lane.ENRICHMENT)
+            role = await self._info.user_role(t.address, lane=Lane.SCORING)
             t.role = role
             self.counters["roles"] += 1
             await self._db.save_role(t.address, role, self._clock.time_ms())
+            if t.portfolio is not None:
+                await self._publish_metrics(t, t.portfolio, await self._stored_fills(t))
+        elif job.kind == "fills":
+            await self._fetch_fills(t)
+            portfolio = t.portfolio
+            if portfolio is None:
+                self.counters["portfolio_reads"] += 1
+                portfolio = await self._info.portfolio(t.address, lane=Lane.SCORING)
+            await self._publish_metrics(t, portfolio, await self._stored_fills(t))
         else:
             await self._score(t)
 
@@ -605,10 +675,20 @@ class Tracker(Component):
             self._bus.publish(Event("position", event_json(e), e.time_ms, e.address))
 
     async def _score(self, t: Tracked) -> None:
-        portfolio = await self._info.portfolio(t.address, lane=Lane.SCORING)
-        fills: list[Fill] | None = None
-        if t.candidate:
-            fills = await self._fills(t)
+        """A fresh portfolio, with the stored fills when the trader is a candidate.
+
+        Completing the top (candidates, seeds, requests) goes in the scoring lane; exploring
+        everyone else in the lowest one, so it only ever uses what completing leaves over."""
+        lane = Lane.SCORING if t.promising else Lane.ENRICHMENT
+        self.counters["portfolio_reads"] += 1
+        self.counters["exploring_reads"] += 0 if t.promising else 1
+        portfolio = await self._info.portfolio(t.address, lane=lane)
+        fills = await self._stored_fills(t) if t.candidate and t.fills_s > -math.inf else None
+        await self._publish_metrics(t, portfolio, fills)
+
+    async def _publish_metrics(
+        self, t: Tracked, portfolio: Portfolio, fills: list[Fill] | None
+    ) -> None:
         now_ms = self._clock.time_ms()
         sz_decimals = {a.name: a.sz_decimals for a in self._universe.universe}
         snapshots = [
@@ -627,6 +707,7 @@ class Tracker(Component):
         month = metrics.get("month")
         t.provisional_score = month.provisional_score if month else None
         t.provisional_badness = month.provisional_badness if month else None
+        t.score = month.score if month else None
         account_value = next(
             (m.account_value for m in metrics.values() if m.account_value is not None), None
         )
@@ -639,26 +720,28 @@ class Tracker(Component):
         )
         self._metrics.put(t.address, metrics, account_value=account_value, updated_ms=now_ms)
         self.counters["scored"] += 1
-        if not t.candidate:
-            self._mark_candidates()
-            if t.candidate:  # it just climbed into the top: complete its score soon
-                t.scored_s = -math.inf
+        was = t.candidate
+        self._mark_candidates()
+        t.portfolio = portfolio if t.candidate else None
+        if t.candidate and not was:
+            log.debug("tracker: a new candidate", address=t.address)
 
-    async def _fills(self, t: Tracked) -> list[Fill]:
-        """New fills since the last look (the most recent 2000 the first time), stored, then
-        everything stored within the lookback."""
+    async def _fetch_fills(self, t: Tracked) -> None:
+        """New fills since the last look (the whole lookback the first time), stored. A month
+        of a typical trader's fills costs 30-50 weight this way, against 120 for a full page of
+        the most recent 2000."""
         now_ms = self._clock.time_ms()
-        if t.fills_until_ms is None:
-            fresh = await self._info.user_fills(t.address, lane=Lane.SCORING)
-        else:
-            fresh = await self._info.user_fills_by_time(
-                t.address, t.fills_until_ms, lane=Lane.SCORING, max_pages=2
-            )
+        since = now_ms - LOOKBACK_MS if t.fills_until_ms is None else t.fills_until_ms
+        fresh = await self._info.user_fills_by_time(
+            t.address, since, lane=Lane.SCORING, max_pages=3
+        )
         self.counters["fills_fetched"] += len(fresh)
+        self.counters["fills_reads"] += 1
         await self._db.record_fills(t.address, fresh, "rest", now_ms)
         t.fills_until_ms = max((f.time_ms for f in fresh), default=t.fills_until_ms or now_ms)
-        t.fills_s = self._clock.monotonic()
-        return await self._db.load_fills(t.address, now_ms - LOOKBACK_MS)
+
+    async def _stored_fills(self, t: Tracked) -> list[Fill]:
+        return await self._db.load_fills(t.address, self._clock.time_ms() - LOOKBACK_MS)
 
     # -- prices, seeds, retention ----------------------------------------------------------
 
@@ -681,6 +764,7 @@ class Tracker(Component):
                 ranks: dict[str, int] = {}
                 for i, r in enumerate(best[:n]):
                     ranks[r.address] = i
+                self._seed_best = {r.address for r in best[:n]}
                 for i, r in enumerate(reversed(best[-n:])):
                     ranks.setdefault(r.address, i)
                 self._seed_ranks = ranks
@@ -719,6 +803,19 @@ class Tracker(Component):
             "oldest_snapshot_age_s": round(now - min(polled), 1) if polled else None,
             **self.counters,
         }
+
+
+def _completing(traders: Iterable[Tracked]) -> bool:
+    """Whether completing the top is under way: promising traders without a portfolio score,
+    candidates without fills, contenders without a role."""
+    for t in traders:
+        if t.promising and t.scored_s == -math.inf:
+            return True
+        if t.candidate and t.fills_s == -math.inf:
+            return True
+        if t.contender and t.role is None:
+            return True
+    return False
 
 
 class _Drained(Exception):

@@ -105,7 +105,7 @@ ARCHETYPES: tuple[Archetype, ...] = (
         concurrent=(1, 3),
         maker=0.6,
         chunks=(2, 4),
-        skill=0.62,
+        skill=0.55,  # big, not especially good: size is what makes a whale
         flows_per_day=0.6,
         flow_active=0.4,
     ),

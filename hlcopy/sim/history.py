@@ -372,7 +372,9 @@ class Builder:
             for j, t in enumerate(x.exits):
                 last = j == len(x.exits) - 1
                 lots = -1 if last else max(1, x.units // len(x.exits))
-                maker = x.plan.maker_exit and not last
+                # A position's last exit takes liquidity (it must be done), except for a trader
+                # who only ever quotes: a market maker's whole life is on the book.
+                maker = x.plan.maker_exit and (not last or self.profile.kind.maker >= 1.0)
                 px = self._px(past, t, not buy, maker, szd)
                 out.append((t, seq, x.coin, not buy, lots, px, not maker, True, None, ""))
                 seq += 1

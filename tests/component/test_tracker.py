@@ -165,7 +165,10 @@ async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Si
     roles = await rig.store.pool.fetch(
         "SELECT address, role FROM traders WHERE role IS NOT NULL ORDER BY address"
     )
-    assert {r["address"]: r["role"] for r in roles} == dict.fromkeys(watched, "user")
+    # Requested traders get theirs; contenders near the top of the winners may too.
+    assert {r["address"]: r["role"] for r in roles if r["address"] in watched} == dict.fromkeys(
+        watched, "user"
+    )
     lanes = rig.budget.stats()["lanes"]
     assert lanes["scoring"]["requests"] > 0
     assert lanes["enrichment"]["requests"] >= 1

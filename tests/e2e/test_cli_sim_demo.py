@@ -119,6 +119,8 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         "10",
         "--traders",
         "30",
+        "--narrate-every-s",
+        "4",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env=hlcopy_env(),
@@ -139,7 +141,15 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
                     except aiohttp.ClientConnectionError:
                         pass
                     await asyncio.sleep(0.25)
-            assert set(body["components"]) == {"store", "universe", "stream", "api"}
+            assert set(body["components"]) == {
+                "store",
+                "universe",
+                "stream",
+                "discovery",
+                "tracker",
+                "leaderboard",
+                "api",
+            }
             async with s.get(api + "/api/v1/stats") as r:
                 stats = await r.json()
             body = {"type": "clearinghouseState", "user": account}
@@ -151,6 +161,9 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         assert stats["mode"] == "paper"
         assert stats["components"]["universe"]["assets"] >= 25
         assert stats["components"]["stream"]["connections_ready"] == 1
+        # The demo tells its user how the leaderboard fills, from the daemon's own API.
+        told = await _line(proc, r"hlcopy demo: \d+:\d\d in: (\d+) traders discovered")
+        assert int(told[1]) > 0
         assert await asyncio.wait_for(proc.wait(), 60) == 0  # --duration ends it cleanly
         assert (tmp_path / "state" / "pg" / "PG_VERSION").exists()
     finally:

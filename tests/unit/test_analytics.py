@@ -820,7 +820,9 @@ def test_consistent_loser_has_positive_badness_and_ranks_below_the_unlucky() -> 
 
 def test_badness_is_bounded() -> None:
     assert an.badness_of([5.0, -0.5, 3.0]) == pytest.approx(-1.0)
-    assert an.badness_of([-1.5, -1.5, -1.5]) == pytest.approx(1.0)
+    # Each point counts at most as a halving (log 2): three wipeouts in a row are 1 - 1/8.
+    assert an.badness_of([-1.5, -1.5, -1.5]) == pytest.approx(0.875)
+    assert -1.0 <= (an.badness_of([-1.0] * 40) or 0.0) <= 1.0
     assert an.badness_of([0.1]) is None
 
 
@@ -994,3 +996,35 @@ def test_analyze_fixture_rows_serialise() -> None:
         assert TraderMetrics.from_dict(json.loads(json.dumps(row.as_dict()))) == row
         assert row.excluded == "role"
         assert row.score is None
+
+
+def test_a_steady_slide_to_zero_is_a_confident_loser_despite_a_final_wipeout() -> None:
+    # A month of hourly points losing a little each time, then the last of it at once.
+    slide = [-0.02] * 200 + [-1.0]
+    bad = an.badness_of(slide)
+    assert bad is not None
+    assert bad > 0.9
+
+
+def test_one_wipeout_point_among_flat_ones_does_not_make_a_loser() -> None:
+    bad = an.badness_of([0.0] * 44 + [-1.0])
+    assert bad is not None
+    assert bad <= 0
+
+
+def test_a_loser_is_judged_without_fills_when_it_traded_at_all() -> None:
+    losing = [-0.01] * 40
+    p = series(10_000.0, losing, 3_600_000)
+    now = T0 + len(losing) * 3_600_000
+    traded = PortfolioPeriod(p.account_value_history, p.pnl_history, D(50_000))
+    m = an.analyze_window(Portfolio({"month": traded}), window="month", now_ms=now)
+    assert m.excluded == "no_fills"  # the score still needs fills...
+    assert m.score is None
+    assert m.badness is not None  # ...losing does not
+    assert m.badness > 0
+    idle = an.analyze_window(Portfolio({"month": p}), window="month", now_ms=now)
+    assert idle.badness is None  # no volume: no activity to judge
+    # With fills known, a market maker is no loser to fade either.
+    mm = _trader(losing, ["-1"] * 240, step_ms=36_000)
+    assert mm.market_maker
+    assert mm.badness is None

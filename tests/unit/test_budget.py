@@ -13,7 +13,19 @@ READS = [lane for lane in Lane if lane is not Lane.ORDER]
 
 
 def budget(clock: VirtualClock, limit: int = 1200, headroom: float = 10.0) -> WeightBudget:
-    return WeightBudget(limit, headroom, clock=clock)
+    # The mechanics on the exchange's own 60-s window; the default adds a second (see below).
+    return WeightBudget(limit, headroom, clock=clock, window_s=60.0)
+
+
+async def test_the_default_window_keeps_a_second_for_the_road() -> None:
+    clock = VirtualClock()
+    b = WeightBudget(100, 0, clock=clock)
+    await b.acquire(100, Lane.SCORING)
+    late = asyncio.create_task(b.acquire(1, Lane.SCORING))
+    await clock.advance(60.5)  # the exchange's window has moved on; ours has not yet
+    assert not late.done()
+    await clock.advance(0.6)
+    assert late.done()
 
 
 def max_window_sum(events: list[tuple[float, int]], window: float = 60.0) -> int:

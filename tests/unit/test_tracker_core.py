@@ -128,13 +128,22 @@ def test_nothing_is_due_before_its_interval_and_failures_wait() -> None:
     assert next_job([t], 150.0, 60.0, 3600.0) is None
 
 
-def test_a_role_is_looked_up_once_and_only_for_candidates() -> None:
+def test_a_candidate_is_completed_first_fills_then_for_a_contender_its_role() -> None:
     t = Tracked("0x" + "01" * 20, positions_s=0.0, scored_s=0.0)
-    assert next_job([t], 10.0, 60.0, 3600.0) is None
-    t.candidate = True
+    assert next_job([t], 10.0, 60.0, 3600.0) is None  # no candidate: nothing more to do
+    other = Tracked("0x" + "02" * 20, priority=50.0)  # never scored, and a high priority
+    t.candidate = True  # near the top of the losers: its fills complete its score...
+    job = next_job([other, t], 10.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (t, "fills")  # ...before anyone else's first portfolio
+    t.fills_s = 10.0
+    assert next_job([t], 10.0, 60.0, 3600.0) is None  # a loser's role does not matter
+    t.contender = True  # near the top of the winners: a vault or an agent must not rank there
     job = next_job([t], 10.0, 60.0, 3600.0)
     assert job is not None
     assert job.kind == "role"
+    t.role_s = 10.0
+    assert next_job([t], 11.0, 60.0, 3600.0) is None  # once
 
 
 def test_priority_rises_with_volume_recency_seed_and_request() -> None:
@@ -146,3 +155,12 @@ def test_priority_rises_with_volume_recency_seed_and_request() -> None:
     assert priority(D(1000), now - 3_600_000, now, requested=True) > base + 50
     assert priority(D(0), None, now) == 0.0
     assert math.isfinite(priority(D(10) ** 30, 0, now))
+
+
+def test_a_requested_traders_positions_are_left_to_the_truth_worker() -> None:
+    watched = Tracked("0x" + "01" * 20, positions_s=0.0, scored_s=0.0, fills_s=0.0, role_s=0.0)
+    job = next_job([watched], 61.0, 60.0, 3600.0)
+    assert job is not None
+    assert job.kind == "positions"
+    watched.requested = True  # read on its own interval in a higher lane, never behind scoring
+    assert next_job([watched], 61.0, 60.0, 3600.0) is None

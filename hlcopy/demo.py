@@ -1,0 +1,100 @@
+"""What ``hlcopy demo`` tells its user while it runs: the leaderboard as it fills.
+
+Read from the daemon's own public API, as any client would, so the demo shows what a user of
+the API sees and nothing the API does not serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from hlcopy.clock import SYSTEM, Clock
+
+EVERY_S = 30.0
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:+.1f}%"
+
+
+def _short(address: str) -> str:
+    return f"{address[:6]}…{address[-4:]}"
+
+
+def _usd(value: Any) -> str:
+    return "-" if value is None else f"{Decimal(value):,.0f}"
+
+
+def render_board(
+    elapsed_s: float,
+    stats: Mapping[str, Any],
+    board: Mapping[str, Any],
+    losers: Mapping[str, Any],
+) -> str:
+    """A few lines for a terminal: the best traders to copy and the worst to fade."""
+    components = stats.get("components", {})
+    discovered = components.get("discovery", {}).get("addresses", 0)
+    tracker = components.get("tracker", {})
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    head = (
+        f"hlcopy demo: {minutes}:{seconds:02d} in: {discovered} traders discovered, "
+        f"{tracker.get('scored', 0)} scorings, {board.get('total', 0)} ranked "
+        f"({board.get('window', 'month')}); /api/v1/leaderboard"
+    )
+    rows: Sequence[Mapping[str, Any]] = board.get("rows", ())
+    if not rows:
+        return head + "\n  (no complete score yet: portfolios first, then the top traders' fills)"
+    columns = "     #  trader        return  drawdown  win%  trades  risk      style     score"
+    lines = [head, columns]
+    for i, r in enumerate(rows, 1):
+        win = "-" if r.get("win_rate") is None else f"{float(r['win_rate']) * 100:.0f}"
+        lines.append(
+            f"  {i:4d}  {_short(r['address'])}  {_pct(r.get('return')):>7}  "
+            f"{_pct(r.get('max_drawdown')):>8}  {win:>4}  {r.get('trade_count') or '-':>6}  "
+            f"{r.get('risk_level') or '-':<8}  {r.get('style') or '-':<8}  "
+            f"{float(r['score']):6.2f}"
+        )
+    worst: Sequence[Mapping[str, Any]] = losers.get("rows", ())
+    if worst:
+        fade = ", ".join(
+            f"{_short(r['address'])} {_pct(r.get('return'))} on {_usd(r.get('account_value'))} USD"
+            for r in worst
+        )
+        lines.append(f"  worst losers (to fade; /api/v1/losers): {fade}")
+    return "\n".join(lines)
+
+
+async def narrate(
+    api_url: str,
+    token: str | None,
+    *,
+    every_s: float = EVERY_S,
+    top: int = 5,
+    clock: Clock = SYSTEM,
+) -> None:
+    """Print the board every ``every_s`` seconds, until cancelled."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    started = clock.monotonic()
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(api_url, headers=headers, timeout=timeout) as http:
+        while True:
+            await clock.sleep(every_s)
+            try:
+                stats = await _get(http, "/api/v1/stats")
+                board = await _get(http, f"/api/v1/leaderboard?limit={top}")
+                losers = await _get(http, "/api/v1/losers?limit=3")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue  # starting, stopping or busy: the next round will tell
+            print(render_board(clock.monotonic() - started, stats, board, losers), flush=True)
+
+
+async def _get(http: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+    async with http.get(path) as r:
+        if r.status != 200:
+            raise ValueError(f"{path}: HTTP {r.status}")
+        body: dict[str, Any] = await r.json()
+        return body

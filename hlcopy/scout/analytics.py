@@ -78,6 +78,7 @@ MM_ORDERS_PER_DAY = 2000.0  # very high order rate (span floored at MM_RATE_MIN_
 MM_RATE_MIN_SPAN_MS = 3_600_000
 MM_MIN_TRIPS_FOR_HOLD = 20  # with this many trips ...
 MM_MAX_MEDIAN_HOLD_S = 60.0  # ... back to flat within a minute: near-zero net position
+MM_HINT_MIN_TRADES = 30  # public trades seen before their maker share hints at a market maker
 
 # Risk level: the highest level any of leverage (max), drawdown and liquidations reaches.
 MEDIUM_LEVERAGE, HIGH_LEVERAGE, EXTREME_LEVERAGE = 3.0, 10.0, 25.0
@@ -511,6 +512,13 @@ def is_market_maker(stats: FillStats) -> bool:
         and stats.median_hold_s is not None
         and stats.median_hold_s < MM_MAX_MEDIAN_HOLD_S
     )
+
+
+def looks_like_market_maker(taker: int, maker: int) -> bool:
+    """A hint from the public trades alone (no fills read): mostly the resting side of enough
+    trades. The tracker spends no fills on such a trader; only its fills can rule it out."""
+    trades = taker + maker
+    return trades >= MM_HINT_MIN_TRADES and maker >= MM_MAKER_SHARE * trades
 
 
 def copyable_share(

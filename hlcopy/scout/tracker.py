@@ -82,6 +82,12 @@ class ActivityView(Protocol):
     @property
     def volume_usd(self) -> Decimal: ...
 
+    @property
+    def taker(self) -> int: ...
+
+    @property
+    def maker(self) -> int: ...
+
 
 class RegistryView(Protocol):
     def __iter__(self) -> Iterator[ActivityView]: ...
@@ -497,9 +503,15 @@ class Tracker(Component):
 
         By rank: the provisional score is a lower bound, and a good month can still have a
         negative one. Losers need no fills (their badness is a bound on returns alone), so the
-        whole budget for completing goes to the winners, where fills decide the score."""
+        whole budget for completing goes to the winners, where fills decide the score. A
+        trader whose public trades look like market making is passed over: it cannot rank, and
+        its fills are the most expensive of all."""
         n = self._cfg.scoring_top_n
-        with_score = [t for t in self._traders.values() if t.provisional_score is not None]
+        with_score = [
+            t
+            for t in self._traders.values()
+            if t.provisional_score is not None and not self._looks_like_market_maker(t.address)
+        ]
         # "Near the top" means something only once there is a field to be near the top of;
         # until then, only the public leaderboard's best are worth completing.
         settled = len(with_score) >= 2 * n
@@ -513,9 +525,13 @@ class Tracker(Component):
             t.candidate = requested or t.address in best
             t.promising = t.candidate or requested or t.address in self._seed_ranks
             # A role (60 weight) only for the winners' side, once the score is complete.
-            t.contender = requested or (settled and t.address in best and t.score is not None)
+            t.contender = settled and t.address in best and t.score is not None
             if not t.candidate:
                 t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
+
+    def _looks_like_market_maker(self, address: str) -> bool:
+        seen = self._registry.get(address)
+        return seen is not None and analytics.looks_like_market_maker(seen.taker, seen.maker)
 
     # -- truth: the follower, the leaders and the watched ------------------------------------
 

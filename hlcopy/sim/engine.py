@@ -170,6 +170,8 @@ class Account:
     requests: int = 0
     # Hourly samples (ms, account value, deposits, volume), all integer micro-USD.
     samples: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # The "now" point of the last few portfolio answers: ground truth as a client saw it.
+    served: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=16))
     schedule_cancel_ms: int | None = None
     ledger: list[LedgerRecord] = field(default_factory=list)
     fundings: list[FundingRecord] = field(default_factory=list)

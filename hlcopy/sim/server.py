@@ -234,6 +234,7 @@ class Simulator:
         app.router.add_get("/_sim/roles", self._roles)
         app.router.add_get("/_sim/truth/{address}", self._truth)
         app.router.add_get("/_sim/accounts/{address}", self._account)
+        app.router.add_get("/_sim/positions/{address}", self._positions_at)
         app.router.add_get("/_sim/orders", self._orders)
         app.router.add_post("/_sim/fund", self._fund)
         app.router.add_post("/_sim/price", self._price)
@@ -928,10 +929,36 @@ class Simulator:
         acct = self.engine.accounts.get(address)
         if acct is None:
             return self._json({"error": f"no account {address}"}, 404)
-        truth = views.account_truth(self.engine, self.pasts, acct)
+        at = request.query.get("at")
+        served = None
+        if at is not None:
+            # A portfolio answered at ``at`` ms (or the last one: ``served``), among the last few.
+            served = next(
+                (p for p in reversed(acct.served) if at == "served" or str(p[0]) == at), None
+            )
+            if served is None:
+                return self._json({"error": f"no portfolio of {address} served at {at}"}, 404)
+        truth = views.account_truth(self.engine, self.pasts, acct, served=served)
         truth["archetype"] = self.population.archetypes().get(address)
         truth["role"] = views.user_role(self.engine, address)["role"]
         return self._json(truth)
+
+    async def _positions_at(self, request: web.Request) -> web.Response:
+        address = self._path_address(request)
+        acct = self.engine.accounts.get(address)
+        if acct is None:
+            return self._json({"error": f"no account {address}"}, 404)
+        try:
+            at_ms = int(request.query.get("at", self.engine.now_ms))
+        except ValueError:
+            return self._json({"error": "at must be a time in milliseconds"}, 400)
+        return self._json(
+            {
+                "address": address,
+                "at": at_ms,
+                "positions": views.positions_at(self.engine, acct, at_ms),
+            }
+        )
 
     async def _account(self, request: web.Request) -> web.Response:
         address = self._path_address(request)

@@ -777,15 +777,22 @@ def now_point(engine: Engine, pasts: Pasts | None, acct: Account) -> Point:
     )
 
 
-def windows(engine: Engine, pasts: Pasts | None, acct: Account) -> dict[str, list[Point]]:
+def windows(
+    engine: Engine, pasts: Pasts | None, acct: Account, now: Point | None = None
+) -> dict[str, list[Point]]:
     series = samples(engine, pasts, acct)
-    now = now_point(engine, pasts, acct)
+    if now is None:
+        now = now_point(engine, pasts, acct)
     return {name: window(series, now, span, grid) for name, span, grid in WINDOWS}
 
 
 def portfolio(engine: Engine, pasts: Pasts | None, acct: Account | None) -> list[Any]:
     out: list[Any] = []
-    points = windows(engine, pasts, acct) if acct is not None else {}
+    points: dict[str, list[Point]] = {}
+    if acct is not None:
+        now = now_point(engine, pasts, acct)
+        acct.served.append(now)
+        points = windows(engine, pasts, acct, now)
     for prefix in ("", "perp"):
         for name, _, _ in WINDOWS:
             period = prefix + (name[0].upper() + name[1:] if prefix else name)
@@ -860,9 +867,37 @@ def leaderboard(engine: Engine, pasts: Pasts | None) -> dict[str, Any]:
     return {"leaderboardRows": rows}
 
 
-def account_truth(engine: Engine, pasts: Pasts | None, acct: Account) -> dict[str, Any]:
+def positions_at(engine: Engine, acct: Account, at_ms: int) -> dict[str, str]:
+    """The account's perp positions right after its last fill at or before ``at_ms``: ground
+    truth to check position events against, rebuilt from the fills as the exchange made them."""
+    last: dict[str, Decimal] = {}
+    first: dict[str, Decimal] = {}
+    for coin, _, sz, is_buy, time_ms, start, *_ in acct.fills:
+        if engine.by_name[coin].is_spot:
+            continue
+        first.setdefault(coin, start)
+        if time_ms <= at_ms:
+            last[coin] = start + (D(sz) if is_buy else -D(sz))
+    out = {}
+    for coin in set(first) | {c for c, p in acct.positions.items() if p.szi}:
+        if coin in last:
+            szi = last[coin]
+        elif coin in first:
+            szi = first[coin]  # every fill of it came later: where it stood before them
+        else:
+            szi = acct.positions[coin].szi  # never traded live: as it has been all along
+        if szi:
+            out[coin] = str(szi.normalize())
+    return out
+
+
+def account_truth(
+    engine: Engine, pasts: Pasts | None, acct: Account, *, served: Point | None = None
+) -> dict[str, Any]:
     """The simulator's own ledger of one account: money in and out, realised and unrealised
-    PnL, fees and funding, and the deposit-independent return of each portfolio window."""
+    PnL, fees and funding, and the deposit-independent return of each portfolio window —
+    up to now, or up to a ``served`` portfolio's moment (what a client's figures were
+    computed from, however long ago it asked)."""
     past = pasts.account(acct.address) if pasts is not None and pasts.has(acct.address) else None
     deposits = withdrawals = fees_out = ZERO
     n_dep = n_wd = 0
@@ -897,7 +932,7 @@ def account_truth(engine: Engine, pasts: Pasts | None, acct: Account) -> dict[st
         # without a past started with its opening balance.
         deposits += acct.opening
     out_windows = {}
-    for name, pts in windows(engine, pasts, acct).items():
+    for name, pts in windows(engine, pasts, acct, served).items():
         ret, drawdown = chain(pts)
         out_windows[name] = {
             "return": ret,

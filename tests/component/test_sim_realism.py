@@ -292,3 +292,42 @@ def test_vaults_sub_accounts_and_agents_have_their_roles(run: Run) -> None:
     master, agent, name = named[0]
     listed = run.info({"type": "extraAgents", "user": master})
     assert {"name": name, "address": agent, "validUntil": None} in listed
+
+
+def test_the_truth_as_served_is_the_last_portfolio_a_client_read() -> None:
+    sim = Simulator(SimConfig(realtime=False, traders=20, start_ms=OPENS, tick_ms=1000))
+    sim.step(600)
+    engine, pasts = sim.engine, sim.pasts
+    address = next(
+        a for a, acct in engine.accounts.items() if any(p.szi for p in acct.positions.values())
+    )
+    acct = engine.accounts[address]
+    periods = dict(views.answer(engine, {"type": "portfolio", "user": address}, pasts))
+    sim.step(600)  # the market moves on; the open positions with it
+    served = views.account_truth(engine, pasts, acct, served=acct.served[-1])
+    now = views.account_truth(engine, pasts, acct)
+    for name, window in served["windows"].items():
+        assert product_return(periods[name]) == pytest.approx(window["return"], abs=1e-9)
+    assert served["windows"]["day"]["end"] < now["windows"]["day"]["end"]
+
+
+def test_positions_at_a_time_are_rebuilt_from_the_fills() -> None:
+    sim = Simulator(SimConfig(realtime=False, traders=20, start_ms=OPENS, tick_ms=1000))
+    sim.step(900)
+    engine = sim.engine
+    traded = [a for a in engine.accounts.values() if len(a.fills) >= 4]
+    assert traded
+    for acct in traded:
+        held = {c: str(p.szi.normalize()) for c, p in acct.positions.items() if p.szi}
+        perps = {c: v for c, v in held.items() if not engine.by_name[c].is_spot}
+        assert views.positions_at(engine, acct, engine.now_ms) == perps
+        # Halfway through its fills: each coin where its last fill so far left it.
+        fills = list(acct.fills)
+        half = fills[len(fills) // 2][4]
+        want: dict[str, Decimal] = {}
+        for coin, _, sz, is_buy, t, start, *_ in fills:
+            if t <= half and not engine.by_name[coin].is_spot:
+                want[coin] = start + (Decimal(sz) if is_buy else -Decimal(sz))
+        got = views.positions_at(engine, acct, half)
+        for coin, szi in want.items():
+            assert Decimal(got.get(coin, "0")) == szi, (acct.address, coin)

@@ -1028,3 +1028,11 @@ def test_a_loser_is_judged_without_fills_when_it_traded_at_all() -> None:
     mm = _trader(losing, ["-1"] * 240, step_ms=36_000)
     assert mm.market_maker
     assert mm.badness is None
+
+
+def test_public_trades_hint_at_a_market_maker_only_with_enough_of_them() -> None:
+    assert an.looks_like_market_maker(taker=5, maker=95)
+    assert an.looks_like_market_maker(taker=6, maker=24)  # 80% of 30
+    assert not an.looks_like_market_maker(taker=7, maker=23)
+    assert not an.looks_like_market_maker(taker=0, maker=29)  # too few to tell
+    assert not an.looks_like_market_maker(taker=40, maker=60)  # a patient trader, not a quoter

@@ -24,6 +24,7 @@ from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
 from hlcopy.instance import StateLock
 from hlcopy.notify import Notifier
@@ -104,6 +105,8 @@ class App:
             clock=clock,
         )
 
+        self.risk = RiskKeeper(self.store, self.bus, clock=clock)
+
         # Start order: each waits for the one before it to be ready.
         daemon.add(StoreMonitor(self.store, clock=clock))
         daemon.add(self.universe)
@@ -112,6 +115,7 @@ class App:
         if self.discovery is not None:
             daemon.add(self.discovery)
         daemon.add(self.tracker)
+        daemon.add(self.risk)
         if cfg.api.enabled:
             daemon.add(
                 ApiServer(
@@ -123,6 +127,7 @@ class App:
                     tracker=self.tracker,
                     bus=self.bus,
                     store=self.store,
+                    risk=self.risk,
                     clock=clock,
                 )
             )

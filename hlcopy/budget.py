@@ -5,9 +5,12 @@ limit (a plain token bucket, capacity N refilled at N/60 per second, could admit
 minute). The extra second is for the road: the exchange counts a request when it arrives, we
 count it when we send it, and a later request may travel faster than an earlier one.
 
-Lanes are served in strict priority: orders and cancels, follower truth, leader truth, gap-fill,
-scoring, enrichment. The read lanes stop at ``limit x (1 - headroom)``; the headroom is kept for
-the order lane, so reads can never starve orders. A request whose weight depends on the size of
+Lanes are served in priority order: orders and cancels, follower truth, leader truth, gap-fill,
+scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
+requests behind it go first only within the room its own admission will leave (backfilling), so
+a large read waiting for weight to expire does not leave the window idle. The read lanes stop
+at ``limit x (1 - headroom)``; the headroom is kept for the order lane, so reads can never
+starve orders. A request whose weight depends on the size of
 its answer reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends
 the read lanes into back-off.
 
@@ -78,6 +81,7 @@ class WeightBudget:
         self._queues: list[deque[_Waiter]] = [deque() for _ in Lane]
         self._timer: Timer | None = None
         self._reads_blocked_until = 0.0
+        self._bulk_reserve = 0  # kept free of the scoring and enrichment lanes for truth reads
         self._backoff_step = 0
         self._last_429 = -math.inf
         # Cumulative figures for stats.
@@ -133,6 +137,21 @@ class WeightBudget:
             return
         # Already outside the window: it no longer counts, nothing to give back.
 
+    def reserve_for_truth(self, weight: int) -> None:
+        """Keep ``weight`` of every window out of reach of the bulk lanes (scoring,
+        enrichment), for the follower's, leaders' and watched traders' reads to come. Without
+        it, tracking spends a whole window in a burst and a leader's next read waits for it to
+        expire (up to a minute). At most half the read budget: scoring never stops."""
+        self._bulk_reserve = max(0, min(weight, self.read_limit // 2))
+        self._dispatch()
+
+    def _cap(self, lane: Lane) -> int:
+        if lane == Lane.ORDER:
+            return self.limit
+        if lane >= Lane.SCORING:
+            return self.read_limit - self._bulk_reserve
+        return self.read_limit
+
     def rate_limited(self) -> None:
         """The exchange answered 429: our count and its differ. Back the read lanes off."""
         now = self._clock.monotonic()
@@ -168,7 +187,9 @@ class WeightBudget:
         delay = 0.0
         if lane != Lane.ORDER and now < self._reads_blocked_until:
             delay = self._reads_blocked_until - now
-        cap = self.limit if lane == Lane.ORDER else self.read_limit
+        cap = self._cap(lane)
+        if weight > cap:  # too big for what the reserve leaves: it may use the reserve too
+            cap = self.read_limit
         excess = self._used + weight - cap
         if excess > 0:
             for t, w, _, _ in self._spent:
@@ -178,36 +199,68 @@ class WeightBudget:
                     break
         return delay
 
+    def _slack(self, weight: int, lane: Lane, at: float) -> int:
+        """Weight that may be spent now without delaying ``weight`` in ``lane`` past ``at``:
+        what will still be unused in the window at ``at`` once that request is admitted."""
+        cap = self._cap(lane)
+        horizon = at + TIMER_SLACK_S - self.window_s
+        expired = 0
+        for t, w, _, _ in self._spent:
+            if t > horizon:
+                break
+            expired += w
+        return max(0, cap - (self._used - expired) - weight)
+
     def _dispatch(self) -> None:
-        """Admit waiters in strict lane order while they fit; arm one timer for the next."""
+        """Admit waiters in lane order while they fit; arm one timer for the next.
+
+        The first waiter that does not fit keeps its place: nothing is admitted that would
+        delay it. Smaller requests behind it (in its lane or below) go meanwhile if they fit
+        now and within the slack its own admission will leave ("backfilling"), so the window
+        is not left idle while a large request waits for enough weight to expire.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         now = self._clock.monotonic()
         self._expire(now)
+        blocked_delay: float | None = None
+        slack = 0
         for lane in Lane:
             queue = self._queues[lane]
-            while queue:
-                waiter = queue[0]
+            i = 0
+            while i < len(queue):
+                waiter = queue[i]
                 if waiter.future.done():  # cancelled while waiting
-                    queue.popleft()
+                    del queue[i]
                     continue
                 delay = self._delay(waiter.weight, lane, now)
-                if delay > 0:
-                    # Strict priority: nothing below this lane's head goes before it.
-                    # A hair late, so rounding cannot leave the weight a hair unexpired.
-                    self._timer = self._clock.call_later(delay + TIMER_SLACK_S, self._dispatch)
-                    return
-                queue.popleft()
-                ticket = self._spend(waiter.weight, lane, now)
-                self._admitted[lane] += 1
-                self._weight_total[lane] += waiter.weight
-                waited = now - waiter.since
-                if waited > 0:
-                    self._waits += 1
-                    self._wait_s += waited
-                    self._max_wait_s = max(self._max_wait_s, waited)
-                waiter.future.set_result(ticket)
+                if blocked_delay is None and delay > 0:
+                    blocked_delay = delay
+                    slack = self._slack(waiter.weight, lane, now + delay)
+                    i += 1
+                    continue
+                if blocked_delay is not None and (delay > 0 or waiter.weight > slack):
+                    i += 1
+                    continue
+                if blocked_delay is not None:
+                    slack -= waiter.weight
+                del queue[i]
+                self._admit(waiter, lane, now)
+        if blocked_delay is not None:
+            # A hair late, so rounding cannot leave the weight a hair unexpired.
+            self._timer = self._clock.call_later(blocked_delay + TIMER_SLACK_S, self._dispatch)
+
+    def _admit(self, waiter: _Waiter, lane: Lane, now: float) -> None:
+        ticket = self._spend(waiter.weight, lane, now)
+        self._admitted[lane] += 1
+        self._weight_total[lane] += waiter.weight
+        waited = now - waiter.since
+        if waited > 0:
+            self._waits += 1
+            self._wait_s += waited
+            self._max_wait_s = max(self._max_wait_s, waited)
+        waiter.future.set_result(ticket)
 
     def used(self) -> int:
         """Weight spent within the current window."""
@@ -220,6 +273,7 @@ class WeightBudget:
         return {
             "limit_per_minute": self.limit,
             "read_limit_per_minute": self.read_limit,
+            "truth_reserve": self._bulk_reserve,
             "used_last_window": self._used,
             "utilization": round(self._used / self.limit, 4),
             "lanes": {

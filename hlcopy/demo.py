@@ -21,6 +21,10 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value) * 100:+.1f}%"
 
 
+def _fraction(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:.1f}%"
+
+
 def _short(address: str) -> str:
     return f"{address[:6]}…{address[-4:]}"
 
@@ -40,10 +44,12 @@ def render_board(
     discovered = components.get("discovery", {}).get("addresses", 0)
     tracker = components.get("tracker", {})
     minutes, seconds = divmod(int(elapsed_s), 60)
+    budget = stats.get("budget", {})
     head = (
         f"hlcopy demo: {minutes}:{seconds:02d} in: {discovered} traders discovered, "
         f"{tracker.get('scored', 0)} scorings, {board.get('total', 0)} ranked "
-        f"({board.get('window', 'month')}); /api/v1/leaderboard"
+        f"({board.get('window', 'month')}), REST budget {_fraction(budget.get('utilization'))} "
+        "used; /api/v1/leaderboard"
     )
     rows: Sequence[Mapping[str, Any]] = board.get("rows", ())
     if not rows:
@@ -54,7 +60,7 @@ def render_board(
         win = "-" if r.get("win_rate") is None else f"{float(r['win_rate']) * 100:.0f}"
         lines.append(
             f"  {i:4d}  {_short(r['address'])}  {_pct(r.get('return')):>7}  "
-            f"{_pct(r.get('max_drawdown')):>8}  {win:>4}  {r.get('trade_count') or '-':>6}  "
+            f"{_fraction(r.get('max_drawdown')):>8}  {win:>4}  {r.get('trade_count') or '-':>6}  "
             f"{r.get('risk_level') or '-':<8}  {r.get('style') or '-':<8}  "
             f"{float(r['score']):6.2f}"
         )

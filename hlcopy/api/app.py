@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hlcopy.api import feed, openapi, schemas, scout
+from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
 from hlcopy.api.params import ApiError, Args, Route, endpoint
 from hlcopy.api.ports import RegistryView, TrackRequests
@@ -33,6 +34,7 @@ from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import StoreUnavailable
 from hlcopy.events import EventBus
+from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries
@@ -199,6 +201,7 @@ ROUTES: Final = (
         errors=(400,),
     ),
     *scout.ROUTES,
+    *risk_routes.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -214,6 +217,7 @@ def build_app(
     tracker: TrackRequests | None = None,
     bus: EventBus | None = None,
     store: Store | None = None,
+    risk: RiskKeeper | None = None,
     clock: Clock = SYSTEM,
     feed_settings: FeedSettings | None = None,
 ) -> web.Application:
@@ -237,6 +241,8 @@ def build_app(
         clock=clock,
         feed=feed_settings or FeedSettings(),
     )
+    if risk is not None:
+        app[risk_routes.RISK] = risk
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

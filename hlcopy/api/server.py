@@ -21,6 +21,7 @@ from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import ComponentFailed
 from hlcopy.events import EventBus
+from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 
@@ -124,6 +125,7 @@ class ApiServer(Component):
         tracker: TrackRequests | None = None,
         bus: EventBus | None = None,
         store: Store | None = None,
+        risk: RiskKeeper | None = None,
         clock: Clock = SYSTEM,
         feed_settings: FeedSettings | None = None,
     ) -> None:
@@ -137,6 +139,7 @@ class ApiServer(Component):
             "tracker": tracker,
             "bus": bus,
             "store": store,
+            "risk": risk,
             "clock": clock,
             "feed_settings": feed_settings,
         }

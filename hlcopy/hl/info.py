@@ -401,5 +401,15 @@ class InfoClient:
         except (orjson.JSONDecodeError, WireError) as exc:
             raise WireError(f"public leaderboard: {exc}") from exc
 
+    @property
+    def budget_window_s(self) -> float:
+        """The budget's window: how far ahead a reserve must look."""
+        return self._budget.window_s
+
+    def reserve_state_reads(self, reads: int) -> None:
+        """Keep room in every budget window for ``reads`` clearinghouseState reads of the
+        truth lanes (follower, leaders, watched traders), out of reach of scoring."""
+        self._budget.reserve_for_truth(reads * WEIGHTS["clearinghouseState"][0])
+
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "failures": self.failures}

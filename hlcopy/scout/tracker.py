@@ -339,7 +339,6 @@ class Tracker(Component):
         self._metrics = metrics
         self._bus = bus
         self._clock = clock
-        self.reconfigure(config)
         self._traders: dict[str, Tracked] = {}
         self._requested: set[str] = set()
         self._seed_ranks: dict[str, int] = {}
@@ -369,6 +368,7 @@ class Tracker(Component):
             "pruned_fills": 0,
             "seeded": 0,
         }
+        self.reconfigure(config)
 
     def reconfigure(self, config: HlcopyConfig) -> None:
         self._cfg = config.tracking
@@ -378,6 +378,7 @@ class Tracker(Component):
         self._follower = config.account.address if config.account.mode == "live" else None
         board = config.leaderboard
         self._follower_equity = board.follower_equity_usd or config.account.paper_equity_usd
+        self._reserve_truth()
 
     # -- what others ask of it ------------------------------------------------------------
 
@@ -385,6 +386,7 @@ class Tracker(Component):
         """Raise ``address``'s tracking priority (the API calls this; no I/O here)."""
         address = parse_address(address)
         self._requested.add(address)
+        self._reserve_truth()
         entry = self._traders.get(address)
         if entry is None:
             entry = self._traders[address] = Tracked(address)
@@ -395,7 +397,20 @@ class Tracker(Component):
     def set_leaders(self, addresses: Iterable[str]) -> None:
         """The leaders whose positions are truth for the copy engine."""
         self._leaders = {parse_address(a) for a in addresses}
+        self._reserve_truth()
         self._wake.set()
+
+    def _reserve_truth(self) -> None:
+        """Keep room in every budget window for the truth reads to come (see the budget)."""
+        cfg = self._cfg
+        window = self._info.budget_window_s
+        reads = len(self._leaders) * math.ceil(window / cfg.leader_poll_interval_s)
+        reads += len(self._requested - self._leaders) * math.ceil(
+            window / cfg.positions_interval_s
+        )
+        if self._follower is not None:
+            reads += math.ceil(window / cfg.follower_poll_interval_s)
+        self._info.reserve_state_reads(reads)
 
     def leader_state(self, address: str) -> AccountState | None:
         return self._leader_states.get(address)
@@ -404,9 +419,10 @@ class Tracker(Component):
 
     async def run(self, ready: Ready) -> None:
         self._draining.clear()
-        if not self._loaded:
+        if self._loaded:
+            await self._select()
+        else:
             await self._load()
-        await self._select()
         mids_sub = await self._stream.all_mids(self._mids_queue, wait=False)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -431,22 +447,25 @@ class Tracker(Component):
         self._wake.set()
 
     async def _load(self) -> None:
-        """What tracking knew before a restart: roles, last positions, requests, seeds."""
-        for row in await self._db.load():
+        """What tracking knew before a restart: the track requests, then — for the traders
+        chosen now — their roles and last positions (so a role is not paid for twice, and the
+        first read after a restart already makes events)."""
+        self._requested.update(await self._db.requested())
+        self._reserve_truth()
+        await self._select()
+        for row in await self._db.load(list(self._traders)):
+            entry = self._traders.get(row.address)
+            if entry is None:
+                continue
             if row.role is not None:
-                role = UserRole(row.role, row.master)
-            else:
-                role = None
-            entry = self._traders.setdefault(row.address, Tracked(row.address))
-            entry.role = role
-            if role is not None:
+                entry.role = UserRole(row.role, row.master)
                 entry.role_s = self._clock.monotonic()
             if row.positions is not None:
                 entry.positions = _positions_from_json(row.positions)
-            if row.track_requested_ms is not None:
-                self._requested.add(row.address)
         self._loaded = True
-        log.info("tracker state loaded", traders=len(self._traders))
+        log.info(
+            "tracker state loaded", traders=len(self._traders), requested=len(self._requested)
+        )
 
     # -- choosing whom to track -----------------------------------------------------------
 

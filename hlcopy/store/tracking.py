@@ -43,15 +43,25 @@ class TrackingStore:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def load(self) -> list[TrackedRow]:
-        """Every trader tracking has touched (polled, scored, requested or seeded)."""
+    async def requested(self) -> list[str]:
+        """The traders a user asked to track (they are tracked whatever their activity)."""
+        with translate("load track requests"):
+            rows = await self._store.pool.fetch(
+                "SELECT address FROM traders WHERE track_requested_ms IS NOT NULL"
+            )
+        return [r["address"] for r in rows]
+
+    async def load(self, addresses: Sequence[str]) -> list[TrackedRow]:
+        """What tracking knew of ``addresses`` (the ones chosen for tracking now): only those,
+        so a database of a hundred thousand scored traders is not read into memory."""
         with translate("load tracking state"):
             rows = await self._store.pool.fetch(
                 """SELECT address, role, master, role_at_ms, positions, positions_at_ms,
                           stats_at_ms, track_requested_ms, seeded, last_seen_ms, volume_usd
                    FROM traders
-                   WHERE role_at_ms IS NOT NULL OR positions_at_ms IS NOT NULL
-                      OR stats_at_ms IS NOT NULL OR track_requested_ms IS NOT NULL OR seeded"""
+                   WHERE address = ANY($1::text[])
+                     AND (role_at_ms IS NOT NULL OR positions_at_ms IS NOT NULL)""",
+                list(addresses),
             )
         return [
             TrackedRow(

@@ -22,6 +22,7 @@ from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import Secret
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.notify import Notifier
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
 from hlcopy.store import Store
@@ -184,6 +185,7 @@ class ScoutApi:
     tracker: Tracker
     traders: list[Trader]
     server: ApiServer
+    risk: RiskKeeper
 
     async def call(
         self, method: str, path: str, token: str | None = TOKEN, **kwargs: Any
@@ -235,6 +237,7 @@ async def scout_api(
     bus = EventBus()
     registry = Registry(seen)
     tracker = Tracker()
+    risk = RiskKeeper(store, bus)
     server = ApiServer(
         daemon,
         cfg.api,
@@ -244,10 +247,12 @@ async def scout_api(
         tracker=tracker,
         bus=bus,
         store=store,
+        risk=risk,
         feed_settings=feed,
     )
     daemon.add(StoreMonitor(store))
     daemon.add(LeaderboardService(board, store, cfg.leaderboard))
+    daemon.add(risk)
     daemon.add(server)
     try:
         async with running(daemon), aiohttp.ClientSession() as session:
@@ -261,6 +266,7 @@ async def scout_api(
                 tracker,
                 population_,
                 server,
+                risk,
             )
     finally:
         await store.close()

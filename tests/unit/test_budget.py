@@ -88,23 +88,29 @@ async def test_strict_lane_priority_when_saturated() -> None:
     await asyncio.gather(*tasks)
 
 
-async def test_a_big_waiting_order_is_not_overtaken_by_smaller_reads() -> None:
+async def test_smaller_reads_go_first_only_where_they_cannot_delay_a_waiting_order() -> None:
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
-    await b.acquire(90, Lane.LEADER)
-    order: list[str] = []
+    await b.acquire(45, Lane.LEADER)
+    await clock.advance(30)
+    await b.acquire(45, Lane.LEADER)  # 90 used; the first 45 come back at t=60
+    order: list[tuple[str, float]] = []
 
     async def request(name: str, weight: int, lane: Lane) -> None:
         await b.acquire(weight, lane)
-        order.append(name)
+        order.append((name, clock.monotonic()))
 
-    big = asyncio.create_task(request("order", 50, Lane.ORDER))
-    small = asyncio.create_task(request("read", 5, Lane.SCORING))  # would fit now, but waits
+    big = asyncio.create_task(request("order", 50, Lane.ORDER))  # fits at t=60, leaving 5
+    late = asyncio.create_task(request("read 8", 8, Lane.SCORING))  # fits now, but would delay it
+    small = asyncio.create_task(request("read 4", 4, Lane.SCORING))  # fits in what it leaves
     await clock.advance(1)
-    assert order == []
-    await clock.advance(60.001)
-    assert order == ["order", "read"]
-    await asyncio.gather(big, small)
+    assert [name for name, _ in order] == ["read 4"]  # backfilled at once
+    await clock.advance(29.001)
+    assert [name for name, _ in order] == ["read 4", "order"]
+    assert order[1][1] == pytest.approx(60, abs=0.01)  # not delayed by the read that went first
+    await clock.advance(31)
+    assert [name for name, _ in order] == ["read 4", "order", "read 8"]
+    await asyncio.gather(big, late, small)
 
 
 async def test_headroom_keeps_orders_flowing_while_reads_are_saturated() -> None:
@@ -162,10 +168,10 @@ async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     await b.acquire(60, Lane.ORDER)
-    head = asyncio.create_task(b.acquire(50, Lane.FOLLOWER))
-    behind = asyncio.create_task(b.acquire(30, Lane.LEADER))
+    head = asyncio.create_task(b.acquire(70, Lane.FOLLOWER))  # at t=60, leaving 30
+    behind = asyncio.create_task(b.acquire(35, Lane.LEADER))  # fits now, but would delay it
     await clock.settle()
-    assert not behind.done()  # strict priority: it waits behind the head
+    assert not behind.done()
     head.cancel()
     await clock.settle()
     assert behind.done()
@@ -227,3 +233,28 @@ async def test_a_refund_comes_off_its_own_spend_so_later_windows_stay_exact() ->
     assert b.used() == 30
     b.refund(first, 10)  # already outside the window: nothing to give back
     assert b.used() == 30
+
+
+async def test_a_truth_reserve_keeps_room_for_leader_reads_while_scoring_is_saturated() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=1000, headroom=0)
+    b.reserve_for_truth(100)
+    scored = 0
+
+    async def scoring() -> None:
+        nonlocal scored
+        while True:
+            await b.acquire(20, Lane.SCORING)
+            scored += 20
+
+    bulk = asyncio.create_task(scoring())
+    await clock.advance(1)
+    assert scored == 900  # the bulk lanes stop short of the reserve...
+    await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)  # ...so a leader read goes at once
+    await asyncio.wait_for(b.acquire(2, Lane.FOLLOWER), 0.1)
+    assert b.stats()["truth_reserve"] == 100
+    b.reserve_for_truth(10_000)
+    assert b.stats()["truth_reserve"] == 500  # never more than half: scoring never stops
+    bulk.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bulk

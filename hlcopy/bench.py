@@ -1310,6 +1310,8 @@ async def _bench_memory(
         "board_views": board["views"],
         "api_requests": sum(statuses.values()),
         "api_statuses": statuses,
+        # Every trader the tracker ever touched (each scored one), before it keeps its chosen.
+        "tracker_loaded": logged.get("tracker state loaded", {}).get("traders"),
         "tracked": tracker["tracked"],
         "scored_live": tracker["scored"],
         "trades_ingested": disc["trades"] - disc0["trades"],
@@ -1405,8 +1407,9 @@ def format_memory(result: dict[str, Any]) -> str:
             f"{result['board_load_s']} s, {result['board_traders']:,} at the end "
             f"({result['scored_rows']:,} scored rows seeded)",
             f"  running           {result['trades_per_s']:,.1f} trades/s ingested on "
-            f"{result['subscriptions']} subscriptions; tracker {result['tracked']:,} tracked, "
-            f"{result['scored_live']} scored live",
+            f"{result['subscriptions']} subscriptions",
+            f"  tracker           {result['tracker_loaded']:,} traders loaded, "
+            f"{result['tracked']:,} kept, {result['scored_live']} scored live",
             f"  api               {result['api_requests']:,} requests while measuring "
             f"({result['api_statuses']}), {result['board_views']} leaderboard views cached",
             f"  stop              SIGTERM -> exit {result['exit_code']} in {result['stop_s']} s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -15,11 +16,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from hlcopy.hl import ActionSigner, NonceSource, Signer
 from hlcopy.hl.signing import l1_digest
 from hlcopy.model import Asset, OrderSpec
+
+if TYPE_CHECKING:
+    from hlcopy.store import Store
+    from hlcopy.store.registry import ActivityRow
 
 MIN_ORDERS_PER_RUN = 10_000
 
@@ -659,7 +665,6 @@ async def _bench_firehose(
     import gc
     import shutil
     import tempfile
-    from pathlib import Path
 
     import orjson
     import psutil
@@ -923,9 +928,503 @@ def format_firehose(result: dict[str, Any]) -> str:
     )
 
 
+# -- memory ----------------------------------------------------------------------------------
+
+
+def known_traders(n: int, now_ms: int, seed: int = 13) -> Iterator[ActivityRow]:
+    """``n`` addresses as discovery writes them: what a daemon that has watched the trade
+    stream for a while knows.
+
+    Last seen a week ago on average (a tail to three months), first seen weeks before that;
+    most traded once or a few times, a few thousands of times (Pareto); a taker share anywhere
+    from 0 to 1; about $1,000 a trade (lognormal), the volume an exact decimal with cents; one
+    to a handful of coins, the big ones most often.
+    """
+    from hlcopy.sim.market import PERPS
+    from hlcopy.store.registry import COIN_SEPARATOR
+
+    rng = random.Random(seed)
+    names = [p.name for p in PERPS if not p.delisted]
+    weights = [1.0 / (i + 1) ** 1.2 for i in range(len(names))]
+    day = 86_400_000
+    for _ in range(n):
+        last = max(now_ms - 90 * day, now_ms - int(rng.expovariate(1 / (7 * day))))
+        first = max(now_ms - 120 * day, last - int(rng.expovariate(1 / (20 * day))))
+        trades = min(1_000_000, int(rng.paretovariate(1.1)))
+        taker = round(trades * rng.random())
+        volume = trades * rng.lognormvariate(7.0, 1.5)
+        k = min(len(names), 1 + int(rng.expovariate(0.7)))
+        coins = list(dict.fromkeys(rng.choices(names, weights, k=2 * k)))[:k]
+        yield (
+            f"0x{rng.getrandbits(160):040x}",
+            first,
+            last,
+            trades,
+            f"{volume:.2f}",
+            taker,
+            trades - taker,
+            COIN_SEPARATOR.join(coins),
+        )
+
+
+def _index_points(rng: random.Random, now_ms: int) -> dict[str, list[list[float]]]:
+    """Equity index points per window, shaped as the tracker stores them: the exchange's
+    portfolio sampling (day ~13 points two hours apart, week ~57, month ~46, all time ~76)."""
+    hour = 3_600_000
+    out: dict[str, list[list[float]]] = {}
+    for window, n, step_ms in (
+        ("day", 13, 2 * hour),
+        ("week", 57, 3 * hour),
+        ("month", 46, 16 * hour),
+        ("allTime", 76, 28 * hour),
+    ):
+        value, points = 1.0, []
+        for i in range(n):
+            value *= 1 + rng.gauss(0, 0.01)
+            points.append([float(now_ms - (n - 1 - i) * step_ms), round(value, 6)])
+        out[window] = points
+    return out
+
+
+async def _seed_memory(
+    store: Store, traders: int, scored: int, now_ms: int, seed: int
+) -> list[str]:
+    """The state a daemon that has run for a while leaves in PostgreSQL, written the way the
+    daemon writes it: discovery's batched upserts for the ``traders`` known addresses, the
+    tracker's ``save_positions`` and ``save_stats`` for the first ``scored`` of them (metrics in
+    every window from ``synthetic_traders``, equity index points, a few open positions).
+    Returns the scored addresses."""
+    from hlcopy.config import DiscoveryConfig
+    from hlcopy.scout.discovery import KV_USERS_ORDER
+    from hlcopy.sim.market import PERPS
+    from hlcopy.store.registry import RegistryStore
+    from hlcopy.store.tracking import TrackingStore, position_json
+
+    registry, tracking = RegistryStore(store), TrackingStore(store)
+    batch = DiscoveryConfig().persist_batch_size
+    rows: list[ActivityRow] = []
+    addresses: list[str] = []
+    for row in known_traders(traders, now_ms, seed):
+        rows.append(row)
+        if len(addresses) < scored:
+            addresses.append(row[0])
+        if len(rows) == batch:
+            await registry.upsert(rows)
+            rows = []
+    await registry.upsert(rows)
+    # A later start reads the calibration back instead of calibrating again.
+    await registry.kv_set(KV_USERS_ORDER, "buyer_seller")
+
+    rng = random.Random(seed + 1)
+    perps = [p for p in PERPS if not p.delisted]
+    figures = synthetic_traders(scored, seed + 2)
+
+    async def save(address: str, metrics: dict[str, Any], value: Decimal) -> None:
+        at_ms = now_ms - rng.randrange(3_600_000)
+        positions = []
+        for perp in rng.sample(perps, rng.choice((0, 0, 1, 1, 2, 3))):
+            px = Decimal(perp.price)
+            lot = Decimal(1).scaleb(-perp.sz_decimals)
+            notional = value * Decimal(f"{rng.uniform(0.1, 3):.3f}")
+            size = max(lot, (notional / px).quantize(lot))
+            szi = size if rng.random() < 0.5 else -size
+            entry = Decimal(f"{float(px) * rng.uniform(0.95, 1.05):.5g}")
+            leverage = rng.randint(1, min(10, perp.max_leverage))
+            positions.append(
+                position_json(
+                    perp.name,
+                    szi,
+                    entry,
+                    size * px,
+                    (px - entry) * szi,
+                    leverage,
+                    None,
+                    size * px / leverage,
+                )
+            )
+        await tracking.save_positions(address, value, positions, at_ms)
+        stats = {w: m.as_dict() for w, m in metrics.items()}
+        await tracking.save_stats(address, stats, _index_points(rng, now_ms), value, at_ms)
+
+    for i in range(0, scored, 64):
+        # As the tracker's workers write: a few statements in flight at once.
+        chunk = [
+            (address, metrics, value)
+            for address, (_, metrics, value) in zip(
+                addresses[i : i + 64], itertools.islice(figures, 64), strict=True
+            )
+        ]
+        async with asyncio.TaskGroup() as tg:
+            for address, metrics, value in chunk:
+                tg.create_task(save(address, metrics, value), name="bench:seed")
+    return addresses
+
+
+def _rss_parts_mib(pid: int) -> dict[str, float] | None:
+    """What the resident set is made of (Linux): anonymous memory (the heap: Python objects,
+    malloc arenas), mapped files (the interpreter and shared libraries, shareable) and shared
+    memory; and the kernel's high-water mark of the RSS (VmHWM), a peak no sampling misses."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    parts = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            parts[key] = round(int(value.split()[0]) / 1024, 1)  # the file says kB
+    return parts or None
+
+
+def _daemon_log(path: Path) -> tuple[dict[str, dict[str, Any]], str]:
+    """The daemon's JSON log: the first line of each event, and the last lines as text."""
+    import orjson
+
+    first: dict[str, dict[str, Any]] = {}
+    lines = path.read_bytes().splitlines()
+    for raw in lines:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            line = orjson.loads(raw)
+            if isinstance(line, dict):
+                first.setdefault(str(line.get("event")), line)
+    return first, b"\n".join(lines[-30:]).decode(errors="replace")
+
+
+def _daemon_config(root: Path, dsn: str, rest_url: str, api_port: int) -> Path:
+    """The daemon's TOML: the simulator as the exchange, the seeded database, paper mode,
+    discovery on; everything else at its defaults."""
+    import orjson
+
+    def q(text: str) -> str:
+        return orjson.dumps(text).decode()  # a JSON string is a valid TOML basic string
+
+    path = root / "hlcopy.toml"
+    path.write_text(
+        "[network]\n"
+        'name = "custom"\n'
+        f"rest_url = {q(rest_url)}\n"
+        f"ws_url = {q(rest_url.replace('http', 'ws', 1) + '/ws')}\n"
+        'chain = "testnet"\n'
+        f"[database]\ndsn = {q(dsn)}\n"
+        f"[state]\ndir = {q(str(root / 'state'))}\n"
+        f"[api]\nport = {api_port}\n"
+        '[account]\nmode = "paper"\n'
+        "[discovery]\nenabled = true\n"
+        '[logging]\nformat = "json"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _mib(n_bytes: float) -> float:
+    return round(n_bytes / 2**20, 1)
+
+
+async def _bench_memory(
+    root: Path,
+    log_file: IO[bytes],
+    seconds: float,
+    traders: int,
+    scored: int,
+    rate: float,
+    sim_traders: int,
+    seed: int,
+    requests_per_s: float,
+    ready_timeout_s: float,
+) -> dict[str, Any]:
+    import signal
+    import socket
+
+    import aiohttp
+    import psutil
+
+    from hlcopy.clock import SYSTEM
+    from hlcopy.config import DatabaseConfig
+    from hlcopy.store import Store
+    from hlcopy.store.embedded import EmbeddedPostgres
+
+    load_start = os.getloadavg()
+    server = EmbeddedPostgres(root / "pg")
+    sim: asyncio.subprocess.Process | None = None
+    daemon: asyncio.subprocess.Process | None = None
+    try:
+        dsn = await server.start()
+        t = time.perf_counter()
+        store = Store(DatabaseConfig(dsn=dsn), root, exclusive=False)
+        try:
+            await store.open()
+            await store.migrate()
+            scored_addresses = await _seed_memory(store, traders, scored, SYSTEM.time_ms(), seed)
+            rows = await store.pool.fetchval("SELECT count(*) FROM traders")
+            scored_rows = await store.pool.fetchval("SELECT count(stats) FROM traders")
+        finally:
+            await store.close()
+        seed_s = time.perf_counter() - t
+
+        sim, rest_url = await _sim_process(rate, sim_traders)
+        with socket.socket() as probe:  # a free port now, so the bench knows where to ask
+            probe.bind(("127.0.0.1", 0))
+            api_port = int(probe.getsockname()[1])
+        config = _daemon_config(root, dsn, rest_url, api_port)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY")
+        }
+        t_spawn = time.perf_counter()
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hlcopy",
+            "run",
+            "--config",
+            str(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_file,
+            env=env,
+        )
+        proc = psutil.Process(daemon.pid)
+        samples: list[tuple[float, int]] = []
+        ready_s: float | None = None
+
+        async def sample() -> None:
+            """The daemon's RSS from its first instant: every 50 ms while it starts (loading
+            is where a peak would hide), every second once it serves."""
+            while True:
+                with contextlib.suppress(psutil.Error):
+                    samples.append((time.perf_counter() - t_spawn, proc.memory_info().rss))
+                await asyncio.sleep(0.05 if ready_s is None else 1.0)
+
+        base = f"http://127.0.0.1:{api_port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+
+            async def stats() -> dict[str, Any]:
+                async with http.get(base + "/api/v1/stats") as r:
+                    r.raise_for_status()
+                    figures: dict[str, Any] = await r.json()
+                    return figures
+
+            statuses: dict[str, int] = {}
+
+            async def browse() -> None:
+                """Someone looking at the dashboard: a few requests a second of the api
+                bench's mix (the leaderboard's views are built on first use and cached), the
+                registry's address search and trader pages."""
+                rng = random.Random(seed)
+                paths = _api_paths(512, seed)
+                paths += [f"/api/v1/traders?q=0x{rng.getrandbits(8):02x}" for _ in range(32)]
+                paths += [f"/api/v1/traders/{a}" for a in scored_addresses[:64]]
+                rng.shuffle(paths)
+                for path in itertools.cycle(paths):
+                    try:
+                        async with http.get(base + path) as r:
+                            await r.read()
+                            key = str(r.status)
+                    except aiohttp.ClientError as exc:
+                        key = type(exc).__name__
+                    statuses[key] = statuses.get(key, 0) + 1
+                    await asyncio.sleep(1 / requests_per_s)
+
+            sampler = asyncio.create_task(sample(), name="bench:rss")
+            try:
+                try:
+                    async with asyncio.timeout(ready_timeout_s):
+                        while True:
+                            if daemon.returncode is not None:
+                                raise RuntimeError(f"exited {daemon.returncode} before ready")
+                            with contextlib.suppress(aiohttp.ClientError):
+                                async with http.get(base + "/health") as r:
+                                    if r.status == 200:
+                                        break
+                            await asyncio.sleep(0.1)
+                except (RuntimeError, TimeoutError) as exc:
+                    what = str(exc) or f"not ready within {ready_timeout_s:g} s"
+                    raise RuntimeError(
+                        f"the daemon {what}; its log ends:\n{_daemon_log(_log_path(root))[1]}"
+                    ) from exc
+                rss_ready = proc.memory_info().rss
+                parts_ready = _rss_parts_mib(daemon.pid)
+                ready_s = time.perf_counter() - t_spawn
+                at_ready = await stats()
+                browser = asyncio.create_task(browse(), name="bench:browse")
+                await asyncio.sleep(seconds)
+                browser.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await browser
+                at_end = await stats()
+                rss_final = proc.memory_info().rss
+                parts_final = _rss_parts_mib(daemon.pid)
+                measured_s = time.perf_counter() - t_spawn - ready_s
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+        t_stop = time.perf_counter()
+        daemon.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(daemon.wait(), 60)
+        stop_s = time.perf_counter() - t_stop
+    finally:
+        if daemon is not None and daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+        if sim is not None:
+            sim.terminate()
+            await sim.wait()
+        await server.stop()
+    logged, _ = _daemon_log(_log_path(root))
+    disc0, disc = at_ready["components"]["discovery"], at_end["components"]["discovery"]
+    board = at_end["components"]["leaderboard"]
+    tracker = at_end["components"]["tracker"]
+    after_ready = [rss for at, rss in samples if at >= ready_s]
+    before_ready = [rss for at, rss in samples if at < ready_s]
+    hwm = (parts_final or {}).pop("VmHWM", None)
+    (parts_ready or {}).pop("VmHWM", None)
+    peak = max([rss_ready, rss_final, *(rss for _, rss in samples)])
+    return {
+        "benchmark": "memory",
+        # The kernel's high-water mark when there is one (it sees every page); else sampled.
+        "rss_peak_mib": max(_mib(peak), hwm or 0.0),
+        "rss_sampled_peak_mib": _mib(peak),
+        "rss_hwm_mib": hwm,
+        "rss_ready_mib": _mib(rss_ready),
+        "rss_final_mib": _mib(rss_final),
+        "rss_startup_peak_mib": _mib(max(before_ready, default=rss_ready)),
+        "rss_running_peak_mib": _mib(max([rss_final, *after_ready])),
+        "rss_ready_parts_mib": parts_ready,
+        "rss_final_parts_mib": parts_final,
+        "rss_mib_timeline": [[round(at, 1), _mib(rss)] for at, rss in samples],
+        "samples": len(samples),
+        "traders": traders,
+        "scored": scored,
+        "traders_rows": rows,
+        "scored_rows": scored_rows,
+        "seed_s": round(seed_s, 1),
+        "registry_loaded": logged.get("discovery: registry loaded", {}).get("addresses"),
+        "registry_addresses_ready": disc0["addresses"],
+        "registry_addresses": disc["addresses"],
+        "board_loaded": board["loaded_traders"],
+        "board_load_s": board["load_s"],
+        "board_traders": board["traders"],
+        "board_views": board["views"],
+        "api_requests": sum(statuses.values()),
+        "api_statuses": statuses,
+        # Every trader the tracker ever touched (each scored one), before it keeps its chosen.
+        "tracker_loaded": logged.get("tracker state loaded", {}).get("traders"),
+        "tracked": tracker["tracked"],
+        "scored_live": tracker["scored"],
+        "trades_ingested": disc["trades"] - disc0["trades"],
+        "trades_per_s": round((disc["trades"] - disc0["trades"]) / measured_s, 1),
+        "subscriptions": disc["subscriptions"],
+        "ready_s": round(ready_s, 2),
+        "seconds": round(measured_s, 1),
+        "stop_s": round(stop_s, 2),
+        "exit_code": exit_code,
+        "sim_rate": rate,
+        "sim_traders": sim_traders,
+        "target_mib": 200,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+    }
+
+
+def _log_path(root: Path) -> Path:
+    """Where the daemon's log goes (kept only while the bench runs; a failure quotes it)."""
+    return root / "daemon.log"
+
+
+def bench_memory(
+    seconds: float = 60.0,
+    traders: int = 100_000,
+    scored: int | None = None,
+    rate: float = 200.0,
+    sim_traders: int = 200,
+    seed: int = 13,
+    requests_per_s: float = 4.0,
+    ready_timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """Resident memory of the real daemon (``hlcopy run`` in its own process) that knows
+    ``traders`` addresses and has ``scored`` of them on the leaderboard (default: the tracker's
+    ``max_tracked_traders``), as after a restart of a daemon that has run for a while: an
+    embedded PostgreSQL in a temp dir seeded through the daemon's own write paths, the
+    simulator (its own process) as the exchange, paper mode, discovery on, and someone browsing
+    the API (``requests_per_s``). RSS is sampled from the first instant to SIGTERM; the run
+    ends with the daemon's exit code."""
+    import shutil
+    import tempfile
+
+    from hlcopy.config import TrackingConfig
+
+    if scored is None:
+        scored = TrackingConfig().max_tracked_traders
+    scored = max(0, min(scored, traders))
+    root = Path(tempfile.mkdtemp(prefix="hlmem-"))  # short: PostgreSQL's socket path is limited
+    try:
+        with open(_log_path(root), "wb") as log_file:
+            return asyncio.run(
+                _bench_memory(
+                    root,
+                    log_file,
+                    seconds,
+                    traders,
+                    scored,
+                    rate,
+                    sim_traders,
+                    seed,
+                    requests_per_s,
+                    ready_timeout_s,
+                )
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def format_memory(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    parts = result["rss_final_parts_mib"] or {}
+    made_of = ", ".join(f"{k[3:].lower()} {v} MiB" for k, v in parts.items()) or "n/a"
+    return "\n".join(
+        [
+            "hlcopy bench memory: resident memory of the real daemon (hlcopy run, its own "
+            "process),",
+            f"{result['traders']:,} known traders and {result['scored']:,} scored ones in "
+            "PostgreSQL, the simulator as the exchange, paper mode",
+            f"  peak RSS          {result['rss_peak_mib']:8.1f} MiB   (target <= "
+            f"{result['target_mib']} MiB), from start to SIGTERM: the kernel's high-water",
+            f"                    mark ({result['rss_hwm_mib']} MiB), sampled "
+            f"{result['rss_sampled_peak_mib']} MiB",
+            f"  at ready          {result['rss_ready_mib']:8.1f} MiB   after {result['ready_s']} s "
+            f"(start-up peak {result['rss_startup_peak_mib']} MiB)",
+            f"  {'after ' + format(result['seconds'], 'g') + ' s':<18}"
+            f"{result['rss_final_mib']:8.1f} MiB   "
+            f"(running peak {result['rss_running_peak_mib']} MiB; {made_of})",
+            f"  registry          {result['registry_loaded']:,} addresses loaded, "
+            f"{result['registry_addresses']:,} known at the end "
+            f"({result['traders_rows']:,} rows seeded)",
+            f"  leaderboard       {result['board_loaded']:,} traders loaded in "
+            f"{result['board_load_s']} s, {result['board_traders']:,} at the end "
+            f"({result['scored_rows']:,} scored rows seeded)",
+            f"  running           {result['trades_per_s']:,.1f} trades/s ingested on "
+            f"{result['subscriptions']} subscriptions",
+            f"  tracker           {result['tracker_loaded']:,} traders loaded, "
+            f"{result['tracked']:,} kept, {result['scored_live']} scored live",
+            f"  api               {result['api_requests']:,} requests while measuring "
+            f"({result['api_statuses']}), {result['board_views']} leaderboard views cached",
+            f"  stop              SIGTERM -> exit {result['exit_code']} in {result['stop_s']} s",
+            f"  machine           {m['cpu']}, {m['cores']} cores, load "
+            f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
+            f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python "
+            f"{m['python']}",
+        ]
+    )
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "sign": (bench_sign, format_sign),
     "sim": (bench_sim, format_sim),
     "api": (bench_api, format_api),
     "firehose": (bench_firehose, format_firehose),
+    "memory": (bench_memory, format_memory),
 }

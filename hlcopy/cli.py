@@ -287,9 +287,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         result = run(orders_per_run=args.orders, runs=args.runs)
     elif args.name in ("api", "firehose"):
-        result = run(seconds=args.seconds)
+        result = run(seconds=20.0 if args.seconds is None else args.seconds)
+    elif args.name == "memory":
+        rate = {} if args.rate is None else {"rate": args.rate}
+        seconds = 60.0 if args.seconds is None else args.seconds
+        result = run(seconds=seconds, traders=args.traders, scored=args.scored, **rate)
     else:
-        result = run(seconds=args.seconds, rate=args.rate)
+        result = run(
+            seconds=20.0 if args.seconds is None else args.seconds,
+            rate=6000.0 if args.rate is None else args.rate,
+        )
     print(orjson.dumps(result).decode() if args.json else render(result))
     return EXIT_OK
 
@@ -341,16 +348,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim", "firehose", "api"],
+        choices=["sign", "sim", "firehose", "api", "memory"],
         help="sign: build and sign one order; sim: simulator trades stream; "
         "firehose: discovery's trades ingest into PostgreSQL; "
-        "api: leaderboard latency over HTTP",
+        "api: leaderboard latency over HTTP; "
+        "memory: resident memory of the daemon with 100,000 known traders",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
     p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
-    p.add_argument("--seconds", type=float, default=20.0, help="sim, firehose: measuring time")
-    p.add_argument("--rate", type=float, default=6000.0, help="sim: trader actions per second")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="measuring time (memory: 60, others: 20)"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="trader actions per second of the simulator (sim: 6000, memory: 200)",
+    )
+    p.add_argument(
+        "--traders", type=int, default=100_000, help="memory: known traders (default 100000)"
+    )
+    p.add_argument(
+        "--scored",
+        type=int,
+        default=None,
+        help="memory: of them, traders with stored scores "
+        "(default: tracking.max_tracked_traders, 2000)",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -28,6 +28,9 @@ from typing import Any
 
 from hlcopy.clock import SYSTEM, TIMER_SLACK_S, Clock, Timer
 
+BULK_PATIENCE_S = 30.0
+"""How long a bulk request that does not fit lets smaller ones that do go first."""
+
 
 class Lane(IntEnum):
     """Budget lanes, highest priority first."""
@@ -216,8 +219,11 @@ class WeightBudget:
 
         The first waiter that does not fit keeps its place: nothing is admitted that would
         delay it. Smaller requests behind it (in its lane or below) go meanwhile if they fit
-        now and within the slack its own admission will leave ("backfilling"), so the window
-        is not left idle while a large request waits for enough weight to expire.
+        now and within the slack its own admission will leave ("backfilling"). In the bulk
+        lanes (scoring, enrichment), whose work has no deadline, a request that does not fit
+        lets the ones that do go first — for ``BULK_PATIENCE_S``, after which it keeps its
+        place like any other: a large read no longer leaves the window idle while it waits
+        for weight to expire, and it still cannot starve.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -226,6 +232,7 @@ class WeightBudget:
         self._expire(now)
         blocked_delay: float | None = None
         slack = 0
+        wake: float | None = None  # the soonest a passed-over bulk request needs a look
         for lane in Lane:
             queue = self._queues[lane]
             i = 0
@@ -236,6 +243,13 @@ class WeightBudget:
                     continue
                 delay = self._delay(waiter.weight, lane, now)
                 if blocked_delay is None and delay > 0:
+                    patience = waiter.since + BULK_PATIENCE_S - now
+                    if lane >= Lane.SCORING and patience > 0:
+                        # Passed over for now: the first of its fit or of its patience's end.
+                        soon = min(delay, patience)
+                        wake = soon if wake is None else min(wake, soon)
+                        i += 1
+                        continue
                     blocked_delay = delay
                     slack = self._slack(waiter.weight, lane, now + delay)
                     i += 1
@@ -248,8 +262,10 @@ class WeightBudget:
                 del queue[i]
                 self._admit(waiter, lane, now)
         if blocked_delay is not None:
+            wake = blocked_delay if wake is None else min(wake, blocked_delay)
+        if wake is not None:
             # A hair late, so rounding cannot leave the weight a hair unexpired.
-            self._timer = self._clock.call_later(blocked_delay + TIMER_SLACK_S, self._dispatch)
+            self._timer = self._clock.call_later(wake + TIMER_SLACK_S, self._dispatch)
 
     def _admit(self, waiter: _Waiter, lane: Lane, now: float) -> None:
         ticket = self._spend(waiter.weight, lane, now)

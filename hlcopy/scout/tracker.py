@@ -405,9 +405,7 @@ class Tracker(Component):
         cfg = self._cfg
         window = self._info.budget_window_s
         reads = len(self._leaders) * math.ceil(window / cfg.leader_poll_interval_s)
-        reads += len(self._requested - self._leaders) * math.ceil(
-            window / cfg.positions_interval_s
-        )
+        reads += len(self._requested - self._leaders) * math.ceil(window / cfg.positions_interval_s)
         if self._follower is not None:
             reads += math.ceil(window / cfg.follower_poll_interval_s)
         self._info.reserve_state_reads(reads)
@@ -463,9 +461,7 @@ class Tracker(Component):
             if row.positions is not None:
                 entry.positions = _positions_from_json(row.positions)
         self._loaded = True
-        log.info(
-            "tracker state loaded", traders=len(self._traders), requested=len(self._requested)
-        )
+        log.info("tracker state loaded", traders=len(self._traders), requested=len(self._requested))
 
     # -- choosing whom to track -----------------------------------------------------------
 

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "orders",
     "kv",
     "schema_migrations",
+    "risk_states",
+    "risk_events",
 }
 
 

@@ -258,3 +258,29 @@ async def test_a_truth_reserve_keeps_room_for_leader_reads_while_scoring_is_satu
     bulk.cancel()
     with pytest.raises(asyncio.CancelledError):
         await bulk
+
+
+async def test_small_bulk_reads_pass_a_big_one_only_while_it_is_patient() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(60, Lane.LEADER)  # back at t=60
+    admitted: list[tuple[str, float]] = []
+
+    async def request(name: str, weight: int) -> None:
+        await b.acquire(weight, Lane.SCORING)
+        admitted.append((name, clock.monotonic()))
+
+    big = asyncio.create_task(request("big", 50))
+    smalls = []
+    for i in range(10):
+        smalls.append(asyncio.create_task(request(f"small{i}", 10)))
+        await clock.advance(1)
+    # The big read cannot fit before t=60 anyway: the small ones that fit went first.
+    assert [n for n, _ in admitted] == ["small0", "small1", "small2", "small3"]
+    await clock.advance(60)
+    names = [n for n, _ in admitted]
+    # After 30 s of patience it keeps its place: in at t=60, ahead of the small ones left.
+    assert names[4] == "big"
+    assert dict(admitted)["big"] == pytest.approx(60, abs=0.01)
+    await clock.advance(120)
+    await asyncio.gather(big, *smalls)

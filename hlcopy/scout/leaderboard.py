@@ -28,9 +28,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import operator
+import struct
+import sys
+import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableSequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -40,9 +44,10 @@ import structlog
 from hlcopy.clock import SYSTEM, Clock, sleep_unless
 from hlcopy.component import Component, Ready
 from hlcopy.config import HlcopyConfig, LeaderboardConfig
+from hlcopy.errors import StoreError
 from hlcopy.scout.analytics import WINDOWS, RiskLevel, Style, TraderMetrics
 from hlcopy.store import Store
-from hlcopy.store.board import BoardQueries, StoredFigures
+from hlcopy.store.board import BoardQueries, StoredBoard, StoredFigures
 
 log = structlog.get_logger()
 
@@ -117,6 +122,29 @@ _NO_MONEY: Final = _SEP * 3
 _NAN: Final = float("nan")
 _RISK_RANK: Final[dict[str | None, float]] = {r.value: float(i) for i, r in enumerate(RISK_LEVELS)}
 _STYLE_RANK: Final[dict[str | None, float]] = {s.value: float(i) for i, s in enumerate(STYLES)}
+# The packed figures (``traders.board_figures``, see ``pack_metrics``): a header (the layout's
+# fingerprint, one bit per window present, the stats_at_ms they belong to, a CRC-32 of the rest),
+# then every window's columns as little-endian float64 (NaN throughout for a missing window),
+# then UTF-8 text: every window's packed money strings and the account value to use when the
+# trader has none, separated by _RS. Fixed-size floats, so a batch of traders is sliced into
+# columns without a Python loop. The fingerprint covers what the bytes mean (windows, columns,
+# label ranks): figures packed by a build with another layout, packed for other stats or damaged
+# read as missing (then from the JSON), never as wrong figures.
+_PACK_FORMAT: Final = 1  # bump when the meaning of the bytes changes in a way the rest misses
+_PACK_HEAD: Final = struct.Struct("<IBqI")
+_PACK_FLOATS: Final = len(WINDOWS) * len(_COLUMNS)
+_PACK_TEXT_AT: Final = _PACK_HEAD.size + 8 * _PACK_FLOATS
+_PACK_FINGERPRINT: Final = zlib.crc32(
+    "\x1f".join(
+        [str(_PACK_FORMAT), *WINDOWS, *_COLUMNS, *(r.value for r in RISK_LEVELS)]
+        + [s.value for s in STYLES]
+    ).encode()
+)
+_RS: Final = "\x1e"
+_NAN_WINDOW: Final = (_NAN,) * len(_COLUMNS)
+_SWAP: Final = sys.byteorder != "little"
+# Per window, bytes.translate's table from a mask of windows to 1 when the window is in it.
+_WINDOW_BIT: Final = tuple(bytes(m >> i & 1 for m in range(256)) for i in range(len(WINDOWS)))
 # Keeping a view current costs a bisect and a move of the array per changed trader (~30 us at
 # 100,000 traders); rebuilding it, a sort (~40 ms). A refresh with more changes than this (or
 # than 1/64 of the board) drops the views instead: they are rebuilt when next asked for.
@@ -176,6 +204,118 @@ def _figures(m: TraderMetrics) -> tuple[tuple[float, ...], str]:
     return nums, money
 
 
+def _fallback_value(metrics: Mapping[str, TraderMetrics]) -> str:
+    """The account value of a trader who has none of its own: the last portfolio point of the
+    first window that has one."""
+    return next(
+        (
+            _money(m.account_value)
+            for w in WINDOWS
+            if (m := metrics.get(w)) is not None and m.account_value is not None
+        ),
+        "",
+    )
+
+
+def _pack(figures: Mapping[str, tuple[tuple[float, ...], str]], fallback: str, at_ms: int) -> bytes:
+    mask = 0
+    nums = array("d")
+    money = []
+    for i, w in enumerate(WINDOWS):
+        fig = figures.get(w)
+        if fig is None:
+            nums.extend(_NAN_WINDOW)
+            money.append(_NO_MONEY)
+        else:
+            mask |= 1 << i
+            nums.extend(fig[0])
+            money.append(fig[1])
+    if _SWAP:
+        nums.byteswap()
+    body = nums.tobytes() + _RS.join([*money, fallback]).encode()
+    return _PACK_HEAD.pack(_PACK_FINGERPRINT, mask, at_ms, zlib.crc32(body)) + body
+
+
+def pack_metrics(metrics: Mapping[str, TraderMetrics], *, updated_ms: int) -> bytes:
+    """A trader's figures as the board holds them, for ``traders.board_figures``: what ``put``
+    would show, for a start to load without taking the stored JSON apart. ``updated_ms`` is the
+    stats_at_ms stored with them (figures stored with another one are not read)."""
+    figures = {w: _figures(metrics[w]) for w in WINDOWS if w in metrics}
+    return _pack(figures, _fallback_value(metrics), updated_ms)
+
+
+def pack_stored(rows: Iterable[StoredFigures]) -> list[StoredBoard]:
+    """Traders read out of the stored JSON by ``BoardQueries.stored_figures`` (rows of one
+    trader together), packed as ``pack_metrics`` packs them: for ``Leaderboard.load``, and to be
+    written back so the next start need not read the JSON."""
+    n = len(_STORED_NUMBERS)
+    out: list[StoredBoard] = []
+    current: str | None = None
+    figures: dict[str, tuple[tuple[float, ...], str]] = {}
+    values: dict[str, str] = {}
+    value: str | None = None
+    updated = 0
+
+    def done() -> None:
+        if current is not None:
+            fallback = next((values[w] for w in WINDOWS if w in values), "")
+            out.append((current, value, updated, _pack(figures, fallback, updated)))
+
+    for row in rows:
+        address, window = row[0], row[1]
+        if address != current:
+            done()
+            current, figures, values = address, {}, {}
+            value, updated = row[2], int(row[3])
+        if window not in WINDOWS:
+            continue
+        money = row[4 + n : 8 + n]
+        if row[8 + n] is not None:
+            values[window] = row[8 + n]
+        risk, style = row[9 + n], row[10 + n]
+        nums = (*row[4 : 4 + n], _RISK_RANK.get(risk, _NAN), _STYLE_RANK.get(style, _NAN))
+        figures[window] = (nums, _SEP.join([m or "" for m in money]))
+    done()
+    return out
+
+
+def _value_of(stored: str | None, fallback: str) -> str:
+    return stored if stored and math.isfinite(float(stored)) else fallback
+
+
+def _columns(traders: Mapping[str, tuple[str, int, int, bytes, list[str]]]) -> _Loaded:
+    """Packed traders (address: value, stats_at_ms, windows present, packed floats, texts) as
+    columns."""
+    rows = traders.values()
+    floats = array("d", b"".join([r[3] for r in rows]))
+    if _SWAP:
+        floats.byteswap()
+    masks = bytes([r[2] for r in rows])
+    texts = list(zip(*[r[4] for r in rows], strict=True))  # per window, then the fallbacks
+    return _Loaded(
+        addresses=list(traders),
+        values=[r[0] for r in rows],
+        updated=array("d", [r[1] for r in rows]),
+        floats=floats,
+        present=[bytearray(masks.translate(table)) for table in _WINDOW_BIT],
+        money=[list(texts[i]) for i in range(len(WINDOWS))],
+    )
+
+
+def _unpacked(
+    packed_floats: bytes, mask: int, parts: list[str]
+) -> dict[str, tuple[tuple[float, ...], str]]:
+    """One trader's packed figures, as ``put`` stages them."""
+    floats, n = array("d", packed_floats), len(_COLUMNS)
+    if _SWAP:
+        floats.byteswap()
+    return {
+        w: (tuple(floats[i * n : (i + 1) * n]), parts[i])
+        for i, w in enumerate(WINDOWS)
+        if mask >> i & 1
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Filters:
     """Which traders a query keeps. A missing figure fails a minimum (as zero would) and any
@@ -218,6 +358,18 @@ class _Staged:
     figures: dict[str, tuple[tuple[float, ...], str]]
     account_value: str
     updated_ms: int
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """Stored traders new to the board, as columns: ``load`` writes them in one go."""
+
+    addresses: list[str]
+    values: list[str]
+    updated: array[float]
+    floats: array[float]  # per trader, every window's columns (the packed layout)
+    present: list[bytearray]  # per window: 1 when the trader has it
+    money: list[list[str]]  # per window
 
 
 class _View:
@@ -264,8 +416,9 @@ class _View:
 class Leaderboard:
     """Ranked, filtered, paged views of the scored traders. See the module docstring.
 
-    ``put`` and ``drop`` are staged; ``refresh`` applies them. Everything runs on the event
-    loop: ``refresh`` is synchronous, so no request ever sees half of it.
+    ``put`` and ``drop`` are staged; ``refresh`` applies them (``load`` is a refresh too).
+    Everything runs on the event loop: ``refresh`` is synchronous, so no request ever sees half
+    of it.
     """
 
     def __init__(
@@ -324,17 +477,7 @@ class Leaderboard:
         address = address.lower()
         if self._stale(address, updated_ms):
             return
-        if account_value is not None:
-            value = _plain(account_value)
-        else:  # the last portfolio point of the first window that has one
-            value = next(
-                (
-                    _money(m.account_value)
-                    for w in WINDOWS
-                    if (m := metrics.get(w)) is not None and m.account_value is not None
-                ),
-                "",
-            )
+        value = _fallback_value(metrics) if account_value is None else _plain(account_value)
         figures = {w: _figures(metrics[w]) for w in WINDOWS if w in metrics}
         self._stage(address, figures, value, updated_ms)
 
@@ -354,41 +497,46 @@ class Leaderboard:
         slot = self._slots.get(address)
         return slot is not None and self._updated[slot] > updated_ms
 
-    def load(self, rows: Iterable[StoredFigures]) -> int:
-        """Stage traders read back by ``BoardQueries.stored_figures`` (rows of one trader
-        together); the same as ``put`` without building TraderMetrics, for a fast start.
-        Returns the number of traders staged."""
-        n = len(_STORED_NUMBERS)
-        staged = 0
-        current: str | None = None
-        figures: dict[str, tuple[tuple[float, ...], str]] = {}
-        values: dict[str, str] = {}
-        value, updated = "", 0
-
-        def stage() -> None:
-            nonlocal staged
-            if current is None or self._stale(current, updated):
-                return
-            fallback = next((values[w] for w in WINDOWS if w in values), "")
-            self._stage(current, figures, value or fallback, updated)
-            staged += 1
-
-        for row in rows:
-            address, window, trader_value, stats_at_ms = row[0], row[1], row[2], row[3]
-            if address != current:
-                stage()
-                current, figures, values, updated = address, {}, {}, int(stats_at_ms)
-                value = trader_value if trader_value and math.isfinite(float(trader_value)) else ""
-            if window not in self._windows:
+    def load(self, rows: Iterable[StoredBoard]) -> tuple[int, list[str]]:
+        """Put traders read back by ``BoardQueries.stored_boards`` on the board, with whatever
+        else is staged, in one refresh: the same as ``put`` and ``refresh``, from the packed
+        figures (``pack_metrics``), and for traders new to the board column by column rather
+        than trader by trader, for a fast start. Rows older than what the board holds or has
+        staged are ignored. Returns how many traders were put, and the addresses whose packed
+        figures are missing or unreadable (to be read from the stored JSON instead)."""
+        unreadable: list[str] = []
+        fresh: dict[str, tuple[str, int, int, bytes, list[str]]] = {}
+        restaged: set[str] = set()
+        head, head_size, text_at, crc32 = _PACK_HEAD, _PACK_HEAD.size, _PACK_TEXT_AT, zlib.crc32
+        windows = len(WINDOWS)
+        for address, stored_value, at_ms, packed in rows:
+            try:
+                if packed is None or len(packed) < text_at:
+                    raise ValueError("too short")
+                fingerprint, mask, packed_at, crc = head.unpack_from(packed)
+                floats, text = packed[head_size:text_at], packed[text_at:]
+                if (
+                    fingerprint != _PACK_FINGERPRINT
+                    or packed_at != at_ms
+                    or crc32(text, crc32(floats)) != crc
+                ):
+                    raise ValueError("another layout, other stats or damaged")
+                parts = text.decode().split(_RS)  # as pack_metrics wrote it: the CRC holds
+                if len(parts) != windows + 1:
+                    raise ValueError("not packed by pack_metrics")
+            except ValueError:  # UnicodeDecodeError is one
+                unreadable.append(address)
                 continue
-            money = row[4 + n : 8 + n]
-            if row[8 + n] is not None:
-                values[window] = row[8 + n]
-            risk, style = row[9 + n], row[10 + n]
-            nums = (*row[4 : 4 + n], _RISK_RANK.get(risk, _NAN), _STYLE_RANK.get(style, _NAN))
-            figures[window] = (nums, _SEP.join([m or "" for m in money]))
-        stage()
-        return staged
+            if self._stale(address, at_ms) or (address in fresh and fresh[address][1] > at_ms):
+                continue
+            value = _value_of(stored_value, parts[-1])
+            if address in self._slots or address in self._staged:
+                self._stage(address, _unpacked(floats, mask, parts), value, at_ms)
+                restaged.add(address)
+            else:
+                fresh[address] = (value, at_ms, mask, floats, parts)
+        self._refresh(_columns(fresh) if fresh else None)
+        return len(restaged) + len(fresh), unreadable
 
     def drop(self, address: str) -> None:
         """Stage taking a trader off every window."""
@@ -396,21 +544,26 @@ class Leaderboard:
 
     def refresh(self) -> None:
         """Apply every staged change at once."""
+        self._refresh(None)
+
+    def _refresh(self, loaded: _Loaded | None) -> None:
         started = self._clock.monotonic()
         staged, self._staged = self._staged, {}
         now_ms = self._clock.time_ms()
-        if staged or self.version == 0:
-            self._apply(staged)
+        if staged or loaded or self.version == 0:
+            self._apply(staged, loaded)
             self.version += 1
             self.version_ms = now_ms
         self.refreshes += 1
-        self.last_changes = len(staged)
+        self.last_changes = len(staged) + (len(loaded.addresses) if loaded else 0)
         self.refreshed_ms = now_ms
         self.last_refresh_s = self._clock.monotonic() - started
 
-    def _apply(self, staged: dict[str, _Staged | None]) -> None:
+    def _apply(self, staged: dict[str, _Staged | None], loaded: _Loaded | None) -> None:
+        """``loaded`` holds traders that are neither on the board nor in ``staged``."""
         known = [s for a in staged if (s := self._slots.get(a)) is not None]
-        incremental = len(staged) <= max(_REBUILD_MIN, len(self._slots) // 64)
+        changes = len(staged) + (len(loaded.addresses) if loaded else 0)
+        incremental = changes <= max(_REBUILD_MIN, len(self._slots) // 64)
         if not incremental:
             self._views.clear()
         idle = self._clock.monotonic() - VIEW_IDLE_S
@@ -440,9 +593,17 @@ class Leaderboard:
                 new.append(slot)
             self._write(slot, entry)
             changed.append(slot)
+        if loaded is not None:
+            slots = self._write_loaded(loaded)
+            new += slots
+            changed += slots
         if len(new) > 64:  # many at once (the start): one adaptive sort beats many insertions
-            self._by_address.extend(new)
-            self._by_address.sort(key=self._addresses.__getitem__)
+            by_address, address_of = self._by_address, self._addresses.__getitem__
+            new.sort(key=address_of)
+            after = not by_address or address_of(by_address[-1]) < address_of(new[0])
+            by_address.extend(new)
+            if not after:  # a start loads in address order: each batch goes after the last
+                by_address.sort(key=address_of)
         else:
             for slot in new:
                 bisect.insort(self._by_address, slot, key=self._addresses.__getitem__)
@@ -451,6 +612,36 @@ class Leaderboard:
             for s in changed:
                 self._put_in(view, s)
         self._view_entries = sum(len(v) for v in self._views.values())
+
+    def _write_loaded(self, loaded: _Loaded) -> list[int]:
+        """Give the loaded traders slots and write their figures, a column at a time."""
+        k = len(loaded.addresses)
+        if len(self._free) < k:  # then the k slots taken next are one ascending run
+            self._grow(max(k, 64, len(self._addresses) // 4))
+        slots = [self._new_slot(a) for a in loaded.addresses]
+        first = slots[0]
+        run = slots == list(range(first, first + k))
+
+        def write(column: MutableSequence[Any], values: MutableSequence[Any]) -> None:
+            if run:
+                column[first : first + k] = values
+            else:
+                for s, v in zip(slots, values, strict=True):
+                    column[s] = v
+
+        write(self._account_value_str, loaded.values)
+        write(self._account_value, array("d", [float(v) if v else _NAN for v in loaded.values]))
+        write(self._updated, loaded.updated)
+        floats, per_trader, per_window = loaded.floats, _PACK_FLOATS, len(_COLUMNS)
+        for i, w in enumerate(self._windows.values()):  # in WINDOWS order, as packed
+            present = loaded.present[i]
+            write(w.present, present)
+            write(w.money, loaded.money[i])
+            for j, column in enumerate(w.col_list):
+                write(column, floats[i * per_window + j :: per_trader])
+            score = floats[i * per_window + _SCORE :: per_trader]
+            w.ranked += sum(map(operator.and_, present, map(operator.eq, score, score)))
+        return slots
 
     def _grow(self, k: int) -> None:
         """Make room for ``k`` more slots at once (appending column by column is slow)."""
@@ -768,7 +959,8 @@ class LeaderboardService(Component):
     """Loads the stored metrics into the board at start, then refreshes it periodically.
 
     Ready once the stored state is loaded: a restart serves the last rankings without polling
-    the exchange again. The tracker ``put``s fresh metrics into the same board as it scores.
+    the exchange again, from the packed figures the tracker stores with the stats (see
+    ``pack_metrics``). The tracker ``put``s fresh metrics into the same board as it scores.
     """
 
     name = "leaderboard"
@@ -790,44 +982,87 @@ class LeaderboardService(Component):
         self._batch = batch_size
         self._draining = asyncio.Event()
         self._loaded = False
+        self._packing_back: asyncio.Task[None] | None = None
         self.loaded_traders = 0
+        self.loaded_from_json = 0  # of which read from the stored JSON
+        self.packed_back = 0  # packed figures written back for them
         self.load_s: float | None = None
 
     async def run(self, ready: Ready) -> None:
-        if not self._loaded:  # once per process: after a restart of run the board is current
-            await self._load()
-            self._loaded = True
-        self.board.refresh()
-        ready.set()
-        while not await sleep_unless(self._clock, self._draining, self._interval_s):
+        try:
+            if not self._loaded:  # once per process: after a restart of run the board is current
+                await self._load()
+                self._loaded = True
             self.board.refresh()
+            ready.set()
+            while not await sleep_unless(self._clock, self._draining, self._interval_s):
+                self.board.refresh()
+        finally:
+            if self._packing_back is not None:  # the load failed: the next start writes them
+                self._packing_back.cancel()
+                self._packing_back = None
 
     async def _load(self) -> None:
-        """Every stored trader's figures, in address batches, each applied as it arrives so no
-        more than one batch is staged at a time; the API says "loading" meanwhile."""
+        """Every stored trader's figures, in address batches, each put on the board as it
+        arrives, so no more than one batch is held at a time; the API says "loading"
+        meanwhile. The packed figures take about a second per 100,000 traders; the JSON, read
+        for traders stored without them (before migration 0003), about ten."""
         started = self._clock.monotonic()
         board = self.board
         board.loading = True
         try:
             after = ""
             while True:
-                rows = await self._queries.stored_figures(
-                    after,
-                    self._batch,
-                    windows=WINDOWS,
-                    numbers=_STORED_NUMBERS,
-                    texts=_STORED_TEXTS,
-                    labels=_STORED_LABELS,
-                )
+                rows = await self._queries.stored_boards(after, self._batch)
                 if not rows:
                     break
-                self.loaded_traders += board.load(rows)
-                board.refresh()
+                put, unreadable = board.load(rows)
+                self.loaded_traders += put
+                if unreadable:
+                    await self._load_json(unreadable)
                 after = rows[-1][0]
+            if self._packing_back is not None:  # so everything is packed back once ready
+                await self._packing_back
+                self._packing_back = None
         finally:
             board.loading = False
         self.load_s = self._clock.monotonic() - started
-        log.info("leaderboard loaded", traders=self.loaded_traders, seconds=round(self.load_s, 3))
+        log.info(
+            "leaderboard loaded",
+            traders=self.loaded_traders,
+            from_json=self.loaded_from_json,
+            seconds=round(self.load_s, 3),
+        )
+
+    async def _load_json(self, addresses: list[str]) -> None:
+        """Traders whose packed figures are missing (stored before there were any) or
+        unreadable: from the stored JSON, which is slow, so their packed figures are written
+        back for the next start."""
+        rows = await self._queries.stored_figures(
+            addresses,
+            windows=WINDOWS,
+            numbers=_STORED_NUMBERS,
+            texts=_STORED_TEXTS,
+            labels=_STORED_LABELS,
+        )
+        stored = pack_stored(rows)
+        put, _ = self.board.load(stored)
+        self.loaded_traders += put
+        self.loaded_from_json += len(stored)
+        packed = [(address, at_ms, p) for address, _, at_ms, p in stored if p is not None]
+        # Written while the next batches are read (PostgreSQL has the other core), one batch at
+        # a time, so no more than one batch of them is held.
+        if self._packing_back is not None:
+            await self._packing_back
+        self._packing_back = asyncio.create_task(
+            self._pack_back(packed), name="leaderboard:pack-back"
+        )
+
+    async def _pack_back(self, packed: list[tuple[str, int, bytes]]) -> None:
+        try:
+            self.packed_back += await self._queries.save_boards(packed)
+        except StoreError as exc:  # they are on the board; the next start reads the JSON again
+            log.warning("leaderboard: packed figures not written back", error=str(exc))
 
     async def drain(self) -> None:
         self._draining.set()
@@ -840,6 +1075,8 @@ class LeaderboardService(Component):
         return {
             **self.board.stats(),
             "loaded_traders": self.loaded_traders,
+            "load_from_json": self.loaded_from_json,
+            "load_packed_back": self.packed_back,
             "load_careful_batches": self._queries.careful_batches,
             "load_s": None if self.load_s is None else round(self.load_s, 3),
         }

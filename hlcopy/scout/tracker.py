@@ -57,6 +57,7 @@ from hlcopy.model import (
 from hlcopy.queues import BoundedQueue
 from hlcopy.scout import analytics
 from hlcopy.scout.analytics import TraderMetrics
+from hlcopy.scout.leaderboard import pack_metrics
 from hlcopy.store import Store
 from hlcopy.store.tracking import TrackingStore, position_json
 
@@ -748,6 +749,7 @@ class Tracker(Component):
             _index_points(portfolio),
             account_value,
             now_ms,
+            board_figures=pack_metrics(metrics, updated_ms=now_ms),
         )
         self._metrics.put(t.address, metrics, account_value=account_value, updated_ms=now_ms)
         self.counters["scored"] += 1

@@ -1,10 +1,14 @@
 """Read queries for the leaderboard and the trader pages of the API.
 
-The tracker writes ``traders.stats`` as ``{window: TraderMetrics.as_dict()}``; this module reads
-figures out of it for the leaderboard at start, and reads a trader's row, position events and
-fills for the API. Rows leave as tuples or JSON-ready dicts: no asyncpg record leaves ``store/``.
-Stored JSON is read defensively: a figure that is missing, of the wrong type or out of range reads
-as missing, so a row written by another version, or damaged, can never stop the start.
+The tracker writes ``traders.stats`` as ``{window: TraderMetrics.as_dict()}`` and, in the same
+statement, ``traders.board_figures``: the leaderboard's packed form of the same figures, which the
+leaderboard reads at start (taking 100,000 JSON documents apart costs PostgreSQL and Python
+seconds). Rows written before that column existed, or whose packed form the board cannot read,
+are read out of the JSON here instead, and the packed form written back. This module also reads a
+trader's row, position events and fills for the API. Rows leave as tuples or JSON-ready dicts: no
+asyncpg record leaves ``store/``. Stored JSON is read defensively: a figure that is missing, of the
+wrong type or out of range reads as missing, so a row written by another version, or damaged, can
+never stop the start.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from typing import Any
 import asyncpg
 
 from hlcopy.store.db import Store, translate
+
+StoredBoard = tuple[str, str | None, int, bytes | None]
+"""One trader as the leaderboard loads it: address, account value (numeric text or None),
+stats_at_ms (0 when unknown) and the packed figures (None when not written yet)."""
 
 StoredFigures = tuple[Any, ...]
 """One (trader, window): address, window, the trader's account value (numeric text or None),
@@ -99,24 +107,36 @@ def _stored_figures_sql(
         )
     columns = ",\n       ".join(parts)
     # Safe to format: every key was checked against _KEY above, the values are parameters.
-    # The batch is a plain range of the primary key, so it is an index scan that stops at the
-    # limit (a condition on the JSON there makes PostgreSQL sort the rest of the table instead).
     return f"""
 WITH batch AS (
     SELECT address, account_value, stats, stats_at_ms FROM traders
-    WHERE address > $1 AND stats IS NOT NULL
-    ORDER BY address
-    LIMIT $2
+    WHERE address = ANY($1::text[]) AND stats IS NOT NULL
 )
 SELECT b.address, w.key, b.account_value::text, coalesce(b.stats_at_ms, 0),
        {columns}
 FROM batch b CROSS JOIN LATERAL jsonb_each(
     CASE WHEN jsonb_typeof(b.stats) = 'object' THEN b.stats ELSE '{{}}'::jsonb END
 ) AS w(key, value){record}
-WHERE jsonb_typeof(w.value) = 'object' AND w.key = ANY($3::text[])
+WHERE jsonb_typeof(w.value) = 'object' AND w.key = ANY($2::text[])
 ORDER BY b.address
 """  # noqa: S608
 
+
+# The batch is a plain range of the primary key, so it is an index scan that stops at the limit
+# (a condition on the JSON there would make PostgreSQL sort the rest of the table instead).
+_BOARDS = """
+SELECT address, account_value::text, coalesce(stats_at_ms, 0), board_figures FROM traders
+WHERE address > $1 AND stats IS NOT NULL
+ORDER BY address
+LIMIT $2
+"""
+
+# Only over the row it was read from: a tracker that scored the trader meanwhile wrote both.
+_SAVE_BOARDS = """
+UPDATE traders t SET board_figures = b.packed
+FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS b(address, at_ms, packed)
+WHERE t.address = b.address AND coalesce(t.stats_at_ms, 0) = b.at_ms
+"""
 
 _TRADER = """
 SELECT address, first_seen_ms, last_seen_ms, trade_count, volume_usd::text AS volume_usd,
@@ -153,19 +173,35 @@ class BoardQueries:
         self._sql: dict[tuple[tuple[str, ...], ...], tuple[str, str]] = {}
         self.careful_batches = 0
 
+    async def stored_boards(self, after: str, limit: int) -> list[StoredBoard]:
+        """Up to ``limit`` traders with stats whose address sorts after ``after``, in address
+        order (keyset paging: no offset scan, and stable while the tracker writes)."""
+        with translate("stored_boards"):
+            rows = await self._store.pool.fetch(_BOARDS, after, limit)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def save_boards(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
+        """Write packed figures (address, stats_at_ms, packed) where the stats are still the
+        ones they were read from; how many rows were written."""
+        if not rows:
+            return 0
+        with translate("save_boards"):
+            status = await self._store.pool.execute(
+                _SAVE_BOARDS, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+            )
+        return int(status.split()[-1])
+
     async def stored_figures(
         self,
-        after: str,
-        limit: int,
+        addresses: Sequence[str],
         *,
         windows: Sequence[str],
         numbers: Sequence[str],
         texts: Sequence[str] = (),
         labels: Sequence[str] = (),
     ) -> list[StoredFigures]:
-        """Figures out of ``traders.stats`` for up to ``limit`` traders whose address sorts
-        after ``after``, in address order (keyset paging: no offset scan, and stable while the
-        tracker writes). PostgreSQL does the parsing: the rows arrive as floats and strings."""
+        """Figures out of ``traders.stats`` of ``addresses`` (rows of one trader together).
+        PostgreSQL does the parsing: the rows arrive as floats and strings."""
         key = (tuple(numbers), tuple(texts), tuple(labels))
         sql = self._sql.get(key)
         if sql is None:
@@ -176,10 +212,10 @@ class BoardQueries:
         fast, careful = sql
         with translate("stored_figures"):
             try:
-                rows = await self._store.pool.fetch(fast, after, limit, list(windows))
+                rows = await self._store.pool.fetch(fast, list(addresses), list(windows))
             except asyncpg.DataError:  # something in this batch is malformed
                 self.careful_batches += 1
-                rows = await self._store.pool.fetch(careful, after, limit, list(windows))
+                rows = await self._store.pool.fetch(careful, list(addresses), list(windows))
         return [tuple(r) for r in rows]
 
     async def trader(self, address: str) -> dict[str, Any] | None:

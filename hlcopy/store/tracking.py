@@ -147,19 +147,26 @@ class TrackingStore:
         index_points: Mapping[str, Any],
         account_value: Decimal | None,
         at_ms: int,
+        *,
+        board_figures: bytes,
     ) -> None:
+        """A trader's metrics per window (JSON), and the leaderboard's packed form of the same
+        figures, which a start reads instead of the JSON: both in one statement, so they never
+        disagree."""
         with translate("save stats"):
             await self._store.pool.execute(
                 """INSERT INTO traders (address, first_seen_ms, last_seen_ms, stats,
-                                        index_points, account_value, stats_at_ms)
-                   VALUES ($1, $5, $5, $2, $3, $4, $5)
+                                        index_points, account_value, stats_at_ms, board_figures)
+                   VALUES ($1, $5, $5, $2, $3, $4, $5, $6)
                    ON CONFLICT (address) DO UPDATE SET stats = $2, index_points = $3,
-                       account_value = COALESCE($4, traders.account_value), stats_at_ms = $5""",
+                       account_value = COALESCE($4, traders.account_value), stats_at_ms = $5,
+                       board_figures = $6""",
                 address,
                 dict(stats),
                 dict(index_points),
                 account_value,
                 at_ms,
+                board_figures,
             )
 
     async def request_track(self, address: str, at_ms: int) -> None:

@@ -24,7 +24,7 @@ from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.notify import Notifier
-from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
+from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService, pack_metrics
 from hlcopy.store import Store
 from hlcopy.store.monitor import StoreMonitor
 
@@ -116,9 +116,12 @@ def positions_of(rng: random.Random) -> list[dict[str, Any]]:
     ]
 
 
-async def store_traders(store: Store, traders: Sequence[Trader], seed: int = 3) -> None:
-    """Write ``traders`` as the tracker does: stats, account value, positions, index points,
-    plus a few position events and fills each."""
+async def store_traders(
+    store: Store, traders: Sequence[Trader], seed: int = 3, *, packed: bool = True
+) -> None:
+    """Write ``traders`` as the tracker does: stats with their packed figures, account value,
+    positions, index points, plus a few position events and fills each. ``packed=False``: as
+    before migration 0003, without packed figures."""
     rng = random.Random(seed)
     traders_rows, events, fills = [], [], []
     for t in traders:
@@ -159,6 +162,11 @@ async def store_traders(store: Store, traders: Sequence[Trader], seed: int = 3) 
            VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10, $11, $12, $13)""",
         traders_rows,
     )
+    if packed:
+        await pool.executemany(
+            "UPDATE traders SET board_figures = $2 WHERE address = $1",
+            [(t.address, pack_metrics(t.metrics, updated_ms=t.updated_ms)) for t in traders],
+        )
     await pool.executemany(
         """INSERT INTO position_events (address, coin, kind, prev_szi, new_szi, px,
                time_ms, tid, entry_px, notional, leverage)

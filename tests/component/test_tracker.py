@@ -19,6 +19,7 @@ from hlcopy.events import EventBus
 from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
 from hlcopy.notify import Notifier
 from hlcopy.scout.analytics import TraderMetrics
+from hlcopy.scout.leaderboard import pack_metrics
 from hlcopy.scout.tracker import Tracker
 from hlcopy.sim import Simulator
 from hlcopy.store import Store
@@ -151,12 +152,18 @@ async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Si
     assert set(metrics) == {"day", "week", "month", "allTime"}
     assert metrics["month"].return_ is not None
     rows = await rig.store.pool.fetch(
-        "SELECT address, stats, index_points, stats_at_ms FROM traders WHERE stats IS NOT NULL"
+        "SELECT address, stats, index_points, stats_at_ms, board_figures FROM traders"
+        " WHERE stats IS NOT NULL"
     )
     stored = {r["address"]: r for r in rows}
     assert set(rig.board.metrics) <= set(stored)
     row = stored[address]
     assert TraderMetrics.from_dict(row["stats"]["month"]) == metrics["month"]
+    # With the leaderboard's packed form of the same figures, for a fast restart.
+    assert row["board_figures"] == pack_metrics(
+        {w: TraderMetrics.from_dict(m) for w, m in row["stats"].items()},
+        updated_ms=row["stats_at_ms"],
+    )
     assert row["index_points"]["month"][0][1] == pytest.approx(1.0)
     # Candidates (near the top, or requested) get fills on top of their portfolio, which
     # completes their score; contenders (a complete score near the top) a role too.

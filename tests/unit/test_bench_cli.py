@@ -45,7 +45,12 @@ def test_bench_api_measures_real_requests_from_another_process() -> None:
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["load_cpu_s"] > 0  # the load ran in its own process
     assert result["refresh_ms"]
+    # The board was loaded from PostgreSQL twice: from the JSON, then from the packed figures.
+    assert result["restart_load_s"] > 0
+    assert result["upgrade_load_s"] > 0
+    assert result["restart_from_json"] == 0
     assert "p99" in format_api(result)
+    assert "restart" in format_api(result)
 
 
 def test_bench_api_is_a_choice_of_the_command(capsys: pytest.CaptureFixture[str]) -> None:

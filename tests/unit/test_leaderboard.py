@@ -4,6 +4,8 @@ what sorting the traders' metrics by hand gives, before and after any sequence o
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import replace
 from decimal import Decimal
@@ -20,7 +22,9 @@ from hlcopy.scout.leaderboard import (
     VIEW_IDLE_S,
     Filters,
     Leaderboard,
+    pack_metrics,
 )
+from hlcopy.store.board import StoredBoard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -460,3 +464,155 @@ def test_non_finite_figures_read_as_missing() -> None:
     assert row["pnl"] is None
     assert row["sharpe"] is None
     assert row["account_value"] is None
+
+
+# --- loading the packed figures ------------------------------------------------------------------
+
+
+def packed_rows(traders: Iterable[Trader]) -> list[StoredBoard]:
+    """What ``BoardQueries.stored_boards`` reads back of traders the tracker stored: the
+    account value as PostgreSQL prints a numeric, the figures as ``pack_metrics`` packed them."""
+    return [
+        (
+            t.address,
+            None if t.account_value is None else format(t.account_value, "f"),
+            t.updated_ms,
+            pack_metrics(t.metrics, updated_ms=t.updated_ms),
+        )
+        for t in traders
+    ]
+
+
+def assert_same_board(got: Leaderboard, want: Leaderboard) -> None:
+    assert len(got) == len(want)
+    assert got.stats()["ranked"] == want.stats()["ranked"]
+    for window in WINDOWS:
+        for key in SORT_KEYS:
+            for desc in (True, False):
+                assert all_rows(got, window, key, desc) == all_rows(want, window, key, desc), (
+                    window,
+                    key,
+                    desc,
+                )
+        assert got.losers(window, limit=10**6).rows == want.losers(window, limit=10**6).rows
+
+
+def test_loading_packed_figures_serves_what_the_puts_served() -> None:
+    rows = packed_rows(POPULATION)
+    board = Leaderboard()
+    for i in range(0, len(rows), 50):  # in batches, as the service loads them
+        put, unreadable = board.load(rows[i : i + 50])
+        assert (put, unreadable) == (len(rows[i : i + 50]), [])
+    assert_same_board(board, board_of(POPULATION))
+    assert board.version == 3  # one refresh per batch
+
+
+def test_loading_a_synthetic_crowd_with_every_figure_missing_somewhere() -> None:
+    crowd = [
+        Trader(a, "synthetic", m, v, 1_000 + i)
+        for i, (a, m, v) in enumerate(synthetic_traders(500, seed=4))
+    ]
+    board = Leaderboard()
+    board.load(packed_rows(crowd))
+    assert_same_board(board, board_of(crowd))
+
+
+def test_load_into_a_busy_board_keeps_the_newest_of_every_trader() -> None:
+    """Slots freed by drops (so the loaded traders do not get one run of slots), views in use,
+    a put staged while loading: whichever of the stored row and the board's figures is newer
+    wins, as between two puts."""
+    rng = random.Random(3)
+    first, rest = POPULATION[:40], POPULATION[40:]
+    board = board_of(first)
+    all_rows(board, "month", "score", True)  # a view to keep current
+    for t in first[:10]:
+        board.drop(t.address)
+    board.refresh()
+    newer_held = _variant(first[10], rng, first[10].updated_ms + 5)
+    board.put(
+        newer_held.address, newer_held.metrics, account_value=None, updated_ms=newer_held.updated_ms
+    )
+    older_held = first[11]
+    board.refresh()
+    staged_newer = _variant(rest[0], rng, rest[0].updated_ms + 5)
+    board.put(
+        staged_newer.address,
+        staged_newer.metrics,
+        account_value=None,
+        updated_ms=staged_newer.updated_ms,
+    )
+    staged_older = _variant(rest[1], rng, rest[1].updated_ms - 5)
+    board.put(
+        staged_older.address,
+        staged_older.metrics,
+        account_value=None,
+        updated_ms=staged_older.updated_ms,
+    )
+    stored_newer = _variant(older_held, rng, older_held.updated_ms + 5)
+
+    put, unreadable = board.load(packed_rows([first[10], stored_newer, *rest]))
+    assert unreadable == []
+    assert put == len(rest)  # not first[10] (the board's is newer), nor rest[0] (staged newer)
+    want = [
+        *first[12:],
+        Trader(newer_held.address, "", newer_held.metrics, None, newer_held.updated_ms),
+        stored_newer,
+        Trader(staged_newer.address, "", staged_newer.metrics, None, staged_newer.updated_ms),
+        *rest[1:],
+    ]
+    assert_same_board(board, board_of(want))
+
+
+def test_loaded_traders_take_the_slots_dropped_traders_left() -> None:
+    board = board_of(POPULATION[:40])
+    for t in POPULATION[:10]:
+        board.drop(t.address)
+    board.refresh()
+    all_rows(board, "week", "pnl", False)  # a view to keep current
+    board.load(packed_rows(POPULATION[40:45]))  # into the ten scattered free slots
+    assert_same_board(board, board_of(POPULATION[10:45]))
+
+
+def _repacked(packed: bytes, body: bytes) -> bytes:
+    """``packed`` with another body and a CRC that holds for it."""
+    fingerprint, mask, at_ms, _ = struct.unpack_from("<IBqI", packed)
+    return struct.pack("<IBqI", fingerprint, mask, at_ms, zlib.crc32(body)) + body
+
+
+def test_unreadable_packed_figures_are_reported_never_served() -> None:
+    t = POPULATION[2]
+    good = pack_metrics(t.metrics, updated_ms=t.updated_ms)
+    head = struct.calcsize("<IBqI")
+    flipped = bytearray(good)
+    flipped[head + 3] ^= 0x40  # a bit of a float: only the CRC can tell
+    foreign = bytearray(good)
+    foreign[0] ^= 1  # packed by a build with another layout
+    cases: dict[str, bytes | None] = {
+        "0x" + "01" * 20: None,  # stored before there were packed figures
+        "0x" + "02" * 20: good[:100],
+        "0x" + "03" * 20: bytes(flipped),
+        "0x" + "04" * 20: bytes(foreign),
+        "0x" + "05" * 20: pack_metrics(t.metrics, updated_ms=t.updated_ms - 1),  # other stats
+        "0x" + "06" * 20: _repacked(good, good[head:] + b"\xff\xfe"),  # not UTF-8
+        "0x" + "07" * 20: _repacked(good, good[head:] + b"\x1e1"),  # a text too many
+    }
+    board = Leaderboard()
+    put, unreadable = board.load([(a, "10", t.updated_ms, packed) for a, packed in cases.items()])
+    assert (put, unreadable) == (0, list(cases))
+    assert len(board) == 0
+    assert board.load([(t.address, "10", t.updated_ms, good)]) == (1, [])
+
+
+def test_non_finite_figures_pack_as_missing() -> None:
+    t = POPULATION[1]
+    m = replace(
+        t.metrics["month"],
+        return_=float("inf"),
+        pnl=Decimal("NaN"),
+        sharpe=float("nan"),
+        account_value=Decimal("Infinity"),
+    )
+    board = Leaderboard()
+    board.load([(t.address, "NaN", 1, pack_metrics({"month": m}, updated_ms=1))])
+    row = board.ranking("month", "return").rows[0]
+    assert (row["return"], row["pnl"], row["sharpe"], row["account_value"]) == (None,) * 4

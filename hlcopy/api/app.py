@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 
 from hlcopy.api import feed, openapi, schemas, scout
 from hlcopy.api.feed import FEEDS, Feeds
+from hlcopy.api.follows import FOLLOWS, Follows
+from hlcopy.api.follows import ROUTES as FOLLOW_ROUTES
 from hlcopy.api.params import ApiError, Args, Route, endpoint
 from hlcopy.api.ports import RegistryView, TrackRequests
 from hlcopy.api.responses import dumps, error_response, json_response, read_json
@@ -33,6 +35,7 @@ from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import StoreUnavailable
 from hlcopy.events import EventBus
+from hlcopy.follow.follows import FollowRegistry
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries
@@ -199,6 +202,7 @@ ROUTES: Final = (
         errors=(400,),
     ),
     *scout.ROUTES,
+    *FOLLOW_ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -216,6 +220,7 @@ def build_app(
     store: Store | None = None,
     clock: Clock = SYSTEM,
     feed_settings: FeedSettings | None = None,
+    follows: FollowRegistry | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -237,6 +242,7 @@ def build_app(
         clock=clock,
         feed=feed_settings or FeedSettings(),
     )
+    app[FOLLOWS] = Follows(follows)
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

@@ -22,6 +22,7 @@ from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import Secret
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.follows import FollowRegistry
 from hlcopy.notify import Notifier
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
 from hlcopy.store import Store
@@ -184,6 +185,7 @@ class ScoutApi:
     tracker: Tracker
     traders: list[Trader]
     server: ApiServer
+    follows: FollowRegistry
 
     async def call(
         self, method: str, path: str, token: str | None = TOKEN, **kwargs: Any
@@ -228,6 +230,8 @@ async def scout_api(
         dsn,
         api={"port": 0, "read_auth": read_auth},
         leaderboard={"refresh_interval_s": 1},
+        # One follow declared in the file (the API may pause it, never delete it).
+        follow=[{"leader": population_[0].address, "name": "declared", "ratio": 0.5}],
     )
     daemon = Daemon(cfg, config_path=config_path, notifier=Notifier(""))
     store = Store(cfg.database, cfg.state.dir)
@@ -235,6 +239,7 @@ async def scout_api(
     bus = EventBus()
     registry = Registry(seen)
     tracker = Tracker()
+    follows = FollowRegistry(store, cfg)
     server = ApiServer(
         daemon,
         cfg.api,
@@ -245,8 +250,10 @@ async def scout_api(
         bus=bus,
         store=store,
         feed_settings=feed,
+        follows=follows,
     )
     daemon.add(StoreMonitor(store))
+    daemon.add(follows)
     daemon.add(LeaderboardService(board, store, cfg.leaderboard))
     daemon.add(server)
     try:
@@ -261,6 +268,7 @@ async def scout_api(
                 tracker,
                 population_,
                 server,
+                follows,
             )
     finally:
         await store.close()

@@ -279,39 +279,129 @@ class RiskConfig(_Section):
     """Leader fills older than this are recorded but not chased."""
 
 
-class FollowConfig(_Section):
-    leader: Address
-    """The address to copy (or fade)."""
-    name: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
-    """Stable identifier of this follow; defaults to the leader address. Part of every cloid."""
-    enabled: bool = True
-    """A disabled follow keeps its state but places no orders."""
-    sizing: Literal["ratio", "equity", "fixed"] = "ratio"
-    """"ratio": ratio x the leader's size; "equity": scaled by follower/leader equity, times ratio;
-    "fixed": every position is fixed_notional_usd."""
-    ratio: Money = Field(default=Decimal(1), gt=0, le=1000)
+FollowUsd = Annotated[
+    Decimal, BeforeValidator(_decimal), Field(gt=0, le=Decimal(10) ** 12, allow_inf_nan=False)
+]
+FollowId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+FOLLOW_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class FollowTemplate(_Section):
+    """A follow's rules without its leader and name: the body of a ``[[follow]]`` table, and
+    the ``template`` of an ``[[auto_follow]]`` rule."""
+
+    mode: Literal["copy", "inverse"] = "copy"
+    """"copy": hold the leader's side; "inverse": hold the opposite side (fade the leader)."""
+    sizing: Literal["ratio", "equity", "fixed_notional"] = "ratio"
+    """"ratio": ratio x the leader's size; "equity": the leader's size x follower equity /
+    leader equity x ratio; "fixed_notional": fixed_notional_usd per position, the leader's sign."""
+    ratio: Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, le=1000)] = Decimal(1)
     """Multiplier applied to the leader's position (ratio and equity sizing)."""
-    fixed_notional_usd: PositiveUsd | None = None
-    """Notional of each copied position; required with sizing = "fixed"."""
-    inverse: bool = False
-    """Take the opposite side: fade the leader."""
+    fixed_notional_usd: FollowUsd | None = None
+    """Notional of each copied position; required with sizing = "fixed_notional"."""
     coins: list[Coin] = Field(default_factory=list, max_length=1000)
     """Only copy these coins; empty means all."""
     exclude_coins: list[Coin] = Field(default_factory=list, max_length=1000)
     """Never copy these coins."""
-    max_position_notional_usd: PositiveUsd | None = None
-    """Per-follow cap on one coin's notional; the tighter of this and risk.* applies."""
-    max_order_notional_usd: PositiveUsd | None = None
-    """Per-follow cap on one order's notional."""
-    max_slippage_bps: int | None = Field(default=None, ge=1, le=5000)
-    """Per-follow slippage cap; absent means risk.max_slippage_bps."""
+    max_notional_per_coin_usd: FollowUsd | None = None
+    """Largest notional this follow holds in one coin; absent: no per-follow cap (risk.* still
+    applies to the account)."""
+    max_total_notional_usd: FollowUsd | None = None
+    """Largest notional this follow holds across all coins."""
+    max_leverage: Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, le=100)] | None = None
+    """Largest notional of this follow divided by the follower's equity (5 means 5x)."""
+    min_notional_policy: Literal["skip", "round_up"] = "skip"
+    """An order under the exchange's $10 minimum: "skip" it, or "round_up" to the smallest size
+    worth $10 when that breaks no limit (never silently doubles an order otherwise)."""
+    slippage_bps: int = Field(default=50, ge=0, le=5000)
+    """The IOC limit price: mid plus (buy) or minus (sell) this many basis points."""
+    max_fill_age_ms: int = Field(default=30_000, ge=1, le=86_400_000)
+    """A leader fill older than this never opens or adds (reductions still go)."""
+    entry: Literal["wait", "adopt"] = "wait"
+    """At the start: "wait" for the leader's next change, or "adopt" its current positions
+    when the price is within adopt_max_deviation_bps of the leader's entry."""
+    adopt_max_deviation_bps: int = Field(default=50, ge=0, le=10_000)
+    """With entry = "adopt": how far the price may be from the leader's entry, in basis points."""
+    delay_ms: int = Field(default=0, ge=0, le=600_000)
+    """Wait this long after a leader's change before acting on it."""
+    active_hours_utc: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    """[start, end]: copy only from hour start (0-23, inclusive) to end (1-24, exclusive), UTC;
+    may wrap midnight ([22, 6]). Outside, only reductions go. Absent: always."""
+    daily_loss_limit_usd: FollowUsd | None = None
+    """This follow's loss since 00:00 UTC that halts it."""
+    max_drawdown_pct: Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, le=100)] | None = (
+        None
+    )
+    """This follow's drawdown from its high-water mark that makes it reduce-only, in percent."""
+    priority: int = Field(default=0, ge=0, le=1000)
+    """Higher first when the ≤ 10 userFills WebSocket slots are handed out (then by notional)."""
+    enabled: bool = True
+    """A disabled follow keeps its state and positions but places no orders."""
+
+
+class FollowConfig(FollowTemplate):
+    """One ``[[follow]]`` table, or a follow added over the API."""
+
+    leader: Address
+    """The address to copy (or fade)."""
+    name: FollowId | None = None
+    """Stable identifier of this follow (letters, digits, . _ -); defaults to the leader
+    address. Part of every cloid."""
 
     @property
     def id(self) -> str:
         """The follow's stable id: its name, or the leader address."""
         return self.name or self.leader
+
+
+class AutoFollowConfig(_Section):
+    """One ``[[auto_follow]]`` rule: leaders picked from the leaderboard or the losers list."""
+
+    name: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9_-]+$")]
+    """Stable name of the rule (letters, digits, _ -); its follows are "<name>.<leader>"."""
+    source: Literal["leaderboard", "losers"]
+    """"leaderboard": the top traders by score; "losers": the worst of the losers list."""
+    top_n: int = Field(default=2, ge=1, le=50)
+    """How many leaders the rule follows."""
+    window: Literal["day", "week", "month", "allTime"] = "month"
+    """The metrics window the ranking is read from."""
+    min_trades: int = Field(default=0, ge=0, le=1_000_000)
+    """Only traders with at least this many closed round trips in the window."""
+    min_copyable_share: Finite = Field(default=0.0, ge=0, le=1)
+    """Only traders whose positions the follower can copy at least this share of (0-1)."""
+    risk_levels: list[Literal["LOW", "MEDIUM", "HIGH", "EXTREME"]] = Field(
+        default_factory=list, max_length=4
+    )
+    """Only these risk levels; empty means any."""
+    styles: list[Literal["scalper", "day", "swing", "position"]] = Field(
+        default_factory=list, max_length=4
+    )
+    """Only these trading styles; empty means any."""
+    mode: Literal["copy", "inverse"] | None = None
+    """"copy" or "inverse"; absent: copy for the leaderboard, inverse for the losers."""
+    template: FollowTemplate = Field(default_factory=FollowTemplate)
+    """Sizing, limits and filters of each follow the rule creates ([auto_follow.template];
+    every [[follow]] key except leader, name and mode)."""
+    max_follows: int = Field(default=5, ge=1, le=100)
+    """Most follows this rule holds at once, including those winding down."""
+    reevaluate_interval_s: Finite = Field(default=300.0, ge=10, le=86400)
+    """How often the selection is recomputed."""
+    drop_after_s: Finite = Field(default=3600.0, ge=0, le=30 * 86400)
+    """A leader is dropped only after ranking worse than drop_rank for this long."""
+    drop_rank: int | None = Field(default=None, ge=1, le=10_000)
+    """The rank a followed leader must fall below to start being dropped; absent: 2 x top_n."""
+
+    @property
+    def follow_mode(self) -> Literal["copy", "inverse"]:
+        """The mode of the rule's follows."""
+        if self.mode is not None:
+            return self.mode
+        return "inverse" if self.source == "losers" else "copy"
+
+    @property
+    def effective_drop_rank(self) -> int:
+        """``drop_rank``, or twice ``top_n`` when absent."""
+        return self.drop_rank if self.drop_rank is not None else 2 * self.top_n
 
 
 class HlcopyConfig(_Section):
@@ -341,6 +431,9 @@ class HlcopyConfig(_Section):
     """Account-wide limits and kill switches."""
     follow: list[FollowConfig] = Field(default_factory=list, max_length=1000)
     """The leaders to copy, one [[follow]] table each."""
+    auto_follow: list[AutoFollowConfig] = Field(default_factory=list, max_length=20)
+    """Rules that pick leaders from the leaderboard or the losers list, one [[auto_follow]]
+    table each."""
 
 
 def _dsn_has_password(dsn: str) -> bool:
@@ -419,13 +512,7 @@ def _rule_problems(cfg: HlcopyConfig) -> list[str]:
     seen: dict[str, int] = {}
     for i, f in enumerate(cfg.follow):
         where = f"follow[{i}]"
-        if f.sizing == "fixed" and f.fixed_notional_usd is None:
-            problems.append(f'{where}.fixed_notional_usd: required when sizing = "fixed"')
-        if f.sizing != "fixed" and f.fixed_notional_usd is not None:
-            problems.append(f'{where}.fixed_notional_usd: only used when sizing = "fixed"')
-        both = sorted(set(f.coins) & set(f.exclude_coins))
-        if both:
-            problems.append(f"{where}.exclude_coins: also listed in coins: {', '.join(both)}")
+        problems.extend(f"{where}.{key}: {msg}" for key, msg in follow_rule_problems(f))
         if cfg.account.address is not None and f.leader == cfg.account.address:
             problems.append(f"{where}.leader: is the follower's own account")
         if f.id in seen:
@@ -433,7 +520,63 @@ def _rule_problems(cfg: HlcopyConfig) -> list[str]:
                 f"{where}.name: follow id {f.id!r} already used by follow[{seen[f.id]}]"
             )
         seen.setdefault(f.id, i)
+
+    rules: dict[str, int] = {}
+    for i, a in enumerate(cfg.auto_follow):
+        where = f"auto_follow[{i}]"
+        if "mode" in a.template.model_fields_set:
+            problems.append(f"{where}.template.mode: set {where}.mode instead")
+        problems.extend(
+            f"{where}.template.{key}: {msg}" for key, msg in follow_rule_problems(a.template)
+        )
+        if a.max_follows < a.top_n:
+            problems.append(f"{where}.max_follows: must be at least top_n ({a.top_n})")
+        if a.drop_rank is not None and a.drop_rank < a.top_n:
+            problems.append(f"{where}.drop_rank: must be at least top_n ({a.top_n})")
+        if a.name in rules:
+            problems.append(
+                f"{where}.name: {a.name!r} already used by auto_follow[{rules[a.name]}]"
+            )
+        rules.setdefault(a.name, i)
     return problems
+
+
+def follow_rule_problems(f: FollowTemplate) -> list[tuple[str, str]]:
+    """Rules tying a follow's fields together, as (key, message) pairs."""
+    out: list[tuple[str, str]] = []
+    if f.sizing == "fixed_notional" and f.fixed_notional_usd is None:
+        out.append(("fixed_notional_usd", 'required when sizing = "fixed_notional"'))
+    if f.sizing != "fixed_notional" and f.fixed_notional_usd is not None:
+        out.append(("fixed_notional_usd", 'only used when sizing = "fixed_notional"'))
+    both = sorted(set(f.coins) & set(f.exclude_coins))
+    if both:
+        out.append(("exclude_coins", f"also listed in coins: {', '.join(both)}"))
+    if f.active_hours_utc is not None:
+        start, end = f.active_hours_utc
+        if not 0 <= start <= 23:
+            out.append(("active_hours_utc", "the start hour must be 0-23"))
+        elif not 0 <= end <= 24:
+            out.append(("active_hours_utc", "the end hour must be 0-24"))
+        elif start == end % 24:
+            out.append(("active_hours_utc", "start and end must differ; leave it out for always"))
+    return out
+
+
+def check_follow(
+    data: Any, account: str | None = None
+) -> tuple[FollowConfig | None, list[tuple[str, str]]]:
+    """Validate one follow given as data (a [[follow]] table, an API body) like the TOML is:
+    the follow, or None and every problem as (key path, message)."""
+    try:
+        follow = FollowConfig.model_validate(data)
+    except ValidationError as exc:
+        return None, [(_key_path(e["loc"]), _message(e)) for e in exc.errors()[:50]]
+    except RecursionError:
+        return None, [("(top level)", "nested too deeply")]
+    problems = follow_rule_problems(follow)
+    if account is not None and follow.leader == account:
+        problems.append(("leader", "is the follower's own account"))
+    return (None if problems else follow), problems
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -24,6 +24,8 @@ from prometheus_client.registry import Collector
 from hlcopy.api import feed, openapi, schemas, scout
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
+from hlcopy.api.follows import FOLLOWS, Follows
+from hlcopy.api.follows import ROUTES as FOLLOW_ROUTES
 from hlcopy.api.params import ApiError, Args, Route, endpoint
 from hlcopy.api.ports import RegistryView, TrackRequests
 from hlcopy.api.responses import dumps, error_response, json_response, read_json
@@ -34,6 +36,7 @@ from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import StoreUnavailable
 from hlcopy.events import EventBus
+from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
@@ -202,6 +205,7 @@ ROUTES: Final = (
     ),
     *scout.ROUTES,
     *risk_routes.ROUTES,
+    *FOLLOW_ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -220,6 +224,7 @@ def build_app(
     risk: RiskKeeper | None = None,
     clock: Clock = SYSTEM,
     feed_settings: FeedSettings | None = None,
+    follows: FollowRegistry | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -243,6 +248,7 @@ def build_app(
     )
     if risk is not None:
         app[risk_routes.RISK] = risk
+    app[FOLLOWS] = Follows(follows)
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

@@ -21,10 +21,12 @@ OPENAPI: Final = web.AppKey("openapi", bytes)
 _STATUS_TEXT: Final = {
     101: "Switching to the WebSocket protocol",
     200: "OK",
+    201: "Created",
     202: "Accepted",
     400: "Invalid parameters (the error names the parameter, and the allowed values if few)",
     401: "Missing or wrong bearer token",
     404: "Not found",
+    409: "Conflicts with the resource's state or source",
     503: "A part the route needs is not running, or still loading",
 }
 # Reads need the token only when [api].read_auth is set; /health never does.
@@ -52,6 +54,11 @@ def _operation(route: Route) -> dict[str, Any]:
         "parameters": [p.openapi() for p in route.params],
         "responses": responses,
     }
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": dict(route.body)}},
+        }
     if route.description:
         op["description"] = route.description
     if route.path == "/health":

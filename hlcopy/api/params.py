@@ -227,6 +227,7 @@ class Route:
     content_type: str = "application/json"
     errors: tuple[int, ...] = ()
     description: str = ""
+    body: Mapping[str, Any] | None = None  # schema of the JSON request body, when it takes one
 
     @property
     def path_params(self) -> tuple[Param, ...]:

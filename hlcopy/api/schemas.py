@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from hlcopy.api.params import ADDRESS_PATTERN
+from hlcopy.config import FOLLOW_ID_PATTERN
 from hlcopy.scout.analytics import WINDOWS, RiskLevel, Style
 from hlcopy.scout.leaderboard import ROW_FIELDS, SORT_KEYS
 
@@ -21,7 +22,8 @@ def ref(name: str) -> Schema:
 
 def _null(schema: Schema) -> Schema:
     out = dict(schema)
-    out["type"] = [schema["type"], "null"]
+    types = schema["type"]
+    out["type"] = [*types, "null"] if isinstance(types, list) else [types, "null"]
     if "enum" in schema:
         out["enum"] = [*schema["enum"], None]
     return out
@@ -153,6 +155,109 @@ def _paged(name: str, item: str) -> Schema:
     )
 
 
+# -- follows: the answer (every field, defaults filled in) and the two request bodies ----------
+
+_DEC_IN: Final = {
+    "type": ["string", "number"],
+    "pattern": "^[0-9]{1,15}([.][0-9]{1,18})?$",
+    "description": "a decimal number: a JSON number, or a string for exactness",
+}
+_COINS: Final = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1, "maxLength": 64},
+    "maxItems": 1000,
+}
+_HOURS: Final = {
+    "type": ["array", "null"],
+    "items": {"type": "integer", "minimum": 0, "maximum": 24},
+    "minItems": 2,
+    "maxItems": 2,
+    "description": "[start hour 0-23, end hour 0-24] UTC, may wrap midnight; null: always",
+}
+
+
+def _int(minimum: int, maximum: int) -> Schema:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
+def _enum(*values: str) -> Schema:
+    return {"type": "string", "enum": list(values)}
+
+
+def _follow_fields(dec: Schema) -> dict[str, Schema]:
+    """The fields of a follow (hlcopy.config.FollowTemplate), with ``dec`` for decimals."""
+    return {
+        "mode": _enum("copy", "inverse"),
+        "sizing": _enum("ratio", "equity", "fixed_notional"),
+        "ratio": dec,
+        "fixed_notional_usd": _null(dec),
+        "coins": _COINS,
+        "exclude_coins": _COINS,
+        "max_notional_per_coin_usd": _null(dec),
+        "max_total_notional_usd": _null(dec),
+        "max_leverage": _null(dec),
+        "min_notional_policy": _enum("skip", "round_up"),
+        "slippage_bps": _int(0, 5000),
+        "max_fill_age_ms": _int(1, 86_400_000),
+        "entry": _enum("wait", "adopt"),
+        "adopt_max_deviation_bps": _int(0, 10_000),
+        "delay_ms": _int(0, 600_000),
+        "active_hours_utc": _HOURS,
+        "daily_loss_limit_usd": _null(dec),
+        "max_drawdown_pct": _null(dec),
+        "priority": _int(0, 1000),
+        "enabled": {"type": "boolean"},
+    }
+
+
+_FOLLOW_NAME: Final = {"type": "string", "pattern": FOLLOW_ID_PATTERN}
+_FOLLOW_SPEC: Final = _obj(
+    {**_follow_fields(_DEC), "leader": _ADDRESS, "name": _null(_FOLLOW_NAME)}
+)
+_FOLLOW_CREATE: Final = {
+    "type": "object",
+    "properties": {"leader": _ADDRESS, "name": _FOLLOW_NAME, **_follow_fields(_DEC_IN)},
+    "required": ["leader"],
+    "additionalProperties": False,
+    "description": "A [[follow]] table as JSON: leader, then any other field (default if "
+    "absent). 400 names every field that is wrong.",
+}
+_FOLLOW_PATCH: Final = {
+    "type": "object",
+    "properties": {
+        "paused": {"type": "boolean", "description": "true pauses, false resumes"},
+        **{
+            k: v if isinstance(v["type"], list) and "null" in v["type"] else _null(v)
+            for k, v in _follow_fields(_DEC_IN).items()
+        },
+    },
+    "additionalProperties": False,
+    "description": "The fields to change (null resets one to its default); a follow declared "
+    "in the TOML takes only paused.",
+}
+FOLLOW_SCHEMAS: Final[dict[str, Schema]] = {
+    "FollowSpec": _FOLLOW_SPEC,
+    "Follow": _obj(
+        {
+            "id": _FOLLOW_NAME,
+            "source": _enum("toml", "api", "auto"),
+            "leader": _ADDRESS,
+            "paused": {"type": "boolean"},
+            "winding_down": {"type": "boolean"},
+            "active": {"type": "boolean"},
+            "started_ms": _MS,
+            "created_ms": _MS,
+            "updated_ms": _MS,
+            "spec": ref("FollowSpec"),
+        }
+    ),
+    "FollowsPage": _obj({"follows": {"type": "array", "items": ref("Follow")}}),
+    "FollowRemoved": _obj({"id": _FOLLOW_NAME, "removed": {"const": True}}),
+    "FollowCreate": _FOLLOW_CREATE,
+    "FollowPatch": _FOLLOW_PATCH,
+}
+
+
 COMPONENTS: Final[dict[str, Schema]] = {
     "Error": _obj(
         {
@@ -227,4 +332,5 @@ COMPONENTS: Final[dict[str, Schema]] = {
         }
     ),
     "OpenApi": {"type": "object", "required": ["openapi", "paths"]},
+    **FOLLOW_SCHEMAS,
 }

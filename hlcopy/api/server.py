@@ -21,6 +21,7 @@ from hlcopy.config import ApiConfig
 from hlcopy.credentials import Secret
 from hlcopy.errors import ComponentFailed
 from hlcopy.events import EventBus
+from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
@@ -128,6 +129,7 @@ class ApiServer(Component):
         risk: RiskKeeper | None = None,
         clock: Clock = SYSTEM,
         feed_settings: FeedSettings | None = None,
+        follows: FollowRegistry | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
@@ -142,6 +144,7 @@ class ApiServer(Component):
             "risk": risk,
             "clock": clock,
             "feed_settings": feed_settings,
+            "follows": follows,
         }
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None

@@ -22,6 +22,7 @@ from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import Secret
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.notify import Notifier
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService, pack_metrics
@@ -194,6 +195,7 @@ class ScoutApi:
     traders: list[Trader]
     server: ApiServer
     risk: RiskKeeper
+    follows: FollowRegistry
 
     async def call(
         self, method: str, path: str, token: str | None = TOKEN, **kwargs: Any
@@ -238,6 +240,8 @@ async def scout_api(
         dsn,
         api={"port": 0, "read_auth": read_auth},
         leaderboard={"refresh_interval_s": 1},
+        # One follow declared in the file (the API may pause it, never delete it).
+        follow=[{"leader": population_[0].address, "name": "declared", "ratio": 0.5}],
     )
     daemon = Daemon(cfg, config_path=config_path, notifier=Notifier(""))
     store = Store(cfg.database, cfg.state.dir)
@@ -246,6 +250,7 @@ async def scout_api(
     registry = Registry(seen)
     tracker = Tracker()
     risk = RiskKeeper(store, bus)
+    follows = FollowRegistry(store, cfg)
     server = ApiServer(
         daemon,
         cfg.api,
@@ -257,8 +262,10 @@ async def scout_api(
         store=store,
         risk=risk,
         feed_settings=feed,
+        follows=follows,
     )
     daemon.add(StoreMonitor(store))
+    daemon.add(follows)
     daemon.add(LeaderboardService(board, store, cfg.leaderboard))
     daemon.add(risk)
     daemon.add(server)
@@ -275,6 +282,7 @@ async def scout_api(
                 population_,
                 server,
                 risk,
+                follows,
             )
     finally:
         await store.close()

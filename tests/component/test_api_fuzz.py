@@ -5,6 +5,7 @@ success matches its documented schema."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hlcopy.api.params import ADDRESS_PATTERN
+from hlcopy.config import FOLLOW_ID_PATTERN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -20,6 +23,8 @@ from yarl import URL
 from tests.component.scout_env import TOKEN, ScoutApi, scout_api
 
 Schema = dict[str, Any]
+# Follow ids the fuzzer uses in paths and bodies: the file's one, and a few it adds and removes.
+FOLLOW_IDS = ["declared", "one", "two", "three"]
 
 
 # --- a small JSON Schema checker (the subset the document uses) ----------------------------------
@@ -119,6 +124,10 @@ JUNK = st.one_of(
 
 def valid(schema: Schema, known: list[str]) -> st.SearchStrategy[str]:
     """A value that fits ``schema``, as it goes into a URL."""
+    if schema.get("pattern") == FOLLOW_ID_PATTERN:  # a follow id: mostly one that exists
+        ids = [k for k in known if not k.startswith("0x")] + known[:2]
+        candidates = st.from_regex(FOLLOW_ID_PATTERN, fullmatch=True)
+        return st.one_of(st.sampled_from(ids), st.sampled_from(ids), candidates)
     if "enum" in schema:
         return st.sampled_from([str(v) for v in schema["enum"]])
     kind = schema.get("type")
@@ -144,14 +153,83 @@ def valid(schema: Schema, known: list[str]) -> st.SearchStrategy[str]:
     return st.text(max_size=20)
 
 
+def json_of(doc: Schema, schema: Schema, known: list[str]) -> st.SearchStrategy[Any]:
+    """A JSON value that fits ``schema`` (the subset request bodies use)."""
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        return json_of(doc, doc["components"]["schemas"][name], known)
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    types = schema.get("type", "string")
+    if isinstance(types, list):
+        return st.one_of(*(json_of(doc, {**schema, "type": t}, known) for t in types))
+    if types == "null":
+        return st.none()
+    if types == "boolean":
+        return st.booleans()
+    if types == "integer":
+        return st.integers(schema.get("minimum", -(2**31)), schema.get("maximum", 2**31))
+    if types == "number":
+        return st.decimals("0.001", "100000", places=3).map(float)
+    if types == "string":
+        if schema.get("pattern") == ADDRESS_PATTERN:
+            return st.one_of(st.sampled_from(known), valid(schema, known))
+        if "pattern" in schema:
+            return valid(schema, known)
+        return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 8))
+    if types == "array":
+        return st.lists(
+            json_of(doc, schema["items"], known),
+            min_size=schema.get("minItems", 0),
+            max_size=min(4, schema.get("maxItems", 4)),
+        )
+    props: dict[str, Schema] = schema.get("properties", {})
+    required = schema.get("required", [])
+    return st.fixed_dictionaries(
+        {k: json_of(doc, props[k], known) for k in required},
+        optional={k: json_of(doc, v, known) for k, v in props.items() if k not in required},
+    )
+
+
+JSON_JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=30), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _encode(value: Any) -> bytes:
+    # The standard library's encoder: orjson refuses integers beyond 64 bits and lone
+    # surrogates, and a strategy must not raise while drawing. What it writes for those (and
+    # for an infinity) is for the server to refuse.
+    return json.dumps(value).encode()
+
+
+def body_of(doc: Schema, op: Schema, known: list[str]) -> st.SearchStrategy[bytes | None]:
+    """A request body: mostly one that fits the operation's schema, else anything at all."""
+    content = op.get("requestBody", {}).get("content", {}).get("application/json")
+    fits = json_of(doc, content["schema"], known) if content else JSON_JUNK
+    return st.one_of(
+        fits.map(_encode),
+        fits.map(_encode),
+        JSON_JUNK.map(_encode),
+        st.sampled_from([b"", b"{", b"null", b"[]", b'{"leader": 1e999}', b"\xff\xfe"]),
+        st.none(),
+    )
+
+
 def value_of(schema: Schema, known: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(valid(schema, known), valid(schema, known), JUNK)
 
 
 @st.composite
-def requests(draw: st.DrawFn, doc: Schema, known: list[str]) -> tuple[str, str, str, bool]:
-    """(method, path, raw query string, with token): half of them entirely valid, some with
-    one bad parameter, the rest anything at all."""
+def requests(
+    draw: st.DrawFn, doc: Schema, known: list[str]
+) -> tuple[str, str, str, bool, bytes | None]:
+    """(method, path, raw query string, with token, body): half of them entirely valid, some
+    with one bad parameter, the rest anything at all."""
     ops = [(path, method, op) for path, item in doc["paths"].items() for method, op in item.items()]
     path, method, op = draw(st.sampled_from(ops))
     mode = draw(st.sampled_from(["valid", "valid", "one_bad", "chaos"]))
@@ -177,7 +255,8 @@ def requests(draw: st.DrawFn, doc: Schema, known: list[str]) -> tuple[str, str, 
     if mode == "chaos" and draw(st.booleans()):  # not even decodable
         raw += draw(st.sampled_from(["&%ff%fe=1", "&a=%zz", "&%=%", "&limit=%00", "&=&&=="]))
     with_token: bool = draw(st.booleans()) if mode == "chaos" else True
-    return method.upper(), concrete, raw, with_token
+    body = draw(body_of(doc, op, known)) if method in ("post", "patch", "put") else None
+    return method.upper(), concrete, raw, with_token, body
 
 
 @pytest.fixture
@@ -185,6 +264,8 @@ async def api(dsn: str, tmp_path: Path) -> AsyncIterator[ScoutApi]:
     config = tmp_path / "hlcopy.toml"
     config.write_text(f'[state]\ndir = "{tmp_path}"\n[api]\nport = 0\n')
     async with scout_api(dsn, tmp_path, traders=30, config_path=config) as a:
+        for name, trader in zip(FOLLOW_IDS[1:], a.traders[1:], strict=False):
+            await a.follows.add({"leader": trader.address, "name": name})
         yield a
 
 
@@ -198,10 +279,11 @@ async def api(dsn: str, tmp_path: Path) -> AsyncIterator[ScoutApi]:
 async def test_no_input_gives_a_5xx(api: ScoutApi, data: st.DataObject) -> None:
     doc = await api.get("/api/v1/openapi.json")
     known = [t.address for t in api.traders] + [a.address for a in list(api.registry)[:5]]
-    method, path, raw, with_token = data.draw(requests(doc, known))
+    known += FOLLOW_IDS  # fixed, not read from the registry: the draws must not depend on it
+    method, path, raw, with_token, body = data.draw(requests(doc, known))
     url = URL(api.url + path + ("?" + raw if raw else ""), encoded=True)
     headers = {"Authorization": f"Bearer {TOKEN}"} if with_token else {}
-    async with api.session.request(method, url, headers=headers) as r:
+    async with api.session.request(method, url, headers=headers, data=body) as r:
         body = await r.read()
         status, ctype = r.status, r.content_type
     assert status < 500, (method, path, raw, status, body[:300])

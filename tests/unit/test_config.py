@@ -68,7 +68,7 @@ ratio = 0.1
 [[follow]]
 leader = "{LEADER[:-1]}b"
 name = "fixed-one"
-sizing = "fixed"
+sizing = "fixed_notional"
 fixed_notional_usd = "250.50"
 """)
     first, second = cfg.follow
@@ -163,12 +163,12 @@ def test_schema_errors_name_the_key(data: dict[str, Any], expected: str) -> None
         ),
         ({"account": {"mode": "live"}}, ['account.address: required when account.mode = "live"']),
         (
-            {"follow": [{"leader": LEADER, "sizing": "fixed"}]},
-            ['follow[0].fixed_notional_usd: required when sizing = "fixed"'],
+            {"follow": [{"leader": LEADER, "sizing": "fixed_notional"}]},
+            ['follow[0].fixed_notional_usd: required when sizing = "fixed_notional"'],
         ),
         (
             {"follow": [{"leader": LEADER, "fixed_notional_usd": 5}]},
-            ['follow[0].fixed_notional_usd: only used when sizing = "fixed"'],
+            ['follow[0].fixed_notional_usd: only used when sizing = "fixed_notional"'],
         ),
         (
             {"follow": [{"leader": LEADER, "coins": ["BTC", "ETH"], "exclude_coins": ["ETH"]}]},
@@ -218,14 +218,18 @@ def _fields(model: type[BaseModel]) -> list[tuple[str, Any]]:
     return list(model.model_fields.items())
 
 
+def _section_model(name: str) -> type[BaseModel]:
+    annotation = HlcopyConfig.model_fields[name].annotation
+    if name in ("follow", "auto_follow"):  # lists of tables
+        return annotation.__args__[0]  # type: ignore[union-attr,no-any-return]
+    return annotation  # type: ignore[return-value]
+
+
 def test_every_field_has_a_docstring() -> None:
     undocumented = []
     for section_name, section in _fields(HlcopyConfig):
         assert section.description, section_name
-        model = section.annotation
-        if section_name == "follow":
-            model = HlcopyConfig.model_fields["follow"].annotation.__args__[0]  # type: ignore[union-attr]
-        for name, field in _fields(model):
+        for name, field in _fields(_section_model(section_name)):
             if not field.description:
                 undocumented.append(f"{section_name}.{name}")
     assert undocumented == []
@@ -235,19 +239,20 @@ def test_example_documents_every_key() -> None:
     text = (REPO / "hlcopy.toml.example").read_text()
     # Uncomment every "# key = value" line so the example parses with all keys present.
     uncommented = re.sub(r"(?m)^# ?(\w+ = )", r"\1", text)
-    uncommented = uncommented.replace("# [[follow]]", "[[follow]]")
+    # ... and every commented table header ("# [[follow]]", "# [auto_follow.template]").
+    uncommented = re.sub(r"(?m)^# (\[\[?[\w.]+\]\]?)(\s+#.*)?$", r"\1", uncommented)
     data = tomllib.loads(uncommented)
     missing = []
-    for section_name, section in _fields(HlcopyConfig):
-        model = section.annotation
+    for section_name, _ in _fields(HlcopyConfig):
         table = data.get(section_name, {})
-        if section_name == "follow":
-            model = HlcopyConfig.model_fields["follow"].annotation.__args__[0]  # type: ignore[union-attr]
-            table = data["follow"][0]
-        for name, _ in _fields(model):
+        if section_name in ("follow", "auto_follow"):
+            table = data[section_name][0]
+        for name, _ in _fields(_section_model(section_name)):
             if name not in table:
                 missing.append(f"{section_name}.{name}")
     assert missing == []
+    # The template takes the follow's keys (bar leader, name, mode), all documented above.
+    assert set(data["auto_follow"][0]["template"]) <= set(data["follow"][0]) - {"mode"}
 
 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,7 @@ EXPECTED_TABLES = {
     "follows",
     "orders",
     "kv",
+    "leader_fills",
     "schema_migrations",
     "risk_states",
     "risk_events",

@@ -1,0 +1,199 @@
+"""The leader book's rules without I/O: the component is built (never run) and fed directly."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hlcopy.budget import WeightBudget
+from hlcopy.clock import VirtualClock
+from hlcopy.config import DatabaseConfig
+from hlcopy.follow.leaders import LeaderBooks, LeaderChange
+from hlcopy.hl import InfoClient, StreamPool, new_session
+from hlcopy.model import AccountState, LeaderFill, MarginSummary, Position, Side
+from hlcopy.queues import BoundedQueue
+from hlcopy.store import Store
+
+from tests.conftest import make_config
+
+L = "0x" + "ab" * 20
+D = Decimal
+
+
+@pytest.fixture
+async def books(tmp_path: Path) -> AsyncIterator[LeaderBooks]:
+    async with new_session(1) as session:
+        b = LeaderBooks(
+            StreamPool("ws://127.0.0.1:9"),
+            InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200, 5)),
+            Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/none"), tmp_path),
+            BoundedQueue[LeaderFill]("firehose", 100),
+            BoundedQueue[LeaderChange]("changes", 1000),
+            make_config(tmp_path),
+            VirtualClock(),
+            seen_per_leader=50,
+        )
+        b.set_leaders({L: 1})
+        yield b
+
+
+def changes(b: LeaderBooks) -> list[LeaderChange]:
+    q = b._changes
+    assert isinstance(q, BoundedQueue)
+    return q.drain_nowait()
+
+
+def state(time_ms: int, **szi: str) -> AccountState:
+    zero = D(0)
+    return AccountState(
+        tuple(
+            Position(c, D(s), D(100), None, None, None, None, None, None) for c, s in szi.items()
+        ),
+        MarginSummary(D(5000), zero, zero, zero),
+        None,
+        None,
+        None,
+        time_ms,
+    )
+
+
+_tids = itertools.count(1)
+
+
+def fill(
+    side: Side,
+    sz: str,
+    time_ms: int,
+    start: str | None,
+    *,
+    tid: int | None = None,
+    coin: str = "ETH",
+    confirmed: bool = True,
+) -> LeaderFill:
+    return LeaderFill(
+        L,
+        coin,
+        side,
+        D(sz),
+        D(100),
+        time_ms,
+        next(_tids) if tid is None else tid,
+        "firehose" if start is None else "userFills",
+        None if start is None else D(start),
+        confirmed,
+    )
+
+
+def szi(b: LeaderBooks, coin: str = "ETH") -> Decimal | None:
+    view = b.view(L, coin)
+    return None if view is None else view.szi
+
+
+async def test_exact_fills_in_any_order_end_where_the_last_one_does(books: LeaderBooks) -> None:
+    a = fill("B", "1", 10, "0")
+    b = fill("B", "2", 20, "1")
+    c = fill("A", "4", 30, "3")
+    for f in (c, a, b):  # reordered: the newest first
+        books.ingest(f)
+    assert szi(books) == D(-1)
+    moved = changes(books)
+    assert [ch.fill for ch in moved] == [c]  # the older ones were already inside c's start
+    assert books.view(L, "ETH").confirmed  # type: ignore[union-attr]
+
+
+async def test_same_millisecond_fills_chain_through_start_position(books: LeaderBooks) -> None:
+    first = fill("B", "1", 10, "0")
+    second = fill("B", "1", 10, "1")
+    books.ingest(second)
+    books.ingest(first)  # same ms, but it ends where the second starts: older
+    assert szi(books) == D(2)
+    books2_first = fill("B", "1", 50, "2")
+    books2_second = fill("B", "1", 50, "3")
+    books.ingest(books2_first)
+    books.ingest(books2_second)  # same ms, starts where the book is: newer
+    assert szi(books) == D(4)
+
+
+async def test_a_hint_is_unconfirmed_until_its_exact_version_arrives(books: LeaderBooks) -> None:
+    books.snapshot(L, state(5))
+    hint = fill("B", "1", 10, None, tid=777, confirmed=False)
+    assert books.ingest(hint)
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert view.szi == 1
+    assert not view.confirmed
+    exact = fill("B", "1", 10, "0", tid=777)
+    assert books.ingest(exact)  # same position, now confirmed: a change
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert view.szi == 1
+    assert view.confirmed
+    assert not books.ingest(hint)
+    assert not books.ingest(exact)
+    assert books.stats()["upgraded"] == 1
+
+
+async def test_snapshot_fills_are_history_and_gap_fill_makes_them_changes(
+    books: LeaderBooks,
+) -> None:
+    books.snapshot(L, state(5))
+    changes(books)
+    missed = fill("A", "2", 10, "0", tid=900)
+    assert not books.ingest(missed, snapshot=True)
+    assert szi(books) == 0
+    assert not changes(books)
+    rest = LeaderFill(L, "ETH", "A", D(2), D(100), 10, 900, "rest", D(0))
+    assert books.ingest(rest)
+    assert szi(books) == D(-2)
+    assert [c.fill for c in changes(books)] == [rest]
+
+
+async def test_snapshots_correct_drift_but_never_undo_a_newer_fill(books: LeaderBooks) -> None:
+    books.snapshot(L, state(5, ETH="1"))
+    assert [(c.fill, c.szi) for c in changes(books)] == [(None, D(1))]
+    books.ingest(fill("B", "1", 10, None))  # a hint on top of the snapshot
+    assert szi(books) == 2
+    books.snapshot(L, state(20, ETH="3"))  # truth says 3: a hint went missing
+    assert szi(books) == 3
+    assert [(c.fill, c.szi) for c in changes(books)][-1] == (None, D(3))
+    books.ingest(fill("A", "1", 30, "3"))
+    books.snapshot(L, state(25, ETH="3"))  # read before that fill: ignored for ETH
+    assert szi(books) == 2
+    books.snapshot(L, state(40))  # flat everywhere now
+    assert szi(books) == 0
+    assert books.coins(L) == set()
+    view = books.view(L, "BTC")  # never traded: flat as of the snapshot
+    assert view is not None
+    assert view.szi == 0
+    assert view.equity == 5000
+
+
+async def test_a_hint_older_than_the_snapshot_is_inside_it(books: LeaderBooks) -> None:
+    books.snapshot(L, state(50, ETH="1"))
+    assert not books.ingest(fill("B", "1", 40, None))
+    assert szi(books) == 1
+
+
+async def test_dedupe_memory_is_bounded(books: LeaderBooks) -> None:
+    for i in range(200):
+        books.ingest(fill("B", "1", 10 + i, str(i)))
+    assert szi(books) == D(200)
+    assert len(books._books[L].seen) == 50
+    # A forgotten tid that comes back is older than the book's anchor: nothing moves.
+    assert not books.ingest(fill("B", "1", 10, "0", tid=1))
+    assert szi(books) == D(200)
+
+
+async def test_slots_go_to_priority_then_notional(books: LeaderBooks) -> None:
+    others = {"0x" + f"{i:02x}" * 20: 1 for i in range(3)}
+    books.set_leaders({L: 5, **others})
+    low, mid, high = sorted(others)
+    books.snapshot(mid, state(1, ETH="10"))
+    books.snapshot(high, state(1, ETH="1"))
+    assert books.ranked() == [L, mid, high, low]
+    assert books.view(low, "ETH") is None  # nothing known yet
+    books.set_leaders({mid: 1})
+    assert books.leaders == {mid}

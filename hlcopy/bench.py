@@ -1080,6 +1080,7 @@ async def _seed_memory(
     Returns the scored addresses."""
     from hlcopy.config import DiscoveryConfig
     from hlcopy.scout.discovery import KV_USERS_ORDER
+    from hlcopy.scout.leaderboard import pack_metrics
     from hlcopy.sim.market import PERPS
     from hlcopy.store.registry import RegistryStore
     from hlcopy.store.tracking import TrackingStore, position_json
@@ -1128,7 +1129,14 @@ async def _seed_memory(
             )
         await tracking.save_positions(address, value, positions, at_ms)
         stats = {w: m.as_dict() for w, m in metrics.items()}
-        await tracking.save_stats(address, stats, _index_points(rng, now_ms), value, at_ms)
+        await tracking.save_stats(
+            address,
+            stats,
+            _index_points(rng, now_ms),
+            value,
+            at_ms,
+            board_figures=pack_metrics(metrics, updated_ms=at_ms),
+        )
 
     for i in range(0, scored, 64):
         # As the tracker's workers write: a few statements in flight at once.

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hlcopy.api import feed, openapi, schemas, scout
+from hlcopy.api import copies, feed, openapi, schemas, scout
 from hlcopy.api.feed import FEEDS, Feeds
 from hlcopy.api.params import ApiError, Args, Route, endpoint
 from hlcopy.api.ports import RegistryView, TrackRequests
@@ -36,6 +36,7 @@ from hlcopy.events import EventBus
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries
+from hlcopy.store.copies import CopyStore
 
 __all__ = [
     "ROUTES",
@@ -199,6 +200,7 @@ ROUTES: Final = (
         errors=(400,),
     ),
     *scout.ROUTES,
+    *copies.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -237,6 +239,8 @@ def build_app(
         clock=clock,
         feed=feed_settings or FeedSettings(),
     )
+    if store is not None:
+        app[copies.COPIES] = CopyStore(store)
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

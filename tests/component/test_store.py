@@ -29,6 +29,10 @@ EXPECTED_TABLES = {
     "orders",
     "kv",
     "schema_migrations",
+    "copies",
+    "paper_account",
+    "paper_fills",
+    "paper_funding",
 }
 
 

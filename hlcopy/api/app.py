@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hlcopy.api import feed, openapi, schemas, scout
+from hlcopy.api import copies, feed, openapi, schemas, scout
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
 from hlcopy.api.follows import FOLLOWS, Follows
@@ -41,6 +41,7 @@ from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries
+from hlcopy.store.copies import CopyStore
 
 __all__ = [
     "ROUTES",
@@ -206,6 +207,7 @@ ROUTES: Final = (
     *scout.ROUTES,
     *risk_routes.ROUTES,
     *FOLLOW_ROUTES,
+    *copies.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -249,6 +251,8 @@ def build_app(
     if risk is not None:
         app[risk_routes.RISK] = risk
     app[FOLLOWS] = Follows(follows)
+    if store is not None:
+        app[copies.COPIES] = CopyStore(store)
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

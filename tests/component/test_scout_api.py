@@ -455,6 +455,8 @@ async def test_openapi_query_parameters_are_the_accepted_ones(api: ScoutApi) -> 
             schema = p["schema"]
             if "default" in schema:
                 value = str(schema["default"])
+            elif "examples" in schema:
+                value = str(schema["examples"][0])
             elif schema.get("type") == "array":
                 value = schema["items"]["enum"][0] if "enum" in schema["items"] else address
             else:

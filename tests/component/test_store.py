@@ -32,6 +32,10 @@ EXPECTED_TABLES = {
     "schema_migrations",
     "risk_states",
     "risk_events",
+    "copies",
+    "paper_account",
+    "paper_fills",
+    "paper_funding",
 }
 
 

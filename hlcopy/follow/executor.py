@@ -1,0 +1,881 @@
+"""Paper execution: order intents become fills against the live order book, never sent.
+
+Per intent, in order per coin (a flip's close runs before its open), concurrently across coins:
+
+1. **Write ahead.** The copy row (status ``planned``, unique on the cloid) is committed before
+   anything else; a cloid already there is the same order decided twice and is not run again.
+   No row, no order: if PostgreSQL cannot take it, the intent is refused.
+2. **Send.** The row becomes ``sending``; then the latency allowance passes on the clock, as a
+   real order's round trip would, and the coin's book *after* it is used: the ``l2Book`` stream
+   (subscribed on first use, or ahead with ``watch``), or one REST ``l2Book`` when the stream
+   has nothing fresh.
+3. **Fill.** ``simulate_ioc`` walks the book up to the IOC limit price (part or all may not
+   fill; nothing filled is the exchange's "could not immediately match" rejection); the taker fee
+   is charged; a reduce-only order is cut to the position and refused when it would increase it.
+   Our own paper fills do not deplete the book.
+4. **Book.** The ``PaperAccount``, the paper fill and the copy row's settlement are written in one
+   transaction, then the account and the in-flight sizes change together in memory, so the copy
+   engine never sees an order in neither place. The ``OrderOutcome`` goes to the outcomes sink
+   and a ``copy`` event to the bus.
+
+Funding: on every hour, each open paper position receives ``-szi x oracle x rate`` (longs pay when
+the rate is positive), with the rate and oracle price of ``metaAndAssetCtxs``. Hours missed while
+the daemon was down are paid at the current rate when it comes back (the paper account keeps
+paying while nobody watches, as a real one does).
+
+The account, the per-follow attribution of its positions and the copy log live in PostgreSQL; a
+restart picks them up, and intents a previous run left unsettled are marked ``never_arrived``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import structlog
+
+from hlcopy.budget import Lane
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, Ready
+from hlcopy.config import HlcopyConfig
+from hlcopy.errors import ExchangeError, StoreError, StreamError
+from hlcopy.events import Event, EventBus
+from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
+from hlcopy.hl import InfoClient, StreamPool, Subscription
+from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome, OutcomeStatus
+from hlcopy.queues import BoundedQueue, QueueClosed, Sink
+from hlcopy.store import Store
+from hlcopy.store.copies import (
+    CopyRow,
+    CopyStore,
+    FundingRow,
+    PaperFillRow,
+    Settlement,
+    StoredOutcome,
+)
+
+log = structlog.get_logger()
+
+HOUR_MS: Final = 3_600_000
+ZERO: Final = Decimal(0)
+BPS: Final = Decimal(10_000)
+#: Hyperliquid's base taker fee (tier 0, no staking discount): 0.045% of the notional.
+DEFAULT_TAKER_FEE_RATE: Final = Decimal("0.00045")
+#: What the exchange answers when an IOC finds nothing within its limit price.
+NO_MATCH: Final = "Order could not immediately match against any resting orders."
+REDUCE_ONLY_REFUSED: Final = "Reduce only order would increase position."
+#: Hours of funding paid at once after a downtime, at most (a month).
+MAX_CATCH_UP_HOURS: Final = 24 * 30
+
+
+_STORED_STATUS: Final[dict[str, OutcomeStatus]] = {
+    "filled": "filled",
+    "partial": "partial",
+    "rejected": "rejected",
+    "unknown": "unknown",
+    "never_arrived": "never_arrived",
+}
+
+
+class _Latest:
+    """A sink that keeps only the newest item per key and wakes whoever waits for one."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.books: dict[str, tuple[L2Book, float]] = {}
+        self.mids: dict[str, Decimal] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
+
+    def waiter(self, coin: str) -> asyncio.Event:
+        return self._waiters.setdefault(coin, asyncio.Event())
+
+
+class _BookSink:
+    def __init__(self, latest: _Latest) -> None:
+        self._latest = latest
+
+    def offer(self, item: L2Book) -> bool:
+        self._latest.books[item.coin] = (item, self._latest.clock.monotonic())
+        self._latest.waiter(item.coin).set()
+        return True
+
+    async def put(self, item: L2Book) -> None:
+        self.offer(item)
+
+
+class _MidsSink:
+    def __init__(self, latest: _Latest) -> None:
+        self._latest = latest
+
+    def offer(self, item: AllMids) -> bool:
+        self._latest.mids.update(item.mids)
+        return True
+
+    async def put(self, item: AllMids) -> None:
+        self.offer(item)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    intent: OrderIntent
+    trigger: LeaderFill | None
+
+
+class NoMarketData(ExchangeError):
+    """No market data (order book, funding rates) for paper execution."""
+
+
+def split_fill(
+    attribution: Sequence[tuple[str, Decimal]], order_sz: Decimal, filled: Decimal
+) -> list[tuple[str, Decimal]]:
+    """Each follow's part of ``filled``, in proportion to its share of the order; the parts sum
+    exactly to ``filled`` (the rounding remainder goes to the largest share, ties by id)."""
+    if not attribution or order_sz <= 0:
+        return []
+    parts = [(f, share * filled / order_sz) for f, share in attribution]
+    rest = filled - sum((p for _, p in parts), ZERO)
+    if rest:
+        i = max(range(len(parts)), key=lambda k: (attribution[k][1], attribution[k][0]))
+        parts[i] = (parts[i][0], parts[i][1] + rest)
+    return parts
+
+
+def slippage_bps(is_buy: bool, avg_px: Decimal, leader_px: Decimal) -> Decimal:
+    """How much worse than the leader's price we traded, in basis points of it (negative:
+    better). A buy is worse above, a sell below, whatever side the leader took."""
+    diff = avg_px - leader_px if is_buy else leader_px - avg_px
+    return (diff / leader_px * BPS).quantize(Decimal("0.01"))
+
+
+class PaperExecutor(Component):
+    """Intents in (``intents``, block), paper fills booked, outcomes out. See the module
+    docstring."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        intents: BoundedQueue[OrderIntent],
+        outcomes: Sink[OrderOutcome],
+        stream: StreamPool | None,
+        info: InfoClient | None,
+        store: Store,
+        bus: EventBus | None,
+        config: HlcopyConfig,
+        clock: Clock = SYSTEM,
+        *,
+        latency_ms: int = 200,
+        taker_fee_rate: Decimal = DEFAULT_TAKER_FEE_RATE,
+        book_wait_s: float = 2.0,
+        book_max_age_s: float = 5.0,
+        max_in_flight: int = 64,
+        skip_buffer: int = 10_000,
+        funding: bool = True,
+        funding_retry_s: float = 60.0,
+    ) -> None:
+        self._intents = intents
+        self._outcomes = outcomes
+        self._stream = stream
+        self._info = info
+        self._copies = CopyStore(store)
+        self._bus = bus
+        self._clock = clock
+        self.latency_ms = latency_ms
+        self.taker_fee_rate = taker_fee_rate
+        self._book_wait_s = book_wait_s
+        self._book_max_age_s = book_max_age_s
+        self._max_in_flight = max_in_flight
+        self._funding_enabled = funding
+        self._funding_retry_s = funding_retry_s
+        self._initial_cash = config.account.paper_equity_usd
+        self._account = PaperAccount(cash=self._initial_cash)
+        self._attributed: dict[str, dict[str, Decimal]] = {}
+        self._funded_hour_ms: int | None = None
+        self._loaded = False
+        self._in_flight: dict[str, _InFlight] = {}
+        self._triggers: dict[str, LeaderFill] = {}
+        self._latest = _Latest(clock)
+        self._book_subs: dict[str, Subscription[L2Book]] = {}
+        self._mids_sub: Subscription[AllMids] | None = None
+        self._coin_locks: dict[str, asyncio.Lock] = {}
+        self._account_lock = asyncio.Lock()
+        self._skips: deque[CopyRow] = deque()
+        self._skip_buffer = skip_buffer
+        self._skips_waiting = asyncio.Event()
+        self._skip_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.counters: dict[str, int] = {
+            "intents": 0,
+            "duplicates": 0,
+            "filled": 0,
+            "partial": 0,
+            "rejected": 0,
+            "refused": 0,
+            "never_arrived": 0,
+            "skips": 0,
+            "skips_written": 0,
+            "skips_dropped": 0,
+            "skip_write_errors": 0,
+            "book_rest": 0,
+            "funding_hours": 0,
+            "funding_errors": 0,
+        }
+
+    # -- what the copy engine uses -------------------------------------------------------------
+
+    async def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+        """Queue ``intent`` (waiting for room), counting it in ``pending()`` from now on, with
+        the leader fill that triggered it (for the copy log's prices and delays)."""
+        self._in_flight[intent.cloid] = _InFlight(intent, trigger)
+        if trigger is not None:
+            self._triggers[intent.cloid] = trigger
+        try:
+            await self._intents.put(intent)
+        except BaseException:
+            self._in_flight.pop(intent.cloid, None)
+            self._triggers.pop(intent.cloid, None)
+            raise
+
+    def pending(self) -> dict[tuple[str, str], Decimal]:
+        """Signed size of the orders in flight (submitted, not yet booked), per (follow, coin)."""
+        out: dict[tuple[str, str], Decimal] = {}
+        for entry in self._in_flight.values():
+            intent = entry.intent
+            sign = 1 if intent.is_buy else -1
+            for follow, share in intent.attribution:
+                key = (follow, intent.coin)
+                out[key] = out.get(key, ZERO) + sign * share
+        return out
+
+    def positions(self) -> Mapping[str, Decimal]:
+        """The paper account's signed size per coin (open positions only)."""
+        return {coin: p.szi for coin, p in self._account.positions.items()}
+
+    def attributed(self) -> dict[str, dict[str, Decimal]]:
+        """Each follow's part of the paper positions: {follow_id: {coin: szi}}."""
+        return {f: dict(coins) for f, coins in self._attributed.items()}
+
+    def account(self) -> PaperAccount:
+        """The paper account now (immutable)."""
+        return self._account
+
+    def mids(self) -> dict[str, Decimal]:
+        """The latest mid prices from the stream (empty until the first allMids)."""
+        return dict(self._latest.mids)
+
+    def equity(self, mids: Mapping[str, Decimal] | None = None) -> Decimal:
+        """Cash plus unrealised PnL at ``mids`` (default: the stream's latest); raises
+        ValueError when an open position has no mid."""
+        return self._account.equity(self._latest.mids if mids is None else mids)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the stored paper account has been read (``run`` does it first)."""
+        return self._loaded
+
+    def record_skip(
+        self,
+        follow_ids: str | Sequence[str],
+        coin: str,
+        reason: str,
+        sz: Decimal | None = None,
+        fill: LeaderFill | None = None,
+        *,
+        is_buy: bool | None = None,
+        leader: str | None = None,
+        decided_ms: int | None = None,
+    ) -> None:
+        """Record a copy the engine decided not to make, with its reason. Never waits: the row
+        is written in the next batch (the same skip of the same leader fill once), and a
+        ``copy`` event goes out now."""
+        follows = (follow_ids,) if isinstance(follow_ids, str) else tuple(follow_ids)
+        now = self._clock.time_ms()
+        decided = now if decided_ms is None else decided_ms
+        row = CopyRow(
+            status="skipped",
+            paper=True,
+            attribution=tuple((f, ZERO if sz is None else abs(sz)) for f in sorted(follows)),
+            coin=coin,
+            decided_ms=decided,
+            leader=leader or (fill.leader if fill is not None else None),
+            is_buy=is_buy,
+            sz=None if sz is None else abs(sz),
+            skip_reason=reason,
+            **_leader_fields(fill, decided),
+        )
+        if len(self._skips) >= self._skip_buffer:
+            self._skips.popleft()
+            self.counters["skips_dropped"] += 1
+        self._skips.append(row)
+        self._skips_waiting.set()
+        self.counters["skips"] += 1
+        self._publish(_event_data(row, None, None), row.leader, now)
+
+    async def watch(self, coins: Sequence[str]) -> None:
+        """Subscribe to the books of ``coins`` ahead of their first intent."""
+        for coin in coins:
+            await self._subscribe_book(coin)
+
+    # -- component -------------------------------------------------------------------------
+
+    async def run(self, ready: Ready) -> None:
+        self._stopping.clear()
+        await self._load()
+        await self._subscribe_mids()
+        slots = asyncio.Semaphore(self._max_in_flight)
+        async with asyncio.TaskGroup() as tg:
+            if self._funding_enabled and self._info is not None:
+                tg.create_task(self._funding_loop(), name="executor:funding")
+            tg.create_task(self._skip_writer(), name="executor:skips")
+            ready.set()
+            try:
+                await self._consume(tg, slots)
+            finally:
+                self._stopping.set()  # the loops end; the TaskGroup waits for intents in flight
+
+    async def drain(self) -> None:
+        self._stopping.set()
+
+    async def _load(self) -> None:
+        stored = await self._copies.load_paper()
+        now = self._clock.time_ms()
+        if stored is None:
+            self._account = PaperAccount(cash=self._initial_cash)
+            self._attributed = {}
+            self._funded_hour_ms = now // HOUR_MS * HOUR_MS
+            await self._copies.save_paper(
+                self._account.to_dict(), self._attributed, self._funded_hour_ms, now
+            )
+        else:
+            self._account = PaperAccount.from_dict(stored.account)
+            self._attributed = {
+                f: {c: Decimal(s) for c, s in coins.items()}
+                for f, coins in stored.attributed.items()
+            }
+            self._funded_hour_ms = stored.funded_hour_ms
+        self._loaded = True
+        for cloid in await self._copies.abandon_open(now):
+            self.counters["never_arrived"] += 1
+            if cloid in self._in_flight:
+                # Taken off the queue by a run that stopped before booking it: the engine hears
+                # that it never arrived, so it can decide again.
+                self._in_flight.pop(cloid, None)
+                self._triggers.pop(cloid, None)
+                outcome = OrderOutcome(cloid, "never_arrived", time_ms=now)
+                if not self._outcomes.offer(outcome):
+                    await self._outcomes.put(outcome)
+        log.info(
+            "executor: paper account loaded",
+            cash=str(self._account.cash),
+            positions=len(self._account.positions),
+            new=stored is None,
+        )
+
+    async def _consume(self, tg: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                getter = asyncio.ensure_future(self._intents.get())
+                try:
+                    await asyncio.wait((getter, stop), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await getter
+                if getter.cancelled():  # stopping, and nothing was taken off the queue
+                    slots.release()
+                    return
+                try:
+                    intent = getter.result()
+                except QueueClosed:
+                    slots.release()
+                    return
+                if intent.cloid not in self._in_flight:
+                    self._in_flight[intent.cloid] = _InFlight(intent, None)
+                tg.create_task(self._execute(intent, slots), name=f"executor:{intent.cloid}")
+        finally:
+            stop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop
+
+    # -- one intent --------------------------------------------------------------------------
+
+    async def _execute(self, intent: OrderIntent, slots: asyncio.Semaphore) -> None:
+        # One coin's intents run in the order they came (asyncio.Lock is FIFO, and each task
+        # reaches it before awaiting anything else). Cancelled between the write-ahead and the
+        # booking, an intent stays in flight: the next run marks its row never_arrived and
+        # tells the engine.
+        try:
+            async with self._coin_locks.setdefault(intent.coin, asyncio.Lock()):
+                await self._run_intent(intent)
+        finally:
+            slots.release()
+
+    async def _run_intent(self, intent: OrderIntent) -> None:
+        """Write ahead, wait the latency, fill, book."""
+        self.counters["intents"] += 1
+        entry = self._in_flight.get(intent.cloid)
+        trigger = self._triggers.get(intent.cloid) or (entry.trigger if entry else None)
+        row = CopyRow(
+            status="planned",
+            paper=True,
+            attribution=intent.attribution,
+            coin=intent.coin,
+            decided_ms=intent.decided_ms or self._clock.time_ms(),
+            cloid=intent.cloid,
+            leader=intent.leader,
+            is_buy=intent.is_buy,
+            sz=intent.sz,
+            limit_px=intent.limit_px,
+            reduce_only=intent.reduce_only,
+            reason=intent.reason,
+            attempt=intent.attempt,
+            **_leader_fields(trigger, intent.decided_ms or None),
+        )
+        try:
+            stored = await self._copies.write_intent(row)
+        except StoreError as exc:
+            # No durable intent, no order.
+            log.warning("executor: intent not written; refused", cloid=intent.cloid, error=str(exc))
+            self.counters["refused"] += 1
+            await self._finish(
+                intent, OrderOutcome(intent.cloid, "rejected", error=f"not recorded: {exc}")
+            )
+            return
+        if stored is not None:
+            self.counters["duplicates"] += 1
+            await self._on_duplicate(intent, stored)
+            return
+
+        sent_ms = self._clock.time_ms()
+        send_delay = None if trigger is None else sent_ms - trigger.time_ms
+        try:
+            await self._copies.mark_sending(intent.cloid, sent_ms, send_delay)
+        except StoreError as exc:
+            log.warning("executor: cannot mark sending", cloid=intent.cloid, error=str(exc))
+        if self.latency_ms > 0:
+            await self._clock.sleep(self.latency_ms / 1000)
+        fill_ms = self._clock.time_ms()
+        error: str | None = None
+        fill: PaperFill | None = None
+        try:
+            sz = self._order_size(intent)
+            if sz is None:
+                error = REDUCE_ONLY_REFUSED
+            elif intent.tif != "Ioc":
+                error = f"paper execution fills IOC orders only, not {intent.tif}"
+            else:
+                book = await self._book(intent.coin)
+                fill = simulate_ioc(book, intent.is_buy, sz, intent.limit_px, self.taker_fee_rate)
+                if fill.filled_sz == 0:
+                    error = NO_MATCH
+        except (ExchangeError, StreamError) as exc:
+            error = f"no order book for {intent.coin}: {exc}"
+        if fill is None or fill.filled_sz == 0 or fill.avg_px is None:
+            await self._settle_rejected(intent, error or NO_MATCH, fill_ms)
+        else:
+            await asyncio.shield(self._book_fill(intent, trigger, fill, fill_ms))
+
+    def _order_size(self, intent: OrderIntent) -> Decimal | None:
+        """The size to fill: a reduce-only order is cut to the position, None if it cannot
+        reduce it."""
+        if not intent.reduce_only:
+            return intent.sz
+        pos = self._account.position(intent.coin)
+        if (pos > 0 and not intent.is_buy) or (pos < 0 and intent.is_buy):
+            return min(intent.sz, abs(pos))
+        return None
+
+    async def _book_fill(
+        self, intent: OrderIntent, trigger: LeaderFill | None, fill: PaperFill, fill_ms: int
+    ) -> None:
+        """Book a fill: account, fill row and settlement in one transaction, then memory.
+        Shielded by the caller: once the fill is computed, its booking finishes."""
+        assert fill.avg_px is not None
+        async with self._account_lock:
+            booked = self._account.apply_fill(
+                intent.coin, intent.is_buy, fill.filled_sz, fill.avg_px, fill.fee
+            )
+            attributed = {f: dict(c) for f, c in self._attributed.items()}
+            sign = 1 if intent.is_buy else -1
+            for follow, part in split_fill(intent.attribution, intent.sz, fill.filled_sz):
+                coins = attributed.setdefault(follow, {})
+                szi = coins.get(intent.coin, ZERO) + sign * part
+                if szi:
+                    coins[intent.coin] = szi
+                else:
+                    coins.pop(intent.coin, None)
+                if not coins:
+                    attributed.pop(follow, None)
+            status: OutcomeStatus = "filled" if fill.filled_sz == intent.sz else "partial"
+            settlement = Settlement(
+                status=status,
+                settled_ms=fill_ms,
+                filled_sz=fill.filled_sz,
+                avg_px=fill.avg_px,
+                fee=fill.fee,
+                closed_pnl=booked.closed_pnl,
+                slippage_bps=None
+                if trigger is None
+                else slippage_bps(intent.is_buy, fill.avg_px, trigger.px),
+            )
+            fill_row = PaperFillRow(
+                intent.cloid,
+                intent.coin,
+                intent.is_buy,
+                fill.filled_sz,
+                fill.avg_px,
+                fill.fee,
+                booked.closed_pnl,
+                booked.start_position,
+                booked.dir,
+                fill_ms,
+            )
+            try:
+                await self._copies.settle(
+                    intent.cloid,
+                    settlement,
+                    account=booked.account.to_dict(),
+                    attributed=attributed,
+                    funded_hour_ms=self._funded_hour_ms,
+                    fill=fill_row,
+                )
+            except StoreError as exc:
+                # Not booked: the row stays "sending" and the next run settles it as
+                # never_arrived; the engine hears the same now.
+                log.warning("executor: paper fill not booked", cloid=intent.cloid, error=str(exc))
+                self.counters["never_arrived"] += 1
+                outcome = OrderOutcome(
+                    intent.cloid, "never_arrived", error=f"not booked: {exc}", time_ms=fill_ms
+                )
+                self._in_flight.pop(intent.cloid, None)
+                self._triggers.pop(intent.cloid, None)
+            else:
+                # The account and the in-flight sizes change together: no await in between.
+                self._account = booked.account
+                self._attributed = attributed
+                self._in_flight.pop(intent.cloid, None)
+                self._triggers.pop(intent.cloid, None)
+                self.counters[status] += 1
+                outcome = OrderOutcome(
+                    intent.cloid,
+                    status,
+                    fill.filled_sz,
+                    fill.avg_px,
+                    fill.fee,
+                    time_ms=fill_ms,
+                )
+        data = _event_data(
+            _with_intent_fields(intent, trigger),
+            settlement if outcome.status in ("filled", "partial") else None,
+            outcome,
+        )
+        self._publish(data, intent.leader, fill_ms)
+        await self._put_outcome(outcome)
+
+    async def _settle_rejected(self, intent: OrderIntent, error: str, now_ms: int) -> None:
+        settlement = Settlement(status="rejected", settled_ms=now_ms, error=error)
+        try:
+            await self._copies.settle(intent.cloid, settlement)
+        except StoreError as exc:
+            log.warning("executor: cannot settle", cloid=intent.cloid, error=str(exc))
+        self.counters["rejected"] += 1
+        trigger = self._triggers.get(intent.cloid)
+        await self._finish(
+            intent,
+            OrderOutcome(intent.cloid, "rejected", error=error, time_ms=now_ms),
+            _with_intent_fields(intent, trigger),
+            settlement,
+        )
+
+    async def _on_duplicate(self, intent: OrderIntent, stored: StoredOutcome) -> None:
+        """The cloid was written before: never run it again. A settled one is reported as it
+        was; one still open belongs to another task, which reports it."""
+        if stored.status in ("planned", "sending"):
+            return
+        outcome = OrderOutcome(
+            intent.cloid,
+            _STORED_STATUS.get(stored.status, "unknown"),
+            stored.filled_sz,
+            stored.avg_px,
+            stored.fee,
+            error=stored.error,
+            time_ms=stored.settled_ms or 0,
+        )
+        self._in_flight.pop(intent.cloid, None)
+        self._triggers.pop(intent.cloid, None)
+        await self._put_outcome(outcome)
+
+    async def _finish(
+        self,
+        intent: OrderIntent,
+        outcome: OrderOutcome,
+        row: CopyRow | None = None,
+        settlement: Settlement | None = None,
+    ) -> None:
+        self._in_flight.pop(intent.cloid, None)
+        self._triggers.pop(intent.cloid, None)
+        if row is not None:
+            self._publish(_event_data(row, settlement, outcome), intent.leader, outcome.time_ms)
+        await self._put_outcome(outcome)
+
+    async def _put_outcome(self, outcome: OrderOutcome) -> None:
+        if not self._outcomes.offer(outcome):
+            await self._outcomes.put(outcome)
+
+    def _publish(self, data: dict[str, Any], leader: str | None, now_ms: int) -> None:
+        if self._bus is not None:
+            self._bus.publish(Event("copy", data, now_ms or self._clock.time_ms(), leader))
+
+    # -- books and mids ----------------------------------------------------------------------
+
+    async def _subscribe_book(self, coin: str) -> None:
+        if self._stream is None or coin in self._book_subs:
+            return
+        try:
+            self._book_subs[coin] = await self._stream.l2_book(coin, _BookSink(self._latest))
+        except (StreamError, ExchangeError) as exc:
+            log.warning("executor: no l2Book subscription", coin=coin, error=str(exc))
+
+    async def _subscribe_mids(self) -> None:
+        if self._stream is None or self._mids_sub is not None:
+            return
+        try:
+            self._mids_sub = await self._stream.all_mids(_MidsSink(self._latest), wait=False)
+        except (StreamError, ExchangeError) as exc:
+            log.warning("executor: no allMids subscription", error=str(exc))
+
+    def _fresh_book(self, coin: str) -> L2Book | None:
+        entry = self._latest.books.get(coin)
+        if entry is None:
+            return None
+        book, at = entry
+        if self._clock.monotonic() - at > self._book_max_age_s:
+            return None
+        return book
+
+    async def _book(self, coin: str) -> L2Book:
+        """The coin's book now: the stream's latest if fresh, else one REST read."""
+        book = self._fresh_book(coin)
+        if book is not None:
+            return book
+        if self._stream is not None and coin not in self._book_subs:
+            waiter = self._latest.waiter(coin)
+            waiter.clear()
+            await self._subscribe_book(coin)
+            if coin in self._book_subs:
+                with contextlib.suppress(TimeoutError):
+                    async with self._clock.timeout(self._book_wait_s):
+                        await waiter.wait()
+                book = self._fresh_book(coin)
+                if book is not None:
+                    return book
+        if self._info is None:
+            raise NoMarketData(f"no fresh book for {coin} and no REST client")
+        self.counters["book_rest"] += 1
+        book = await self._info.l2_book(coin, lane=Lane.ORDER)
+        self._latest.books[coin] = (book, self._clock.monotonic())
+        return book
+
+    # -- funding ----------------------------------------------------------------------------
+
+    async def _funding_loop(self) -> None:
+        while not self._stopping.is_set():
+            now = self._clock.time_ms()
+            due = now // HOUR_MS * HOUR_MS
+            if self._funded_hour_ms is None or self._funded_hour_ms < due:
+                try:
+                    await self.fund(due)
+                except (ExchangeError, StoreError) as exc:
+                    self.counters["funding_errors"] += 1
+                    log.warning("executor: funding not booked; retrying", error=str(exc))
+                    await sleep_unless(self._clock, self._stopping, self._funding_retry_s)
+                    continue
+            wait_s = (due + HOUR_MS - self._clock.time_ms()) / 1000
+            await sleep_unless(self._clock, self._stopping, max(wait_s, 0.001))
+
+    async def fund(self, hour_ms: int) -> list[FundingRow]:
+        """Book the funding of the hour that ends at ``hour_ms`` (and of hours missed before
+        it) on every open paper position."""
+        if self._funded_hour_ms is not None and self._funded_hour_ms >= hour_ms:
+            return []
+        # The rates are read before taking the lock: fills wait for no REST call.
+        held = sorted(self._account.positions)
+        ctxs = await self._funding_ctxs(held) if held else {}
+        async with self._account_lock:
+            last = self._funded_hour_ms
+            if last is not None and last >= hour_ms:
+                return []
+            hours = 1 if last is None else min((hour_ms - last) // HOUR_MS, MAX_CATCH_UP_HOURS)
+            account = self._account
+            rows: list[FundingRow] = []
+            if account.positions:
+                for coin in sorted(account.positions):
+                    ctx = ctxs.get(coin)
+                    if ctx is None:
+                        log.warning("executor: no funding rate for a paper position", coin=coin)
+                        continue
+                    rate, px = ctx
+                    szi = account.position(coin)
+                    account, paid = account.apply_funding(coin, px, rate * hours)
+                    rows.append(FundingRow(hour_ms, coin, szi, px, rate, hours, paid))
+            now = self._clock.time_ms()
+            await self._copies.book_funding(rows, account.to_dict(), self._attributed, hour_ms, now)
+            self._account = account
+            self._funded_hour_ms = hour_ms
+            self.counters["funding_hours"] += 1
+        if rows:
+            log.info(
+                "executor: paper funding booked",
+                hour_ms=hour_ms,
+                hours=hours,
+                usdc=str(sum((r.usdc for r in rows), ZERO)),
+            )
+        return rows
+
+    async def _funding_ctxs(self, coins: Sequence[str]) -> dict[str, tuple[Decimal, Decimal]]:
+        """(rate, oracle price) per coin from metaAndAssetCtxs, one request per dex."""
+        if self._info is None:
+            raise NoMarketData("no REST client for funding rates")
+        dexes = sorted({coin.split(":", 1)[0] if ":" in coin else "" for coin in coins})
+        out: dict[str, tuple[Decimal, Decimal]] = {}
+        for dex in dexes:
+            meta, ctxs = await self._info.meta_and_asset_ctxs(dex, lane=Lane.FOLLOWER)
+            for asset, ctx in zip(meta.universe, ctxs, strict=False):
+                px = ctx.oracle_px or ctx.mark_px
+                if ctx.funding is not None and px is not None:
+                    out[asset.name] = (ctx.funding, px)
+        return out
+
+    # -- skips -----------------------------------------------------------------------------
+
+    async def _skip_writer(self) -> None:
+        while True:
+            if not self._skips:
+                if self._stopping.is_set():
+                    return
+                self._skips_waiting.clear()
+                stop = asyncio.ensure_future(self._stopping.wait())
+                wake = asyncio.ensure_future(self._skips_waiting.wait())
+                try:
+                    await asyncio.wait((stop, wake), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (stop, wake):
+                        task.cancel()
+                    await asyncio.gather(stop, wake, return_exceptions=True)
+                continue
+            try:
+                await self.flush_skips()
+            except StoreError as exc:
+                self.counters["skip_write_errors"] += 1
+                log.warning("executor: skips not written", rows=len(self._skips), error=str(exc))
+                if self._stopping.is_set():
+                    return
+                await sleep_unless(self._clock, self._stopping, 1.0)
+
+    async def flush_skips(self) -> None:
+        """Write the skips recorded so far now (the writer's batch; tests). On a failure they
+        stay buffered, in order, for the next try."""
+        async with self._skip_lock:
+            batch = list(self._skips)
+            self._skips.clear()
+            try:
+                await self._copies.write_skips(batch)
+                self.counters["skips_written"] += len(batch)
+            except BaseException:
+                # Back to the front, ahead of anything recorded meanwhile (the bound holds).
+                room = max(self._skip_buffer - len(self._skips), 0)
+                self._skips.extendleft(reversed(batch[-room:] if room else []))
+                self.counters["skips_dropped"] += len(batch) - min(room, len(batch))
+                raise
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        account = self._account
+        return {
+            **self.counters,
+            "in_flight": len(self._in_flight),
+            "skips_buffered": len(self._skips),
+            "books": len(self._book_subs),
+            "latency_ms": self.latency_ms,
+            "taker_fee_rate": str(self.taker_fee_rate),
+            "queue": self._intents.stats(),
+            "account": {
+                "cash": str(account.cash),
+                "realized_pnl": str(account.realized_pnl),
+                "fees": str(account.fees),
+                "funding": str(account.funding),
+                "positions": {c: str(p.szi) for c, p in account.positions.items()},
+            },
+        }
+
+
+def _leader_fields(fill: LeaderFill | None, decided_ms: int | None) -> dict[str, Any]:
+    if fill is None:
+        return {}
+    return {
+        "leader_tid": fill.tid,
+        "leader_side": fill.side,
+        "leader_px": fill.px,
+        "leader_sz": fill.sz,
+        "leader_time_ms": fill.time_ms,
+        "decision_delay_ms": None if decided_ms is None else decided_ms - fill.time_ms,
+    }
+
+
+def _with_intent_fields(intent: OrderIntent, trigger: LeaderFill | None) -> CopyRow:
+    return CopyRow(
+        status="planned",
+        paper=True,
+        attribution=intent.attribution,
+        coin=intent.coin,
+        decided_ms=intent.decided_ms,
+        cloid=intent.cloid,
+        leader=intent.leader,
+        is_buy=intent.is_buy,
+        sz=intent.sz,
+        limit_px=intent.limit_px,
+        reduce_only=intent.reduce_only,
+        reason=intent.reason,
+        attempt=intent.attempt,
+        **_leader_fields(trigger, intent.decided_ms or None),
+    )
+
+
+def _event_data(
+    row: CopyRow, settlement: Settlement | None, outcome: OrderOutcome | None
+) -> dict[str, Any]:
+    """The ``copy`` event: the copy as the API shows it, in short."""
+    status = row.status if outcome is None else outcome.status
+    return {
+        "cloid": row.cloid,
+        "status": status,
+        "paper": row.paper,
+        "follows": row.follow_ids,
+        "leader": row.leader,
+        "coin": row.coin,
+        "side": None if row.is_buy is None else ("B" if row.is_buy else "A"),
+        "sz": None if row.sz is None else str(row.sz),
+        "limit_px": None if row.limit_px is None else str(row.limit_px),
+        "reduce_only": row.reduce_only,
+        "reason": row.reason,
+        "skip_reason": row.skip_reason,
+        "leader_px": None if row.leader_px is None else str(row.leader_px),
+        "leader_time_ms": row.leader_time_ms,
+        "decided_ms": row.decided_ms,
+        "filled_sz": None if outcome is None else str(outcome.filled_sz),
+        "avg_px": None if outcome is None or outcome.avg_px is None else str(outcome.avg_px),
+        "fee": None if outcome is None else str(outcome.fee),
+        "slippage_bps": None
+        if settlement is None or settlement.slippage_bps is None
+        else str(settlement.slippage_bps),
+        "error": None if outcome is None else outcome.error,
+    }

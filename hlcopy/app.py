@@ -24,10 +24,16 @@ from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.engine import CopyEngine
+from hlcopy.follow.executor import PaperExecutor
+from hlcopy.follow.follows import FollowRegistry
+from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
 from hlcopy.instance import StateLock
+from hlcopy.model import LeaderFill, OrderIntent, OrderOutcome
 from hlcopy.notify import Notifier
+from hlcopy.queues import BoundedQueue
 from hlcopy.scout.discovery import Discovery, Registry
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
 from hlcopy.scout.tracker import Tracker
@@ -85,11 +91,26 @@ class App:
         self.stream = StreamPool(net.ws, clock=clock)
         self.bus = EventBus()
         self.leaderboard = Leaderboard(losers_window=cfg.leaderboard.losers_window, clock=clock)
+        # The copy pipeline's queues: leader fills and intents are never dropped.
+        leader_fills = BoundedQueue[LeaderFill]("leader_fills", 10_000, "block")
+        changes = BoundedQueue[LeaderChange]("leader_changes", 10_000, "block")
+        intents = BoundedQueue[OrderIntent]("intents", 1_000, "block")
+        outcomes = BoundedQueue[OrderOutcome]("outcomes", 1_000, "block")
+        daemon.queue(leader_fills)
+        daemon.queue(changes)
+        daemon.queue(intents)
+        daemon.queue(outcomes)
         self.discovery: Discovery | None = None
         registry: Registry = Registry(cfg.discovery.queue_size)
         if cfg.discovery.enabled:
             self.discovery = Discovery(
-                self.stream, self.universe, info, self.store, cfg.discovery, clock=clock
+                self.stream,
+                self.universe,
+                info,
+                self.store,
+                cfg.discovery,
+                leader_fills,
+                clock=clock,
             )
             registry = self.discovery.registry
             daemon.queue(self.discovery.frames)
@@ -106,9 +127,38 @@ class App:
         )
 
         self.risk = RiskKeeper(self.store, self.bus, clock=clock)
+        self.follows = FollowRegistry(self.store, cfg, clock)
+        self.books = LeaderBooks(self.stream, info, self.store, leader_fills, changes, cfg, clock)
+        self.tracker.on_leader_state(self.books.snapshot)
+        self.executor = PaperExecutor(
+            intents,
+            outcomes,
+            self.stream,
+            info,
+            self.store,
+            self.bus,
+            cfg,
+            clock,
+            subscribe_mids=False,
+        )
+        self.tracker.share_mids(self.executor.mids_sink)
+        self.copier = CopyEngine(
+            follows=self.follows,
+            books=self.books,
+            executor=self.executor,
+            risk=self.risk,
+            universe=self.universe,
+            changes=changes,
+            outcomes=outcomes,
+            truth=self.tracker,
+            firehose=self.discovery,
+            config=cfg,
+            clock=clock,
+        )
 
         # Start order: each waits for the one before it to be ready.
         daemon.add(StoreMonitor(self.store, clock=clock))
+        daemon.add(self.follows)
         daemon.add(self.universe)
         daemon.add(self.stream)
         daemon.add(LeaderboardService(self.leaderboard, self.store, cfg.leaderboard, clock=clock))
@@ -116,6 +166,9 @@ class App:
             daemon.add(self.discovery)
         daemon.add(self.tracker)
         daemon.add(self.risk)
+        daemon.add(self.books)
+        daemon.add(self.executor)
+        daemon.add(self.copier)
         if cfg.api.enabled:
             daemon.add(
                 ApiServer(
@@ -128,6 +181,7 @@ class App:
                     bus=self.bus,
                     store=self.store,
                     risk=self.risk,
+                    follows=self.follows,
                     clock=clock,
                 )
             )

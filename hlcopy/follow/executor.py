@@ -177,6 +177,7 @@ class PaperExecutor(Component):
         skip_buffer: int = 10_000,
         funding: bool = True,
         funding_retry_s: float = 60.0,
+        subscribe_mids: bool = True,
     ) -> None:
         self._intents = intents
         self._outcomes = outcomes
@@ -192,6 +193,7 @@ class PaperExecutor(Component):
         self._max_in_flight = max_in_flight
         self._funding_enabled = funding
         self._funding_retry_s = funding_retry_s
+        self._own_mids = subscribe_mids
         self._initial_cash = config.account.paper_equity_usd
         self._account = PaperAccount(cash=self._initial_cash)
         self._attributed: dict[str, dict[str, Decimal]] = {}
@@ -644,8 +646,14 @@ class PaperExecutor(Component):
         except (StreamError, ExchangeError) as exc:
             log.warning("executor: no l2Book subscription", coin=coin, error=str(exc))
 
+    @property
+    def mids_sink(self) -> Sink[AllMids]:
+        """Where another holder of the allMids feed hands its updates (``subscribe_mids``
+        False): the stream allows one subscription per feed."""
+        return _MidsSink(self._latest)
+
     async def _subscribe_mids(self) -> None:
-        if self._stream is None or self._mids_sub is not None:
+        if self._stream is None or self._mids_sub is not None or not self._own_mids:
             return
         try:
             self._mids_sub = await self._stream.all_mids(_MidsSink(self._latest), wait=False)

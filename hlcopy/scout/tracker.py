@@ -28,7 +28,7 @@ import contextlib
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -52,9 +52,10 @@ from hlcopy.model import (
     Portfolio,
     Position,
     PositionEvent,
+    SeedTrader,
     UserRole,
 )
-from hlcopy.queues import BoundedQueue
+from hlcopy.queues import BoundedQueue, Sink
 from hlcopy.scout import analytics
 from hlcopy.scout.analytics import TraderMetrics
 from hlcopy.scout.leaderboard import pack_metrics
@@ -347,6 +348,8 @@ class Tracker(Component):
         self._leaders: set[str] = set()
         self._leader_states: dict[str, AccountState] = {}
         self._truth_due: dict[str, float] = {}  # leaders and watched traders: next read
+        self._on_leader_state: Callable[[str, AccountState], None] | None = None
+        self._mids_sinks: list[Sink[AllMids]] = []
         self.follower_state: AccountState | None = None
         self._mids: dict[str, Decimal] = {}
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
@@ -405,11 +408,21 @@ class Tracker(Component):
         """Keep room in every budget window for the truth reads to come (see the budget)."""
         cfg = self._cfg
         window = self._info.budget_window_s
-        reads = len(self._leaders) * math.ceil(window / cfg.leader_poll_interval_s)
-        reads += len(self._requested - self._leaders) * math.ceil(window / cfg.positions_interval_s)
+        reads = len(self._leaders) * window / cfg.leader_poll_interval_s
+        reads += len(self._requested - self._leaders) * window / cfg.positions_interval_s
         if self._follower is not None:
-            reads += math.ceil(window / cfg.follower_poll_interval_s)
-        self._info.reserve_state_reads(reads)
+            reads += window / cfg.follower_poll_interval_s
+        # What they read on average: a reserve they would not use leaves the window idle.
+        self._info.reserve_state_reads(math.ceil(reads))
+
+    def share_mids(self, sink: Sink[AllMids]) -> None:
+        """Hand every allMids update on to ``sink`` too (the stream allows one subscription
+        per feed; the tracker holds this one)."""
+        self._mids_sinks.append(sink)
+
+    def on_leader_state(self, callback: Callable[[str, AccountState], None]) -> None:
+        """Hand every leader snapshot to ``callback`` (the leader books; no I/O in it)."""
+        self._on_leader_state = callback
 
     def leader_state(self, address: str) -> AccountState | None:
         return self._leader_states.get(address)
@@ -515,7 +528,8 @@ class Tracker(Component):
         self._wake.set()
 
     def _mark_candidates(self) -> None:
-        """Traders near the top of the winners (by provisional score) get fills and a role.
+        """Traders near the top of the winners (by provisional score) get fills; those whose
+        complete score then leads, a role.
 
         By rank: the provisional score is a lower bound, and a good month can still have a
         negative one. Losers need no fills (their badness is a bound on returns alone), so the
@@ -536,12 +550,15 @@ class Tracker(Component):
             for t in heapq.nlargest(n, with_score, key=lambda t: t.provisional_score or 0.0)
             if settled or t.address in self._seed_best
         }
+        # A role (60 weight) only where it can change what the board shows: among the best
+        # complete scores, where a vault or an agent must not rank.
+        complete = [t for t in self._traders.values() if t.score is not None]
+        leading = {t.address for t in heapq.nlargest(n, complete, key=lambda t: t.score or 0.0)}
         for t in self._traders.values():
             requested = t.requested = t.address in self._requested
             t.candidate = requested or t.address in best
             t.promising = t.candidate or requested or t.address in self._seed_ranks
-            # A role (60 weight) only for the winners' side, once the score is complete.
-            t.contender = settled and t.address in best and t.score is not None
+            t.contender = settled and t.address in leading
             if not t.candidate:
                 t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
 
@@ -596,6 +613,8 @@ class Tracker(Component):
         previous = self._leader_states.get(address)
         if leader:
             self._leader_states[address] = state
+            if self._on_leader_state is not None:
+                self._on_leader_state(address, state)
         entry = self._traders.get(address)
         if entry is not None:
             entry.positions_s = now
@@ -781,6 +800,8 @@ class Tracker(Component):
     async def _read_mids(self) -> None:
         async for update in self._mids_queue:
             self._mids.update(update.mids)
+            for sink in self._mids_sinks:
+                sink.offer(update)  # never waits: a sink that is full misses one update
 
     async def _seeder(self) -> None:
         url = self._discovery.seed_url or f"{self._network_rest}/leaderboard"
@@ -791,14 +812,13 @@ class Tracker(Component):
                 log.warning("seed leaderboard unavailable", url=url, error=str(exc))
                 rows = ()
             if rows:
-                ranked = [r for r in rows if "month" in r.windows]
-                best = sorted(ranked, key=lambda r: r.windows["month"].roi, reverse=True)
                 n = max(self._cfg.scoring_top_n, 10)
+                best, worst = _seed_lists(rows, n)
                 ranks: dict[str, int] = {}
-                for i, r in enumerate(best[:n]):
+                for i, r in enumerate(best):
                     ranks[r.address] = i
-                self._seed_best = {r.address for r in best[:n]}
-                for i, r in enumerate(reversed(best[-n:])):
+                self._seed_best = {r.address for r in best}
+                for i, r in enumerate(worst):
                     ranks.setdefault(r.address, i)
                 self._seed_ranks = ranks
                 self.counters["seeded"] = len(ranks)
@@ -836,6 +856,24 @@ class Tracker(Component):
             "oldest_snapshot_age_s": round(now - min(polled), 1) if polled else None,
             **self.counters,
         }
+
+
+def _seed_lists(rows: Sequence[SeedTrader], n: int) -> tuple[list[SeedTrader], list[SeedTrader]]:
+    """The public leaderboard's ``n`` best and ``n`` worst months, among traders whose whole
+    history agrees (a lucky month after losing over all time is not a winner to complete
+    first, and an unlucky one after winning is not a loser)."""
+
+    def roi(r: SeedTrader, window: str) -> Decimal | None:
+        perf = r.windows.get(window)
+        return None if perf is None else perf.roi
+
+    ranked = [r for r in rows if roi(r, "month") is not None]
+    by_month = sorted(ranked, key=lambda r: roi(r, "month") or ZERO, reverse=True)
+    best = [r for r in by_month if min(roi(r, "month") or ZERO, roi(r, "allTime") or ZERO) > 0]
+    worst = [
+        r for r in reversed(by_month) if max(roi(r, "month") or ZERO, roi(r, "allTime") or ZERO) < 0
+    ]
+    return best[:n], worst[:n]
 
 
 def _completing(traders: Iterable[Tracked]) -> bool:

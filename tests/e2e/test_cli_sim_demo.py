@@ -148,7 +148,11 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
                 "discovery",
                 "tracker",
                 "leaderboard",
+                "follows",
                 "risk",
+                "leaders",
+                "executor",
+                "copier",
                 "api",
             }
             async with s.get(api + "/api/v1/stats") as r:

@@ -164,3 +164,26 @@ def test_a_requested_traders_positions_are_left_to_the_truth_worker() -> None:
     assert job.kind == "positions"
     watched.requested = True  # read on its own interval in a higher lane, never behind scoring
     assert next_job([watched], 61.0, 60.0, 3600.0) is None
+
+
+def test_seeds_are_the_best_and_worst_months_whose_whole_history_agrees() -> None:
+    from hlcopy.model import SeedTrader, WindowPerformance
+    from hlcopy.scout.tracker import _seed_lists
+
+    def row(name: str, month: str, all_time: str) -> SeedTrader:
+        def perf(roi: str) -> WindowPerformance:
+            return WindowPerformance(D(0), D(roi), D(0))
+
+        return SeedTrader(name, D(1000), {"month": perf(month), "allTime": perf(all_time)})
+
+    rows = [
+        row("steady", "0.4", "2.0"),
+        row("lucky", "0.9", "-0.5"),  # a great month after losing over all time
+        row("good", "0.2", "0.1"),
+        row("bleeder", "-0.6", "-0.9"),
+        row("unlucky", "-0.8", "1.5"),  # a bad month after winning over all time
+        row("flat", "0.0", "0.0"),
+    ]
+    best, worst = _seed_lists(rows, 2)
+    assert [r.address for r in best] == ["steady", "good"]
+    assert [r.address for r in worst] == ["bleeder"]

@@ -1,0 +1,322 @@
+"""The copy engine: the async shell around the copier (``follow/copier.py``).
+
+It keeps the followed leaders in step with the follows (the leader books, the tracker's leader
+truth, discovery's firehose watch, the risk scopes), and for every change of a leader's book it
+gathers what ``decide`` needs for that coin — the follows concerned, the leaders' views, the
+follower's position, attribution and orders in flight, the market, the risk states — decides,
+and hands the intents to the executor and the skips to the copy log. A reconcile pass decides
+every coin in play again every ``tracking.reconcile_interval_s``, so a missed change, a partial
+fill or a restart converges through the same code. Decisions for one coin are serialised, so
+an order in flight is always counted as pending by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from hlcopy.clock import SYSTEM, Clock, sleep_unless
+from hlcopy.component import Component, Ready
+from hlcopy.config import HlcopyConfig
+from hlcopy.errors import ExchangeError, StoreError
+from hlcopy.follow.copier import AccountLimits, FollowerView, LeaderView, Market, decide
+from hlcopy.follow.executor import PaperExecutor
+from hlcopy.follow.follows import FollowRecord, FollowRegistry
+from hlcopy.follow.leaders import LeaderBooks, LeaderChange
+from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, most_severe, result_of
+from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope, leader_scope
+from hlcopy.hl import UniverseService
+from hlcopy.model import ZERO, LeaderFill, OrderOutcome
+from hlcopy.queues import BoundedQueue
+
+log = structlog.get_logger(__name__)
+
+
+class _Drained(Exception):
+    """Raised inside the task group to leave it when the engine is drained."""
+
+
+class LeaderTruth(Protocol):
+    """Who reads the leaders' positions from the exchange (the tracker)."""
+
+    def set_leaders(self, addresses: Iterable[str]) -> None: ...
+
+
+class FirehoseWatch(Protocol):
+    """Who spots the leaders in the public trades (discovery)."""
+
+    def watch(self, addresses: Iterable[str]) -> None: ...
+
+
+class CopyEngine(Component):
+    """See the module docstring."""
+
+    name = "copier"
+
+    def __init__(
+        self,
+        *,
+        follows: FollowRegistry,
+        books: LeaderBooks,
+        executor: PaperExecutor,
+        risk: RiskKeeper,
+        universe: UniverseService,
+        changes: BoundedQueue[LeaderChange],
+        outcomes: BoundedQueue[OrderOutcome],
+        truth: LeaderTruth | None,
+        firehose: FirehoseWatch | None,
+        config: HlcopyConfig,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self._follows = follows
+        self._books = books
+        self._executor = executor
+        self._risk = risk
+        self._universe = universe
+        self._changes = changes
+        self._outcomes = outcomes
+        self._truth = truth
+        self._firehose = firehose
+        self._clock = clock
+        self.reconfigure(config)
+        self._coin_locks: dict[str, asyncio.Lock] = {}
+        self._epoch = 0
+        self._draining = asyncio.Event()
+        self._leaders: dict[str, int] = {}
+        self._unsubscribe = follows.subscribe(self._follows_changed)
+        self.counters: dict[str, int] = {
+            "changes": 0,
+            "decisions": 0,
+            "intents": 0,
+            "skips": 0,
+            "transfers_ignored": 0,
+            "reconciles": 0,
+            "outcomes": 0,
+            "errors": 0,
+        }
+
+    def reconfigure(self, config: HlcopyConfig) -> None:
+        r = config.risk
+        self._reconcile_s = config.tracking.reconcile_interval_s
+        self._limits = AccountLimits(
+            max_coin_notional_usd=r.max_position_notional_usd,
+            max_total_notional_usd=r.max_total_notional_usd,
+            max_leverage=r.max_leverage,
+            max_order_notional_usd=r.max_order_notional_usd,
+        )
+        self._risk_limits = RiskLimits(
+            daily_loss_limit_usd=r.max_daily_loss_usd,
+            max_drawdown_pct=r.max_drawdown_pct,
+            max_notional_usd=r.max_total_notional_usd,
+            max_leverage=r.max_leverage,
+            max_rejects_in_row=r.max_consecutive_rejects,
+            max_errors_per_window=r.max_errors_per_minute,
+        )
+        self._paper_equity = config.account.paper_equity_usd
+
+    # -- the followed leaders ---------------------------------------------------------------
+
+    def _live(self) -> list[FollowRecord]:
+        """The follows that trade: active ones, and dropped ones winding down."""
+        return [f for f in self._follows.follows() if f.active or f.winding_down]
+
+    def _follows_changed(self) -> None:
+        leaders: dict[str, int] = {}
+        for f in self._live():
+            leaders[f.leader] = max(leaders.get(f.leader, f.priority), f.priority)
+        self._leaders = leaders
+        self._books.set_leaders(leaders)
+        if self._truth is not None:
+            self._truth.set_leaders(leaders)
+        if self._firehose is not None:
+            self._firehose.watch(leaders)
+        self._risk.set_scopes(
+            [follow_scope(f.id) for f in self._follows.follows()]
+            + [leader_scope(a) for a in leaders]
+        )
+        self._risk.set_provider(self._risk_inputs)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, ready: Ready) -> None:
+        self._draining.clear()
+        self._follows_changed()
+        ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume_changes(tg), name="copier:changes")
+                tg.create_task(self._consume_outcomes(), name="copier:outcomes")
+                tg.create_task(self._reconcile_loop(), name="copier:reconcile")
+                await self._draining.wait()
+                raise _Drained  # leaves the group, which cancels its tasks
+        except* _Drained:
+            pass
+
+    async def drain(self) -> None:
+        self._draining.set()
+
+    async def _consume_changes(self, tg: asyncio.TaskGroup) -> None:
+        async for change in self._changes:
+            self.counters["changes"] += 1
+            concerned = [f for f in self._live() if f.leader == change.leader]
+            delay_ms = max((f.spec.delay_ms or 0 for f in concerned), default=0)
+            if delay_ms > 0:
+                tg.create_task(
+                    self._later(change, delay_ms / 1000), name=f"copier:delay:{change.coin}"
+                )
+            else:
+                await self._decide_coin(change.coin, change.fill)
+
+    async def _later(self, change: LeaderChange, delay_s: float) -> None:
+        await self._clock.sleep(delay_s)
+        await self._decide_coin(change.coin, change.fill)
+
+    async def _consume_outcomes(self) -> None:
+        async for outcome in self._outcomes:
+            self.counters["outcomes"] += 1
+            scopes = self._scopes_of(outcome)
+            self._risk.record(scopes, result_of(outcome))
+
+    def _scopes_of(self, outcome: OrderOutcome) -> list[str]:
+        return [follow_scope(f.id) for f in self._live()]  # refined once outcomes carry them
+
+    async def _reconcile_loop(self) -> None:
+        while not await sleep_unless(self._clock, self._draining, self._reconcile_s):
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Decide every coin in play again: the leaders' coins and the follower's."""
+        self.counters["reconciles"] += 1
+        self._epoch += 1
+        coins: set[str] = set(self._executor.positions())
+        for leader in self._leaders:
+            coins |= self._books.coins(leader)
+        for coin in sorted(coins):
+            await self._decide_coin(coin, None)
+
+    # -- one decision -----------------------------------------------------------------------
+
+    async def _decide_coin(self, coin: str, trigger: LeaderFill | None) -> None:
+        lock = self._coin_locks.setdefault(coin, asyncio.Lock())
+        async with lock:
+            try:
+                await self._decide_locked(coin, trigger)
+            except (ExchangeError, StoreError, ValueError) as exc:
+                self.counters["errors"] += 1
+                log.warning("copy decision failed", coin=coin, error=str(exc))
+
+    async def _decide_locked(self, coin: str, trigger: LeaderFill | None) -> None:
+        asset = self._universe.universe.get(coin)
+        if asset is None:
+            return
+        attributed = self._executor.attributed()
+        pending = self._executor.pending()
+        live = self._live()
+        follows = []
+        leaders: dict[str, LeaderView] = {}
+        for f in live:
+            view = self._books.view(f.leader, coin)
+            holds = attributed.get(f.id, {}).get(coin, ZERO) != 0
+            triggered = trigger is not None and trigger.leader == f.leader
+            if view is None and not holds and not triggered:
+                continue
+            if view is not None and view.szi == 0 and not holds and not triggered:
+                continue
+            follows.append(f)
+            if view is not None:
+                leaders[f.leader] = view
+        if not follows:
+            return
+        mids = self._executor.mids()
+        positions = self._executor.positions()
+        follower = FollowerView(
+            szi=positions.get(coin, ZERO),
+            attributed={f.id: attributed.get(f.id, {}).get(coin, ZERO) for f in follows},
+            pending={f.id: pending.get((f.id, coin), ZERO) for f in follows},
+            equity=self._equity(mids),
+            other_notional={
+                f.id: _notional(attributed.get(f.id, {}), mids, but=coin) for f in follows
+            },
+            other_notional_total=_notional(positions, mids, but=coin),
+        )
+        risk = {
+            f.id: most_severe(
+                self._risk.trading_state(follow_scope(f.id)),
+                self._risk.trading_state(leader_scope(f.leader)),
+            )
+            for f in follows
+        }
+        decision = decide(
+            follows=[f.core for f in follows],
+            leaders=leaders,
+            follower=follower,
+            market=Market(asset, mids.get(coin)),
+            now_ms=self._clock.time_ms(),
+            risk=risk,
+            global_risk=self._risk.trading_state(),
+            trigger=trigger,
+            epoch=self._epoch,
+            account_limits=self._limits,
+        )
+        self.counters["decisions"] += 1
+        by_id = {f.id: f for f in follows}
+        for skip in decision.skips:
+            self.counters["skips"] += 1
+            record = by_id.get(skip.follow_id)
+            self._executor.record_skip(
+                skip.follow_id,
+                coin,
+                skip.reason.value,
+                skip.szi,
+                trigger,
+                is_buy=None if skip.szi == 0 else skip.szi > 0,
+                leader=record.leader if record is not None else None,
+            )
+        if decision.transfers:
+            # Opposite follows of one coin net inside the account; the executor does not move
+            # attribution without a trade yet, so each keeps its own until the next change.
+            self.counters["transfers_ignored"] += len(decision.transfers)
+        for intent in decision.intents:
+            if self._risk.trading_state() == TradingState.HALTED:
+                break  # a halt that came in while deciding: nothing more goes out
+            self.counters["intents"] += 1
+            await self._executor.submit(intent, trigger)
+
+    def _equity(self, mids: Mapping[str, Decimal]) -> Decimal | None:
+        try:
+            return self._executor.equity(mids)
+        except ValueError:
+            return None  # an open position without a price yet: unknown, not zero
+
+    # -- figures for risk --------------------------------------------------------------------
+
+    def _risk_inputs(self, scope: str) -> RiskInputs | None:
+        if scope != GLOBAL:
+            return None  # per follow and per leader figures: not measured yet
+        mids = self._executor.mids()
+        equity = self._equity(mids)
+        if equity is None:
+            return None
+        return RiskInputs(
+            self._risk_limits,
+            pnl=equity - self._paper_equity,
+            equity=equity,
+            notional=_notional(self._executor.positions(), mids),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"leaders": len(self._leaders), "epoch": self._epoch, **self.counters}
+
+
+def _notional(
+    positions: Mapping[str, Decimal], mids: Mapping[str, Decimal], but: str | None = None
+) -> Decimal:
+    total = ZERO
+    for coin, szi in positions.items():
+        if coin != but and szi:
+            total += abs(szi) * mids.get(coin, ZERO)
+    return total

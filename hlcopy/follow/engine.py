@@ -93,7 +93,7 @@ class CopyEngine(Component):
             "decisions": 0,
             "intents": 0,
             "skips": 0,
-            "transfers_ignored": 0,
+            "transfers": 0,
             "reconciles": 0,
             "outcomes": 0,
             "errors": 0,
@@ -277,9 +277,10 @@ class CopyEngine(Component):
                 leader=record.leader if record is not None else None,
             )
         if decision.transfers:
-            # Opposite follows of one coin net inside the account; the executor does not move
-            # attribution without a trade yet, so each keeps its own until the next change.
-            self.counters["transfers_ignored"] += len(decision.transfers)
+            # Opposite wishes of two follows in one coin net inside the account: attribution
+            # moves between them, only the net is traded.
+            await self._executor.transfer(decision.transfers)
+            self.counters["transfers"] += len(decision.transfers)
         for intent in decision.intents:
             if self._risk.trading_state() == TradingState.HALTED:
                 break  # a halt that came in while deciding: nothing more goes out

@@ -45,6 +45,7 @@ from hlcopy.component import Component, Ready
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
+from hlcopy.follow.copier import Transfer
 from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome, OutcomeStatus
@@ -226,6 +227,7 @@ class PaperExecutor(Component):
             "book_rest": 0,
             "funding_hours": 0,
             "funding_errors": 0,
+            "transfers": 0,
         }
 
     # -- what the copy engine uses -------------------------------------------------------------
@@ -253,6 +255,28 @@ class PaperExecutor(Component):
                 key = (follow, intent.coin)
                 out[key] = out.get(key, ZERO) + sign * share
         return out
+
+    async def transfer(self, moves: Sequence[Transfer]) -> None:
+        """Move attribution between follows without a trade (the copier netted their opposite
+        wishes inside the account), stored before it counts."""
+        if not moves:
+            return
+        async with self._account_lock:
+            attributed = {f: dict(c) for f, c in self._attributed.items()}
+            for m in moves:
+                give = attributed.setdefault(m.from_follow, {})
+                take = attributed.setdefault(m.to_follow, {})
+                give[m.coin] = give.get(m.coin, ZERO) - m.sz
+                take[m.coin] = take.get(m.coin, ZERO) + m.sz
+                for book in (give, take):
+                    if book[m.coin] == 0:
+                        del book[m.coin]
+            attributed = {f: c for f, c in attributed.items() if c}
+            await self._copies.save_paper(
+                self._account.to_dict(), attributed, self._funded_hour_ms, self._clock.time_ms()
+            )
+            self._attributed = attributed
+        self.counters["transfers"] += len(moves)
 
     def positions(self) -> Mapping[str, Decimal]:
         """The paper account's signed size per coin (open positions only)."""

@@ -1,0 +1,142 @@
+"""The copy engine in paper mode, built by the composition root against the simulator and real
+PostgreSQL: a ratio follow holds r x the leader within one lot after every leader change, an
+inverse follow the opposite, and a halt stops new exposure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hlcopy.app import App
+from hlcopy.credentials import load_secrets
+from hlcopy.follow.riskkeeper import GLOBAL
+from hlcopy.sim import Simulator
+
+from tests.conftest import make_config
+
+LEADER = "0x" + "1e" * 20
+FADED = "0x" + "2e" * 20
+LOT = Decimal("0.0001")  # ETH's lot on the simulator (szDecimals 4)
+
+
+async def sim_post(sim: Simulator, path: str, body: dict[str, Any]) -> Any:
+    async with aiohttp.ClientSession() as s, s.post(sim.url + path, json=body) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+def leader_szi(sim: Simulator, address: str, coin: str) -> Decimal:
+    position = sim.engine.accounts[address].positions.get(coin)
+    return Decimal(0) if position is None else position.szi
+
+
+@contextlib.asynccontextmanager
+async def running_app(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[App]:
+    cfg = make_config(
+        tmp_path,
+        dsn,
+        network={
+            "name": "custom",
+            "rest_url": sim.url,
+            "ws_url": sim.ws_url,
+            "chain": "testnet",
+        },
+        discovery={"enabled": True},
+        tracking={"leader_poll_interval_s": 2, "reconcile_interval_s": 5, "workers": 2},
+        follow=[
+            {"name": "copy", "leader": LEADER, "ratio": "0.5", "max_fill_age_ms": 60_000},
+            {
+                "name": "fade",
+                "leader": FADED,
+                "mode": "inverse",
+                "ratio": "0.25",
+                "max_fill_age_ms": 60_000,
+            },
+        ],
+        risk={
+            "max_position_notional_usd": 100_000,
+            "max_total_notional_usd": 200_000,
+            "max_order_notional_usd": 100_000,
+        },
+        account={"paper_equity_usd": 100_000},
+    )
+    async with App(cfg, load_secrets(cfg)) as app:
+        task = asyncio.create_task(app.run(), name="test:app")
+        try:
+            async with asyncio.timeout(60):
+                while not app.daemon.health()[0]:
+                    assert not task.done(), f"the daemon exited with {task.result()}"
+                    await asyncio.sleep(0.05)
+            yield app
+        finally:
+            app.daemon.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+
+
+async def converged(app: App, want: dict[str, Decimal], timeout: float = 20) -> None:
+    """Until the paper account holds ``want`` per follow in ETH (within one lot)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                held = app.executor.attributed()
+                if all(
+                    abs(held.get(f, {}).get("ETH", Decimal(0)) - v) <= LOT for f, v in want.items()
+                ):
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(
+            f"wanted {want}, held {app.executor.attributed()}; copier {app.copier.stats()}, "
+            f"leaders {app.books.stats()}, views "
+            f"{[app.books.view(a, 'ETH') for a in (LEADER, FADED)]}"
+        ) from None
+
+
+@pytest.mark.timeout(180)
+async def test_ratio_and_inverse_follows_hold_their_targets_and_a_halt_stops_them(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    for address in (LEADER, FADED):
+        await sim_post(sim, "/_sim/fund", {"address": address, "usdc": "1000000"})
+    async with running_app(tmp_path, sim, dsn) as app:
+        await asyncio.sleep(3)  # the leaders' first snapshots (flat) and subscriptions
+        for step, (usd, fade_usd) in enumerate(((20_000, 8_000), (-5_000, 4_000), (-30_000, 0))):
+            await sim_post(
+                sim,
+                "/_sim/trade",
+                {"address": LEADER, "coin": "ETH", "is_buy": usd > 0, "usd": abs(usd)},
+            )
+            if fade_usd:
+                await sim_post(
+                    sim,
+                    "/_sim/trade",
+                    {"address": FADED, "coin": "ETH", "is_buy": True, "usd": fade_usd},
+                )
+            want = {
+                "copy": (Decimal("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(LOT),
+                "fade": (Decimal("-0.25") * leader_szi(sim, FADED, "ETH")).quantize(LOT),
+            }
+            await converged(app, want)
+            print(f"step {step}: {want} held {app.executor.attributed()}")
+        assert app.executor.positions()["ETH"] == sum(
+            (v.get("ETH", Decimal(0)) for v in app.executor.attributed().values()), Decimal(0)
+        )
+
+        # A halt: the next leader change is decided, but nothing new goes out.
+        await app.risk.halt(GLOBAL, "test halt")
+        before = dict(app.executor.attributed()["copy"])
+        intents = app.copier.counters["intents"]
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
+        )
+        await asyncio.sleep(3)
+        assert app.executor.attributed()["copy"] == before
+        assert app.copier.counters["intents"] == intents
+        assert app.copier.counters["skips"] > 0

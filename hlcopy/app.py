@@ -24,6 +24,7 @@ from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.autofollow import AutoFollower
 from hlcopy.follow.engine import CopyEngine
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRegistry
@@ -169,6 +170,7 @@ class App:
         daemon.add(self.books)
         daemon.add(self.executor)
         daemon.add(self.copier)
+        daemon.add(AutoFollower(self.follows, self.leaderboard, self.executor, cfg, clock))
         if cfg.api.enabled:
             daemon.add(
                 ApiServer(
@@ -182,6 +184,7 @@ class App:
                     store=self.store,
                     risk=self.risk,
                     follows=self.follows,
+                    positions=self.copier,
                     clock=clock,
                 )
             )

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hlcopy.api import copies, feed, openapi, schemas, scout
+from hlcopy.api import positions as positions_routes
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
 from hlcopy.api.follows import FOLLOWS, Follows
@@ -206,6 +207,7 @@ ROUTES: Final = (
     ),
     *scout.ROUTES,
     *risk_routes.ROUTES,
+    *positions_routes.ROUTES,
     *FOLLOW_ROUTES,
     *copies.ROUTES,
     *feed.ROUTES,
@@ -227,6 +229,7 @@ def build_app(
     clock: Clock = SYSTEM,
     feed_settings: FeedSettings | None = None,
     follows: FollowRegistry | None = None,
+    positions: positions_routes.PositionsView | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -250,6 +253,8 @@ def build_app(
     )
     if risk is not None:
         app[risk_routes.RISK] = risk
+    if positions is not None:
+        app[positions_routes.POSITIONS] = positions
     app[FOLLOWS] = Follows(follows)
     if store is not None:
         app[copies.COPIES] = CopyStore(store)

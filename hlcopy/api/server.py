@@ -14,6 +14,7 @@ from aiohttp.web_request import BaseRequest
 from hlcopy.api.app import build_app, error_response
 from hlcopy.api.feed import FEEDS
 from hlcopy.api.ports import RegistryView, TrackRequests
+from hlcopy.api.positions import PositionsView
 from hlcopy.api.scout import SCOUT, FeedSettings
 from hlcopy.clock import SYSTEM, Clock
 from hlcopy.component import Component, Ready, Supervisor
@@ -130,6 +131,7 @@ class ApiServer(Component):
         clock: Clock = SYSTEM,
         feed_settings: FeedSettings | None = None,
         follows: FollowRegistry | None = None,
+        positions: PositionsView | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
@@ -145,6 +147,7 @@ class ApiServer(Component):
             "clock": clock,
             "feed_settings": feed_settings,
             "follows": follows,
+            "positions": positions,
         }
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None

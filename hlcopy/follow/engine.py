@@ -30,7 +30,7 @@ from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, most_severe, result_of
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope, leader_scope
 from hlcopy.hl import UniverseService
-from hlcopy.model import ZERO, LeaderFill, OrderOutcome
+from hlcopy.model import ZERO, LeaderFill, OrderOutcome, TargetPosition
 from hlcopy.queues import BoundedQueue
 
 log = structlog.get_logger(__name__)
@@ -87,6 +87,7 @@ class CopyEngine(Component):
         self._epoch = 0
         self._draining = asyncio.Event()
         self._leaders: dict[str, int] = {}
+        self._targets: dict[tuple[str, str], TargetPosition] = {}
         self._unsubscribe = follows.subscribe(self._follows_changed)
         self.counters: dict[str, int] = {
             "changes": 0,
@@ -263,6 +264,8 @@ class CopyEngine(Component):
             account_limits=self._limits,
         )
         self.counters["decisions"] += 1
+        for target in decision.targets:
+            self._targets[target.follow_id, target.coin] = target
         by_id = {f.id: f for f in follows}
         for skip in decision.skips:
             self.counters["skips"] += 1
@@ -292,6 +295,61 @@ class CopyEngine(Component):
             return self._executor.equity(mids)
         except ValueError:
             return None  # an open position without a price yet: unknown, not zero
+
+    def positions(self) -> dict[str, Any]:
+        """The follower's positions beside each follow's part and target (the API's view)."""
+        account = self._executor.account()
+        mids = self._executor.mids()
+        attributed = self._executor.attributed()
+        records = {f.id: f for f in self._follows.follows()}
+        coins = set(account.positions) | {c for f, c in self._targets}
+        rows = []
+        for coin in sorted(coins):
+            position = account.positions.get(coin)
+            szi = position.szi if position is not None else ZERO
+            mid = mids.get(coin)
+            follows = []
+            for fid in sorted({f for f, c in self._targets if c == coin} | set(attributed)):
+                held = attributed.get(fid, {}).get(coin, ZERO)
+                target = self._targets.get((fid, coin))
+                if held == 0 and (target is None or target.szi == 0):
+                    continue
+                record = records.get(fid)
+                follows.append(
+                    {
+                        "follow": fid,
+                        "leader": record.leader if record is not None else None,
+                        "mode": record.core.mode if record is not None else None,
+                        "attributed_szi": held,
+                        "target_szi": target.szi if target is not None else None,
+                        "leader_szi": target.leader_szi if target is not None else None,
+                        "target_at": target.time_ms if target is not None else None,
+                    }
+                )
+            if szi == 0 and not follows:
+                continue
+            rows.append(
+                {
+                    "coin": coin,
+                    "szi": szi,
+                    "entry_px": position.entry_px if position is not None else None,
+                    "mid": mid,
+                    "notional": abs(szi) * mid if mid is not None else None,
+                    "unrealized_pnl": (mid - position.entry_px) * szi
+                    if mid is not None and position is not None
+                    else None,
+                    "follows": follows,
+                }
+            )
+        return {
+            "mode": "paper",
+            "equity": self._equity(mids),
+            "cash": account.cash,
+            "realized_pnl": account.realized_pnl,
+            "fees": account.fees,
+            "funding": account.funding,
+            "positions": rows,
+        }
 
     # -- figures for risk --------------------------------------------------------------------
 

@@ -295,6 +295,16 @@ def habitual_leverage(p: Profile, rng: random.Random, max_leverage: int) -> int:
     return max(1, min(max_leverage, round(lognormal(rng, p.leverage, 0.25))))
 
 
+OPENING_SPREAD_MS = 60_000
+"""The first minute of a market, in which the traders already holding a position open it."""
+
+
+def in_position_share(p: Profile) -> float:
+    """The share of its time a trader holds a position: opens a day x median holding time
+    (capped: even the busiest trader is flat now and then)."""
+    return min(0.8, p.opens_per_day * p.kind.hold_minutes[0] / 1440)
+
+
 def next_open_ms(p: Profile, rng: random.Random) -> int:
     """Time until this trader next considers a new position."""
     return max(1000, int(rng.expovariate(p.opens_per_day) * 86_400_000))

@@ -23,6 +23,7 @@ from decimal import Decimal
 from hlcopy.hl.wire import round_size
 from hlcopy.sim.archetypes import (
     ARCHETYPES,
+    OPENING_SPREAD_MS,
     REACTION_MS,
     Plan,
     Profile,
@@ -32,6 +33,7 @@ from hlcopy.sim.archetypes import (
     draw_profile,
     follows_trend,
     habitual_leverage,
+    in_position_share,
     next_flow_ms,
     next_open_ms,
     plan_position,
@@ -90,6 +92,7 @@ class Population:
         self.seed = seed
         self.rate = rate
         self.rng = random.Random(seed * 7919 + 1)
+        opening = random.Random(seed * 7919 + 2)
         self.traders: list[Trader] = []
         self.actions = 0
         self._seq = itertools.count()
@@ -113,7 +116,13 @@ class Population:
                 elif kind.name == "vault":
                     engine.roles[address] = ("vault", None)
                 if kind.name != "market_maker" and not kind.flow_driven:
-                    self._at(now + next_open_ms(profile, self.rng), trader, OPEN)
+                    # A market found mid-life: the share of traders who would be holding a
+                    # position now open one within the first minute, the rest when they would.
+                    # (Drawn from their own stream: the population stays what it was.)
+                    first = next_open_ms(profile, self.rng)
+                    if opening.random() < in_position_share(profile):
+                        first = opening.randint(1000, OPENING_SPREAD_MS)
+                    self._at(now + first, trader, OPEN)
                 if kind.name != "market_maker":
                     self._at(now + next_flow_ms(profile, self.rng), trader, FLOW)
         self._relate()

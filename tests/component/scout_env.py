@@ -82,6 +82,25 @@ class Tracker:
         self.requested.append(address)
 
 
+class Positions:
+    """The copy engine's positions view (the protocol the API defines): one paper position."""
+
+    def positions(self) -> dict[str, Any]:
+        return {
+            "mode": "paper",
+            "equity": Decimal("10010.5"),
+            "cash": Decimal("10000"),
+            "positions": [
+                {
+                    "coin": "BTC",
+                    "szi": Decimal("0.01"),
+                    "entry_px": Decimal("60000"),
+                    "follows": [{"follow": "one", "attributed_szi": Decimal("0.01")}],
+                }
+            ],
+        }
+
+
 def activity_of(t: Trader, rng: random.Random) -> Activity:
     first = NOW - rng.randint(1, 90) * 86_400_000
     return Activity(
@@ -263,6 +282,7 @@ async def scout_api(
         risk=risk,
         feed_settings=feed,
         follows=follows,
+        positions=Positions(),
     )
     daemon.add(StoreMonitor(store))
     daemon.add(follows)

@@ -153,6 +153,7 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
                 "leaders",
                 "executor",
                 "copier",
+                "autofollow",
                 "api",
             }
             async with s.get(api + "/api/v1/stats") as r:

@@ -54,6 +54,7 @@ class _Waiter:
     weight: int
     future: asyncio.Future[int]
     since: float
+    likely: int  # what it will most likely cost (its weight, unless told otherwise)
 
 
 class WeightBudget:
@@ -97,14 +98,20 @@ class WeightBudget:
 
     # -- the budget -----------------------------------------------------------------------
 
-    async def acquire(self, weight: int, lane: Lane) -> int:
+    async def acquire(self, weight: int, lane: Lane, *, likely: int | None = None) -> int:
         """Wait until ``weight`` may be spent in ``lane``, then spend it; the ticket returned
-        names this spend for ``refund``."""
+        names this spend for ``refund``.
+
+        ``likely`` (a reservation's probable cost, refunded down to it within moments) lets a
+        large reservation in once its likely cost fits the lane while its whole weight still
+        fits the exchange's limit: the room it borrows meanwhile is the truth reserve's and the
+        order headroom's, never beyond the limit, so it cannot draw a 429."""
         cap = self.limit if lane == Lane.ORDER else self.read_limit
         if weight <= 0 or weight > cap:
             raise ValueError(f"weight {weight} outside 1..{cap} for lane {lane.name}")
+        probable = weight if likely is None else max(1, min(likely, weight))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queues[lane].append(_Waiter(weight, future, self._clock.monotonic()))
+        self._queues[lane].append(_Waiter(weight, future, self._clock.monotonic(), probable))
         self._dispatch()
         try:
             return await future
@@ -185,21 +192,23 @@ class WeightBudget:
             self._used -= weight
             self._used_by_lane[lane] -= weight
 
-    def _delay(self, weight: int, lane: Lane, now: float) -> float:
-        """Seconds until ``weight`` fits in ``lane`` (0: it fits now)."""
+    def _delay(self, weight: int, lane: Lane, now: float, likely: int | None = None) -> float:
+        """Seconds until ``weight`` fits in ``lane`` (0: it fits now): its ``likely`` cost
+        within the lane's cap, and all of it within the exchange's limit."""
         delay = 0.0
         if lane != Lane.ORDER and now < self._reads_blocked_until:
             delay = self._reads_blocked_until - now
         cap = self._cap(lane)
         if weight > cap:  # too big for what the reserve leaves: it may use the reserve too
             cap = self.read_limit
-        excess = self._used + weight - cap
-        if excess > 0:
-            for t, w, _, _ in self._spent:
-                excess -= w
-                if excess <= 0:
-                    delay = max(delay, t + self.window_s - now)
-                    break
+        for need, limit in ((weight if likely is None else likely, cap), (weight, self.limit)):
+            excess = self._used + need - limit
+            if excess > 0:
+                for t, w, _, _ in self._spent:
+                    excess -= w
+                    if excess <= 0:
+                        delay = max(delay, t + self.window_s - now)
+                        break
         return delay
 
     def _slack(self, weight: int, lane: Lane, at: float) -> int:
@@ -241,7 +250,7 @@ class WeightBudget:
                 if waiter.future.done():  # cancelled while waiting
                     del queue[i]
                     continue
-                delay = self._delay(waiter.weight, lane, now)
+                delay = self._delay(waiter.weight, lane, now, waiter.likely)
                 if blocked_delay is None and delay > 0:
                     patience = waiter.since + BULK_PATIENCE_S - now
                     if lane >= Lane.SCORING and patience > 0:

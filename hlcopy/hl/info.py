@@ -7,6 +7,7 @@ transient failures retry with jittered, bounded backoff.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -137,6 +138,7 @@ class InfoClient:
         self._retry_max_wait_s = retry_max_wait_s
         self.requests = 0
         self.failures = 0
+        self._typical_extra: dict[str, float] = {}  # per request kind: recent per-item weight
 
     async def _request(self, body: dict[str, Any], lane: Lane) -> Any:
         """POST one info request (retrying transient failures) and return the decoded JSON."""
@@ -155,7 +157,13 @@ class InfoClient:
         return data
 
     async def _once(self, body: dict[str, Any], weight: int, reserved: int, lane: Lane) -> Any:
-        ticket = await self._budget.acquire(weight + reserved, lane)
+        kind = str(body.get("type"))
+        likely = None
+        if reserved:
+            # Twice what answers of this kind have cost lately (a running average).
+            typical = self._typical_extra.get(kind, reserved / 4)
+            likely = weight + math.ceil(2 * typical)
+        ticket = await self._budget.acquire(weight + reserved, lane, likely=likely)
         self.requests += 1
         try:
             data = await self._post(body)
@@ -165,6 +173,8 @@ class InfoClient:
             raise
         per = request_weight(body)[1]
         used = extra_weight(len(data), per) if per is not None and isinstance(data, list) else 0
+        if reserved:
+            self._typical_extra[kind] = 0.8 * self._typical_extra.get(kind, used) + 0.2 * used
         if used < reserved:
             self._budget.refund(ticket, reserved - used)
         elif used > reserved:

@@ -250,6 +250,7 @@ def next_job(
     scoring_interval_s: float,
     *,
     explore: bool = True,
+    fills: bool = True,
 ) -> Job | None:
     """The most urgent job that is due: staleness x priority, never-done work first.
 
@@ -271,7 +272,7 @@ def next_job(
         ):
             if kind == "positions" and t.requested:
                 continue  # the truth worker reads a watched trader's positions, on time
-            if kind == "fills" and (not t.candidate or t.scored_s == -math.inf):
+            if kind == "fills" and (not fills or not t.candidate or t.scored_s == -math.inf):
                 continue  # fills complete a score: for candidates, after their portfolio
             if kind == "role" and (
                 t.role is not None or not t.contender or t.fills_s == -math.inf or last > -math.inf
@@ -350,6 +351,7 @@ class Tracker(Component):
         self._truth_due: dict[str, float] = {}  # leaders and watched traders: next read
         self._on_leader_state: Callable[[str, AccountState], None] | None = None
         self._mids_sinks: list[Sink[AllMids]] = []
+        self._fills_in_flight = 0
         self.follower_state: AccountState | None = None
         self._mids: dict[str, Decimal] = {}
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
@@ -644,6 +646,10 @@ class Tracker(Component):
                 self._cfg.positions_interval_s,
                 self._cfg.scoring_interval_s,
                 explore=not _completing(traders),
+                # One fills read at a time: each reserves up to 120 weight and waits for that
+                # much to come free, and the other workers' small reads fill the window
+                # meanwhile. With every worker waiting on one, the window would sit idle.
+                fills=self._fills_in_flight == 0,
             )
             if job is None:
                 self._wake.clear()
@@ -654,6 +660,7 @@ class Tracker(Component):
             attr = _LAST[job.kind]
             previous = getattr(trader, attr)
             setattr(trader, attr, self._clock.monotonic())
+            self._fills_in_flight += job.kind == "fills"
             try:
                 await self._run(job)
             except (ExchangeError, WireError, StoreError) as exc:
@@ -664,6 +671,8 @@ class Tracker(Component):
                 log.warning(
                     "tracking job failed", job=job.kind, address=trader.address, error=str(exc)
                 )
+            finally:
+                self._fills_in_flight -= job.kind == "fills"
 
     async def _run(self, job: Job) -> None:
         t = job.trader

@@ -284,3 +284,22 @@ async def test_small_bulk_reads_pass_a_big_one_only_while_it_is_patient() -> Non
     assert dict(admitted)["big"] == pytest.approx(60, abs=0.01)
     await clock.advance(120)
     await asyncio.gather(big, *smalls)
+
+
+async def test_a_large_reservation_goes_in_on_its_likely_cost_but_never_past_the_limit() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=1000, headroom=10)  # reads stop at 900
+    await b.acquire(800, Lane.SCORING)
+    # 120 reserved would pass the read cap (920 > 900), but it will likely cost 40 (840): in,
+    # borrowing the headroom for the moment until its refund, still within the limit (920).
+    ticket = await asyncio.wait_for(b.acquire(120, Lane.SCORING, likely=40), 0.1)
+    assert b.used() == 920
+    b.refund(ticket, 80)
+    assert b.used() == 840
+    # Whatever it is likely to cost, the whole of it must fit the exchange's limit.
+    await b.acquire(100, Lane.ORDER)  # 940
+    late = asyncio.create_task(b.acquire(120, Lane.SCORING, likely=10))  # 1060 > 1000: waits
+    await clock.settle()
+    assert not late.done()
+    await clock.advance(60.001)
+    assert late.done()

@@ -223,10 +223,8 @@ class CopyEngine(Component):
             view = self._books.view(f.leader, coin)
             holds = attributed.get(f.id, {}).get(coin, ZERO) != 0
             triggered = trigger is not None and trigger.leader == f.leader
-            if view is None and not holds and not triggered:
-                continue
-            if view is not None and view.szi == 0 and not holds and not triggered:
-                continue
+            if (view is None or view.szi == 0) and not holds and not triggered:
+                continue  # nothing of this follow's is in play in this coin
             follows.append(f)
             if view is not None:
                 leaders[f.leader] = view

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -149,17 +149,7 @@ class RiskKeeper(Component):
                     self._results[scope][:0] = results  # judged with the next figures
                 continue
             if results:
-                inputs = RiskInputs(
-                    limits=inputs.limits,
-                    pnl=inputs.pnl,
-                    equity=inputs.equity,
-                    notional=inputs.notional,
-                    order_results=inputs.order_results + results,
-                    leader_leverage=inputs.leader_leverage,
-                    leader_leverage_norm=inputs.leader_leverage_norm,
-                    leader_drawdown_pct=inputs.leader_drawdown_pct,
-                    leader_drawdown_norm_pct=inputs.leader_drawdown_norm_pct,
-                )
+                inputs = replace(inputs, order_results=inputs.order_results + results)
             self.counters["evaluations"] += 1
             await self._change(scope, _evaluator(inputs), quiet=True)
 

@@ -36,6 +36,7 @@ EXPECTED_TABLES = {
     "paper_account",
     "paper_fills",
     "paper_funding",
+    "follow_transfers",
 }
 
 

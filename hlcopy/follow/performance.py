@@ -583,11 +583,59 @@ def _leader_start_szi(
     moved = ZERO
     for f in fills:
         if f.start_position is not None:
-            return f.start_position - moved
+            # The first millisecond with a known startPosition: where its chain begins (a
+            # start from which every fill of that millisecond follows the previous one).
+            group = [g for g in fills if g.time_ms == f.time_ms]
+            known = sorted(group, key=lambda g: g.tid)
+            heads = [g.start_position for g in known if g.start_position is not None]
+            perfect = [h for h in heads if _chain_is_whole(group, h)]
+            if now is not None:
+                before = now - sum((g.delta for g in fills), ZERO) + moved
+                if before in perfect:
+                    return before - moved
+            return (perfect or heads)[0] - moved
         moved += f.delta
     if now is not None:
         return now - moved
     return ZERO
+
+
+def _chain_is_whole(group: Sequence[LeaderTrade], head: Decimal) -> bool:
+    return all(
+        f.start_position is None or f.start_position == szi
+        for f, szi in zip(*_walk(group, head), strict=True)
+    )
+
+
+def _walk(group: Sequence[LeaderTrade], head: Decimal) -> tuple[list[LeaderTrade], list[Decimal]]:
+    ordered = chained(sorted(group, key=lambda f: f.tid), head)
+    starts = []
+    szi = head
+    for f in ordered:
+        starts.append(szi)
+        szi = (f.start_position if f.start_position is not None else szi) + f.delta
+    return ordered, starts
+
+
+def chained(fills: Sequence[LeaderTrade], start: Decimal) -> list[LeaderTrade]:
+    """``fills`` (sorted by time) in the order they happened: within one millisecond (one order
+    sweeping several levels) tids are not in order, so each next fill is the one whose
+    ``startPosition`` is where the previous left the position (lowest tid when none is)."""
+    out: list[LeaderTrade] = []
+    szi = start
+    i = 0
+    while i < len(fills):
+        j = i
+        while j < len(fills) and fills[j].time_ms == fills[i].time_ms:
+            j += 1
+        group = sorted(fills[i:j], key=lambda f: f.tid)
+        while group:
+            pick = next((f for f in group if f.start_position == szi), group[0])
+            group.remove(pick)
+            out.append(pick)
+            szi = (pick.start_position if pick.start_position is not None else szi) + pick.delta
+        i = j
+    return out
 
 
 def _coin(
@@ -616,6 +664,7 @@ def _coin(
         ]
         mark = max(latest)[2] if latest else p0
     l0 = _leader_start_szi(fills, start, leader_now)
+    fills = chained(fills, l0)
     if mark is None or p0 is None:
         # Nothing was ever priced in this coin: nothing was held or traded either.
         if a0 or l0 or ours or fills:

@@ -495,3 +495,33 @@ def test_the_ledger_books_transfers_funding_and_refuses_unknown_marks() -> None:
 def test_a_follow_performance_needs_a_price_for_what_it_held() -> None:
     with pytest.raises(ValueError, match="equity ratio"):
         IdealSizing(sizing="equity").target(D(0), D(1), D(100))
+
+
+def test_fills_of_one_millisecond_are_taken_in_the_order_they_happened() -> None:
+    """One sweep, tids out of order: the startPosition chain gives the order, so no change is
+    mistaken for an unseen one and each is priced at its own fill."""
+    sweep = [
+        fill(9, "ETH", 1_000, "-1", "99", start="2"),
+        fill(3, "ETH", 1_000, "-1", "98", start="1"),
+        fill(5, "ETH", 1_000, "2", "100", start="0"),
+    ]
+    known = {"leader_start": {"ETH": LeaderStart(D(0), D(100), 0)}}
+    # A chain that ends where it began is ambiguous alone: the position now tells its head.
+    now = {"leader_now": {"ETH": D(0)}}
+    for start in (known, now):
+        p = run(copies=[], leader_fills=sweep, marks={"ETH": D(100)}, **start)
+        # Sold 1 at 99 and 1 at 98, marked at 100.
+        assert p.leader_pnl == D(-3)
+        assert p.leader_scaled == D("-1.5")
+        assert p.parts["skipped"] == D("1.5")
+        assert p.coins[0].leader_start == 0
+        assert p.coins[0].leader == 0
+
+
+def test_the_head_of_an_open_chain_is_the_leader_s_start() -> None:
+    sweep = [
+        fill(7, "ETH", 1_000, "2", "100", start="0"),
+        fill(4, "ETH", 1_000, "-1", "99", start="2"),
+    ]
+    p = run(copies=[], leader_fills=sweep, marks={"ETH": D(100)})
+    assert (p.coins[0].leader_start, p.coins[0].leader, p.leader_pnl) == (0, 1, D(-1))

@@ -1,0 +1,199 @@
+"""Per-follow performance on the real thing: the composition root runs a ratio follow with a
+per-coin limit through the copy engine and the PaperExecutor against the simulator and real
+PostgreSQL; ``GET /api/v1/performance`` (wired here by hand) must add up exactly and agree with the
+copy rows, the leader's recorded fills and the paper account."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from decimal import Context, Decimal, localcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hlcopy.api.app import error_middleware
+from hlcopy.api.params import endpoint
+from hlcopy.api.performance import PERFORMANCE, PERFORMANCE_PAGE, ROUTES, PerformanceReport
+from hlcopy.app import App
+from hlcopy.credentials import load_secrets
+from hlcopy.follow.performance import GAP_PARTS
+from hlcopy.sim import Simulator
+from hlcopy.store.copies import CopyStore
+from hlcopy.store.leaders import LeaderFillStore
+from hlcopy.store.performance import PerformanceStore
+
+from tests.component.test_api_fuzz import check
+from tests.component.test_copy_engine import leader_szi, sim_post
+from tests.conftest import make_config
+
+D = Decimal
+LEADER = "0x" + "3e" * 20
+CAP_USD = 8_000
+
+
+@contextlib.asynccontextmanager
+async def running_app(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[App]:
+    cfg = make_config(
+        tmp_path,
+        dsn,
+        network={"name": "custom", "rest_url": sim.url, "ws_url": sim.ws_url, "chain": "testnet"},
+        discovery={"enabled": True},
+        tracking={"leader_poll_interval_s": 2, "reconcile_interval_s": 5, "workers": 2},
+        follow=[
+            {
+                "name": "copy",
+                "leader": LEADER,
+                "ratio": "0.5",
+                "max_fill_age_ms": 60_000,
+                "max_notional_per_coin_usd": CAP_USD,
+            }
+        ],
+        risk={
+            "max_position_notional_usd": 100_000,
+            "max_total_notional_usd": 200_000,
+            "max_order_notional_usd": 100_000,
+        },
+        account={"paper_equity_usd": 100_000},
+    )
+    async with App(cfg, load_secrets(cfg)) as app:
+        task = asyncio.create_task(app.run(), name="test:app")
+        try:
+            async with asyncio.timeout(60):
+                while not app.daemon.health()[0]:
+                    assert not task.done(), f"the daemon exited with {task.result()}"
+                    await asyncio.sleep(0.05)
+            yield app
+        finally:
+            app.daemon.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def api(report: PerformanceReport) -> AsyncIterator[TestClient[Any, Any]]:
+    app = web.Application(middlewares=[error_middleware])
+    app[PERFORMANCE] = report
+    for route in ROUTES:
+        app.router.add_get(route.path, endpoint(route))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def settled(app: App, want: Decimal, timeout: float = 25) -> None:
+    """Until the follow holds ``want`` ETH (within one lot) with nothing in flight."""
+    async with asyncio.timeout(timeout):
+        while True:
+            held = app.executor.attributed().get("copy", {}).get("ETH", D(0))
+            if abs(held - want) <= D("0.0001") and not app.executor.pending():
+                return
+            await asyncio.sleep(0.1)
+
+
+def exact(fn: Any) -> Any:
+    with localcontext(Context(prec=120)):
+        return fn()
+
+
+@pytest.mark.timeout(150)
+async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
+    async with running_app(tmp_path, sim, dsn) as app:
+        await asyncio.sleep(3)  # the leader's first snapshot (flat) and subscription
+        # 1. Buy $20k: the follow wants $10k, the cap holds it at $8k (limit_reached).
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
+        )
+        async with asyncio.timeout(25):
+            while not app.executor.attributed().get("copy", {}).get("ETH"):
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        # 2. Sell most of it: now under the cap, the follow follows r x the leader.
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": False, "usd": 12_000}
+        )
+        want = (D("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(D("0.0001"))
+        await settled(app, want)
+
+        store = PerformanceStore(app.store)
+        books = app.books
+        report = PerformanceReport(
+            app.follows,
+            store,
+            app.executor.mids,
+            leader_positions=lambda leader: {
+                c: v.szi for c in books.coins(leader) if (v := books.view(leader, c)) is not None
+            },
+        )
+        async with api(report) as client:
+            resp = await client.get("/api/v1/performance", params={"follow": "copy"})
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+            check({}, PERFORMANCE_PAGE, body)
+            assert (await client.get("/api/v1/performance?follow=nope")).status == 404
+            bad = await client.get("/api/v1/performance?since_ms=soon")
+            assert bad.status == 400
+            assert (await bad.json())["error"]["parameter"] == "since_ms"
+            every = await (await client.get("/api/v1/performance")).json()
+            check({}, PERFORMANCE_PAGE, every)
+            assert [f["follow"] for f in every["follows"]] == ["copy"]
+
+        (perf,) = body["follows"]
+        (eth,) = perf["coins"]
+        print({k: perf[k] for k in ("ours", "leader_scaled", "gap", "gap_parts", "counts")})
+        parts = {k: D(v) for k, v in perf["gap_parts"].items()}
+        assert set(parts) == set(GAP_PARTS)
+        # The parts add up to the gap, and the gap is ours - the leader scaled, exactly.
+        assert exact(lambda: sum(parts.values(), D(0))) == D(perf["gap"])
+        assert exact(lambda: D(perf["ours"]) - D(perf["leader_scaled"])) == D(perf["gap"])
+        assert exact(
+            lambda: (
+                D(perf["realized"]) + D(perf["unrealized"]) - D(perf["fees"]) + D(perf["funding"])
+            )
+        ) == D(perf["ours"])
+
+        # Ours, recomputed from the copy rows (the follow owns every fill; it began flat).
+        mark = D(eth["mark"])
+        rows = await CopyStore(app.store).copies("copy", None, 1000)
+        fills = [r for r in rows if r["status"] in ("filled", "partial")]
+        assert fills, rows
+        trading = exact(
+            lambda: sum(
+                (
+                    (1 if r["intent"]["side"] == "B" else -1)
+                    * D(r["fill"]["filled_sz"])
+                    * (mark - D(r["fill"]["avg_px"]))
+                    for r in fills
+                ),
+                D(0),
+            )
+        )
+        fees = sum((D(r["fee"]) for r in fills), D(0))
+        assert D(perf["fees"]) == fees
+        assert exact(lambda: trading - fees + D(perf["funding"])) == D(perf["ours"])
+        assert D(eth["position"]) == app.executor.attributed()["copy"]["ETH"]
+        assert D(eth["position_start"]) == 0
+        assert perf["counts"]["fills"] == len(fills)
+        limit_skips = [r for r in rows if r["skip_reason"] == "limit_reached"]
+        assert limit_skips, "the cap never bound"
+
+        # The leader scaled, recomputed from the leader's recorded fills: 0.5 x each at its price.
+        recorded = [
+            f
+            for f in await LeaderFillStore(app.store).fills(LEADER)
+            if f[6] >= perf["since_ms"] and f[6] <= perf["until_ms"]
+        ]
+        assert len(recorded) == perf["counts"]["leader_fills"] > 0
+        deltas: Mapping[int, Decimal] = {f[1]: f[5] if f[3] == "B" else -f[5] for f in recorded}
+        scaled = exact(
+            lambda: sum((D("0.5") * deltas[f[1]] * (mark - f[4]) for f in recorded), D(0))
+        )
+        assert D(perf["leader_scaled"]) == scaled
+        assert D(eth["leader_position"]) == leader_szi(sim, LEADER, "ETH")
+        assert D(eth["ideal_position"]) == D("0.5") * leader_szi(sim, LEADER, "ETH")
+        assert D(perf["scale"]) == D("0.5")

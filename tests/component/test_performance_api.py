@@ -19,11 +19,14 @@ from hlcopy.api.app import error_middleware
 from hlcopy.api.params import endpoint
 from hlcopy.api.performance import PERFORMANCE, PERFORMANCE_PAGE, ROUTES, PerformanceReport
 from hlcopy.app import App
+from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
-from hlcopy.follow.performance import GAP_PARTS
+from hlcopy.follow.copier import Transfer
+from hlcopy.follow.performance import GAP_PARTS, LeaderStart, TransferRecord
 from hlcopy.sim import Simulator
-from hlcopy.store.copies import CopyStore
-from hlcopy.store.leaders import LeaderFillStore
+from hlcopy.store import Store
+from hlcopy.store.copies import CopyRow, CopyStore
+from hlcopy.store.leaders import LeaderFillRow, LeaderFillStore
 from hlcopy.store.performance import PerformanceStore
 
 from tests.component.test_api_fuzz import check
@@ -32,6 +35,7 @@ from tests.conftest import make_config
 
 D = Decimal
 LEADER = "0x" + "3e" * 20
+OTHER = "0x" + "4e" * 20
 CAP_USD = 8_000
 
 
@@ -197,3 +201,62 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
         assert D(eth["leader_position"]) == leader_szi(sim, LEADER, "ETH")
         assert D(eth["ideal_position"]) == D("0.5") * leader_szi(sim, LEADER, "ETH")
         assert D(perf["scale"]) == D("0.5")
+
+
+@pytest.fixture
+async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
+        await s.migrate()
+        yield s
+
+
+async def test_the_store_reads_the_leader_s_start_and_keeps_transfers(store: Store) -> None:
+    """Before the period: ETH's last fill with a startPosition (2 -> 3 at t=100), then a firehose
+    sell of 0.5 without one: 2.5 at the start, last price 101. BTC only seen by the firehose:
+    position unknown, price known. In the period: one fill."""
+    rows: list[LeaderFillRow] = [
+        (LEADER, 1, "ETH", "B", D(100), D(1), 100, D(2), "userFills", True, False, True, 100),
+        (LEADER, 2, "ETH", "A", D(101), D("0.5"), 200, None, "firehose", False, False, True, 200),
+        (LEADER, 3, "BTC", "B", D(50000), D(1), 150, None, "firehose", False, False, True, 150),
+        (LEADER, 4, "ETH", "B", D(102), D(1), 1_000, D("2.5"), "rest", True, False, True, 1_000),
+        (OTHER, 5, "ETH", "B", D(99), D(7), 150, D(0), "userFills", True, False, True, 150),
+    ]
+    await LeaderFillStore(store).write(rows)
+    perf = PerformanceStore(store)
+    start = await perf.leader_start(LEADER, 500)
+    assert start == {
+        "ETH": LeaderStart(D("2.5"), D(101), 200),
+        "BTC": LeaderStart(None, D(50000), 150),
+    }
+    (trade,) = await perf.leader_fills(LEADER, 500, 2_000)
+    assert (trade.tid, trade.is_buy, trade.start_position) == (4, True, D("2.5"))
+
+    await perf.record_transfers([Transfer("ETH", "a", "b", D("0.1"), D(100))], 300)
+    await perf.record_transfers([Transfer("ETH", "c", "d", D("0.2"), D(101))], 400)
+    assert await perf.transfers("a", 10_000) == [
+        TransferRecord("ETH", "a", "b", D("0.1"), D(100), 300)
+    ]
+    assert len(await perf.transfers(None, 350)) == 1
+
+    copies = CopyStore(store)
+    await copies.write_skips(
+        [
+            CopyRow(
+                "skipped",
+                True,
+                (("a", D(1)),),
+                "ETH",
+                600,
+                leader=LEADER,
+                sz=D(1),
+                skip_reason="limit_reached",
+                leader_tid=4,
+            ),
+        ]
+    )
+    got, transfers, funding = await perf.history()
+    assert [(c.status, c.skip_reason, c.attribution) for c in got] == [
+        ("skipped", "limit_reached", (("a", D(1)),))
+    ]
+    assert len(transfers) == 2
+    assert funding == []

@@ -22,7 +22,7 @@ from hlcopy.app import App
 from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
 from hlcopy.follow.copier import Transfer
-from hlcopy.follow.performance import GAP_PARTS, LeaderStart, TransferRecord
+from hlcopy.follow.performance import GAP_PARTS, FollowLedger, LeaderStart, TransferRecord
 from hlcopy.sim import Simulator
 from hlcopy.store import Store
 from hlcopy.store.copies import CopyRow, CopyStore
@@ -183,6 +183,12 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
         assert D(eth["position"]) == app.executor.attributed()["copy"]["ETH"]
         assert D(eth["position_start"]) == 0
         assert perf["counts"]["fills"] == len(fills)
+        # The live ledger, replayed from the same records, says the same (to its 28 digits).
+        ledger = FollowLedger.replay(*await store.history())
+        figures = ledger.figures("copy", {"ETH": mark})
+        assert figures is not None
+        assert abs(figures.pnl - D(perf["ours"])) < D("1e-9")
+        assert figures.positions == {"ETH": app.executor.attributed()["copy"]["ETH"]}
         limit_skips = [r for r in rows if r["skip_reason"] == "limit_reached"]
         assert limit_skips, "the cap never bound"
 

@@ -277,10 +277,10 @@ class Opportunities(Component):
                 log.warning("opportunities: cannot read owed outcomes", error=str(exc))
                 await sleep_unless(self._clock, self._draining, STORE_RETRY_S)
                 continue
-            if full:
-                continue  # more are due right now
             delay = IDLE_S if next_ms is None else (next_ms - self._clock.time_ms()) / 1000
-            await sleep_unless(self._clock, self._wake, min(IDLE_S, max(0.0, delay)))
+            if full or delay <= 0:
+                continue  # more are due right now
+            await sleep_unless(self._clock, self._wake, min(IDLE_S, delay))
 
     async def _resolve_due(self, now_ms: int) -> bool:
         """Resolve what is due by ``now_ms``; True when a whole batch was due (more may be)."""

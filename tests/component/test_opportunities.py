@@ -173,6 +173,15 @@ async def until(predicate: Callable[[], Any], timeout: float = 10) -> None:
             await asyncio.sleep(0.01)
 
 
+async def ticking(clock: VirtualClock, predicate: Callable[[], Any], timeout: float = 10) -> None:
+    """Wait for ``predicate``, firing the clock's timers that fell due meanwhile: a component
+    busy with the store when the clock moved arms its timer afterwards, in the past."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await clock.advance(0)
+            await asyncio.sleep(0.01)
+
+
 async def next_event(sub: Subscriber, timeout: float = 10) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         return dict((await sub.next()).data)
@@ -224,6 +233,7 @@ async def test_a_top_losers_open_is_recorded_and_resolved_at_the_live_mid(
         assert p30 != p0  # the market moved: the outcome has a sign
         await until(lambda: opps.mids().get("ETH") == p30)
         await w.clock.advance(30)
+        await ticking(w.clock, lambda: opps.counters["resolved"] == 1)
         resolved = await next_event(heard)
 
     assert (resolved["change"], resolved["horizon_s"]) == ("resolved", 30)
@@ -303,7 +313,7 @@ async def test_an_outcome_due_while_down_is_priced_from_the_candles_after_a_rest
 
         # Back, with live mids at hand, but 120 s past due: the candle's close is the price.
         async with running(w, [30]) as (opps, _, heard):
-            await until(lambda: opps.counters["resolved"] == 1)
+            await ticking(w.clock, lambda: opps.counters["resolved"] == 1)
             assert opps.counters["resolved_candle_1m"] == 1
         (row,) = await OpportunityStore(store).opportunities(None, None, 10)
 
@@ -319,3 +329,28 @@ async def test_an_outcome_due_while_down_is_priced_from_the_candles_after_a_rest
     # The store's sums are the core's.
     mine = outcome("long", size, p0, 30, t0 + 30_000, close, "candle_1m", t0 + 150_000)
     assert await OpportunityStore(store).tallies(None, None) == tally([30], [(30, mine)])
+
+
+async def test_without_mids_an_outcome_waits_for_its_candle_to_close(
+    stepped: Simulator, store: Store
+) -> None:
+    async with world(stepped, store) as w, running(w, [30], mids=False) as (opps, bus, heard):
+        t0 = w.clock.time_ms()
+        p0 = (await w.trade(LOSER, "SOL", True, 10_000, bus))["SOL"]
+        size = D((await next_event(heard))["size"])
+        w.step(30)
+        await w.clock.advance(30)
+        # Due, but no mid and the minute holding the due time has not closed: deferred.
+        await ticking(w.clock, lambda: opps.counters["deferred"] == 1)
+        assert opps.counters["resolved"] == 0
+        w.step(70)
+        await w.clock.advance(70)
+        await ticking(w.clock, lambda: opps.counters["resolved"] == 1)
+        resolved = await next_event(heard)
+        close = await w.candle_close("SOL", t0 + 30_000)
+
+    (o,) = resolved["outcomes"]
+    assert (o["price"], o["source"]) == (str(close), "candle_1m")
+    assert D(o["pnl_usd"]) == -size * (close - p0)
+    # Resolved as soon as its minute closed, not at the end of the 70 s.
+    assert t0 + 30_000 < o["resolved_ms"] <= t0 + 90_000

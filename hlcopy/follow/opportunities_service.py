@@ -126,6 +126,8 @@ class Opportunities(Component):
         self._cfg: OpportunitiesConfig = config.opportunities
         self._window = config.opportunities.window or board.losers_window
         self.counters: dict[str, int] = defaultdict(int)
+        for key in ("events", "recorded", "resolved", "deferred", "store_errors", "lost"):
+            self.counters[key] = 0
         self.reconfigure(config)
 
     def reconfigure(self, config: HlcopyConfig) -> None:

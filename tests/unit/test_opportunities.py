@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hlcopy.config import parse_config
+from hlcopy.errors import ConfigError
 from hlcopy.follow.opportunities import (
     HorizonSummary,
     Opportunity,
@@ -224,3 +226,23 @@ def test_a_malformed_event_is_ignored(broken: dict[str, object]) -> None:
         assert got.px is None
     else:
         assert got is None
+
+
+def test_the_config_section_checks_its_horizons_and_notional() -> None:
+    cfg = parse_config({}).opportunities
+    assert (cfg.enabled, cfg.losers_top_n, cfg.notional_usd) == (True, 20, D(500))
+    assert cfg.horizons_s == [3600, 14400, 86400]
+    assert parse_config({"opportunities": {"horizons_s": [600, 60]}}).opportunities.horizons_s == [
+        60,
+        600,
+    ]
+    for bad, field in [
+        ({"horizons_s": [60, 60]}, "horizons_s"),
+        ({"horizons_s": [0]}, "horizons_s"),
+        ({"horizons_s": []}, "horizons_s"),
+        ({"notional_usd": 5}, "notional_usd"),
+        ({"losers_top_n": 0}, "losers_top_n"),
+        ({"window": "year"}, "window"),
+    ]:
+        with pytest.raises(ConfigError, match=f"opportunities.{field}"):
+            parse_config({"opportunities": bad})

@@ -66,8 +66,7 @@ MAX_DEFER_S: Final = 3600.0
 class LosersView(Protocol):
     """What the component needs of the leaderboard (``hlcopy.scout.leaderboard.Leaderboard``)."""
 
-    losers_window: str
-    version: int
+    version: int  # bumped by every refresh that changed the ranking
 
     def worst(self, n: int, window: str | None = None) -> list[str]: ...
 
@@ -124,7 +123,7 @@ class Opportunities(Component):
         self._ranks_key: tuple[int, int, str] | None = None
         self._ranks: dict[str, int] = {}
         self._cfg: OpportunitiesConfig = config.opportunities
-        self._window = config.opportunities.window or board.losers_window
+        self._window = config.opportunities.window or config.leaderboard.losers_window
         self.counters: dict[str, int] = defaultdict(int)
         for key in ("events", "recorded", "resolved", "deferred", "store_errors", "lost"):
             self.counters[key] = 0

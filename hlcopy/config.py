@@ -409,6 +409,38 @@ class AutoFollowConfig(_Section):
         return self.drop_rank if self.drop_rank is not None else 2 * self.top_n
 
 
+def _horizons(value: list[int]) -> list[int]:
+    if any(h < 1 or h > 30 * 86400 for h in value):
+        raise ValueError("each horizon must be 1 to 2592000 seconds (30 days)")
+    if len(set(value)) != len(value):
+        raise ValueError("horizons must be distinct")
+    return sorted(value)
+
+
+class OpportunitiesConfig(_Section):
+    """``[opportunities]``: counter-trade opportunities from the worst of the losers list."""
+
+    enabled: bool = True
+    """Record an opportunity when a top loser opens or adds, and its outcome later."""
+    losers_top_n: int = Field(default=20, ge=1, le=1000)
+    """Only traders ranked this high (1 = the worst) on the losers list."""
+    window: Literal["day", "week", "month", "allTime"] | None = None
+    """The losers list's window; absent: leaderboard.losers_window."""
+    notional_usd: PositiveUsd = Field(default=Decimal(500), ge=10, le=Decimal(10) ** 9)
+    """The suggested position for the follower, in USD at the price of the moment: the size is
+    notional_usd / price, rounded down to the coin's size decimals (the outcome's PnL is for
+    that size)."""
+    horizons_s: Annotated[list[int], AfterValidator(_horizons)] = Field(
+        default_factory=lambda: [3600, 14400, 86400], min_length=1, max_length=8
+    )
+    """When each outcome is measured, in seconds after the opportunity (distinct)."""
+    late_after_s: Finite = Field(default=60.0, ge=1, le=3600)
+    """An outcome measured more than this after it fell due (the daemon was down or busy), or
+    when no fresh mid is at hand, takes its price from the exchange's candles instead."""
+    retention_days: Finite = Field(default=90.0, gt=0, le=3650)
+    """Opportunities older than this are deleted, with their outcomes."""
+
+
 class HlcopyConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     """Which exchange to talk to."""
@@ -439,6 +471,8 @@ class HlcopyConfig(_Section):
     auto_follow: list[AutoFollowConfig] = Field(default_factory=list, max_length=20)
     """Rules that pick leaders from the leaderboard or the losers list, one [[auto_follow]]
     table each."""
+    opportunities: OpportunitiesConfig = Field(default_factory=OpportunitiesConfig)
+    """Counter-trade opportunities: the losers' opens, faded on paper, and how that went."""
 
 
 def _dsn_has_password(dsn: str) -> bool:

@@ -37,6 +37,8 @@ EXPECTED_TABLES = {
     "paper_fills",
     "paper_funding",
     "follow_transfers",
+    "opportunities",
+    "opportunity_outcomes",
 }
 
 

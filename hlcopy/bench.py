@@ -25,6 +25,7 @@ from hlcopy.model import Asset, LeaderFill, OrderIntent, OrderSpec
 
 if TYPE_CHECKING:
     from hlcopy.config import HlcopyConfig
+    from hlcopy.follow.copier import Decision
     from hlcopy.store import Store
     from hlcopy.store.registry import ActivityRow
 
@@ -1521,24 +1522,35 @@ DECIDE_LEADER = "0x" + "d1" * 20  # the followed leader on the simulator (funded
 DECIDE_COINS = ("BTC", "ETH", "SOL", "AVAX", "BNB", "LTC", "LINK", "AAVE")
 
 
-class _SubmitTimer:
+class _Stopwatch:
     """Stands in front of ``PaperExecutor.submit`` (on the one executor instance the daemon
     built, so the copy engine calls it as it calls the executor): the moment an ``OrderIntent``
     is handed over, against the perf-counter reading the stream reader took when the frame of
-    the leader fill that triggered it arrived (``LeaderFill.recv_ns``). Then it submits."""
+    the leader fill that triggered it arrived (``LeaderFill.recv_ns``). Then it submits.
+
+    ``decide`` stands in front of the copier's pure core as the engine calls it, for where the
+    time goes: before the core (queues, other tasks' turns, gathering its inputs), in it, and
+    after it."""
 
     def __init__(
-        self, submit: Callable[[OrderIntent, LeaderFill | None], Awaitable[None]], leader: str
+        self,
+        submit: Callable[[OrderIntent, LeaderFill | None], Awaitable[None]],
+        core: Callable[..., Decision],
+        leader: str,
     ) -> None:
         self._submit = submit
+        self._core = core
         self._leader = leader
         self.measuring = False
-        # (leader fill tid, source, frame received -> intent handed over in ns), in order.
-        self.samples: list[tuple[int, str, int]] = []
+        # (leader fill tid, source, frame received, intent handed over), in order; times in ns.
+        self.samples: list[tuple[int, str, int, int]] = []
+        # (leader fill tid, frame received) -> (core called, core returned) in ns.
+        self.cores: dict[tuple[int, int], tuple[int, int]] = {}
+        self.skips: dict[str, int] = {}  # the core's skips by reason, whatever triggered them
         self.untriggered = 0  # intents of reconcile passes and snapshots (no leader fill)
         self.other = 0  # intents triggered by another leader's fill, or without a frame time
 
-    async def __call__(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+    async def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
         at_ns = time.perf_counter_ns()  # first thing: the intent is ready now
         if self.measuring:
             if trigger is None:
@@ -1546,24 +1558,31 @@ class _SubmitTimer:
             elif trigger.leader != self._leader or trigger.recv_ns <= 0:
                 self.other += 1
             else:
-                self.samples.append((trigger.tid, trigger.source, at_ns - trigger.recv_ns))
+                self.samples.append((trigger.tid, trigger.source, trigger.recv_ns, at_ns))
         await self._submit(intent, trigger)
+
+    def decide(self, **inputs: Any) -> Decision:
+        t0 = time.perf_counter_ns()
+        decision = self._core(**inputs)
+        t1 = time.perf_counter_ns()
+        if self.measuring:
+            trigger = inputs.get("trigger")
+            if isinstance(trigger, LeaderFill) and trigger.leader == self._leader:
+                self.cores.setdefault((trigger.tid, trigger.recv_ns), (t0, t1))
+            for skip in decision.skips:
+                self.skips[skip.reason.value] = self.skips.get(skip.reason.value, 0) + 1
+        return decision
 
 
 async def _decide_drive(
-    url: str, leader: str, coins: list[str], fills: int, per_s: float, usd: Decimal
+    url: str, leader: str, coins: list[str], fills: int, per_s: float, sizes: dict[str, str]
 ) -> dict[str, Any]:
     """Make ``leader`` trade ``fills`` times at ``per_s``: the coins in turn, each bought then
-    sold by the same size (about ``usd``), so every trade moves the leader's position."""
-    from hlcopy.budget import WeightBudget
-    from hlcopy.hl import InfoClient, new_session
+    sold by the same size, so every trade moves the leader's position."""
+    import aiohttp
 
     statuses: dict[str, int] = {}
-    async with new_session(10) as session:
-        info = InfoClient(session, url, WeightBudget(1200, 10))
-        lots = {m.name: m.sz_decimals for m in (await info.meta()).universe}
-        mids = await info.all_mids()
-        sizes = {c: str((usd / mids[c]).quantize(Decimal(1).scaleb(-lots[c]))) for c in coins}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         t0 = time.perf_counter()
         for i in range(fills):
             coin = coins[i % len(coins)]
@@ -1579,7 +1598,7 @@ async def _decide_drive(
             statuses[key] = statuses.get(key, 0) + 1
             await asyncio.sleep(max(0.0, (i + 1) / per_s - (time.perf_counter() - t0)))
         seconds = time.perf_counter() - t0
-    return {"statuses": statuses, "seconds": seconds, "sizes": sizes}
+    return {"statuses": statuses, "seconds": seconds}
 
 
 def _decide_driver_main() -> None:
@@ -1590,14 +1609,14 @@ def _decide_driver_main() -> None:
     job = orjson.loads(sys.stdin.buffer.read())
     result = asyncio.run(
         _decide_drive(
-            job["url"], job["leader"], job["coins"], job["fills"], job["per_s"], Decimal(job["usd"])
+            job["url"], job["leader"], job["coins"], job["fills"], job["per_s"], job["sizes"]
         )
     )
     sys.stdout.buffer.write(orjson.dumps(result))
 
 
 async def _drive_leader(
-    url: str, leader: str, coins: Sequence[str], fills: int, per_s: float, usd: Decimal
+    url: str, leader: str, coins: Sequence[str], fills: int, per_s: float, sizes: dict[str, str]
 ) -> dict[str, Any]:
     import orjson
 
@@ -1614,7 +1633,7 @@ async def _drive_leader(
         "coins": list(coins),
         "fills": fills,
         "per_s": per_s,
-        "usd": str(usd),
+        "sizes": sizes,
     }
     out, _ = await proc.communicate(orjson.dumps(job))
     if proc.returncode != 0:
@@ -1685,10 +1704,13 @@ async def _bench_decide(
 ) -> dict[str, Any]:
     import aiohttp
 
+    import hlcopy.follow.engine as engine_module
     from hlcopy.app import App
     from hlcopy.credentials import load_secrets
 
     leader, coins = DECIDE_LEADER, DECIDE_COINS
+    core_name = "decide"  # how the copy engine's module names the copier's core
+    core = getattr(engine_module, core_name)
     load_start = os.getloadavg()
     sim, url = await _sim_process(rate, sim_traders)
     try:
@@ -1701,10 +1723,12 @@ async def _bench_decide(
         async with App(cfg, load_secrets(cfg)) as app:
             assert app.discovery is not None  # configured on
             discovery = app.discovery
-            timer = _SubmitTimer(app.executor.submit, leader)
-            # The bench's one hook: the executor the daemon built, seen by its copy engine,
-            # times each hand-over before submitting (nothing else of the daemon changes).
-            app.executor.submit = timer  # type: ignore[method-assign]
+            timer = _Stopwatch(app.executor.submit, core, leader)
+            # The bench's hooks: the executor the daemon built, seen by its copy engine, times
+            # each hand-over before submitting; the engine's name for the copier's core times
+            # the core. Nothing else of the daemon changes.
+            app.executor.submit = timer.submit  # type: ignore[method-assign]
+            setattr(engine_module, core_name, timer.decide)
             task = asyncio.create_task(app.run(), name="bench:daemon")
             try:
                 t_start = time.perf_counter()
@@ -1714,6 +1738,7 @@ async def _bench_decide(
                             app.daemon.health()[0]
                             and leader in app.books.subscribed()
                             and discovery.users_order is not None
+                            and set(coins) <= set(app.executor.mids())
                         ):
                             if task.done():
                                 raise RuntimeError(f"the daemon exited with {task.result()}")
@@ -1723,13 +1748,21 @@ async def _bench_decide(
                         f"not ready within {ready_timeout_s:g} s: health "
                         f"{app.daemon.health()[0]}, leader subscribed "
                         f"{leader in app.books.subscribed()}, discovery "
-                        f"{discovery.stats()['calibration']}"
+                        f"{discovery.stats()['calibration']}, mids "
+                        f"{sorted(app.executor.mids())}"
                     ) from exc
                 ready_s = time.perf_counter() - t_start
+                # About ``usd`` a trade, on each coin's lot, from what the daemon knows (the
+                # REST budget is the daemon's: the bench reads nothing of its own).
+                mids = app.executor.mids()
+                lots = {c: app.universe.universe.by_name(c).sz_decimals for c in coins}
+                sizes = {
+                    c: str((usd / mids[c]).quantize(Decimal(1).scaleb(-lots[c]))) for c in coins
+                }
                 # Warm-up (not measured): every coin's book subscribed by the executor, the
                 # first decisions made, whole open-close rounds so the leader ends flat.
                 if warmup_fills:
-                    await _drive_leader(url, leader, coins, warmup_fills, fills_per_s, usd)
+                    await _drive_leader(url, leader, coins, warmup_fills, fills_per_s, sizes)
                     await asyncio.sleep(1.0)
                 me_cpu0 = time.process_time()
                 trades0, messages0 = discovery.registry.trades, app.stream.counters["messages"]
@@ -1749,7 +1782,7 @@ async def _bench_decide(
                 sampler = asyncio.create_task(sample(), name="bench:trades-rate")
                 timer.measuring = True
                 t0 = time.perf_counter()
-                driven = await _drive_leader(url, leader, coins, fills, fills_per_s, usd)
+                driven = await _drive_leader(url, leader, coins, fills, fills_per_s, sizes)
                 elapsed = time.perf_counter() - t0
                 trades, messages = discovery.registry.trades, app.stream.counters["messages"]
                 await asyncio.sleep(1.0)  # the last fills' decisions (far less than a second)
@@ -1765,27 +1798,39 @@ async def _bench_decide(
                 app.daemon.request_stop()
                 exit_code = await asyncio.wait_for(task, 60)
     finally:
+        setattr(engine_module, core_name, core)
         sim.terminate()
         await sim.wait()
-    first: dict[int, tuple[str, int]] = {}
-    for tid, source, ns in timer.samples:
-        first.setdefault(tid, (source, ns))  # a fill's first intent (a flip would make two)
+    first: dict[int, tuple[str, int, int]] = {}
+    for tid, source, recv_ns, at_ns in timer.samples:
+        first.setdefault(tid, (source, recv_ns, at_ns))  # a fill's first intent (a flip: two)
     by_source: dict[str, list[int]] = {}
-    for source, ns in first.values():
-        by_source.setdefault(source, []).append(ns)
-    overall = _percentiles_ms([ns for _, ns in first.values()])
+    for source, recv_ns, at_ns in first.values():
+        by_source.setdefault(source, []).append(at_ns - recv_ns)
+    overall = _percentiles_ms([at_ns - recv_ns for _, recv_ns, at_ns in first.values()])
+    # Where the time goes: before the core (the queues, other tasks' turns, the engine
+    # gathering the core's inputs), in the core, and after it until the hand-over.
+    legs: dict[str, list[int]] = {"to_core": [], "core": [], "after_core": []}
+    for tid, (_, recv_ns, at_ns) in first.items():
+        core = timer.cores.get((tid, recv_ns))
+        if core is not None:
+            legs["to_core"].append(core[0] - recv_ns)
+            legs["core"].append(core[1] - core[0])
+            legs["after_core"].append(at_ns - core[1])
     sent = sum(driven["statuses"].values())
     return {
         "benchmark": "decide",
         **overall,
         "fills": len(first),
         "by_source": {s: _percentiles_ms(v) for s, v in sorted(by_source.items())},
+        "legs": {leg: _percentiles_ms(v) for leg, v in legs.items()},
         "leader_fills_sent": sent,
         "leader_trade_statuses": driven["statuses"],
         "fills_without_intent": max(0, driven["statuses"].get("200", 0) - len(first)),
         "extra_intents": len(timer.samples) - len(first),
         "intents_untriggered": timer.untriggered,
         "intents_other": timer.other,
+        "skips": timer.skips,
         "copier": copier,
         "leader_books": {k: books[k] for k in ("fills_user_fills", "fills_firehose", "duplicates")},
         "fills_per_s": round(sent / driven["seconds"], 2),
@@ -1862,6 +1907,19 @@ def format_decide(result: dict[str, Any]) -> str:
             f"  via {source:<13} {figures['n']:5} fills: p50 {figures['p50_ms']}, p99 "
             f"{figures['p99_ms']}, max {figures['max_ms']} ms"
         )
+    legs = result["legs"]
+    lines.append(
+        "  legs p50 / p99    "
+        + "; ".join(
+            f"{name} {legs[leg]['p50_ms']} / {legs[leg]['p99_ms']}"
+            for leg, name in (
+                ("to_core", "frame -> core"),
+                ("core", "core"),
+                ("after_core", "core -> hand-over"),
+            )
+        )
+        + " ms"
+    )
     lines += [
         f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "
         f"{result['target_trades_per_s']:,}; slowest second {result['trades_per_s_1s_min']}), "

@@ -1668,7 +1668,11 @@ def _decide_config(root: Path, dsn: str | None, url: str, leader: str) -> Hlcopy
             "max_daily_loss_usd": "1000000",
             "max_drawdown_pct": "90",
         },
-        "follow": [{"name": "bench", "leader": leader, "ratio": "0.5"}],
+        # Ratio 1: a leader fill is on the coin's lot, so the copy is too (never below_lot);
+        # round_up: the sliver a sweep of the book leaves on a maker is copied, not skipped.
+        "follow": [
+            {"name": "bench", "leader": leader, "ratio": "1", "min_notional_policy": "round_up"}
+        ],
     }
     if dsn is not None:
         data["database"] = {"dsn": dsn}
@@ -1768,6 +1772,7 @@ async def _bench_decide(
                 trades0, messages0 = discovery.registry.trades, app.stream.counters["messages"]
                 dropped0 = discovery.frames.dropped
                 copier0 = dict(app.copier.counters)
+                exact0 = app.books.counters["fills_user_fills"]
                 per_second: list[float] = []
 
                 async def sample() -> None:
@@ -1793,6 +1798,7 @@ async def _bench_decide(
                 cpu_s = time.process_time() - me_cpu0
                 copier = {k: v - copier0.get(k, 0) for k, v in app.copier.counters.items()}
                 books, disc = app.books.stats(), discovery.stats()
+                exact = books["fills_user_fills"] - exact0
                 frames_dropped = discovery.frames.dropped - dropped0
             finally:
                 app.daemon.request_stop()
@@ -1801,17 +1807,21 @@ async def _bench_decide(
         setattr(engine_module, core_name, core)
         sim.terminate()
         await sim.wait()
-    first: dict[int, tuple[str, int, int]] = {}
+    # One sample per decision that made an intent: the first intent it handed over (a flip
+    # makes two of one decision). A leader trade that sweeps several makers arrives as one
+    # frame of several fills, all applied to the book before the engine decides: the first
+    # fill's decision orders the whole trade and the others find nothing left to do.
+    first: dict[tuple[int, int], tuple[str, int]] = {}
     for tid, source, recv_ns, at_ns in timer.samples:
-        first.setdefault(tid, (source, recv_ns, at_ns))  # a fill's first intent (a flip: two)
+        first.setdefault((tid, recv_ns), (source, at_ns))
     by_source: dict[str, list[int]] = {}
-    for source, recv_ns, at_ns in first.values():
+    for (_, recv_ns), (source, at_ns) in first.items():
         by_source.setdefault(source, []).append(at_ns - recv_ns)
-    overall = _percentiles_ms([at_ns - recv_ns for _, recv_ns, at_ns in first.values()])
+    overall = _percentiles_ms([at_ns - recv_ns for (_, recv_ns), (_, at_ns) in first.items()])
     # Where the time goes: before the core (the queues, other tasks' turns, the engine
     # gathering the core's inputs), in the core, and after it until the hand-over.
     legs: dict[str, list[int]] = {"to_core": [], "core": [], "after_core": []}
-    for tid, (_, recv_ns, at_ns) in first.items():
+    for (tid, recv_ns), (_, at_ns) in first.items():
         core = timer.cores.get((tid, recv_ns))
         if core is not None:
             legs["to_core"].append(core[0] - recv_ns)
@@ -1821,19 +1831,21 @@ async def _bench_decide(
     return {
         "benchmark": "decide",
         **overall,
-        "fills": len(first),
+        "intents": len(first),
         "by_source": {s: _percentiles_ms(v) for s, v in sorted(by_source.items())},
         "legs": {leg: _percentiles_ms(v) for leg, v in legs.items()},
-        "leader_fills_sent": sent,
+        "leader_trades_sent": sent,
         "leader_trade_statuses": driven["statuses"],
-        "fills_without_intent": max(0, driven["statuses"].get("200", 0) - len(first)),
+        # A trade of the leader sweeps one or more makers: a fill each, each through userFills.
+        "leader_fills": exact,
+        "trades_without_intent": driven["statuses"].get("200", 0) - len(first),
         "extra_intents": len(timer.samples) - len(first),
         "intents_untriggered": timer.untriggered,
         "intents_other": timer.other,
         "skips": timer.skips,
         "copier": copier,
         "leader_books": {k: books[k] for k in ("fills_user_fills", "fills_firehose", "duplicates")},
-        "fills_per_s": round(sent / driven["seconds"], 2),
+        "trades_per_s_leader": round(sent / driven["seconds"], 2),
         "trades_per_s": round((trades - trades0) / elapsed, 1),
         "trades_per_s_1s_min": min(per_second, default=None),
         "trades_per_s_1s_median": statistics.median(per_second) if per_second else None,
@@ -1862,7 +1874,7 @@ def bench_decide(
     rate: float = 6000.0,
     sim_traders: int = 500,
     warmup_rounds: int = 2,
-    usd: Decimal = Decimal(2000),
+    usd: Decimal = Decimal(1000),
     dsn: str | None = None,
     ready_timeout_s: float = 120.0,
 ) -> dict[str, Any]:
@@ -1871,11 +1883,12 @@ def bench_decide(
     discovery on every perp's trades, leader books, tracker, risk, copy engine, paper
     executor; PostgreSQL embedded in a temp dir unless ``dsn``), against the simulator in its
     own process trading at ``rate`` actions/s (the background firehose, measured as
-    delivered). A ratio follow of one leader whom another process makes trade ``fills`` times
-    at ``fills_per_s`` (coins in turn, each opened then closed, so every fill moves the
-    leader and makes an order). The start is the stream reader's perf-counter reading of the
-    frame that brought the fill that triggered the decision (userFills or the trades
-    firehose, whichever came first); the end is the call of the executor's ``submit``."""
+    delivered). A ratio follow of one leader whom another process makes trade ``fills``
+    times at ``fills_per_s``: the coins in turn, each opened then closed, so every trade moves
+    the leader and makes one order (a trade that sweeps several makers is several fills in
+    one frame). The start is the stream reader's perf-counter reading of the frame that
+    brought the fill that triggered the decision (userFills or the trades firehose, whichever
+    came first); the end is the call of the executor's ``submit``."""
     import shutil
     import tempfile
 
@@ -1898,13 +1911,14 @@ def format_decide(result: dict[str, Any]) -> str:
         "the real daemon in this process (paper mode), the simulator in its own process",
         f"  p50 / p90         {result['p50_ms']} / {result['p90_ms']} ms",
         f"  p99               {result['p99_ms']} ms   (target <= {result['target_p99_ms']} ms)",
-        f"  max               {result['max_ms']} ms over {result['fills']} leader fills "
-        f"({result['leader_fills_sent']} sent at {result['fills_per_s']}/s, "
-        f"{result['fills_without_intent']} without an intent)",
+        f"  max               {result['max_ms']} ms over {result['intents']} intents: "
+        f"{result['leader_trades_sent']} leader trades at {result['trades_per_s_leader']}/s "
+        f"({result['leader_fills']} fills), {result['trades_without_intent']} without an intent",
+        f"  core's skips      {result['skips'] or 'none'}",
     ]
     for source, figures in result["by_source"].items():
         lines.append(
-            f"  via {source:<13} {figures['n']:5} fills: p50 {figures['p50_ms']}, p99 "
+            f"  via {source:<13} {figures['n']:5} intents: p50 {figures['p50_ms']}, p99 "
             f"{figures['p99_ms']}, max {figures['max_ms']} ms"
         )
     legs = result["legs"]

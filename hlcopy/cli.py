@@ -371,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="trader actions per second of the simulator (sim, decide: 6000; memory: 200)",
     )
     p.add_argument(
-        "--fills", type=int, default=600, help="decide: leader fills measured (default 600)"
+        "--fills",
+        type=int,
+        default=600,
+        help="decide: leader trades to copy, a fill or more each (default 600)",
     )
     p.add_argument(
         "--traders", type=int, default=100_000, help="memory: known traders (default 100000)"

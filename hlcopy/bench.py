@@ -1593,8 +1593,14 @@ async def _decide_drive(
                 "sz": sizes[coin],
             }
             async with session.post(url + "/_sim/trade", json=body) as r:
-                await r.read()
+                reply = await r.json() if r.status == 200 else None
                 key = str(r.status)
+            if reply is not None:  # the order's own status: filled, or why not
+                status = reply["statuses"][0]
+                if isinstance(status, dict) and "filled" in status:
+                    key = "filled"
+                else:
+                    key = str(status.get("error", status) if isinstance(status, dict) else status)
             statuses[key] = statuses.get(key, 0) + 1
             await asyncio.sleep(max(0.0, (i + 1) / per_s - (time.perf_counter() - t0)))
         seconds = time.perf_counter() - t0
@@ -1838,7 +1844,7 @@ async def _bench_decide(
         "leader_trade_statuses": driven["statuses"],
         # A trade of the leader sweeps one or more makers: a fill each, each through userFills.
         "leader_fills": exact,
-        "trades_without_intent": driven["statuses"].get("200", 0) - len(first),
+        "trades_without_intent": driven["statuses"].get("filled", 0) - len(first),
         "extra_intents": len(timer.samples) - len(first),
         "intents_untriggered": timer.untriggered,
         "intents_other": timer.other,
@@ -1913,7 +1919,9 @@ def format_decide(result: dict[str, Any]) -> str:
         f"  p99               {result['p99_ms']} ms   (target <= {result['target_p99_ms']} ms)",
         f"  max               {result['max_ms']} ms over {result['intents']} intents: "
         f"{result['leader_trades_sent']} leader trades at {result['trades_per_s_leader']}/s "
-        f"({result['leader_fills']} fills), {result['trades_without_intent']} without an intent",
+        f"({result['leader_fills']} fills), {result['trades_without_intent']} filled ones "
+        "without an intent",
+        f"  leader's orders   {result['leader_trade_statuses']}",
         f"  core's skips      {result['skips'] or 'none'}",
     ]
     for source, figures in result["by_source"].items():

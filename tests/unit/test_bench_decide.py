@@ -26,11 +26,13 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
         configure_logging("info", "json", sys.__stderr__)
     result = orjson.loads(capfd.readouterr().out)  # fails on any stray line
     assert result["benchmark"] == "decide"
-    # Every trade the leader was made to do reached the simulator (a fill or more each, all in
-    # one userFills frame) and was copied: one intent each, triggered by a fill of the leader.
-    assert result["leader_trades_sent"] == result["leader_trade_statuses"]["200"] == 24
-    assert result["leader_fills"] >= 24
-    assert result["intents"] == result["n"] == 24
+    # The leader's trades reached the simulator; every one that filled (a fill or more each,
+    # all in one userFills frame) was copied: one intent each, triggered by a leader fill.
+    assert result["leader_trades_sent"] == 24
+    filled = result["leader_trade_statuses"]["filled"]
+    assert filled > 0
+    assert result["leader_fills"] >= filled
+    assert result["intents"] == result["n"] == filled
     assert result["trades_without_intent"] == 0
     assert result["intents_other"] == 0
     assert result["copier"]["errors"] == 0

@@ -1779,6 +1779,7 @@ async def _bench_decide(
                 dropped0 = discovery.frames.dropped
                 copier0 = dict(app.copier.counters)
                 exact0 = app.books.counters["fills_user_fills"]
+                paper0 = dict(app.executor.counters)
                 per_second: list[float] = []
 
                 async def sample() -> None:
@@ -1805,6 +1806,10 @@ async def _bench_decide(
                 copier = {k: v - copier0.get(k, 0) for k, v in app.copier.counters.items()}
                 books, disc = app.books.stats(), discovery.stats()
                 exact = books["fills_user_fills"] - exact0
+                paper = {
+                    k: app.executor.counters[k] - paper0.get(k, 0)
+                    for k in ("filled", "partial", "rejected")
+                }
                 frames_dropped = discovery.frames.dropped - dropped0
             finally:
                 app.daemon.request_stop()
@@ -1844,7 +1849,10 @@ async def _bench_decide(
         "leader_trade_statuses": driven["statuses"],
         # A trade of the leader sweeps one or more makers: a fill each, each through userFills.
         "leader_fills": exact,
+        # A copy the paper book did not fill (IOC, no match) leaves the follower behind: the
+        # leader's next trade in that coin then has nothing to order (a reconcile catches up).
         "trades_without_intent": driven["statuses"].get("filled", 0) - len(first),
+        "paper": paper,
         "extra_intents": len(timer.samples) - len(first),
         "intents_untriggered": timer.untriggered,
         "intents_other": timer.other,
@@ -1922,7 +1930,7 @@ def format_decide(result: dict[str, Any]) -> str:
         f"({result['leader_fills']} fills), {result['trades_without_intent']} filled ones "
         "without an intent",
         f"  leader's orders   {result['leader_trade_statuses']}",
-        f"  core's skips      {result['skips'] or 'none'}",
+        f"  core's skips      {result['skips'] or 'none'}; paper copies {result['paper']}",
     ]
     for source, figures in result["by_source"].items():
         lines.append(

@@ -26,14 +26,17 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
         configure_logging("info", "json", sys.__stderr__)
     result = orjson.loads(capfd.readouterr().out)  # fails on any stray line
     assert result["benchmark"] == "decide"
-    # The leader's trades reached the simulator; every one that filled (a fill or more each,
-    # all in one userFills frame) was copied: one intent each, triggered by a leader fill.
+    # The leader's trades reached the simulator; the ones that filled (a fill or more each, all
+    # in one userFills frame) were copied: one intent each, triggered by a leader fill.
     assert result["leader_trades_sent"] == 24
     filled = result["leader_trade_statuses"]["filled"]
     assert filled > 0
     assert result["leader_fills"] >= filled
-    assert result["intents"] == result["n"] == filled
-    assert result["trades_without_intent"] == 0
+    assert result["intents"] == result["n"] > 0
+    # Only a copy the paper book left unfilled (IOC, no match) can leave the leader's next
+    # trade in that coin with nothing to order.
+    paper = result["paper"]
+    assert 0 <= result["trades_without_intent"] <= paper["rejected"] + paper["partial"]
     assert result["intents_other"] == 0
     assert result["copier"]["errors"] == 0
     assert sum(f["n"] for f in result["by_source"].values()) == result["intents"]

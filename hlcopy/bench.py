@@ -14,16 +14,18 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hlcopy.hl import ActionSigner, NonceSource, Signer
 from hlcopy.hl.signing import l1_digest
-from hlcopy.model import Asset, OrderSpec
+from hlcopy.model import Asset, LeaderFill, OrderIntent, OrderSpec
 
 if TYPE_CHECKING:
+    from hlcopy.config import HlcopyConfig
+    from hlcopy.follow.copier import Decision
     from hlcopy.store import Store
     from hlcopy.store.registry import ActivityRow
 
@@ -1513,10 +1515,462 @@ def format_memory(result: dict[str, Any]) -> str:
     )
 
 
+# -- decide ----------------------------------------------------------------------------------
+
+DECIDE_LEADER = "0x" + "d1" * 20  # the followed leader on the simulator (funded by the bench)
+# The coins the leader trades in turn: each one opens and closes, so its book never grows.
+DECIDE_COINS = ("BTC", "ETH", "SOL", "AVAX", "BNB", "LTC", "LINK", "AAVE")
+
+
+class _Stopwatch:
+    """Stands in front of ``PaperExecutor.submit`` (on the one executor instance the daemon
+    built, so the copy engine calls it as it calls the executor): the moment an ``OrderIntent``
+    is handed over, against the perf-counter reading the stream reader took when the frame of
+    the leader fill that triggered it arrived (``LeaderFill.recv_ns``). Then it submits.
+
+    ``decide`` stands in front of the copier's pure core as the engine calls it, for where the
+    time goes: before the core (queues, other tasks' turns, gathering its inputs), in it, and
+    after it."""
+
+    def __init__(
+        self,
+        submit: Callable[[OrderIntent, LeaderFill | None], Awaitable[None]],
+        core: Callable[..., Decision],
+        leader: str,
+    ) -> None:
+        self._submit = submit
+        self._core = core
+        self._leader = leader
+        self.measuring = False
+        # (leader fill tid, source, frame received, intent handed over), in order; times in ns.
+        self.samples: list[tuple[int, str, int, int]] = []
+        # (leader fill tid, frame received) -> (core called, core returned) in ns.
+        self.cores: dict[tuple[int, int], tuple[int, int]] = {}
+        self.skips: dict[str, int] = {}  # the core's skips by reason, whatever triggered them
+        self.untriggered = 0  # intents of reconcile passes and snapshots (no leader fill)
+        self.other = 0  # intents triggered by another leader's fill, or without a frame time
+
+    async def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+        at_ns = time.perf_counter_ns()  # first thing: the intent is ready now
+        if self.measuring:
+            if trigger is None:
+                self.untriggered += 1
+            elif trigger.leader != self._leader or trigger.recv_ns <= 0:
+                self.other += 1
+            else:
+                self.samples.append((trigger.tid, trigger.source, trigger.recv_ns, at_ns))
+        await self._submit(intent, trigger)
+
+    def decide(self, **inputs: Any) -> Decision:
+        t0 = time.perf_counter_ns()
+        decision = self._core(**inputs)
+        t1 = time.perf_counter_ns()
+        if self.measuring:
+            trigger = inputs.get("trigger")
+            if isinstance(trigger, LeaderFill) and trigger.leader == self._leader:
+                self.cores.setdefault((trigger.tid, trigger.recv_ns), (t0, t1))
+            for skip in decision.skips:
+                self.skips[skip.reason.value] = self.skips.get(skip.reason.value, 0) + 1
+        return decision
+
+
+async def _decide_drive(
+    url: str, leader: str, coins: list[str], fills: int, per_s: float, sizes: dict[str, str]
+) -> dict[str, Any]:
+    """Make ``leader`` trade ``fills`` times at ``per_s``: the coins in turn, each bought then
+    sold by the same size, so every trade moves the leader's position."""
+    import aiohttp
+
+    statuses: dict[str, int] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        t0 = time.perf_counter()
+        for i in range(fills):
+            coin = coins[i % len(coins)]
+            body = {
+                "address": leader,
+                "coin": coin,
+                "is_buy": (i // len(coins)) % 2 == 0,
+                "sz": sizes[coin],
+            }
+            async with session.post(url + "/_sim/trade", json=body) as r:
+                reply = await r.json() if r.status == 200 else None
+                key = str(r.status)
+            if reply is not None:  # the order's own status: filled, or why not
+                status = reply["statuses"][0]
+                if isinstance(status, dict) and "filled" in status:
+                    key = "filled"
+                else:
+                    key = str(status.get("error", status) if isinstance(status, dict) else status)
+            statuses[key] = statuses.get(key, 0) + 1
+            await asyncio.sleep(max(0.0, (i + 1) / per_s - (time.perf_counter() - t0)))
+        seconds = time.perf_counter() - t0
+    return {"statuses": statuses, "seconds": seconds}
+
+
+def _decide_driver_main() -> None:
+    """The leader's process: its orders on stdin, what it did on stdout. Its own process, so
+    the daemon's event loop sees the leader's fills only as the exchange would show them."""
+    import orjson
+
+    job = orjson.loads(sys.stdin.buffer.read())
+    result = asyncio.run(
+        _decide_drive(
+            job["url"], job["leader"], job["coins"], job["fills"], job["per_s"], job["sizes"]
+        )
+    )
+    sys.stdout.buffer.write(orjson.dumps(result))
+
+
+async def _drive_leader(
+    url: str, leader: str, coins: Sequence[str], fills: int, per_s: float, sizes: dict[str, str]
+) -> dict[str, Any]:
+    import orjson
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from hlcopy.bench import _decide_driver_main; _decide_driver_main()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    job = {
+        "url": url,
+        "leader": leader,
+        "coins": list(coins),
+        "fills": fills,
+        "per_s": per_s,
+        "sizes": sizes,
+    }
+    out, _ = await proc.communicate(orjson.dumps(job))
+    if proc.returncode != 0:
+        raise RuntimeError(f"the leader's driver failed with exit code {proc.returncode}")
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
+def _decide_config(root: Path, dsn: str | None, url: str, leader: str) -> HlcopyConfig:
+    """The daemon's config: the simulator as the exchange, paper mode, discovery on, one ratio
+    follow of ``leader``; limits and equity far above what the run trades, so every leader
+    fill makes an order (what is measured is the decision, not a limit being hit)."""
+    from hlcopy.config import parse_config
+
+    data: dict[str, Any] = {
+        "network": {
+            "name": "custom",
+            "rest_url": url,
+            "ws_url": url.replace("http", "ws", 1) + "/ws",
+            "chain": "testnet",
+        },
+        "state": {"dir": str(root / "state")},
+        "api": {"enabled": False},
+        "logging": {"format": "json"},
+        "account": {"mode": "paper", "paper_equity_usd": "1000000"},
+        "discovery": {"enabled": True},
+        "risk": {
+            "max_total_notional_usd": "10000000",
+            "max_position_notional_usd": "1000000",
+            "max_order_notional_usd": "1000000",
+            "max_leverage": "50",
+            "max_daily_loss_usd": "1000000",
+            "max_drawdown_pct": "90",
+        },
+        # Ratio 1: a leader fill is on the coin's lot, so the copy is too (never below_lot);
+        # round_up: the sliver a sweep of the book leaves on a maker is copied, not skipped.
+        "follow": [
+            {"name": "bench", "leader": leader, "ratio": "1", "min_notional_policy": "round_up"}
+        ],
+    }
+    if dsn is not None:
+        data["database"] = {"dsn": dsn}
+    return parse_config(data)
+
+
+def _percentiles_ms(ns: Sequence[int]) -> dict[str, Any]:
+    values = sorted(ns)
+    n = len(values)
+
+    def pct(q: float) -> float | None:
+        return round(values[min(n - 1, int(n * q))] / 1e6, 4) if n else None
+
+    return {
+        "n": n,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(values[-1] / 1e6, 4) if n else None,
+    }
+
+
+async def _bench_decide(
+    root: Path,
+    dsn: str | None,
+    fills: int,
+    fills_per_s: float,
+    rate: float,
+    sim_traders: int,
+    warmup_fills: int,
+    usd: Decimal,
+    ready_timeout_s: float,
+) -> dict[str, Any]:
+    import aiohttp
+
+    import hlcopy.follow.engine as engine_module
+    from hlcopy.app import App
+    from hlcopy.credentials import load_secrets
+
+    leader, coins = DECIDE_LEADER, DECIDE_COINS
+    core_name = "decide"  # how the copy engine's module names the copier's core
+    core = getattr(engine_module, core_name)
+    load_start = os.getloadavg()
+    sim, url = await _sim_process(rate, sim_traders)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/_sim/fund", json={"address": leader, "usdc": "100000000"}) as r,
+        ):
+            r.raise_for_status()
+        cfg = _decide_config(root, dsn, url, leader)
+        async with App(cfg, load_secrets(cfg)) as app:
+            assert app.discovery is not None  # configured on
+            discovery = app.discovery
+            timer = _Stopwatch(app.executor.submit, core, leader)
+            # The bench's hooks: the executor the daemon built, seen by its copy engine, times
+            # each hand-over before submitting; the engine's name for the copier's core times
+            # the core. Nothing else of the daemon changes.
+            app.executor.submit = timer.submit  # type: ignore[method-assign]
+            setattr(engine_module, core_name, timer.decide)
+            task = asyncio.create_task(app.run(), name="bench:daemon")
+            try:
+                t_start = time.perf_counter()
+                try:
+                    async with asyncio.timeout(ready_timeout_s):
+                        while not (
+                            app.daemon.health()[0]
+                            and leader in app.books.subscribed()
+                            and discovery.users_order is not None
+                            and set(coins) <= set(app.executor.mids())
+                        ):
+                            if task.done():
+                                raise RuntimeError(f"the daemon exited with {task.result()}")
+                            await asyncio.sleep(0.1)
+                except TimeoutError as exc:
+                    raise RuntimeError(
+                        f"not ready within {ready_timeout_s:g} s: health "
+                        f"{app.daemon.health()[0]}, leader subscribed "
+                        f"{leader in app.books.subscribed()}, discovery "
+                        f"{discovery.stats()['calibration']}, mids "
+                        f"{sorted(app.executor.mids())}"
+                    ) from exc
+                ready_s = time.perf_counter() - t_start
+                # About ``usd`` a trade, on each coin's lot, from what the daemon knows (the
+                # REST budget is the daemon's: the bench reads nothing of its own).
+                mids = app.executor.mids()
+                lots = {c: app.universe.universe.by_name(c).sz_decimals for c in coins}
+                sizes = {
+                    c: str((usd / mids[c]).quantize(Decimal(1).scaleb(-lots[c]))) for c in coins
+                }
+                # Warm-up (not measured): every coin's book subscribed by the executor, the
+                # first decisions made, whole open-close rounds so the leader ends flat.
+                if warmup_fills:
+                    await _drive_leader(url, leader, coins, warmup_fills, fills_per_s, sizes)
+                    await asyncio.sleep(1.0)
+                me_cpu0 = time.process_time()
+                trades0, messages0 = discovery.registry.trades, app.stream.counters["messages"]
+                dropped0 = discovery.frames.dropped
+                copier0 = dict(app.copier.counters)
+                exact0 = app.books.counters["fills_user_fills"]
+                paper0 = dict(app.executor.counters)
+                per_second: list[float] = []
+
+                async def sample() -> None:
+                    """Trades delivered to discovery each second of the window."""
+                    last = discovery.registry.trades
+                    while True:
+                        await asyncio.sleep(1.0)
+                        now = discovery.registry.trades
+                        per_second.append(now - last)
+                        last = now
+
+                sampler = asyncio.create_task(sample(), name="bench:trades-rate")
+                timer.measuring = True
+                t0 = time.perf_counter()
+                driven = await _drive_leader(url, leader, coins, fills, fills_per_s, sizes)
+                elapsed = time.perf_counter() - t0
+                trades, messages = discovery.registry.trades, app.stream.counters["messages"]
+                await asyncio.sleep(1.0)  # the last fills' decisions (far less than a second)
+                timer.measuring = False
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                cpu_s = time.process_time() - me_cpu0
+                copier = {k: v - copier0.get(k, 0) for k, v in app.copier.counters.items()}
+                books, disc = app.books.stats(), discovery.stats()
+                exact = books["fills_user_fills"] - exact0
+                paper = {
+                    k: app.executor.counters[k] - paper0.get(k, 0)
+                    for k in ("filled", "partial", "rejected")
+                }
+                frames_dropped = discovery.frames.dropped - dropped0
+            finally:
+                app.daemon.request_stop()
+                exit_code = await asyncio.wait_for(task, 60)
+    finally:
+        setattr(engine_module, core_name, core)
+        sim.terminate()
+        await sim.wait()
+    # One sample per decision that made an intent: the first intent it handed over (a flip
+    # makes two of one decision). A leader trade that sweeps several makers arrives as one
+    # frame of several fills, all applied to the book before the engine decides: the first
+    # fill's decision orders the whole trade and the others find nothing left to do.
+    first: dict[tuple[int, int], tuple[str, int]] = {}
+    for tid, source, recv_ns, at_ns in timer.samples:
+        first.setdefault((tid, recv_ns), (source, at_ns))
+    by_source: dict[str, list[int]] = {}
+    for (_, recv_ns), (source, at_ns) in first.items():
+        by_source.setdefault(source, []).append(at_ns - recv_ns)
+    overall = _percentiles_ms([at_ns - recv_ns for (_, recv_ns), (_, at_ns) in first.items()])
+    # Where the time goes: before the core (the queues, other tasks' turns, the engine
+    # gathering the core's inputs), in the core, and after it until the hand-over.
+    legs: dict[str, list[int]] = {"to_core": [], "core": [], "after_core": []}
+    for (tid, recv_ns), (_, at_ns) in first.items():
+        core = timer.cores.get((tid, recv_ns))
+        if core is not None:
+            legs["to_core"].append(core[0] - recv_ns)
+            legs["core"].append(core[1] - core[0])
+            legs["after_core"].append(at_ns - core[1])
+    sent = sum(driven["statuses"].values())
+    return {
+        "benchmark": "decide",
+        **overall,
+        "intents": len(first),
+        "by_source": {s: _percentiles_ms(v) for s, v in sorted(by_source.items())},
+        "legs": {leg: _percentiles_ms(v) for leg, v in legs.items()},
+        "leader_trades_sent": sent,
+        "leader_trade_statuses": driven["statuses"],
+        # A trade of the leader sweeps one or more makers: a fill each, each through userFills.
+        "leader_fills": exact,
+        # A copy the paper book did not fill (IOC, no match) leaves the follower behind: the
+        # leader's next trade in that coin then has nothing to order (a reconcile catches up).
+        "trades_without_intent": driven["statuses"].get("filled", 0) - len(first),
+        "paper": paper,
+        "extra_intents": len(timer.samples) - len(first),
+        "intents_untriggered": timer.untriggered,
+        "intents_other": timer.other,
+        "skips": timer.skips,
+        "copier": copier,
+        "leader_books": {k: books[k] for k in ("fills_user_fills", "fills_firehose", "duplicates")},
+        "trades_per_s_leader": round(sent / driven["seconds"], 2),
+        "trades_per_s": round((trades - trades0) / elapsed, 1),
+        "trades_per_s_1s_min": min(per_second, default=None),
+        "trades_per_s_1s_median": statistics.median(per_second) if per_second else None,
+        "messages_per_s": round((messages - messages0) / elapsed, 1),
+        "frames_dropped": frames_dropped,
+        "users_order": disc["users_order"],
+        "seconds": round(elapsed, 1),
+        "ready_s": round(ready_s, 2),
+        "cpu_s": round(cpu_s, 2),
+        "cpu_share": round(cpu_s / elapsed, 3),
+        "exit_code": exit_code,
+        "sim_rate": rate,
+        "sim_traders": sim_traders,
+        "coins": list(coins),
+        "target_p99_ms": 0.5,
+        "target_trades_per_s": 5000,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+    }
+
+
+def bench_decide(
+    fills: int = 600,
+    fills_per_s: float = 10.0,
+    rate: float = 6000.0,
+    sim_traders: int = 500,
+    warmup_rounds: int = 2,
+    usd: Decimal = Decimal(1000),
+    dsn: str | None = None,
+    ready_timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Leader fill frame received -> ``OrderIntent`` handed to the executor, in the real daemon
+    (``App``, the composition root ``hlcopy run`` uses, in this process: stream pool,
+    discovery on every perp's trades, leader books, tracker, risk, copy engine, paper
+    executor; PostgreSQL embedded in a temp dir unless ``dsn``), against the simulator in its
+    own process trading at ``rate`` actions/s (the background firehose, measured as
+    delivered). A ratio follow of one leader whom another process makes trade ``fills``
+    times at ``fills_per_s``: the coins in turn, each opened then closed, so every trade moves
+    the leader and makes one order (a trade that sweeps several makers is several fills in
+    one frame). The start is the stream reader's perf-counter reading of the frame that
+    brought the fill that triggered the decision (userFills or the trades firehose, whichever
+    came first); the end is the call of the executor's ``submit``."""
+    import shutil
+    import tempfile
+
+    warmup = max(0, warmup_rounds) * 2 * len(DECIDE_COINS)  # whole rounds: the leader ends flat
+    root = Path(tempfile.mkdtemp(prefix="hldec-"))  # short: PostgreSQL's socket path is limited
+    try:
+        return asyncio.run(
+            _bench_decide(
+                root, dsn, fills, fills_per_s, rate, sim_traders, warmup, usd, ready_timeout_s
+            )
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def format_decide(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "hlcopy bench decide: leader fill frame received -> OrderIntent handed to the executor,",
+        "the real daemon in this process (paper mode), the simulator in its own process",
+        f"  p50 / p90         {result['p50_ms']} / {result['p90_ms']} ms",
+        f"  p99               {result['p99_ms']} ms   (target <= {result['target_p99_ms']} ms)",
+        f"  max               {result['max_ms']} ms over {result['intents']} intents: "
+        f"{result['leader_trades_sent']} leader trades at {result['trades_per_s_leader']}/s "
+        f"({result['leader_fills']} fills), {result['trades_without_intent']} filled ones "
+        "without an intent",
+        f"  leader's orders   {result['leader_trade_statuses']}",
+        f"  core's skips      {result['skips'] or 'none'}; paper copies {result['paper']}",
+    ]
+    for source, figures in result["by_source"].items():
+        lines.append(
+            f"  via {source:<13} {figures['n']:5} intents: p50 {figures['p50_ms']}, p99 "
+            f"{figures['p99_ms']}, max {figures['max_ms']} ms"
+        )
+    legs = result["legs"]
+    lines.append(
+        "  legs p50 / p99    "
+        + "; ".join(
+            f"{name} {legs[leg]['p50_ms']} / {legs[leg]['p99_ms']}"
+            for leg, name in (
+                ("to_core", "frame -> core"),
+                ("core", "core"),
+                ("after_core", "core -> hand-over"),
+            )
+        )
+        + " ms"
+    )
+    lines += [
+        f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "
+        f"{result['target_trades_per_s']:,}; slowest second {result['trades_per_s_1s_min']}), "
+        f"{result['messages_per_s']:,.1f} messages/s, {result['frames_dropped']} frames dropped",
+        f"  daemon            {result['cpu_s']} CPU s over {result['seconds']} s "
+        f"({result['cpu_share']:.0%} of a core); ready in {result['ready_s']} s; "
+        f"exit {result['exit_code']}",
+        f"  simulator         rate {result['sim_rate']:,.0f} actions/s, "
+        f"{result['sim_traders']} traders",
+        f"  machine           {m['cpu']}, {m['cores']} cores, load "
+        f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
+        f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",
+    ]
+    return "\n".join(lines)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "sign": (bench_sign, format_sign),
     "sim": (bench_sim, format_sim),
     "api": (bench_api, format_api),
     "firehose": (bench_firehose, format_firehose),
     "memory": (bench_memory, format_memory),
+    "decide": (bench_decide, format_decide),
 }

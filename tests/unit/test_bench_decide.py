@@ -1,0 +1,67 @@
+"""`hlcopy bench decide`: the command's contract, run small (never its timings: the figures
+go in closing notes). It starts the simulator and a leader's driver in their own processes and
+the real daemon, with an embedded PostgreSQL, in this one."""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+import psutil
+import pytest
+from hlcopy.bench import format_decide
+from hlcopy.cli import main
+from hlcopy.log import configure_logging
+
+
+@pytest.mark.timeout(240)
+def test_bench_decide_times_real_leader_fills_through_the_daemon(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        assert main(["bench", "decide", "--json", "--fills", "24", "--rate", "400"]) == 0
+    finally:
+        # The command logs to the captured stderr, which closes after the test: later tests
+        # must not log there.
+        configure_logging("info", "json", sys.__stderr__)
+    result = orjson.loads(capfd.readouterr().out)  # fails on any stray line
+    assert result["benchmark"] == "decide"
+    # The leader's trades reached the simulator; the ones that filled (a fill or more each, all
+    # in one userFills frame) were copied: one intent each, triggered by a leader fill.
+    assert result["leader_trades_sent"] == 24
+    filled = result["leader_trade_statuses"]["filled"]
+    assert filled > 0
+    assert result["leader_fills"] >= filled
+    assert result["intents"] == result["n"] > 0
+    # Only a copy the paper book left unfilled (IOC, no match) can leave the leader's next
+    # trade in that coin with nothing to order.
+    paper = result["paper"]
+    assert 0 <= result["trades_without_intent"] <= paper["rejected"] + paper["partial"]
+    assert result["intents_other"] == 0
+    assert result["copier"]["errors"] == 0
+    assert sum(f["n"] for f in result["by_source"].values()) == result["intents"]
+    assert set(result["by_source"]) <= {"userFills", "firehose"}
+    # The figures have their shapes: ordered percentiles, the legs measured for each fill.
+    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+    for leg in ("to_core", "core", "after_core"):
+        figures = result["legs"][leg]
+        assert figures["n"] == result["intents"]
+        assert 0 <= figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    # The background firehose was measured as delivered, not assumed; the daemon stopped clean.
+    assert result["trades_per_s"] > 0
+    assert result["messages_per_s"] > 0
+    assert result["users_order"] in ("buyer_seller", "maker_taker")
+    assert result["exit_code"] == 0
+    assert len(result["loadavg_start"]) == len(result["loadavg_end"]) == 3
+    assert {"cpu", "cores", "python"} <= set(result["machine"])
+    text = format_decide(result)
+    assert "p99" in text
+    assert "trades/s delivered" in text
+    # The simulator and the leader's driver are gone.
+    assert psutil.Process().children() == []
+
+
+def test_bench_decide_is_a_choice_of_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "decide" in capsys.readouterr().out

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 
+from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.server import ApiServer
 from hlcopy.budget import WeightBudget
 from hlcopy.clock import SYSTEM, Clock
@@ -29,6 +31,8 @@ from hlcopy.follow.engine import CopyEngine
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
+from hlcopy.follow.norms import LeaderNorms
+from hlcopy.follow.opportunities_service import Opportunities
 from hlcopy.follow.riskkeeper import RiskKeeper
 from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
 from hlcopy.instance import StateLock
@@ -40,6 +44,7 @@ from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService
 from hlcopy.scout.tracker import Tracker
 from hlcopy.store import Store
 from hlcopy.store.monitor import StoreMonitor
+from hlcopy.store.performance import PerformanceStore
 
 
 class App:
@@ -131,6 +136,8 @@ class App:
         self.follows = FollowRegistry(self.store, cfg, clock)
         self.books = LeaderBooks(self.stream, info, self.store, leader_fills, changes, cfg, clock)
         self.tracker.on_leader_state(self.books.snapshot)
+        self.norms = LeaderNorms(self.store, min_days=cfg.risk.leader_norm_min_days, clock=clock)
+        self.tracker.on_leader_state(self.norms.observe)
         self.executor = PaperExecutor(
             intents,
             outcomes,
@@ -143,6 +150,10 @@ class App:
             subscribe_mids=False,
         )
         self.tracker.share_mids(self.executor.mids_sink)
+        self.opportunities = Opportunities(
+            self.store, self.bus, self.leaderboard, self.universe, info, cfg, clock
+        )
+        self.tracker.share_mids(self.opportunities.mids_sink)
         self.copier = CopyEngine(
             follows=self.follows,
             books=self.books,
@@ -155,6 +166,7 @@ class App:
             firehose=self.discovery,
             config=cfg,
             clock=clock,
+            norms=self.norms,
         )
 
         # Start order: each waits for the one before it to be ready.
@@ -168,9 +180,11 @@ class App:
         daemon.add(self.tracker)
         daemon.add(self.risk)
         daemon.add(self.books)
+        daemon.add(self.norms)
         daemon.add(self.executor)
         daemon.add(self.copier)
         daemon.add(AutoFollower(self.follows, self.leaderboard, self.executor, cfg, clock))
+        daemon.add(self.opportunities)
         if cfg.api.enabled:
             daemon.add(
                 ApiServer(
@@ -185,12 +199,28 @@ class App:
                     risk=self.risk,
                     follows=self.follows,
                     positions=self.copier,
+                    performance_report=PerformanceReport(
+                        self.follows,
+                        PerformanceStore(self.store),
+                        self.executor.mids,
+                        clock,
+                        leader_positions=self._leader_positions,
+                    ),
                     clock=clock,
                 )
             )
         daemon.add_stats("budget", budget.stats)
         daemon.add_stats("info", info.stats)
         daemon.add_stats("events", self.bus.stats)
+
+    def _leader_positions(self, leader: str) -> dict[str, Decimal]:
+        """A leader's positions as its book knows them now (for the performance report)."""
+        out = {}
+        for coin in self.books.coins(leader):
+            view = self.books.view(leader, coin)
+            if view is not None:
+                out[coin] = view.szi
+        return out
 
     async def run(self, stop_after_s: float | None = None) -> int:
         """Run the daemon until stopped; the process exit code."""

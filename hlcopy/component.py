@@ -70,6 +70,10 @@ class Component:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def metric_families(self) -> list[MetricFamily]:
+        """Metrics of its own beyond ``stats`` (labelled, e.g. per follow), for /metrics."""
+        return []
+
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:

@@ -282,6 +282,15 @@ class RiskConfig(_Section):
     """Order errors within a minute that halt trading."""
     max_signal_age_s: Finite = Field(default=30.0, gt=0, le=86400)
     """Leader fills older than this are recorded but not chased."""
+    leader_leverage_multiple: Annotated[
+        Decimal | None, BeforeValidator(_decimal), Field(gt=1, le=1000)
+    ] = Decimal(3)
+    """A leader whose leverage (notional / account value) passes this multiple of its 30-day
+    norm puts the follows of it in reduce-only until it is back within 90% of that; unset
+    judges nothing."""
+    leader_norm_min_days: int = Field(default=7, ge=1, le=30)
+    """Days of a leader's own history (sampled from its position reads while followed) before
+    its norm exists; until then its leverage is judged on nothing."""
 
 
 FollowUsd = Annotated[

@@ -446,12 +446,14 @@ class Daemon:
         up = family("component_up", "gauge", "1 when the component is ready, else 0")
         restarts = family("component_restarts", "counter", "restarts after transient failures")
         figures = family("component_stat", "gauge", "numeric figures each component reports")
+        own: list[MetricFamily] = []
         for s in self._slots:
             labels = {"component": s.component.name}
             up.samples.append((labels, 1.0 if s.state == "ready" else 0.0))
             restarts.samples.append((labels, float(s.restarts)))
             for key, value in _numeric_leaves(s.component.stats()):
                 figures.samples.append(({**labels, "stat": key}, value))
+            own.extend(s.component.metric_families())
         shared = []
         for name, source in self._extra_stats.items():
             fam = family(name, "gauge", f"figures of the shared {name}")
@@ -469,7 +471,7 @@ class Daemon:
         uptime.samples.append(({}, self.clock.monotonic() - self._started))
         lag = family("loop_lag_seconds", "gauge", "how late the event loop ran a 250 ms timer")
         lag.samples.append(({}, self.loop_lag_s))
-        return [uptime, lag, up, restarts, figures, *shared, depth, capacity, dropped]
+        return [uptime, lag, up, restarts, figures, *own, *shared, depth, capacity, dropped]
 
 
 def _numeric_leaves(stats: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:

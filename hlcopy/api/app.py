@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hlcopy.api import copies, feed, openapi, schemas, scout
+from hlcopy.api import copies, feed, openapi, opportunities, performance, schemas, scout
 from hlcopy.api import positions as positions_routes
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
@@ -43,6 +43,7 @@ from hlcopy.scout.leaderboard import Leaderboard
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries
 from hlcopy.store.copies import CopyStore
+from hlcopy.store.opportunities import OpportunityStore
 
 __all__ = [
     "ROUTES",
@@ -210,6 +211,8 @@ ROUTES: Final = (
     *positions_routes.ROUTES,
     *FOLLOW_ROUTES,
     *copies.ROUTES,
+    *opportunities.ROUTES,
+    *performance.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
 )
@@ -230,6 +233,7 @@ def build_app(
     feed_settings: FeedSettings | None = None,
     follows: FollowRegistry | None = None,
     positions: positions_routes.PositionsView | None = None,
+    performance_report: performance.PerformanceReport | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -258,6 +262,9 @@ def build_app(
     app[FOLLOWS] = Follows(follows)
     if store is not None:
         app[copies.COPIES] = CopyStore(store)
+        app[opportunities.OPPORTUNITIES] = OpportunityStore(store)
+    if performance_report is not None:
+        app[performance.PERFORMANCE] = performance_report
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

@@ -167,7 +167,7 @@ ROUTES: Final = (
         "feed",
         params=(
             addresses("address", 1000, "Only events about these addresses (comma-separated)."),
-            words("type", 16, 'Only these event types ("position", later "copy").'),
+            words("type", 16, 'Only these event types: "position", "copy", "risk", "opportunity".'),
         ),
         response=schemas.ref("FeedMessage"),
         status=101,

@@ -47,7 +47,8 @@ def _coin_param() -> Param:
 
 def _trader_param() -> Param:
     p = address("trader", "query")
-    return Param(p.name, "Only this trader's opportunities (any case).", p.schema, p.parse, None)
+    schema = {**p.schema, "examples": ["0x" + "ab" * 20]}
+    return Param(p.name, "Only this trader's opportunities (any case).", schema, p.parse, None)
 
 
 async def opportunities(request: web.Request, args: Args) -> web.StreamResponse:

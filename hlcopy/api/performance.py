@@ -222,7 +222,7 @@ def _since_param() -> Param:
             raise invalid("since_ms", f"since_ms must be milliseconds since the epoch, 0-{MAX_MS}")
         return int(text)
 
-    schema = {"type": "integer", "minimum": 0, "maximum": MAX_MS}
+    schema = {"type": "integer", "minimum": 0, "maximum": MAX_MS, "examples": [1767225600000]}
     return Param(
         "since_ms",
         "The period's start (default and earliest: when the follow began).",

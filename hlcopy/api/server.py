@@ -13,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 
 from hlcopy.api.app import build_app, error_response
 from hlcopy.api.feed import FEEDS
+from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.ports import RegistryView, TrackRequests
 from hlcopy.api.positions import PositionsView
 from hlcopy.api.scout import SCOUT, FeedSettings
@@ -132,6 +133,7 @@ class ApiServer(Component):
         feed_settings: FeedSettings | None = None,
         follows: FollowRegistry | None = None,
         positions: PositionsView | None = None,
+        performance_report: PerformanceReport | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
@@ -148,6 +150,7 @@ class ApiServer(Component):
             "feed_settings": feed_settings,
             "follows": follows,
             "positions": positions,
+            "performance_report": performance_report,
         }
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None

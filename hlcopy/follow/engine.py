@@ -27,6 +27,7 @@ from hlcopy.follow.copier import AccountLimits, FollowerView, LeaderView, Market
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRecord, FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
+from hlcopy.follow.norms import LeaderNorms
 from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, most_severe, result_of
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope, leader_scope
 from hlcopy.hl import UniverseService
@@ -34,6 +35,8 @@ from hlcopy.model import ZERO, LeaderFill, OrderOutcome, TargetPosition
 from hlcopy.queues import BoundedQueue
 
 log = structlog.get_logger(__name__)
+
+SENT_KEPT = 10_000  # orders awaiting their outcome, remembered for their follows' risk
 
 
 class _Drained(Exception):
@@ -71,6 +74,7 @@ class CopyEngine(Component):
         firehose: FirehoseWatch | None,
         config: HlcopyConfig,
         clock: Clock = SYSTEM,
+        norms: LeaderNorms | None = None,
     ) -> None:
         self._follows = follows
         self._books = books
@@ -81,7 +85,9 @@ class CopyEngine(Component):
         self._outcomes = outcomes
         self._truth = truth
         self._firehose = firehose
+        self._norms = norms
         self._clock = clock
+        self._sent: dict[str, tuple[str, ...]] = {}  # cloid -> the follows that caused it
         self.reconfigure(config)
         self._coin_locks: dict[str, asyncio.Lock] = {}
         self._epoch = 0
@@ -118,6 +124,11 @@ class CopyEngine(Component):
             max_errors_per_window=r.max_errors_per_minute,
         )
         self._paper_equity = config.account.paper_equity_usd
+        self._leader_limits = RiskLimits(
+            max_rejects_in_row=None,
+            max_errors_per_window=None,
+            leader_leverage_multiple=r.leader_leverage_multiple,
+        )
 
     # -- the followed leaders ---------------------------------------------------------------
 
@@ -131,6 +142,8 @@ class CopyEngine(Component):
             leaders[f.leader] = max(leaders.get(f.leader, f.priority), f.priority)
         self._leaders = leaders
         self._books.set_leaders(leaders)
+        if self._norms is not None:
+            self._norms.set_leaders(leaders)
         if self._truth is not None:
             self._truth.set_leaders(leaders)
         if self._firehose is not None:
@@ -183,7 +196,9 @@ class CopyEngine(Component):
             self._risk.record(scopes, result_of(outcome))
 
     def _scopes_of(self, outcome: OrderOutcome) -> list[str]:
-        return [follow_scope(f.id) for f in self._live()]  # refined once outcomes carry them
+        """The follows whose order it was (by the intent's attribution): an order's error
+        counts against them, not against every follow."""
+        return [follow_scope(f) for f in self._sent.pop(outcome.cloid, ())]
 
     async def _reconcile_loop(self) -> None:
         while not await sleep_unless(self._clock, self._draining, self._reconcile_s):
@@ -286,6 +301,9 @@ class CopyEngine(Component):
             if self._risk.trading_state() == TradingState.HALTED:
                 break  # a halt that came in while deciding: nothing more goes out
             self.counters["intents"] += 1
+            self._sent[intent.cloid] = intent.follow_ids
+            if len(self._sent) > SENT_KEPT:  # an outcome that never came: forget the oldest
+                del self._sent[next(iter(self._sent))]
             await self._executor.submit(intent, trigger)
 
     def _equity(self, mids: Mapping[str, Decimal]) -> Decimal | None:
@@ -352,8 +370,12 @@ class CopyEngine(Component):
     # -- figures for risk --------------------------------------------------------------------
 
     def _risk_inputs(self, scope: str) -> RiskInputs | None:
+        if scope.startswith("follow:"):
+            return self._follow_inputs(scope.removeprefix("follow:"))
+        if scope.startswith("leader:"):
+            return self._leader_inputs(scope.removeprefix("leader:"))
         if scope != GLOBAL:
-            return None  # per follow and per leader figures: not measured yet
+            return None
         mids = self._executor.mids()
         equity = self._equity(mids)
         if equity is None:
@@ -364,6 +386,34 @@ class CopyEngine(Component):
             equity=equity,
             notional=_notional(self._executor.positions(), mids),
         )
+
+    def _follow_inputs(self, follow_id: str) -> RiskInputs | None:
+        """A follow's own PnL from the executor's ledger; its drawdown is measured on the paper
+        equity plus that PnL (a follow has no capital of its own)."""
+        record = self._follows.get(follow_id)
+        if record is None:
+            return None
+        figures = self._executor.ledger.figures(follow_id, self._executor.mids())
+        if figures is None:
+            return None  # a coin it holds has no price yet: unknown, not zero
+        limits = RiskLimits(
+            daily_loss_limit_usd=record.spec.daily_loss_limit_usd,
+            max_drawdown_pct=record.spec.max_drawdown_pct,
+        )
+        return RiskInputs(
+            limits,
+            pnl=figures.pnl,
+            equity=self._paper_equity + figures.pnl,
+            notional=figures.notional,
+        )
+
+    def _leader_inputs(self, leader: str) -> RiskInputs | None:
+        """The leader's leverage now against its 30-day norm (``follow/norms.py``)."""
+        figures = None if self._norms is None else self._norms.leverage(leader)
+        if figures is None:
+            return None
+        now, norm = figures
+        return RiskInputs(self._leader_limits, leader_leverage=now, leader_leverage_norm=norm)
 
     def stats(self) -> dict[str, Any]:
         return {"leaders": len(self._leaders), "epoch": self._epoch, **self.counters}

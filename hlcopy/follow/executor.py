@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -41,12 +41,13 @@ import structlog
 
 from hlcopy.budget import Lane
 from hlcopy.clock import SYSTEM, Clock, sleep_unless
-from hlcopy.component import Component, Ready
+from hlcopy.component import Component, MetricFamily, Ready
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
 from hlcopy.follow.copier import Transfer
 from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
+from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome, OutcomeStatus
 from hlcopy.queues import BoundedQueue, QueueClosed, Sink
@@ -59,6 +60,7 @@ from hlcopy.store.copies import (
     Settlement,
     StoredOutcome,
 )
+from hlcopy.store.performance import PerformanceStore
 
 log = structlog.get_logger()
 
@@ -185,6 +187,9 @@ class PaperExecutor(Component):
         self._stream = stream
         self._info = info
         self._copies = CopyStore(store)
+        self._performance = PerformanceStore(store)
+        #: Each follow's PnL, kept with the account (risk reads it: ``ledger.figures``).
+        self.ledger = FollowLedger()
         self._bus = bus
         self._clock = clock
         self.latency_ms = latency_ms
@@ -212,6 +217,7 @@ class PaperExecutor(Component):
         self._skips_waiting = asyncio.Event()
         self._skip_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._figures = CopyFigures()
         self.counters: dict[str, int] = {
             "intents": 0,
             "duplicates": 0,
@@ -272,10 +278,19 @@ class PaperExecutor(Component):
                     if book[m.coin] == 0:
                         del book[m.coin]
             attributed = {f: c for f, c in attributed.items() if c}
+            now = self._clock.time_ms()
             await self._copies.save_paper(
-                self._account.to_dict(), attributed, self._funded_hour_ms, self._clock.time_ms()
+                self._account.to_dict(), attributed, self._funded_hour_ms, now
             )
             self._attributed = attributed
+            for m in moves:
+                self.ledger.transfer(
+                    TransferRecord(m.coin, m.from_follow, m.to_follow, m.sz, m.px, now)
+                )
+            try:
+                await self._performance.record_transfers(moves, now)
+            except StoreError as exc:
+                log.warning("executor: transfers not recorded", error=str(exc))
         self.counters["transfers"] += len(moves)
 
     def positions(self) -> Mapping[str, Decimal]:
@@ -384,6 +399,8 @@ class PaperExecutor(Component):
                 for f, coins in stored.attributed.items()
             }
             self._funded_hour_ms = stored.funded_hour_ms
+        copies, transfers, funding = await self._performance.history()
+        self.ledger = FollowLedger.replay(copies, transfers, funding)
         self._loaded = True
         for cloid in await self._copies.abandon_open(now):
             self.counters["never_arrived"] += 1
@@ -587,6 +604,19 @@ class PaperExecutor(Component):
                 # The account and the in-flight sizes change together: no await in between.
                 self._account = booked.account
                 self._attributed = attributed
+                self.ledger.settled(
+                    CopyRecord(
+                        intent.coin,
+                        status,
+                        fill_ms,
+                        intent.attribution,
+                        intent.is_buy,
+                        intent.sz,
+                        fill.filled_sz,
+                        fill.avg_px,
+                        fill.fee,
+                    )
+                )
                 self._in_flight.pop(intent.cloid, None)
                 self._triggers.pop(intent.cloid, None)
                 self.counters[status] += 1
@@ -657,6 +687,7 @@ class PaperExecutor(Component):
             await self._outcomes.put(outcome)
 
     def _publish(self, data: dict[str, Any], leader: str | None, now_ms: int) -> None:
+        self._figures.count(data)
         if self._bus is not None:
             self._bus.publish(Event("copy", data, now_ms or self._clock.time_ms(), leader))
 
@@ -762,6 +793,8 @@ class PaperExecutor(Component):
             await self._copies.book_funding(rows, account.to_dict(), self._attributed, hour_ms, now)
             self._account = account
             self._funded_hour_ms = hour_ms
+            for r in rows:
+                self.ledger.fund(FundingRecord(r.hour_ms, r.coin, r.px, r.rate, r.hours))
             self.counters["funding_hours"] += 1
         if rows:
             log.info(
@@ -830,6 +863,9 @@ class PaperExecutor(Component):
 
     # -- figures ----------------------------------------------------------------------------
 
+    def metric_families(self) -> list[MetricFamily]:
+        return self._figures.families()
+
     def stats(self) -> dict[str, Any]:
         account = self._account
         return {
@@ -848,6 +884,70 @@ class PaperExecutor(Component):
                 "positions": {c: str(p.szi) for c, p in account.positions.items()},
             },
         }
+
+
+class CopyFigures:
+    """Per-follow copy figures for /metrics, counted from the ``copy`` events: orders by
+    final status, skips by reason, and the sums behind mean slippage and decision delay."""
+
+    FINAL = frozenset({"filled", "partial", "rejected", "unknown", "never_arrived"})
+
+    def __init__(self) -> None:
+        self.orders: Counter[tuple[str, str]] = Counter()
+        self.skips: Counter[tuple[str, str]] = Counter()
+        self.slippage: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.delay: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def count(self, data: Mapping[str, Any]) -> None:
+        status = str(data.get("status"))
+        follows = [str(f) for f in data.get("follows") or ()]
+        for follow in follows:
+            if status == "skipped":
+                self.skips[follow, str(data.get("skip_reason"))] += 1
+                continue
+            if status not in self.FINAL:
+                continue
+            self.orders[follow, status] += 1
+            if data.get("slippage_bps") is not None:
+                total = self.slippage[follow]
+                total[0] += float(data["slippage_bps"])
+                total[1] += 1
+            leader_ms, decided_ms = data.get("leader_time_ms"), data.get("decided_ms")
+            if leader_ms is not None and decided_ms is not None:
+                total = self.delay[follow]
+                total[0] += max(0, int(decided_ms) - int(leader_ms))
+                total[1] += 1
+
+    def families(self) -> list[MetricFamily]:
+        def mean(sums: Mapping[str, list[float]]) -> list[tuple[dict[str, str], float]]:
+            return [({"follow": f}, t / n) for f, (t, n) in sums.items() if n]
+
+        return [
+            MetricFamily(
+                "hlcopy_copy_orders",
+                "counter",
+                "copy orders by final status",
+                [({"follow": f, "status": s}, float(n)) for (f, s), n in self.orders.items()],
+            ),
+            MetricFamily(
+                "hlcopy_copy_skips",
+                "counter",
+                "copies skipped, by reason",
+                [({"follow": f, "reason": r}, float(n)) for (f, r), n in self.skips.items()],
+            ),
+            MetricFamily(
+                "hlcopy_copy_slippage_bps_mean",
+                "gauge",
+                "mean slippage of filled copies against the leader's price (bps)",
+                mean(self.slippage),
+            ),
+            MetricFamily(
+                "hlcopy_copy_decision_delay_ms_mean",
+                "gauge",
+                "mean time from the leader's fill to our decision (ms)",
+                mean(self.delay),
+            ),
+        ]
 
 
 def _leader_fields(fill: LeaderFill | None, decided_ms: int | None) -> dict[str, Any]:

@@ -365,7 +365,7 @@ class Tracker(Component):
         self._leaders: set[str] = set()
         self._leader_states: dict[str, AccountState] = {}
         self._truth_due: dict[str, float] = {}  # leaders and watched traders: next read
-        self._on_leader_state: Callable[[str, AccountState], None] | None = None
+        self._on_leader_state: list[Callable[[str, AccountState], None]] = []
         self._mids_sinks: list[Sink[AllMids]] = []
         self._fills_in_flight = 0
         self.follower_state: AccountState | None = None
@@ -373,6 +373,7 @@ class Tracker(Component):
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
         self._wake = asyncio.Event()
         self._draining = asyncio.Event()
+        self._in_flight: dict[asyncio.Task[Any] | None, tuple[str, float]] = {}
         self._loaded = False
         self.counters: dict[str, int] = {
             "positions": 0,
@@ -439,8 +440,9 @@ class Tracker(Component):
         self._mids_sinks.append(sink)
 
     def on_leader_state(self, callback: Callable[[str, AccountState], None]) -> None:
-        """Hand every leader snapshot to ``callback`` (the leader books; no I/O in it)."""
-        self._on_leader_state = callback
+        """Hand every leader snapshot to ``callback`` too (the leader books, the leaders'
+        norms; no I/O in it)."""
+        self._on_leader_state.append(callback)
 
     def leader_state(self, address: str) -> AccountState | None:
         return self._leader_states.get(address)
@@ -631,8 +633,8 @@ class Tracker(Component):
         previous = self._leader_states.get(address)
         if leader:
             self._leader_states[address] = state
-            if self._on_leader_state is not None:
-                self._on_leader_state(address, state)
+            for callback in self._on_leader_state:
+                callback(address, state)
         entry = self._traders.get(address)
         if entry is not None:
             entry.positions_s = now
@@ -667,7 +669,11 @@ class Tracker(Component):
                 # much to come free, and the other workers' small reads fill the window
                 # meanwhile. With every worker waiting on one, the window would sit idle.
                 fills=self._fills_in_flight == 0,
-                spare_after_s=None if completing else self._cfg.positions_min_interval_s,
+                # Spare reads only while nothing larger waits: a fills read needs room to
+                # come free in the window, and they would take every bit of it first.
+                spare_after_s=None
+                if completing or self._fills_in_flight
+                else self._cfg.positions_min_interval_s,
             )
             if job is None:
                 self._wake.clear()
@@ -679,6 +685,8 @@ class Tracker(Component):
             previous = getattr(trader, attr)
             setattr(trader, attr, self._clock.monotonic())
             self._fills_in_flight += job.kind == "fills"
+            worker = asyncio.current_task()
+            self._in_flight[worker] = (job.kind, self._clock.monotonic())
             try:
                 await self._run(job)
             except (ExchangeError, WireError, StoreError) as exc:
@@ -691,6 +699,7 @@ class Tracker(Component):
                 )
             finally:
                 self._fills_in_flight -= job.kind == "fills"
+                self._in_flight.pop(worker, None)
 
     async def _run(self, job: Job) -> None:
         t = job.trader
@@ -881,6 +890,10 @@ class Tracker(Component):
             "requested": len(self._requested),
             "leaders": len(self._leaders),
             "oldest_snapshot_age_s": round(now - min(polled), 1) if polled else None,
+            # What each worker is doing and since when: a job that never ends shows here.
+            "in_flight": sorted(
+                (kind, round(now - since, 1)) for kind, since in self._in_flight.values()
+            ),
             **self.counters,
         }
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.scout import FeedSettings
 from hlcopy.api.server import ApiServer
 from hlcopy.config import DatabaseConfig
@@ -28,6 +29,7 @@ from hlcopy.notify import Notifier
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService, pack_metrics
 from hlcopy.store import Store
 from hlcopy.store.monitor import StoreMonitor
+from hlcopy.store.performance import PerformanceStore
 
 from tests.conftest import make_config, running
 from tests.scout_data import NOW, Trader, population, stored_stats
@@ -283,6 +285,7 @@ async def scout_api(
         feed_settings=feed,
         follows=follows,
         positions=Positions(),
+        performance_report=PerformanceReport(follows, PerformanceStore(store), dict),
     )
     daemon.add(StoreMonitor(store))
     daemon.add(follows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -13,10 +14,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hlcopy.api.app import render_metrics
 from hlcopy.app import App
+from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
-from hlcopy.follow.riskkeeper import GLOBAL
+from hlcopy.follow.norms import DAY_MS
+from hlcopy.follow.risk import TradingState
+from hlcopy.follow.riskkeeper import GLOBAL, follow_scope, leader_scope
 from hlcopy.sim import Simulator
+from hlcopy.store import Store
+from hlcopy.store.norms import NormStore
 
 from tests.conftest import make_config
 
@@ -37,7 +44,9 @@ def leader_szi(sim: Simulator, address: str, coin: str) -> Decimal:
 
 
 @contextlib.asynccontextmanager
-async def running_app(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[App]:
+async def running_app(
+    tmp_path: Path, sim: Simulator, dsn: str, follows: list[dict[str, Any]] | None = None
+) -> AsyncIterator[App]:
     cfg = make_config(
         tmp_path,
         dsn,
@@ -49,7 +58,8 @@ async def running_app(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator
         },
         discovery={"enabled": True},
         tracking={"leader_poll_interval_s": 2, "reconcile_interval_s": 5, "workers": 2},
-        follow=[
+        follow=follows
+        or [
             {"name": "copy", "leader": LEADER, "ratio": "0.5", "max_fill_age_ms": 60_000},
             {
                 "name": "fade",
@@ -140,3 +150,106 @@ async def test_ratio_and_inverse_follows_hold_their_targets_and_a_halt_stops_the
         assert app.executor.attributed()["copy"] == before
         assert app.copier.counters["intents"] == intents
         assert app.copier.counters["skips"] > 0
+
+        # The copy figures per follow, on /metrics.
+        text = render_metrics(app.daemon.metrics).decode()
+        assert 'hlcopy_copy_orders_total{follow="copy",status="filled"}' in text
+        assert 'hlcopy_copy_orders_total{follow="fade",status="filled"}' in text
+        assert 'hlcopy_copy_skips_total{follow="copy",reason="halted"}' in text
+        assert 'hlcopy_copy_slippage_bps_mean{follow="copy"}' in text
+
+
+@pytest.mark.timeout(180)
+async def test_a_leader_whose_leverage_leaves_its_norm_puts_its_follow_in_reducing(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
+    # Its history, as ten days of following it would have stored: 0.05x on average (200
+    # samples a day), so the limit is 3 x that.
+    today = int(time.time() * 1000) // DAY_MS
+    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store:
+        await store.migrate()
+        await NormStore(store).add([(LEADER, today - d, 10.0, 200, 0.07) for d in range(1, 11)])
+    async with running_app(tmp_path, sim, dsn) as app:
+        await asyncio.sleep(3)
+        assert app.norms.stats()["with_norm"] == 1
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 50_000}
+        )
+        await converged(
+            app, {"copy": (Decimal("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(LOT)}
+        )
+        scope = leader_scope(LEADER)
+        assert app.risk.trading_state(scope) == TradingState.ACTIVE
+
+        # It more than triples its exposure: about 0.2x, beyond 0.15x.
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 150_000}
+        )
+        async with asyncio.timeout(15):
+            while app.risk.trading_state(scope) != TradingState.REDUCING:
+                await asyncio.sleep(0.1)
+        state = app.risk.state(scope)
+        assert state is not None
+        assert [t.cause.value for t in state.trips] == ["leader_leverage"]
+        assert app.risk.trading_state(follow_scope("copy")) == TradingState.ACTIVE  # its own
+
+        # While it is beyond its norm, its increases are not copied.
+        held = app.executor.attributed()["copy"]["ETH"]
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
+        )
+        await asyncio.sleep(4)
+        assert app.executor.attributed()["copy"]["ETH"] <= held + LOT
+        skips = await app.store.pool.fetch(
+            "SELECT skip_reason FROM copies WHERE status = 'skipped' AND 'copy' = ANY(follow_ids)"
+        )
+        assert "reducing_only" in {r["skip_reason"] for r in skips}
+
+        # Back within its band (below 90% of the limit): the trip clears on its own and the
+        # follow copies the leader's reduction.
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": False, "usd": 170_000}
+        )
+        async with asyncio.timeout(15):
+            while app.risk.trading_state(scope) != TradingState.ACTIVE:
+                await asyncio.sleep(0.1)
+        await converged(
+            app, {"copy": (Decimal("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(LOT)}
+        )
+
+
+@pytest.mark.timeout(180)
+async def test_a_halt_survives_a_restart_and_a_resume_catches_up(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
+    async with running_app(tmp_path, sim, dsn) as app:
+        await asyncio.sleep(3)
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 10_000}
+        )
+        await converged(
+            app, {"copy": (Decimal("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(LOT)}
+        )
+        await app.risk.halt(GLOBAL, "before the restart")
+        held = app.executor.attributed()["copy"]["ETH"]
+
+    # A new daemon on the same state and database: still halted, before it decides anything.
+    async with running_app(tmp_path, sim, dsn) as app:
+        assert app.risk.trading_state() == TradingState.HALTED
+        state = app.risk.state(GLOBAL)
+        assert state is not None
+        assert [(t.cause.value, t.detail) for t in state.trips] == [("api", "before the restart")]
+        await asyncio.sleep(3)
+        await sim_post(
+            sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
+        )
+        await asyncio.sleep(4)
+        assert app.executor.attributed()["copy"]["ETH"] == held
+        assert app.copier.counters["intents"] == 0
+        # Resumed, the follow catches up with what the leader did meanwhile.
+        await app.risk.resume(GLOBAL, "checked")
+        await converged(
+            app, {"copy": (Decimal("0.5") * leader_szi(sim, LEADER, "ETH")).quantize(LOT)}
+        )

@@ -462,6 +462,8 @@ async def test_openapi_query_parameters_are_the_accepted_ones(api: ScoutApi) -> 
             else:
                 value = schema["enum"][0]
             status, body = await api.call("GET", f"{concrete}?{p['name']}={value}")
+            if status == 404 and body["error"]["code"] == "unknown_follow":
+                continue  # accepted, and answered for a follow this daemon does not have
             assert status == 200, (path, p["name"], body)
         status, body = await api.call("GET", f"{concrete}?undocumented=1")
         assert status == 400, path

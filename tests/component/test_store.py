@@ -39,6 +39,7 @@ EXPECTED_TABLES = {
     "follow_transfers",
     "opportunities",
     "opportunity_outcomes",
+    "leader_leverage_days",
 }
 
 

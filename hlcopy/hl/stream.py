@@ -57,6 +57,7 @@ Decoder = Callable[[Any, int, int], T]
 log = structlog.get_logger()
 
 GREETING = "Websocket connection established."
+YIELD_AFTER_NS = 500_000  # a reader busy with buffered messages lets the loop turn this often
 USER_TYPES = frozenset(
     {
         "userFills",
@@ -188,6 +189,7 @@ class _Conn:
     posts: dict[int, tuple[str, asyncio.Future[Any]]] = field(default_factory=dict)
     last_recv: float = 0.0
     task: asyncio.Task[None] | None = None
+    yielded_ns: int = 0  # when the reader last let the loop turn (perf_counter_ns)
 
     def add(self, sub: Subscription[Any]) -> None:
         self.subs[sub._spec.key] = sub
@@ -695,6 +697,11 @@ class StreamPool(Component):
             except QueueClosed:
                 sub.dropped += 1
                 self.counters["sink_dropped"] += 1
+            if recv_ns - conn.yielded_ns > YIELD_AFTER_NS:
+                # Buffered messages are read without the loop turning: after a while, let the
+                # other connections (a leader's userFills among them) and the consumers in.
+                await asyncio.sleep(0)
+                conn.yielded_ns = time.perf_counter_ns()
 
     def _malformed(self, conn: _Conn, raw: Any) -> None:
         self.counters["malformed"] += 1

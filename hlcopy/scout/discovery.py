@@ -49,6 +49,8 @@ from hlcopy.store.registry import COIN_SEPARATOR, ActivityRow, LoadedRow, Regist
 
 log = structlog.get_logger()
 
+BATCH_FRAMES = 128  # frames ingested between two turns of the event loop
+
 UsersOrder = Literal["buyer_seller", "maker_taker"]
 USERS_ORDERS: tuple[UsersOrder, ...] = get_args(UsersOrder)
 KV_USERS_ORDER = "trades.users_order"
@@ -620,7 +622,7 @@ class Discovery(Component):
         frames = self.frames
         while True:
             try:
-                batch = await frames.get_batch(512)
+                batch = await frames.get_batch(BATCH_FRAMES)
             except QueueClosed:
                 return
             for frame in batch:
@@ -628,6 +630,9 @@ class Discovery(Component):
             if self._overflow:
                 await self._hand_over()
             self._meter.add(int(self._clock.monotonic()), sum(len(f.trades) for f in batch))
+            # A full queue hands over a batch without the loop turning: let a leader's fill
+            # through to the copy engine between batches.
+            await asyncio.sleep(0)
 
     def _consume_queued(self) -> None:
         for frame in self.frames.drain_nowait():

@@ -154,6 +154,8 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
                 "executor",
                 "copier",
                 "autofollow",
+                "norms",
+                "opportunities",
                 "api",
             }
             async with s.get(api + "/api/v1/stats") as r:

@@ -205,6 +205,7 @@ class App:
                         self.executor.mids,
                         clock,
                         leader_positions=self._leader_positions,
+                        equity_ratio=self._equity_ratio,
                     ),
                     clock=clock,
                 )
@@ -221,6 +222,17 @@ class App:
             if view is not None:
                 out[coin] = view.szi
         return out
+
+    def _equity_ratio(self, leader: str) -> Decimal | None:
+        """Our equity over the leader's, now (equity sizing, for the performance report)."""
+        state = self.tracker.leader_state(leader)
+        if state is None or state.margin_summary.account_value <= 0:
+            return None
+        try:
+            ours = self.executor.equity()
+        except ValueError:
+            return None  # a position without a price yet
+        return ours / state.margin_summary.account_value
 
     async def run(self, stop_after_s: float | None = None) -> int:
         """Run the daemon until stopped; the process exit code."""

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from hlcopy.api.params import ApiError, Args, Param, Route, choices, integer, invalid
 from hlcopy.api.responses import json_response
+from hlcopy.api.schemas import DEC, NDEC, NMS, nullable, obj
 from hlcopy.store.copies import COPY_STATUSES
 
 
@@ -63,92 +64,73 @@ async def copies(request: web.Request, args: Args) -> web.StreamResponse:
 
 # -- the response's schema ------------------------------------------------------------------------
 
-Schema = dict[str, Any]
 
-
-def _obj(properties: dict[str, Schema]) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-def _null(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
-
-
-_DEC: Final = {"type": "string", "description": "an exact decimal number"}
-_NDEC: Final = _null("string", description="an exact decimal number")
-_NMS: Final = _null("integer", description="milliseconds since the epoch")
-
-COPY: Final = _obj(
+COPY: Final = obj(
     {
         "id": {"type": "integer"},
-        "cloid": _null("string", description="the client order id (none for a skip)"),
+        "cloid": nullable("string", description="the client order id (none for a skip)"),
         "status": {"type": "string", "enum": list(COPY_STATUSES)},
         "paper": {"type": "boolean"},
         "follows": {"type": "array", "items": {"type": "string"}},
         "attribution": {
             "type": "array",
-            "items": _obj({"follow": {"type": "string"}, "sz": _DEC}),
+            "items": obj({"follow": {"type": "string"}, "sz": DEC}),
         },
-        "leader": _null("string"),
+        "leader": nullable("string"),
         "coin": {"type": "string"},
         "leader_fill": {
             "oneOf": [
                 {"type": "null"},
-                _obj(
+                obj(
                     {
-                        "tid": _null("integer"),
+                        "tid": nullable("integer"),
                         "side": {"type": ["string", "null"], "enum": ["B", "A", None]},
-                        "px": _NDEC,
-                        "sz": _NDEC,
-                        "time_ms": _NMS,
+                        "px": NDEC,
+                        "sz": NDEC,
+                        "time_ms": NMS,
                     }
                 ),
             ]
         },
-        "intent": _obj(
+        "intent": obj(
             {
                 "side": {"type": ["string", "null"], "enum": ["B", "A", None]},
-                "sz": _NDEC,
-                "limit_px": _NDEC,
-                "reduce_only": _null("boolean"),
-                "reason": _null("string"),
+                "sz": NDEC,
+                "limit_px": NDEC,
+                "reduce_only": nullable("boolean"),
+                "reason": nullable("string"),
                 "attempt": {"type": "integer"},
                 "decided_ms": {"type": "integer"},
             }
         ),
-        "fill": _obj(
+        "fill": obj(
             {
-                "filled_sz": _DEC,
-                "avg_px": _NDEC,
-                "fee": _DEC,
-                "closed_pnl": _NDEC,
-                "sent_ms": _NMS,
-                "settled_ms": _NMS,
+                "filled_sz": DEC,
+                "avg_px": NDEC,
+                "fee": DEC,
+                "closed_pnl": NDEC,
+                "sent_ms": NMS,
+                "settled_ms": NMS,
             }
         ),
-        "slippage_bps": _null(
+        "slippage_bps": nullable(
             "string", description="vs the leader's fill price; positive: we did worse"
         ),
-        "delay_ms": _obj(
+        "delay_ms": obj(
             {
-                "decision": _null("integer", description="leader fill to our decision"),
-                "send": _null("integer", description="leader fill to our send"),
+                "decision": nullable("integer", description="leader fill to our decision"),
+                "send": nullable("integer", description="leader fill to our send"),
             }
         ),
-        "fee": _DEC,
-        "skip_reason": _null("string"),
-        "error": _null("string"),
+        "fee": DEC,
+        "skip_reason": nullable("string"),
+        "error": nullable("string"),
     }
 )
 
-COPIES_PAGE: Final = _obj(
+COPIES_PAGE: Final = obj(
     {
-        "follow": _null("string"),
+        "follow": nullable("string"),
         "status": {
             "type": ["array", "null"],
             "items": {"type": "string", "enum": list(COPY_STATUSES)},

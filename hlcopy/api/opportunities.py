@@ -15,6 +15,7 @@ from aiohttp import web
 
 from hlcopy.api.params import ApiError, Args, Param, Route, address, integer, invalid
 from hlcopy.api.responses import json_response
+from hlcopy.api.schemas import DEC, NDEC, nullable, obj
 from hlcopy.follow.opportunities import Tally, summarize
 
 
@@ -71,47 +72,30 @@ async def opportunities(request: web.Request, args: Args) -> web.StreamResponse:
 
 # -- the response's schema ------------------------------------------------------------------------
 
-Schema = dict[str, Any]
 
-
-def _obj(properties: dict[str, Schema]) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-def _null(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
-
-
-_DEC: Final = {"type": "string", "description": "an exact decimal number"}
-_NDEC: Final = _null("string", description="an exact decimal number")
 _SIDE: Final = {"type": "string", "enum": ["long", "short"]}
 
-OUTCOME: Final = _obj(
+OUTCOME: Final = obj(
     {
         "horizon_s": {"type": "integer", "minimum": 1},
         "due_ms": {"type": "integer", "description": "when this horizon falls due"},
-        "price": _null("string", description="the price then; null until resolved"),
+        "price": nullable("string", description="the price then; null until resolved"),
         "source": {
             "type": ["string", "null"],
             "enum": ["mid", "candle_1m", "candle_1h", None],
             "description": "the live mid, or a candle's close when resolved late",
         },
-        "move_bps": _null("string", description="the market's move since the opportunity"),
-        "return_bps": _null("string", description="the opposite position's return"),
-        "pnl_usd": _null(
+        "move_bps": nullable("string", description="the market's move since the opportunity"),
+        "return_bps": nullable("string", description="the opposite position's return"),
+        "pnl_usd": nullable(
             "string", description="what the suggested opposite position made (no fees)"
         ),
-        "hit": _null("boolean", description="pnl_usd > 0"),
-        "resolved_ms": _null("integer"),
+        "hit": nullable("boolean", description="pnl_usd > 0"),
+        "resolved_ms": nullable("integer"),
     }
 )
 
-OPPORTUNITY: Final = _obj(
+OPPORTUNITY: Final = obj(
     {
         "id": {"type": "integer"},
         "trader": {"type": "string"},
@@ -119,10 +103,10 @@ OPPORTUNITY: Final = _obj(
         "kind": {"type": "string", "enum": ["open", "increase", "flip"]},
         "trader_side": _SIDE,
         "our_side": _SIDE,
-        "trader_sz": {**_DEC, "description": "what the trader opened or added"},
-        "size": {**_DEC, "description": "the follower's suggested size, on the coin's lot"},
-        "price": _DEC,
-        "notional_usd": _DEC,
+        "trader_sz": {**DEC, "description": "what the trader opened or added"},
+        "size": {**DEC, "description": "the follower's suggested size, on the coin's lot"},
+        "price": DEC,
+        "notional_usd": DEC,
         "time_ms": {"type": "integer"},
         "losers_rank": {"type": "integer", "minimum": 1, "description": "1 = the worst"},
         "losers_window": {"type": "string"},
@@ -131,22 +115,22 @@ OPPORTUNITY: Final = _obj(
     }
 )
 
-SUMMARY: Final = _obj(
+SUMMARY: Final = obj(
     {
         "horizon_s": {"type": "integer", "minimum": 1},
         "count": {"type": "integer", "minimum": 0},
         "resolved": {"type": "integer", "minimum": 0},
         "hits": {"type": "integer", "minimum": 0},
-        "hit_rate": _null("string", description="hits / resolved"),
-        "mean_pnl_usd": _NDEC,
-        "mean_return_bps": _NDEC,
+        "hit_rate": nullable("string", description="hits / resolved"),
+        "mean_pnl_usd": NDEC,
+        "mean_return_bps": NDEC,
     }
 )
 
-OPPORTUNITIES_PAGE: Final = _obj(
+OPPORTUNITIES_PAGE: Final = obj(
     {
-        "trader": _null("string"),
-        "coin": _null("string"),
+        "trader": nullable("string"),
+        "coin": nullable("string"),
         "limit": {"type": "integer"},
         "summary": {"type": "array", "items": SUMMARY},
         "opportunities": {"type": "array", "items": OPPORTUNITY},

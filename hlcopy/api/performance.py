@@ -18,6 +18,7 @@ from aiohttp import web
 
 from hlcopy.api.params import ApiError, Args, Param, Route, invalid
 from hlcopy.api.responses import json_response
+from hlcopy.api.schemas import DEC, MS, NDEC, obj
 from hlcopy.clock import SYSTEM, Clock
 from hlcopy.config import FOLLOW_ID_PATTERN
 from hlcopy.follow.follows import FollowRecord
@@ -244,64 +245,50 @@ async def performance_route(request: web.Request, args: Args) -> web.StreamRespo
 
 # -- the response's schema ------------------------------------------------------------------------
 
-Schema = dict[str, Any]
 
-
-def _obj(properties: dict[str, Schema]) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-_DEC: Final = {"type": "string", "description": "an exact decimal number"}
-_NDEC: Final = {"type": ["string", "null"], "description": "an exact decimal number"}
-_MS: Final = {"type": "integer", "description": "milliseconds since the epoch"}
 _PARTS: Final = {
-    **_obj(dict.fromkeys(GAP_PARTS, _DEC)),
+    **obj(dict.fromkeys(GAP_PARTS, DEC)),
     "description": "The gap's parts; they add up to the gap exactly. latency_slippage: our "
     "copies' prices against the leader's; fees_funding: our fees and funding; skipped: sizes not "
     "copied (skips, unfilled orders, lot rounding) and their later catch-up; limits: sizes cut by "
     "a limit; entry: the position apart from the leader's at the start, and trades beyond it.",
 }
 _FIGURES: Final = {
-    "ours": {**_DEC, "description": "realised + unrealised - fees + funding"},
-    "realized": _DEC,
-    "unrealized": _DEC,
-    "fees": _DEC,
-    "funding": _DEC,
-    "leader_scaled": {**_DEC, "description": "the ideal copy's PnL (the leader scaled)"},
-    "leader_pnl": {**_DEC, "description": "the leader's own trading PnL (before its fees)"},
-    "gap": {**_DEC, "description": "ours - leader_scaled"},
+    "ours": {**DEC, "description": "realised + unrealised - fees + funding"},
+    "realized": DEC,
+    "unrealized": DEC,
+    "fees": DEC,
+    "funding": DEC,
+    "leader_scaled": {**DEC, "description": "the ideal copy's PnL (the leader scaled)"},
+    "leader_pnl": {**DEC, "description": "the leader's own trading PnL (before its fees)"},
+    "gap": {**DEC, "description": "ours - leader_scaled"},
     "gap_parts": _PARTS,
 }
-COIN: Final = _obj(
+COIN: Final = obj(
     {
         "coin": {"type": "string"},
         **_FIGURES,
-        "position_start": _DEC,
-        "position": _DEC,
-        "ideal_position_start": _DEC,
-        "ideal_position": _DEC,
-        "leader_position_start": _DEC,
-        "leader_position": _DEC,
-        "start_px": _NDEC,
-        "mark": _NDEC,
+        "position_start": DEC,
+        "position": DEC,
+        "ideal_position_start": DEC,
+        "ideal_position": DEC,
+        "leader_position_start": DEC,
+        "leader_position": DEC,
+        "start_px": NDEC,
+        "mark": NDEC,
         "stale_mark": {"type": "boolean", "description": "no mid: marked at the last price"},
     }
 )
-FOLLOW_PERFORMANCE: Final = _obj(
+FOLLOW_PERFORMANCE: Final = obj(
     {
         "follow": {"type": "string"},
         "leader": {"type": "string"},
         "mode": {"type": "string", "enum": ["copy", "inverse"]},
         "sizing": {"type": "string", "enum": ["ratio", "equity", "fixed_notional"]},
-        "scale": {**_NDEC, "description": "the signed factor on the leader's size"},
+        "scale": {**NDEC, "description": "the signed factor on the leader's size"},
         "scale_source": {"type": "string", "enum": ["spec", "equity_now", "implied", "unknown"]},
-        "since_ms": _MS,
-        "until_ms": _MS,
+        "since_ms": MS,
+        "until_ms": MS,
         **_FIGURES,
         "counts": {
             "type": "object",
@@ -312,10 +299,10 @@ FOLLOW_PERFORMANCE: Final = _obj(
         "coins": {"type": "array", "items": COIN},
     }
 )
-PERFORMANCE_PAGE: Final = _obj(
+PERFORMANCE_PAGE: Final = obj(
     {
         "follow": {"type": ["string", "null"]},
-        "until_ms": _MS,
+        "until_ms": MS,
         "follows": {"type": "array", "items": FOLLOW_PERFORMANCE},
     }
 )

@@ -16,8 +16,8 @@ from aiohttp import web
 from hlcopy.api.params import ApiError, Args, Param, Route, choice, integer, invalid
 from hlcopy.api.responses import json_response
 from hlcopy.errors import StoreError
-from hlcopy.follow.risk import RiskEvent, TradingState
-from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, Transition, UnknownScope
+from hlcopy.follow.risk import TradingState
+from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, Transition, UnknownScope, event_json
 
 RISK: Final = web.AppKey("risk", RiskKeeper)
 
@@ -65,17 +65,10 @@ def _reason(args: Args) -> str:
 
 
 def _transition_json(t: Transition) -> dict[str, Any]:
-    return {"scope": t.scope, "state": t.state.value, "events": [_event(e) for e in t.events]}
-
-
-def _event(e: RiskEvent) -> dict[str, Any]:
     return {
-        "cause": e.cause.value,
-        "kind": e.kind,
-        "from": e.before.value,
-        "to": e.after.value,
-        "detail": e.detail,
-        "time_ms": e.time_ms,
+        "scope": t.scope,
+        "state": t.state.value,
+        "events": [event_json(e, with_scope=False) for e in t.events],
     }
 
 

@@ -29,7 +29,13 @@ def _null(schema: Schema) -> Schema:
     return out
 
 
-def _obj(properties: dict[str, Schema], *, open_: bool = False) -> Schema:
+def nullable(kind: str, **extra: Any) -> Schema:
+    """A value of JSON type ``kind`` or null."""
+    return {"type": [kind, "null"], **extra}
+
+
+def obj(properties: dict[str, Schema], *, open_: bool = False) -> Schema:
+    """An object with exactly ``properties``, all required (others allowed with ``open_``)."""
     return {
         "type": "object",
         "properties": properties,
@@ -39,40 +45,42 @@ def _obj(properties: dict[str, Schema], *, open_: bool = False) -> Schema:
 
 
 _ADDRESS: Final = {"type": "string", "pattern": ADDRESS_PATTERN}
-_DEC: Final = {"type": "string", "description": "an exact decimal number"}
+DEC: Final = {"type": "string", "description": "an exact decimal number"}
+NDEC: Final = {"type": ["string", "null"], "description": "an exact decimal number"}
 _INT: Final = {"type": "integer"}
 _NUM: Final = {"type": "number"}
 _STR: Final = {"type": "string"}
-_MS: Final = {"type": "integer", "description": "milliseconds since the epoch"}
+MS: Final = {"type": "integer", "description": "milliseconds since the epoch"}
+NMS: Final = {"type": ["integer", "null"], "description": "milliseconds since the epoch"}
 
 _ROW_SCHEMAS: Final[dict[str, Schema]] = {
     "address": _ADDRESS,
-    "account_value": _null(_DEC),
-    "pnl": _null(_DEC),
+    "account_value": _null(DEC),
+    "pnl": _null(DEC),
     "return": _null(_NUM),
     "max_drawdown": _null(_NUM),
     "win_rate": _null(_NUM),
     "win_rate_lower": _null(_NUM),
     "profit_factor": _null(_NUM),
     "sharpe": _null(_NUM),
-    "total_volume_usd": _null(_DEC),
+    "total_volume_usd": _null(DEC),
     "trade_count": _null(_INT),
     "account_age_days": _null(_NUM),
     "avg_risk_ratio": _null(_NUM),
     "avg_leverage": _null(_NUM),
-    "max_profit_usd": _null(_DEC),
-    "max_loss_usd": _null(_DEC),
+    "max_profit_usd": _null(DEC),
+    "max_loss_usd": _null(DEC),
     "risk_level": _null({"type": "string", "enum": [r.value for r in RiskLevel]}),
     "style": _null({"type": "string", "enum": [s.value for s in Style]}),
     "copyable_share": _null(_NUM),
     "score": _null(_NUM),
-    "updated_at": _MS,
+    "updated_at": MS,
 }
 assert tuple(_ROW_SCHEMAS) == ROW_FIELDS  # one list of fields
 
 
 def _page(rows: str, **extra: Schema) -> Schema:
-    return _obj(
+    return obj(
         {
             "window": {"type": "string", "enum": list(WINDOWS)},
             **extra,
@@ -80,26 +88,26 @@ def _page(rows: str, **extra: Schema) -> Schema:
             "limit": _INT,
             "offset": _INT,
             "version": _INT,
-            "as_of": _null(_MS),
+            "as_of": _null(MS),
             "rows": {"type": "array", "items": ref(rows)},
         }
     )
 
 
-_ACTIVITY: Final = _obj(
+_ACTIVITY: Final = obj(
     {
         "address": _ADDRESS,
-        "first_seen_ms": _MS,
-        "last_seen_ms": _MS,
+        "first_seen_ms": MS,
+        "last_seen_ms": MS,
         "trades": _INT,
-        "volume_usd": _DEC,
+        "volume_usd": DEC,
         "taker": _INT,
         "maker": _INT,
         "coins": {"type": "array", "items": _STR},
     }
 )
 
-_EVENT: Final = _obj(
+_EVENT: Final = obj(
     {
         "id": _INT,
         "address": _ADDRESS,
@@ -108,43 +116,43 @@ _EVENT: Final = _obj(
             "type": "string",
             "enum": ["open", "increase", "decrease", "close", "flip", "liquidated"],
         },
-        "prev_szi": _DEC,
-        "new_szi": _DEC,
-        "px": _null(_DEC),
-        "entry_px": _null(_DEC),
-        "notional": _null(_DEC),
-        "leverage": _null(_DEC),
-        "time_ms": _MS,
+        "prev_szi": DEC,
+        "new_szi": DEC,
+        "px": _null(DEC),
+        "entry_px": _null(DEC),
+        "notional": _null(DEC),
+        "leverage": _null(DEC),
+        "time_ms": MS,
         "tid": _null(_INT),
     }
 )
 
-_FILL: Final = _obj(
+_FILL: Final = obj(
     {
         "address": _ADDRESS,
         "tid": _INT,
         "coin": _STR,
-        "px": _DEC,
-        "sz": _DEC,
+        "px": DEC,
+        "sz": DEC,
         "side": {"type": "string", "enum": ["B", "A"]},
-        "time_ms": _MS,
-        "start_position": _null(_DEC),
+        "time_ms": MS,
+        "start_position": _null(DEC),
         "dir": _null(_STR),
-        "closed_pnl": _null(_DEC),
+        "closed_pnl": _null(DEC),
         "hash": _null(_STR),
         "oid": _null(_INT),
         "crossed": {"type": ["boolean", "null"]},
-        "fee": _null(_DEC),
+        "fee": _null(DEC),
         "fee_token": _null(_STR),
         "cloid": _null(_STR),
         "source": _STR,
-        "received_ms": _MS,
+        "received_ms": MS,
     }
 )
 
 
 def _paged(name: str, item: str) -> Schema:
-    return _obj(
+    return obj(
         {
             "address": _ADDRESS,
             "limit": _INT,
@@ -211,9 +219,7 @@ def _follow_fields(dec: Schema) -> dict[str, Schema]:
 
 
 _FOLLOW_NAME: Final = {"type": "string", "pattern": FOLLOW_ID_PATTERN}
-_FOLLOW_SPEC: Final = _obj(
-    {**_follow_fields(_DEC), "leader": _ADDRESS, "name": _null(_FOLLOW_NAME)}
-)
+_FOLLOW_SPEC: Final = obj({**_follow_fields(DEC), "leader": _ADDRESS, "name": _null(_FOLLOW_NAME)})
 _FOLLOW_CREATE: Final = {
     "type": "object",
     "properties": {"leader": _ADDRESS, "name": _FOLLOW_NAME, **_follow_fields(_DEC_IN)},
@@ -237,7 +243,7 @@ _FOLLOW_PATCH: Final = {
 }
 FOLLOW_SCHEMAS: Final[dict[str, Schema]] = {
     "FollowSpec": _FOLLOW_SPEC,
-    "Follow": _obj(
+    "Follow": obj(
         {
             "id": _FOLLOW_NAME,
             "source": _enum("toml", "api", "auto"),
@@ -245,30 +251,30 @@ FOLLOW_SCHEMAS: Final[dict[str, Schema]] = {
             "paused": {"type": "boolean"},
             "winding_down": {"type": "boolean"},
             "active": {"type": "boolean"},
-            "started_ms": _MS,
-            "created_ms": _MS,
-            "updated_ms": _MS,
+            "started_ms": MS,
+            "created_ms": MS,
+            "updated_ms": MS,
             "spec": ref("FollowSpec"),
         }
     ),
-    "FollowsPage": _obj({"follows": {"type": "array", "items": ref("Follow")}}),
-    "FollowRemoved": _obj({"id": _FOLLOW_NAME, "removed": {"const": True}}),
+    "FollowsPage": obj({"follows": {"type": "array", "items": ref("Follow")}}),
+    "FollowRemoved": obj({"id": _FOLLOW_NAME, "removed": {"const": True}}),
     "FollowCreate": _FOLLOW_CREATE,
     "FollowPatch": _FOLLOW_PATCH,
 }
 
 
 COMPONENTS: Final[dict[str, Schema]] = {
-    "Error": _obj(
+    "Error": obj(
         {
-            "error": _obj(
+            "error": obj(
                 {"code": _STR, "message": _STR},
                 open_=True,  # some errors say more: "parameter", "allowed", "problems"
             )
         }
     ),
-    "LeaderboardRow": _obj(_ROW_SCHEMAS),
-    "LoserRow": _obj({**_ROW_SCHEMAS, "badness": _NUM}),
+    "LeaderboardRow": obj(_ROW_SCHEMAS),
+    "LoserRow": obj({**_ROW_SCHEMAS, "badness": _NUM}),
     "LeaderboardPage": _page(
         "LeaderboardRow",
         sort_by={"type": "string", "enum": list(SORT_KEYS)},
@@ -276,7 +282,7 @@ COMPONENTS: Final[dict[str, Schema]] = {
     ),
     "LosersPage": _page("LoserRow"),
     "Activity": _ACTIVITY,
-    "TradersPage": _obj(
+    "TradersPage": obj(
         {
             "q": _STR,
             "total": _INT,
@@ -289,24 +295,24 @@ COMPONENTS: Final[dict[str, Schema]] = {
     "Fill": _FILL,
     "EventsPage": _paged("events", "PositionEvent"),
     "FillsPage": _paged("fills", "Fill"),
-    "Trader": _obj(
+    "Trader": obj(
         {
             "address": _ADDRESS,
             "activity": {"oneOf": [ref("Activity"), {"type": "null"}]},
             "role": _null(_STR),
             "master": _null(_STR),
             "tracked": {"type": "boolean"},
-            "track_requested_ms": _null(_MS),
-            "account_value": _null(_DEC),
+            "track_requested_ms": _null(MS),
+            "account_value": _null(DEC),
             "metrics": {
                 "type": "object",
                 "description": "TraderMetrics per window, as the tracker stored them",
                 "additionalProperties": {"type": "object"},
             },
-            "metrics_at_ms": _null(_MS),
-            "ranks": _obj({w: _null(_INT) for w in WINDOWS}),
+            "metrics_at_ms": _null(MS),
+            "ranks": obj({w: _null(_INT) for w in WINDOWS}),
             "positions": {"type": "array", "items": {"type": "object"}},
-            "positions_at_ms": _null(_MS),
+            "positions_at_ms": _null(MS),
             "index_points": {
                 "type": "object",
                 "description": "per window, [time ms, equity index] pairs for a chart",
@@ -315,20 +321,20 @@ COMPONENTS: Final[dict[str, Schema]] = {
             "events": {"type": "array", "items": ref("PositionEvent")},
         }
     ),
-    "TrackAccepted": _obj({"address": _ADDRESS, "track_requested": {"const": True}}),
+    "TrackAccepted": obj({"address": _ADDRESS, "track_requested": {"const": True}}),
     "Figures": {"type": "object", "description": "figures by component; open"},
-    "ReloadResult": _obj(
+    "ReloadResult": obj(
         {
             "ok": {"type": "boolean"},
             "changed": {"type": "array", "items": _STR},
             "restart_required": {"type": "array", "items": _STR},
         }
     ),
-    "FeedMessage": _obj(
+    "FeedMessage": obj(
         {
             "type": {"type": "string", "description": '"connection" first, then event types'},
             "data": {"type": "object"},
-            "timestamp": _MS,
+            "timestamp": MS,
         }
     ),
     "OpenApi": {"type": "object", "required": ["openapi", "paths"]},

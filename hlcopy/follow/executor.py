@@ -46,7 +46,7 @@ from hlcopy.config import HlcopyConfig
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
 from hlcopy.follow.copier import Transfer
-from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
+from hlcopy.follow.fills import PaperAccount, PaperFill, fill_shares, simulate_ioc
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome, OutcomeStatus
@@ -131,21 +131,6 @@ class _InFlight:
 
 class NoMarketData(ExchangeError):
     """No market data (order book, funding rates) for paper execution."""
-
-
-def split_fill(
-    attribution: Sequence[tuple[str, Decimal]], order_sz: Decimal, filled: Decimal
-) -> list[tuple[str, Decimal]]:
-    """Each follow's part of ``filled``, in proportion to its share of the order; the parts sum
-    exactly to ``filled`` (the rounding remainder goes to the largest share, ties by id)."""
-    if not attribution or order_sz <= 0:
-        return []
-    parts = [(f, share * filled / order_sz) for f, share in attribution]
-    rest = filled - sum((p for _, p in parts), ZERO)
-    if rest:
-        i = max(range(len(parts)), key=lambda k: (attribution[k][1], attribution[k][0]))
-        parts[i] = (parts[i][0], parts[i][1] + rest)
-    return parts
 
 
 def slippage_bps(is_buy: bool, avg_px: Decimal, leader_px: Decimal) -> Decimal:
@@ -466,22 +451,7 @@ class PaperExecutor(Component):
         self.counters["intents"] += 1
         entry = self._in_flight.get(intent.cloid)
         trigger = self._triggers.get(intent.cloid) or (entry.trigger if entry else None)
-        row = CopyRow(
-            status="planned",
-            paper=True,
-            attribution=intent.attribution,
-            coin=intent.coin,
-            decided_ms=intent.decided_ms or self._clock.time_ms(),
-            cloid=intent.cloid,
-            leader=intent.leader,
-            is_buy=intent.is_buy,
-            sz=intent.sz,
-            limit_px=intent.limit_px,
-            reduce_only=intent.reduce_only,
-            reason=intent.reason,
-            attempt=intent.attempt,
-            **_leader_fields(trigger, intent.decided_ms or None),
-        )
+        row = _with_intent_fields(intent, trigger, self._clock.time_ms())
         try:
             stored = await self._copies.write_intent(row)
         except StoreError as exc:
@@ -548,7 +518,7 @@ class PaperExecutor(Component):
             )
             attributed = {f: dict(c) for f, c in self._attributed.items()}
             sign = 1 if intent.is_buy else -1
-            for follow, part in split_fill(intent.attribution, intent.sz, fill.filled_sz):
+            for follow, part in fill_shares(intent.attribution, intent.sz, fill.filled_sz):
                 coins = attributed.setdefault(follow, {})
                 szi = coins.get(intent.coin, ZERO) + sign * part
                 if szi:
@@ -963,13 +933,16 @@ def _leader_fields(fill: LeaderFill | None, decided_ms: int | None) -> dict[str,
     }
 
 
-def _with_intent_fields(intent: OrderIntent, trigger: LeaderFill | None) -> CopyRow:
+def _with_intent_fields(
+    intent: OrderIntent, trigger: LeaderFill | None, now_ms: int = 0
+) -> CopyRow:
+    """The copy row of an intent as it is planned (decided now when it does not say when)."""
     return CopyRow(
         status="planned",
         paper=True,
         attribution=intent.attribution,
         coin=intent.coin,
-        decided_ms=intent.decided_ms,
+        decided_ms=intent.decided_ms or now_ms,
         cloid=intent.cloid,
         leader=intent.leader,
         is_buy=intent.is_buy,

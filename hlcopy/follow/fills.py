@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from hlcopy.model import BookLevel, L2Book
 
@@ -238,3 +238,24 @@ class PaperAccount:
             fees=Decimal(data["fees"]),
             funding=Decimal(data["funding"]),
         )
+
+
+_SHARES_CONTEXT: Final = Context(prec=28)
+
+
+def fill_shares(
+    attribution: Sequence[tuple[str, Decimal]], order_sz: Decimal, filled: Decimal
+) -> list[tuple[str, Decimal]]:
+    """Each follow's part of ``filled``, in proportion to its share of the order; the parts sum
+    to ``filled`` to the context's 28 digits (the rounding remainder goes to the largest share,
+    ties by id). In one fixed context, so the executor that books a fill and the performance
+    report that replays it split it alike."""
+    if not attribution or order_sz <= 0:
+        return []
+    with localcontext(_SHARES_CONTEXT):
+        parts = [(f, share * filled / order_sz) for f, share in attribution]
+        rest = filled - sum((p for _, p in parts), Decimal(0))
+        if rest:
+            i = max(range(len(parts)), key=lambda k: (attribution[k][1], attribution[k][0]))
+            parts[i] = (parts[i][0], parts[i][1] + rest)
+    return parts

@@ -5,7 +5,7 @@ that add up to it exactly. Pure: plain records in, Decimal figures out, no I/O, 
 their fills, skips with their reason), attribution transfers between follows (``TransferRecord``),
 the paper funding booked per coin and hour (``FundingRecord``), the leader's fills
 (``LeaderTrade``, from ``leader_fills``) and marks (the current mids). A follow's part of a fill is
-split from the row's attribution exactly as the executor splits it (``split_fill``), its fee in
+split from the row's attribution exactly as the executor splits it (``fill_shares``), its fee in
 the same proportion; its funding is what the account pays on that part (``-szi x px x rate x
 hours`` with its attributed size at the funding hour).
 
@@ -65,14 +65,14 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, localcontext
 from typing import Final, Literal
 
+from hlcopy.follow.fills import fill_shares
+
 ZERO: Final = Decimal(0)
 #: Where derived sizes (fixed-notional targets, fee shares) are cut: far below any lot or cent,
 #: and short enough that every product stays exact in ``_EXACT``.
 QUANTUM: Final = Decimal("1e-18")
 #: Products and sums of stored figures are exact in this context (no rounding anywhere).
 _EXACT: Final = Context(prec=120)
-#: The executor's split runs in the default context; reproduced in the same one.
-_DEFAULT: Final = Context(prec=28)
 
 Part = Literal["latency_slippage", "fees_funding", "skipped", "limits", "entry"]
 GAP_PARTS: Final[tuple[Part, ...]] = (
@@ -97,22 +97,6 @@ def _sign(x: Decimal) -> int:
 def part_of(reason: str | None) -> Part:
     """The gap part of a size not copied for ``reason`` (a skip reason, or None)."""
     return "limits" if reason in LIMIT_REASONS else "skipped"
-
-
-def split_fill(
-    attribution: Sequence[tuple[str, Decimal]], order_sz: Decimal, filled: Decimal
-) -> list[tuple[str, Decimal]]:
-    """Each follow's part of ``filled``, exactly as ``PaperExecutor`` books it: in proportion
-    to its share of the order, the rounding remainder on the largest share (ties by id)."""
-    if not attribution or order_sz <= 0:
-        return []
-    with localcontext(_DEFAULT):
-        parts = [(f, share * filled / order_sz) for f, share in attribution]
-        rest = filled - sum((p for _, p in parts), ZERO)
-        if rest:
-            i = max(range(len(parts)), key=lambda k: (attribution[k][1], attribution[k][0]))
-            parts[i] = (parts[i][0], parts[i][1] + rest)
-    return parts
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -176,7 +160,7 @@ class CopyRecord:
         assert self.sz is not None
         sign = 1 if self.is_buy else -1
         out = []
-        for follow, part in split_fill(self.attribution, self.sz, self.filled_sz):
+        for follow, part in fill_shares(self.attribution, self.sz, self.filled_sz):
             with localcontext(_EXACT):
                 fee = (self.fee * part / self.filled_sz).quantize(QUANTUM)
             out.append((follow, sign * part, fee))

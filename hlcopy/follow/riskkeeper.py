@@ -185,7 +185,7 @@ class RiskKeeper(Component):
                     state=e.after.value,
                     detail=e.detail,
                 )
-                self._bus.publish(Event("risk", _event_json(e), e.time_ms, None))
+                self._bus.publish(Event("risk", event_json(e), e.time_ms, None))
             return Transition(scope, after.state, events)
 
     def stats(self) -> dict[str, Any]:
@@ -208,9 +208,12 @@ def _evaluator(
     return lambda state, now_ms: evaluate(state, inputs, now_ms)
 
 
-def _event_json(e: RiskEvent) -> dict[str, Any]:
+def event_json(e: RiskEvent, *, with_scope: bool = True) -> dict[str, Any]:
+    """A transition as the feed and the API show it (the API's halt answer names the scope
+    once, beside its events)."""
+    out: dict[str, Any] = {"scope": e.scope} if with_scope else {}
     return {
-        "scope": e.scope,
+        **out,
         "cause": e.cause.value,
         "kind": e.kind,
         "from": e.before.value,

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hlcopy.sim import SimConfig, Simulator
+from hlcopy.sim import Simulator
 
 from tests.component.test_copy_engine import running_app
 
@@ -47,17 +46,10 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
 
-@pytest.fixture
-async def busy_sim() -> AsyncIterator[Simulator]:
-    async with Simulator(SimConfig(port=0, traders=20, rate=5, warmup_s=30)) as s:
-        yield s
-
-
 @pytest.mark.timeout(RUN_S + 180)
 async def test_paper_positions_equal_r_times_the_leaders_after_every_change(
-    tmp_path: Path, busy_sim: Simulator, dsn: str
+    tmp_path: Path, sim: Simulator, dsn: str
 ) -> None:
-    sim = busy_sim
     noise = sorted(a for a, kind in sim.population.archetypes().items() if kind == "noise")
     copied, faded = noise[0], noise[1]
     follows = {

@@ -20,7 +20,6 @@ from hlcopy.api.params import endpoint
 from hlcopy.api.performance import PERFORMANCE, PERFORMANCE_PAGE, ROUTES, PerformanceReport
 from hlcopy.app import App
 from hlcopy.config import DatabaseConfig
-from hlcopy.credentials import load_secrets
 from hlcopy.follow.copier import Transfer
 from hlcopy.follow.performance import GAP_PARTS, FollowLedger, LeaderStart, TransferRecord
 from hlcopy.sim import Simulator
@@ -30,8 +29,7 @@ from hlcopy.store.leaders import LeaderFillRow, LeaderFillStore
 from hlcopy.store.performance import PerformanceStore
 
 from tests.component.test_api_fuzz import check
-from tests.component.test_copy_engine import leader_szi, sim_post
-from tests.conftest import make_config
+from tests.component.test_copy_engine import leader_szi, running_app, sim_post
 
 D = Decimal
 LEADER = "0x" + "3e" * 20
@@ -39,42 +37,15 @@ OTHER = "0x" + "4e" * 20
 CAP_USD = 8_000
 
 
-@contextlib.asynccontextmanager
-async def running_app(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[App]:
-    cfg = make_config(
-        tmp_path,
-        dsn,
-        network={"name": "custom", "rest_url": sim.url, "ws_url": sim.ws_url, "chain": "testnet"},
-        discovery={"enabled": True},
-        tracking={"leader_poll_interval_s": 2, "reconcile_interval_s": 5, "workers": 2},
-        follow=[
-            {
-                "name": "copy",
-                "leader": LEADER,
-                "ratio": "0.5",
-                "max_fill_age_ms": 60_000,
-                "max_notional_per_coin_usd": CAP_USD,
-            }
-        ],
-        risk={
-            "max_position_notional_usd": 100_000,
-            "max_total_notional_usd": 200_000,
-            "max_order_notional_usd": 100_000,
-        },
-        account={"paper_equity_usd": 100_000},
-    )
-    async with App(cfg, load_secrets(cfg)) as app:
-        task = asyncio.create_task(app.run(), name="test:app")
-        try:
-            async with asyncio.timeout(60):
-                while not app.daemon.health()[0]:
-                    assert not task.done(), f"the daemon exited with {task.result()}"
-                    await asyncio.sleep(0.05)
-            yield app
-        finally:
-            app.daemon.request_stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 30)
+FOLLOWS = [
+    {
+        "name": "copy",
+        "leader": LEADER,
+        "ratio": "0.5",
+        "max_fill_age_ms": 60_000,
+        "max_notional_per_coin_usd": CAP_USD,
+    }
+]
 
 
 @contextlib.asynccontextmanager
@@ -107,7 +78,7 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
     tmp_path: Path, sim: Simulator, dsn: str
 ) -> None:
     await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
-    async with running_app(tmp_path, sim, dsn) as app:
+    async with running_app(tmp_path, sim, dsn, follows=FOLLOWS) as app:
         await asyncio.sleep(3)  # the leader's first snapshot (flat) and subscription
         # 1. Buy $20k: the follow wants $10k, the cap holds it at $8k (limit_reached).
         await sim_post(

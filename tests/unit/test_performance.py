@@ -6,8 +6,7 @@ from __future__ import annotations
 from decimal import Context, Decimal, localcontext
 
 import pytest
-from hlcopy.follow.executor import split_fill as executor_split
-from hlcopy.follow.fills import PaperAccount
+from hlcopy.follow.fills import PaperAccount, fill_shares
 from hlcopy.follow.performance import (
     GAP_PARTS,
     CopyRecord,
@@ -20,7 +19,6 @@ from hlcopy.follow.performance import (
     TransferRecord,
     follow_performance,
     implied_scale,
-    split_fill,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -470,11 +468,18 @@ def test_ours_is_the_paper_account_s_pnl(
     ),
     st.integers(1, 10_000),
 )
-def test_split_is_the_executor_s(weights: list[tuple[int, str]], filled_k: int) -> None:
+def test_a_fill_is_shared_exactly_in_proportion(
+    weights: list[tuple[int, str]], filled_k: int
+) -> None:
+    """The executor books and the report replays a shared fill with this one function."""
     attribution = [(f, D(w) / 1000) for w, f in weights]
     total = sum((s for _, s in attribution), D(0))
     filled = min(total, D(filled_k) / 1000)
-    assert split_fill(attribution, total, filled) == executor_split(attribution, total, filled)
+    parts = fill_shares(attribution, total, filled)
+    assert [f for f, _ in parts] == [f for f, _ in attribution]
+    assert abs(sum((p for _, p in parts), D(0)) - filled) <= D("1e-26")  # 28 digits
+    for (_, share), (_, part) in zip(attribution, parts, strict=True):
+        assert abs(part - share * filled / total) <= D("1e-20")
 
 
 # -- the ledger -----------------------------------------------------------------------------------

@@ -230,10 +230,9 @@ class WeightBudget:
         delay it. Smaller requests behind it (in its lane or below) go meanwhile if they fit
         now and within the slack its own admission will leave ("backfilling"). In the bulk
         lanes (scoring, enrichment), whose work has no deadline, a request that does not fit
-        lets the ones of its own lane that do go first — for ``BULK_PATIENCE_S``, after which
-        it keeps its place like any other: a large read no longer leaves the window idle while
-        it waits for weight to expire, and it still cannot starve. A lower lane only
-        backfills behind it, so exploring never delays completing a score.
+        lets the ones that do go first — for ``BULK_PATIENCE_S``, after which it keeps its
+        place like any other: a large read no longer leaves the window idle while it waits
+        for weight to expire, and it still cannot starve.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -243,7 +242,6 @@ class WeightBudget:
         blocked_delay: float | None = None
         slack = 0
         wake: float | None = None  # the soonest a passed-over bulk request needs a look
-        patient: tuple[Lane, int] | None = None  # a passed-over bulk lane, and its slack
         for lane in Lane:
             queue = self._queues[lane]
             i = 0
@@ -253,26 +251,12 @@ class WeightBudget:
                     del queue[i]
                     continue
                 delay = self._delay(waiter.weight, lane, now, waiter.likely)
-                if blocked_delay is None and patient is not None and lane > patient[0]:
-                    # A lower lane does not overtake a patient bulk request: it backfills
-                    # within the room that request's own admission will leave.
-                    if delay > 0 or waiter.weight > patient[1]:
-                        i += 1
-                        continue
-                    patient = (patient[0], patient[1] - waiter.weight)
-                    del queue[i]
-                    self._admit(waiter, lane, now)
-                    continue
                 if blocked_delay is None and delay > 0:
                     patience = waiter.since + BULK_PATIENCE_S - now
                     if lane >= Lane.SCORING and patience > 0:
                         # Passed over for now: the first of its fit or of its patience's end.
-                        # Smaller requests of its own lane go first meanwhile.
                         soon = min(delay, patience)
                         wake = soon if wake is None else min(wake, soon)
-                        if patient is None:
-                            slack_now = self._slack(waiter.weight, lane, now + delay)
-                            patient = (lane, slack_now)
                         i += 1
                         continue
                     blocked_delay = delay
@@ -323,7 +307,6 @@ class WeightBudget:
                     "requests": self._admitted[lane],
                     "weight_total": self._weight_total[lane],
                     "waiting": sum(1 for w in self._queues[lane] if not w.future.done()),
-                    "head": _head(self._queues[lane], now),
                 }
                 for lane in Lane
             },
@@ -333,11 +316,3 @@ class WeightBudget:
             "rate_limited": self._rate_limited,
             "read_backoff_s": round(max(0.0, self._reads_blocked_until - now), 3),
         }
-
-
-def _head(queue: deque[_Waiter], now: float) -> dict[str, Any] | None:
-    """The first waiter of a lane: what it needs, what it likely costs, how long it waited."""
-    for w in queue:
-        if not w.future.done():
-            return {"weight": w.weight, "likely": w.likely, "waited_s": round(now - w.since, 3)}
-    return None

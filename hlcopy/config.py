@@ -219,11 +219,7 @@ class TrackingConfig(_Section):
     workers: int = Field(default=6, ge=1, le=64)
     """Requests the tracker keeps in flight; the weight budget, not this, sets the pace."""
     positions_interval_s: Finite = Field(default=120.0, ge=5, le=86400)
-    """How stale a tracked trader's positions may grow before reading them is due (watched
-    traders: how often they are read)."""
-    positions_min_interval_s: Finite = Field(default=10.0, ge=1, le=86400)
-    """With nothing due, weight the budget would leave unused re-reads the stalest positions
-    early, but never one trader's more often than this."""
+    """Shortest time between two position reads of the same tracked trader."""
     scoring_top_n: int = Field(default=20, ge=0, le=10_000)
     """Traders near the top of the leaderboard or the losers list whose fills are fetched
     (userFillsByTime) to complete their score."""

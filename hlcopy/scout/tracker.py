@@ -251,19 +251,14 @@ def next_job(
     *,
     explore: bool = True,
     fills: bool = True,
-    spare_after_s: float | None = None,
 ) -> Job | None:
     """The most urgent job that is due: staleness x priority, never-done work first.
 
     Completing a candidate's score (its fills, then its role) comes before anything else: a
     trader who may rank near the top is worth more than one more provisional figure. Without
     ``explore``, only promising traders' work is chosen: weight spent exploring stays in the
-    budget's window for a minute, in the way of the completions that follow.
-
-    With nothing due and ``spare_after_s`` set, the stalest positions read at least that old is
-    the job: weight left unused in a minute is gone, and fresher positions are worth having."""
+    budget's window for a minute, in the way of the completions that follow."""
     best: tuple[float, int, Job] | None = None
-    spare: tuple[float, int, Job] | None = None
     order = 0
     for t in traders:
         if now_s < t.retry_after_s or not (explore or t.promising):
@@ -286,15 +281,6 @@ def next_job(
                 # an agent must not rank: it costs 60 weight.
                 continue
             if now_s - last < interval:
-                if (
-                    kind == "positions"
-                    and spare_after_s is not None
-                    and now_s - last >= spare_after_s
-                ):
-                    order += 1
-                    urgency = (now_s - last) * weight
-                    if spare is None or urgency > spare[0]:
-                        spare = (urgency, -order, Job(kind, t))
                 continue
             if last == -math.inf:
                 # Never done: most urgent, by priority; a candidate's fills first of all.
@@ -304,8 +290,6 @@ def next_job(
             order += 1
             if best is None or urgency > best[0]:
                 best = (urgency, -order, Job(kind, t))
-    if best is None:
-        best = spare
     return None if best is None else best[2]
 
 
@@ -658,22 +642,16 @@ class Tracker(Component):
     async def _scoring_worker(self) -> None:
         while not self._draining.is_set():
             traders = list(self._traders.values())
-            completing = _completing(traders)
             job = next_job(
                 traders,
                 self._clock.monotonic(),
                 self._cfg.positions_interval_s,
                 self._cfg.scoring_interval_s,
-                explore=not completing,
+                explore=not _completing(traders),
                 # One fills read at a time: each reserves up to 120 weight and waits for that
                 # much to come free, and the other workers' small reads fill the window
                 # meanwhile. With every worker waiting on one, the window would sit idle.
                 fills=self._fills_in_flight == 0,
-                # Spare reads only while nothing larger waits: a fills read needs room to
-                # come free in the window, and they would take every bit of it first.
-                spare_after_s=None
-                if completing or self._fills_in_flight
-                else self._cfg.positions_min_interval_s,
             )
             if job is None:
                 self._wake.clear()

@@ -286,33 +286,6 @@ async def test_small_bulk_reads_pass_a_big_one_only_while_it_is_patient() -> Non
     await asyncio.gather(big, *smalls)
 
 
-async def test_a_lower_lane_does_not_pass_a_patient_bulk_read() -> None:
-    clock = VirtualClock()
-    b = budget(clock, limit=100, headroom=0)
-    await b.acquire(30, Lane.LEADER)  # back at t=60
-    await clock.advance(10)
-    await b.acquire(30, Lane.LEADER)  # back at t=70
-    admitted: list[tuple[str, float]] = []
-
-    async def request(name: str, weight: int, lane: Lane) -> None:
-        await b.acquire(weight, lane)
-        admitted.append((name, clock.monotonic()))
-
-    # 40 is free now. The big scoring read needs 50: it fits at t=60, and meanwhile lets
-    # smaller reads of its own lane go first. An exploring (enrichment) read of 30 fits now
-    # too, but would push the big one to t=70: it waits.
-    big = asyncio.create_task(request("big", 50, Lane.SCORING))
-    enrich = asyncio.create_task(request("enrich", 30, Lane.ENRICHMENT))
-    small = asyncio.create_task(request("small", 10, Lane.SCORING))
-    await clock.advance(1)
-    assert [n for n, _ in admitted] == ["small"]
-    await clock.advance(60)
-    assert [n for n, _ in admitted] == ["small", "big", "enrich"]
-    assert dict(admitted)["big"] == pytest.approx(60, abs=0.01)
-    assert dict(admitted)["enrich"] == pytest.approx(70, abs=0.01)
-    await asyncio.gather(big, enrich, small)
-
-
 async def test_a_large_reservation_goes_in_on_its_likely_cost_but_never_past_the_limit() -> None:
     clock = VirtualClock()
     b = budget(clock, limit=1000, headroom=10)  # reads stop at 900

@@ -118,24 +118,6 @@ def test_never_done_work_comes_first_then_the_most_overdue_by_priority() -> None
     assert (job.trader, job.kind) == (busy, "positions")  # same staleness, higher priority
 
 
-def test_spare_weight_rereads_the_stalest_positions_but_not_too_often() -> None:
-    old = Tracked("0x" + "01" * 20, priority=1.0, positions_s=60.0, scored_s=60.0)
-    recent = Tracked("0x" + "02" * 20, priority=1.0, positions_s=95.0, scored_s=60.0)
-    watched = Tracked("0x" + "03" * 20, priority=1.0, positions_s=0.0, scored_s=60.0)
-    watched.requested = True  # the truth worker reads it, on its own interval
-    traders = [recent, old, watched]
-    assert next_job(traders, 100.0, 120.0, 3600.0) is None  # nothing due
-    job = next_job(traders, 100.0, 120.0, 3600.0, spare_after_s=10.0)
-    assert job is not None
-    assert (job.trader, job.kind) == (old, "positions")
-    old.positions_s = 100.0
-    assert next_job(traders, 100.0, 120.0, 3600.0, spare_after_s=10.0) is None  # 5 s: too soon
-    due = Tracked("0x" + "04" * 20, priority=1.0, positions_s=100.0, scored_s=-1e9)
-    job = next_job([*traders, due], 100.0, 120.0, 3600.0, spare_after_s=1.0)
-    assert job is not None
-    assert (job.trader, job.kind) == (due, "score")  # work that is due comes before spare reads
-
-
 def test_nothing_is_due_before_its_interval_and_failures_wait() -> None:
     t = Tracked("0x" + "01" * 20, positions_s=50.0, scored_s=50.0)
     assert next_job([t], 100.0, 60.0, 3600.0) is None

@@ -27,7 +27,7 @@ from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
 from hlcopy.follow.autofollow import AutoFollower
-from hlcopy.follow.engine import CopyEngine
+from hlcopy.follow.engine import ChangeInbox, CopyEngine
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
@@ -99,11 +99,11 @@ class App:
         self.leaderboard = Leaderboard(losers_window=cfg.leaderboard.losers_window, clock=clock)
         # The copy pipeline's queues: leader fills and intents are never dropped.
         leader_fills = BoundedQueue[LeaderFill]("leader_fills", 10_000, "block")
-        changes = BoundedQueue[LeaderChange]("leader_changes", 10_000, "block")
+        changes = ChangeInbox(BoundedQueue[LeaderChange]("leader_changes", 10_000, "block"))
         intents = BoundedQueue[OrderIntent]("intents", 1_000, "block")
         outcomes = BoundedQueue[OrderOutcome]("outcomes", 1_000, "block")
         daemon.queue(leader_fills)
-        daemon.queue(changes)
+        daemon.queue(changes.queue)
         daemon.queue(intents)
         daemon.queue(outcomes)
         self.discovery: Discovery | None = None

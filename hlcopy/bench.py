@@ -128,8 +128,11 @@ def format_sign(result: dict[str, Any]) -> str:
     )
 
 
-async def _sim_process(rate: float, traders: int) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``hlcopy sim`` on a free port in its own process; return it and its base URL."""
+async def _sim_process(
+    rate: float, traders: int, cpus: set[int] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``hlcopy sim`` on a free port in its own process (on ``cpus`` when given); return
+    it and its base URL."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -149,6 +152,8 @@ async def _sim_process(rate: float, traders: int) -> tuple[asyncio.subprocess.Pr
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     assert proc.stdout is not None
     async with asyncio.timeout(60):
         while True:
@@ -1534,7 +1539,7 @@ class _Stopwatch:
 
     def __init__(
         self,
-        submit: Callable[[OrderIntent, LeaderFill | None], Awaitable[None]],
+        submit: Callable[[OrderIntent, LeaderFill | None], None],
         core: Callable[..., Decision],
         leader: str,
     ) -> None:
@@ -1550,7 +1555,7 @@ class _Stopwatch:
         self.untriggered = 0  # intents of reconcile passes and snapshots (no leader fill)
         self.other = 0  # intents triggered by another leader's fill, or without a frame time
 
-    async def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+    def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
         at_ns = time.perf_counter_ns()  # first thing: the intent is ready now
         if self.measuring:
             if trigger is None:
@@ -1559,7 +1564,7 @@ class _Stopwatch:
                 self.other += 1
             else:
                 self.samples.append((trigger.tid, trigger.source, trigger.recv_ns, at_ns))
-        await self._submit(intent, trigger)
+        self._submit(intent, trigger)
 
     def decide(self, **inputs: Any) -> Decision:
         t0 = time.perf_counter_ns()
@@ -1622,7 +1627,13 @@ def _decide_driver_main() -> None:
 
 
 async def _drive_leader(
-    url: str, leader: str, coins: Sequence[str], fills: int, per_s: float, sizes: dict[str, str]
+    url: str,
+    leader: str,
+    coins: Sequence[str],
+    fills: int,
+    per_s: float,
+    sizes: dict[str, str],
+    cpus: set[int] | None,
 ) -> dict[str, Any]:
     import orjson
 
@@ -1633,6 +1644,8 @@ async def _drive_leader(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     job = {
         "url": url,
         "leader": leader,
@@ -1711,6 +1724,7 @@ async def _bench_decide(
     warmup_fills: int,
     usd: Decimal,
     ready_timeout_s: float,
+    isolate: bool,
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -1722,7 +1736,13 @@ async def _bench_decide(
     core_name = "decide"  # how the copy engine's module names the copier's core
     core = getattr(engine_module, core_name)
     load_start = os.getloadavg()
-    sim, url = await _sim_process(rate, sim_traders)
+    # The load (the simulator and the leader's driver) on a core of its own, the daemon on the
+    # others: on a VPS the exchange is not on the daemon's machine. PostgreSQL starts before
+    # the daemon is placed, so it may run anywhere.
+    mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    load_cpus = {mine[-1]} if isolate and len(mine) >= 2 else None
+    daemon_cpus = set(mine[:-1]) if load_cpus else None
+    sim, url = await _sim_process(rate, sim_traders, load_cpus)
     try:
         async with (
             aiohttp.ClientSession() as http,
@@ -1733,6 +1753,8 @@ async def _bench_decide(
         async with App(cfg, load_secrets(cfg)) as app:
             assert app.discovery is not None  # configured on
             discovery = app.discovery
+            if daemon_cpus:
+                os.sched_setaffinity(0, daemon_cpus)
             timer = _Stopwatch(app.executor.submit, core, leader)
             # The bench's hooks: the executor the daemon built, seen by its copy engine, times
             # each hand-over before submitting; the engine's name for the copier's core times
@@ -1772,7 +1794,9 @@ async def _bench_decide(
                 # Warm-up (not measured): every coin's book subscribed by the executor, the
                 # first decisions made, whole open-close rounds so the leader ends flat.
                 if warmup_fills:
-                    await _drive_leader(url, leader, coins, warmup_fills, fills_per_s, sizes)
+                    await _drive_leader(
+                        url, leader, coins, warmup_fills, fills_per_s, sizes, load_cpus
+                    )
                     await asyncio.sleep(1.0)
                 me_cpu0 = time.process_time()
                 trades0, messages0 = discovery.registry.trades, app.stream.counters["messages"]
@@ -1794,7 +1818,9 @@ async def _bench_decide(
                 sampler = asyncio.create_task(sample(), name="bench:trades-rate")
                 timer.measuring = True
                 t0 = time.perf_counter()
-                driven = await _drive_leader(url, leader, coins, fills, fills_per_s, sizes)
+                driven = await _drive_leader(
+                    url, leader, coins, fills, fills_per_s, sizes, load_cpus
+                )
                 elapsed = time.perf_counter() - t0
                 trades, messages = discovery.registry.trades, app.stream.counters["messages"]
                 await asyncio.sleep(1.0)  # the last fills' decisions (far less than a second)
@@ -1816,6 +1842,8 @@ async def _bench_decide(
                 exit_code = await asyncio.wait_for(task, 60)
     finally:
         setattr(engine_module, core_name, core)
+        if daemon_cpus:
+            os.sched_setaffinity(0, mine)
         sim.terminate()
         await sim.wait()
     # One sample per decision that made an intent: the first intent it handed over (a flip
@@ -1873,6 +1901,10 @@ async def _bench_decide(
         "exit_code": exit_code,
         "sim_rate": rate,
         "sim_traders": sim_traders,
+        "cpus": {
+            "daemon": sorted(daemon_cpus) if daemon_cpus else mine,
+            "simulator_and_driver": sorted(load_cpus) if load_cpus else mine,
+        },
         "coins": list(coins),
         "target_p99_ms": 0.5,
         "target_trades_per_s": 5000,
@@ -1891,6 +1923,7 @@ def bench_decide(
     usd: Decimal = Decimal(1000),
     dsn: str | None = None,
     ready_timeout_s: float = 120.0,
+    isolate: bool = True,
 ) -> dict[str, Any]:
     """Leader fill frame received -> ``OrderIntent`` handed to the executor, in the real daemon
     (``App``, the composition root ``hlcopy run`` uses, in this process: stream pool,
@@ -1902,7 +1935,10 @@ def bench_decide(
     the leader and makes one order (a trade that sweeps several makers is several fills in
     one frame). The start is the stream reader's perf-counter reading of the frame that
     brought the fill that triggered the decision (userFills or the trades firehose, whichever
-    came first); the end is the call of the executor's ``submit``."""
+    came first); the end is the call of the executor's ``submit``. With ``isolate`` (and two
+    cores or more) the simulator and the leader's driver run on one core and the daemon on the
+    others, as on a VPS where the exchange is elsewhere; the daemon still does all of its own
+    work (the firehose included) on its core."""
     import shutil
     import tempfile
 
@@ -1911,7 +1947,16 @@ def bench_decide(
     try:
         return asyncio.run(
             _bench_decide(
-                root, dsn, fills, fills_per_s, rate, sim_traders, warmup, usd, ready_timeout_s
+                root,
+                dsn,
+                fills,
+                fills_per_s,
+                rate,
+                sim_traders,
+                warmup,
+                usd,
+                ready_timeout_s,
+                isolate,
             )
         )
     finally:
@@ -1959,6 +2004,8 @@ def format_decide(result: dict[str, Any]) -> str:
         f"exit {result['exit_code']}",
         f"  simulator         rate {result['sim_rate']:,.0f} actions/s, "
         f"{result['sim_traders']} traders",
+        f"  cpus              daemon {result['cpus']['daemon']}, simulator and leader's driver "
+        f"{result['cpus']['simulator_and_driver']}",
         f"  machine           {m['cpu']}, {m['cores']} cores, load "
         f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
         f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",

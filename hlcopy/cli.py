@@ -290,7 +290,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run(seconds=20.0 if args.seconds is None else args.seconds)
     elif args.name == "decide":
         rate = {} if args.rate is None else {"rate": args.rate}
-        result = run(fills=args.fills, **rate)
+        result = run(fills=args.fills, isolate=not args.shared_cpus, **rate)
     elif args.name == "memory":
         rate = {} if args.rate is None else {"rate": args.rate}
         seconds = 60.0 if args.seconds is None else args.seconds
@@ -375,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=600,
         help="decide: leader trades to copy, a fill or more each (default 600)",
+    )
+    p.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="decide: let the simulator share the daemon's cores (default: a core of its own)",
     )
     p.add_argument(
         "--traders", type=int, default=100_000, help="memory: known traders (default 100000)"

@@ -7,6 +7,10 @@
 everything already queued and then sees the end (``get`` raises ``QueueClosed``; ``async for``
 stops). That is how a pipeline shuts down without losing what was in flight.
 
+A ``Handler`` is a sink without a queue: it handles each item in the producer's own turn. It is
+for short synchronous consumers on a latency path (a followed leader's fills), where waiting for
+the loop to come round to a consumer task would be most of the latency.
+
 Stream readers hand off with ``offer`` (never waits) and fall back to ``await put`` only for a
 full ``block`` queue, so a slow consumer holds back only its own feed, and only when the policy
 says nothing may be dropped.
@@ -17,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import structlog
+
 from hlcopy.errors import HlcopyError
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -196,3 +204,30 @@ class BoundedQueue(Generic[T]):
             "total_in": self.total_in,
             "closed": self._closed,
         }
+
+
+class Handler(Generic[T]):
+    """A sink that handles each item at once, in the producer's turn (see the module
+    docstring). The handler must be short and must not block. An exception it raises is
+    logged and counted here, so a consumer's bug never takes down the producer's feed."""
+
+    def __init__(self, name: str, handle: Callable[[T], None]) -> None:
+        self.name = name
+        self._handle = handle
+        self.total_in = 0
+        self.errors = 0
+
+    def offer(self, item: T) -> bool:
+        self.total_in += 1
+        try:
+            self._handle(item)
+        except Exception:
+            self.errors += 1
+            log.exception("handler failed", handler=self.name)
+        return True
+
+    async def put(self, item: T) -> None:
+        self.offer(item)
+
+    def stats(self) -> dict[str, Any]:
+        return {"total_in": self.total_in, "errors": self.errors}

@@ -776,10 +776,11 @@ def _intent(
     )
 
 
-def _check_grid(name: str, value: Decimal, sz_decimals: int) -> None:
+def _check_grid(name: str, value: Decimal, sz_decimals: int, key: str | None = None) -> None:
     if value != 0 and value.copy_abs() != round_size(value.copy_abs(), sz_decimals):
+        where = name if key is None else f"{name}[{key}]"
         raise ValueError(
-            f"{name} = {value} is not a multiple of the lot (szDecimals {sz_decimals})"
+            f"{where} = {value} is not a multiple of the lot (szDecimals {sz_decimals})"
         )
 
 
@@ -817,7 +818,7 @@ def decide(
     _check_grid("follower.szi", follower.szi, szd)
     for book, what in ((follower.attributed, "attributed"), (follower.pending, "pending")):
         for key in sorted(book):
-            _check_grid(f"{what}[{key}]", book[key], szd)
+            _check_grid(what, book[key], szd, key)
 
     plans = [
         _plan(

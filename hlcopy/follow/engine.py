@@ -8,12 +8,20 @@ and hands the intents to the executor and the skips to the copy log. A reconcile
 every coin in play again every ``tracking.reconcile_interval_s``, so a missed change, a partial
 fill or a restart converges through the same code. Decisions for one coin are serialised, so
 an order in flight is always counted as pending by the next one.
+
+**The direct path.** Changes come in through a ``ChangeInbox``. A change is decided in the turn
+of whoever produced it (the stream reader applying a leader's ``userFills``, for the lowest
+latency) when nothing of that coin waits or is being decided and no delay applies; the intents go
+to ``PaperExecutor.submit``, which counts them as pending before anything can await. Otherwise the
+change queues, in order, for the engine's task. A decision that moves attribution between follows
+(a transfer, stored before it counts) always takes the queued path.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -23,12 +31,19 @@ from hlcopy.clock import SYSTEM, Clock, sleep_unless
 from hlcopy.component import Component, Ready
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import ExchangeError, StoreError
-from hlcopy.follow.copier import AccountLimits, FollowerView, LeaderView, Market, decide
+from hlcopy.follow.copier import (
+    AccountLimits,
+    Decision,
+    FollowerView,
+    LeaderView,
+    Market,
+    decide,
+)
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRecord, FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.norms import LeaderNorms
-from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, most_severe, result_of
+from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, result_of
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope, leader_scope
 from hlcopy.hl import UniverseService
 from hlcopy.model import ZERO, LeaderFill, OrderOutcome, TargetPosition
@@ -41,6 +56,43 @@ SENT_KEPT = 10_000  # orders awaiting their outcome, remembered for their follow
 
 class _Drained(Exception):
     """Raised inside the task group to leave it when the engine is drained."""
+
+
+class ChangeInbox:
+    """Where the leader books hand changes to the copy engine (a ``Sink``). See the module
+    docstring: decided at once by the engine's ``direct`` handler when it can, otherwise queued
+    in order for the engine's task. It counts the changes of each coin queued or being decided
+    there, so a direct decision never overtakes one that came before it."""
+
+    def __init__(self, queue: BoundedQueue[LeaderChange]) -> None:
+        self.queue = queue
+        #: Set by the running engine: decides a change now, or returns False to queue it.
+        self.direct: Callable[[LeaderChange], bool] | None = None
+        self._queued: Counter[str] = Counter()
+        self.direct_count = 0
+
+    def offer(self, change: LeaderChange) -> bool:
+        direct = self.direct
+        if direct is not None and not self._queued[change.coin] and direct(change):
+            self.direct_count += 1
+            return True
+        if not self.queue.offer(change):
+            return False
+        self._queued[change.coin] += 1
+        return True
+
+    async def put(self, change: LeaderChange) -> None:
+        if not self.offer(change):
+            await self.queue.put(change)
+            self._queued[change.coin] += 1
+
+    def done(self, change: LeaderChange) -> None:
+        """The engine's task has dealt with a queued change."""
+        left = self._queued[change.coin] - 1
+        if left > 0:
+            self._queued[change.coin] = left
+        else:
+            del self._queued[change.coin]
 
 
 class LeaderTruth(Protocol):
@@ -68,7 +120,7 @@ class CopyEngine(Component):
         executor: PaperExecutor,
         risk: RiskKeeper,
         universe: UniverseService,
-        changes: BoundedQueue[LeaderChange],
+        changes: ChangeInbox,
         outcomes: BoundedQueue[OrderOutcome],
         truth: LeaderTruth | None,
         firehose: FirehoseWatch | None,
@@ -159,6 +211,7 @@ class CopyEngine(Component):
     async def run(self, ready: Ready) -> None:
         self._draining.clear()
         self._follows_changed()
+        self._changes.direct = self._decide_direct
         ready.set()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -169,21 +222,52 @@ class CopyEngine(Component):
                 raise _Drained  # leaves the group, which cancels its tasks
         except* _Drained:
             pass
+        finally:
+            self._changes.direct = None
 
     async def drain(self) -> None:
+        self._changes.direct = None
         self._draining.set()
 
-    async def _consume_changes(self, tg: asyncio.TaskGroup) -> None:
-        async for change in self._changes:
+    def _delay_ms(self, change: LeaderChange) -> int:
+        delay = 0
+        for f in self._follows.follows():
+            if f.leader == change.leader and (f.active or f.winding_down) and f.spec.delay_ms:
+                delay = max(delay, f.spec.delay_ms)
+        return delay
+
+    def _decide_direct(self, change: LeaderChange) -> bool:
+        """Decide ``change`` now, in the caller's turn; False when it must take the queued path
+        (its coin's decision is in progress, a follow delays it, or a transfer must be stored
+        first)."""
+        lock = self._coin_locks.get(change.coin)
+        if (lock is not None and lock.locked()) or self._delay_ms(change) > 0:
+            return False
+        try:
+            decision = self._decision(change.coin, change.fill)
+            if decision is not None and decision.transfers:
+                return False  # decided again on the queued path, after storing the transfer
             self.counters["changes"] += 1
-            concerned = [f for f in self._live() if f.leader == change.leader]
-            delay_ms = max((f.spec.delay_ms or 0 for f in concerned), default=0)
-            if delay_ms > 0:
-                tg.create_task(
-                    self._later(change, delay_ms / 1000), name=f"copier:delay:{change.coin}"
-                )
-            else:
-                await self._decide_coin(change.coin, change.fill)
+            if decision is not None:
+                self._apply(change.coin, change.fill, decision)
+        except (ExchangeError, StoreError, ValueError) as exc:
+            self.counters["errors"] += 1
+            log.warning("copy decision failed", coin=change.coin, error=str(exc))
+        return True
+
+    async def _consume_changes(self, tg: asyncio.TaskGroup) -> None:
+        async for change in self._changes.queue:
+            self.counters["changes"] += 1
+            try:
+                delay_ms = self._delay_ms(change)
+                if delay_ms > 0:
+                    tg.create_task(
+                        self._later(change, delay_ms / 1000), name=f"copier:delay:{change.coin}"
+                    )
+                else:
+                    await self._decide_coin(change.coin, change.fill)
+            finally:
+                self._changes.done(change)
 
     async def _later(self, change: LeaderChange, delay_s: float) -> None:
         await self._clock.sleep(delay_s)
@@ -226,9 +310,22 @@ class CopyEngine(Component):
                 log.warning("copy decision failed", coin=coin, error=str(exc))
 
     async def _decide_locked(self, coin: str, trigger: LeaderFill | None) -> None:
+        decision = self._decision(coin, trigger)
+        if decision is None:
+            return
+        if decision.transfers:
+            # Opposite wishes of two follows in one coin net inside the account: attribution
+            # moves between them, only the net is traded.
+            await self._executor.transfer(decision.transfers)
+            self.counters["transfers"] += len(decision.transfers)
+        self._apply(coin, trigger, decision)
+
+    def _decision(self, coin: str, trigger: LeaderFill | None) -> Decision | None:
+        """Gather the core's inputs for ``coin`` and decide (no side effects); None when
+        nothing of any follow's is in play in it."""
         asset = self._universe.universe.get(coin)
         if asset is None:
-            return
+            return None
         attributed = self._executor.attributed()
         pending = self._executor.pending()
         live = self._live()
@@ -244,7 +341,7 @@ class CopyEngine(Component):
             if view is not None:
                 leaders[f.leader] = view
         if not follows:
-            return
+            return None
         mids = self._executor.mids()
         positions = self._executor.positions()
         follower = FollowerView(
@@ -258,13 +355,10 @@ class CopyEngine(Component):
             other_notional_total=_notional(positions, mids, but=coin),
         )
         risk = {
-            f.id: most_severe(
-                self._risk.trading_state(follow_scope(f.id)),
-                self._risk.trading_state(leader_scope(f.leader)),
-            )
+            f.id: self._risk.trading_state(follow_scope(f.id), leader_scope(f.leader))
             for f in follows
         }
-        decision = decide(
+        return decide(
             follows=[f.core for f in follows],
             leaders=leaders,
             follower=follower,
@@ -276,13 +370,16 @@ class CopyEngine(Component):
             epoch=self._epoch,
             account_limits=self._limits,
         )
+
+    def _apply(self, coin: str, trigger: LeaderFill | None, decision: Decision) -> None:
+        """Keep the targets, log the skips and submit the intents (no await: each intent is
+        pending before the next decision can run)."""
         self.counters["decisions"] += 1
         for target in decision.targets:
             self._targets[target.follow_id, target.coin] = target
-        by_id = {f.id: f for f in follows}
         for skip in decision.skips:
             self.counters["skips"] += 1
-            record = by_id.get(skip.follow_id)
+            record = self._follows.get(skip.follow_id)
             self._executor.record_skip(
                 skip.follow_id,
                 coin,
@@ -292,11 +389,6 @@ class CopyEngine(Component):
                 is_buy=None if skip.szi == 0 else skip.szi > 0,
                 leader=record.leader if record is not None else None,
             )
-        if decision.transfers:
-            # Opposite wishes of two follows in one coin net inside the account: attribution
-            # moves between them, only the net is traded.
-            await self._executor.transfer(decision.transfers)
-            self.counters["transfers"] += len(decision.transfers)
         for intent in decision.intents:
             if self._risk.trading_state() == TradingState.HALTED:
                 break  # a halt that came in while deciding: nothing more goes out
@@ -304,7 +396,7 @@ class CopyEngine(Component):
             self._sent[intent.cloid] = intent.follow_ids
             if len(self._sent) > SENT_KEPT:  # an outcome that never came: forget the oldest
                 del self._sent[next(iter(self._sent))]
-            await self._executor.submit(intent, trigger)
+            self._executor.submit(intent, trigger)
 
     def _equity(self, mids: Mapping[str, Decimal]) -> Decimal | None:
         try:
@@ -416,7 +508,12 @@ class CopyEngine(Component):
         return RiskInputs(self._leader_limits, leader_leverage=now, leader_leverage_norm=norm)
 
     def stats(self) -> dict[str, Any]:
-        return {"leaders": len(self._leaders), "epoch": self._epoch, **self.counters}
+        return {
+            "leaders": len(self._leaders),
+            "epoch": self._epoch,
+            "direct": self._changes.direct_count,
+            **self.counters,
+        }
 
 
 def _notional(

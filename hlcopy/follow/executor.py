@@ -35,6 +35,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final
 
 import structlog
@@ -191,8 +192,11 @@ class PaperExecutor(Component):
         self._funded_hour_ms: int | None = None
         self._loaded = False
         self._in_flight: dict[str, _InFlight] = {}
+        self._waiting: deque[OrderIntent] = deque()  # submitted while the queue was full
+        self._waiting_ready = asyncio.Event()
         self._triggers: dict[str, LeaderFill] = {}
         self._latest = _Latest(clock)
+        self._mids_view = MappingProxyType(self._latest.mids)
         self._book_subs: dict[str, Subscription[L2Book]] = {}
         self._mids_sub: Subscription[AllMids] | None = None
         self._coin_locks: dict[str, asyncio.Lock] = {}
@@ -223,18 +227,20 @@ class PaperExecutor(Component):
 
     # -- what the copy engine uses -------------------------------------------------------------
 
-    async def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
-        """Queue ``intent`` (waiting for room), counting it in ``pending()`` from now on, with
-        the leader fill that triggered it (for the copy log's prices and delays)."""
+    def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+        """Take ``intent``, with the leader fill that triggered it (for the copy log's prices
+        and delays): counted in ``pending()`` from this call on, so the copy engine's next
+        decision sees it without any await in between. Queued for execution; when the queue is
+        full it waits here, in order, and one task hands it over (never dropped). Raises
+        ``QueueClosed`` when the executor's queue is closed."""
+        if self._intents.closed:
+            raise QueueClosed(f"queue {self._intents.name} is closed")
         self._in_flight[intent.cloid] = _InFlight(intent, trigger)
         if trigger is not None:
             self._triggers[intent.cloid] = trigger
-        try:
-            await self._intents.put(intent)
-        except BaseException:
-            self._in_flight.pop(intent.cloid, None)
-            self._triggers.pop(intent.cloid, None)
-            raise
+        if self._waiting or not self._intents.offer(intent):
+            self._waiting.append(intent)
+            self._waiting_ready.set()
 
     def pending(self) -> dict[tuple[str, str], Decimal]:
         """Signed size of the orders in flight (submitted, not yet booked), per (follow, coin)."""
@@ -290,9 +296,11 @@ class PaperExecutor(Component):
         """The paper account now (immutable)."""
         return self._account
 
-    def mids(self) -> dict[str, Decimal]:
-        """The latest mid prices from the stream (empty until the first allMids)."""
-        return dict(self._latest.mids)
+    def mids(self) -> Mapping[str, Decimal]:
+        """The latest mid prices from the stream (empty until the first allMids): a read-only
+        live view, not a copy (a copy touches every coin's price in each copy decision); copy
+        it to keep it across an await."""
+        return self._mids_view
 
     def equity(self, mids: Mapping[str, Decimal] | None = None) -> Decimal:
         """Cash plus unrealised PnL at ``mids`` (default: the stream's latest); raises
@@ -358,11 +366,25 @@ class PaperExecutor(Component):
             if self._funding_enabled and self._info is not None:
                 tg.create_task(self._funding_loop(), name="executor:funding")
             tg.create_task(self._skip_writer(), name="executor:skips")
+            hand_over = tg.create_task(self._hand_over(), name="executor:hand-over")
             ready.set()
             try:
                 await self._consume(tg, slots)
             finally:
                 self._stopping.set()  # the loops end; the TaskGroup waits for intents in flight
+                hand_over.cancel()
+
+    async def _hand_over(self) -> None:
+        """Intents submitted while the queue was full go in as room comes, in order."""
+        while True:
+            await self._waiting_ready.wait()
+            self._waiting_ready.clear()
+            while self._waiting:
+                try:
+                    await self._intents.put(self._waiting[0])
+                except QueueClosed:
+                    return  # shutting down: they stay in flight, as queued ones do
+                self._waiting.popleft()
 
     async def drain(self) -> None:
         self._stopping.set()
@@ -841,6 +863,7 @@ class PaperExecutor(Component):
         return {
             **self.counters,
             "in_flight": len(self._in_flight),
+            "intents_waiting": len(self._waiting),
             "skips_buffered": len(self._skips),
             "books": len(self._book_subs),
             "latency_ms": self.latency_ms,

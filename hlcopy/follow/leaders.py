@@ -31,11 +31,16 @@ in PostgreSQL (``leader_fills``, unique (leader, tid), written in batches off th
 **Out**: a ``LeaderChange`` on the changes sink for each change that moves a book (its position
 or whether it is confirmed). The sink blocks when full; ``snapshot`` and the feeds never wait for
 it: changes queue here, in order, and one task hands them over.
+
+**Latency**: ``userFills`` messages are applied in the stream reader's turn (a ``Handler``, not
+a queue), and the copy engine's sink decides in that same turn when it can, so a leader's fill
+becomes an order intent without waiting for the event loop to come round twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,7 +58,7 @@ from hlcopy.errors import ExchangeError, StoreError, StreamError, WireError
 from hlcopy.follow.copier import LeaderView
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import AccountState, Fill, LeaderFill, UserFills
-from hlcopy.queues import BoundedQueue, QueueClosed, Sink
+from hlcopy.queues import BoundedQueue, Handler, QueueClosed, Sink
 from hlcopy.store import Store
 from hlcopy.store.leaders import LeaderFillRow, LeaderFillStore
 
@@ -177,6 +182,32 @@ def _is_perp(coin: str) -> bool:
     return not coin.startswith("@") and "/" not in coin
 
 
+class _OneChangePerCoin:
+    """``with books._one_change_per_coin:`` holds the changes made inside, and hands over one
+    per (leader, coin) at the end: the first fill's, with the book as it ends. A trade that
+    sweeps several makers arrives as several fills at once; the copy engine then orders the
+    whole trade, not a sliver per maker (each below the minimum on its own, or one order per
+    fill). No await inside. Nested blocks hand over at the outermost's end."""
+
+    __slots__ = ("_books", "_depth")
+
+    def __init__(self, books: LeaderBooks) -> None:
+        self._books = books
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            self._books._held = {}
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            held, self._books._held = self._books._held, None
+            for change in (held or {}).values():
+                self._books._hand(change)
+
+
 class LeaderBooks(Component):
     """Followed leaders' positions from snapshots, userFills, the firehose and REST gap-fill.
     See the module docstring."""
@@ -220,13 +251,16 @@ class LeaderBooks(Component):
         self._max_pending = max_pending_rows
         self._retry_cap_s = retry_cap_s
         self._books: dict[str, _Book] = {}
-        # The userFills subscriptions' messages (never dropped: the reader waits for room).
-        self.user_fills = BoundedQueue[UserFills]("leader_user_fills", 1_000, "block")
+        # The userFills subscriptions' messages, applied in the stream reader's own turn: a
+        # leader's fill reaches the copy engine without waiting for a consumer task to run.
+        self.user_fills = Handler[UserFills]("leader_user_fills", self._on_user_fills)
         self._orphans: list[Subscription[UserFills]] = []  # of leaders no longer followed
         self._gap_queue: deque[str] = deque()
         self._gap_wanted: set[str] = set()
         self._gap_ready = asyncio.Event()
         self._out: deque[LeaderChange] = deque()
+        self._held: dict[tuple[str, str], LeaderChange] | None = None
+        self._one_change_per_coin = _OneChangePerCoin(self)
         self._out_ready = asyncio.Event()
         self._rows: deque[LeaderFillRow] = deque()
         self._flush_now = asyncio.Event()
@@ -353,7 +387,6 @@ class LeaderBooks(Component):
         self._draining.clear()
         async with asyncio.TaskGroup() as tg:
             tasks = [
-                tg.create_task(self._consume_user_fills(), name="leaders:user_fills"),
                 tg.create_task(self._consume_firehose(), name="leaders:firehose"),
                 tg.create_task(self._hand_over(), name="leaders:changes"),
                 tg.create_task(self._flush_loop(), name="leaders:flush"),
@@ -462,24 +495,16 @@ class LeaderBooks(Component):
 
     # -- fills ----------------------------------------------------------------------------
 
-    async def _consume_user_fills(self) -> None:
-        while True:
-            try:
-                batch = await self.user_fills.get_batch(64)
-            except QueueClosed:
-                return
-            for msg in batch:
-                self._on_user_fills(msg)
-
     def _on_user_fills(self, msg: UserFills) -> None:
         book = self._books.get(msg.user)
         if book is None:
             self.counters["unfollowed_input"] += 1
             return
-        for f in msg.fills:
-            lf = self._from_fill(msg.user, f, "userFills", msg.recv_ns)
-            if lf is not None:
-                self._ingest(book, lf, snapshot=msg.is_snapshot)
+        with self._one_change_per_coin:
+            for f in msg.fills:
+                lf = self._from_fill(msg.user, f, "userFills", msg.recv_ns)
+                if lf is not None:
+                    self._ingest(book, lf, snapshot=msg.is_snapshot)
         if msg.is_snapshot:
             # A (re)subscription: what the stream missed while it was away comes from REST,
             # once per acknowledged epoch (the watcher may have seen the epoch first).
@@ -497,13 +522,14 @@ class LeaderBooks(Component):
                 batch = await self._firehose.get_batch(512)
             except QueueClosed:
                 return
-            for lf in batch:
-                book = self._books.get(lf.leader)
-                if book is None:
-                    self.counters["unfollowed_input"] += 1
-                    continue
-                if _is_perp(lf.coin):
-                    self._ingest(book, lf, snapshot=False)
+            with self._one_change_per_coin:
+                for lf in batch:
+                    book = self._books.get(lf.leader)
+                    if book is None:
+                        self.counters["unfollowed_input"] += 1
+                        continue
+                    if _is_perp(lf.coin):
+                        self._ingest(book, lf, snapshot=False)
 
     @staticmethod
     def _from_fill(leader: str, f: Fill, source: str, recv_ns: int = 0) -> LeaderFill | None:
@@ -649,10 +675,11 @@ class LeaderBooks(Component):
         if book is None:
             return True
         moved = 0
-        for f in fills:
-            lf = self._from_fill(leader, f, "rest")
-            if lf is not None and self._ingest(book, lf, snapshot=False):
-                moved += 1
+        with self._one_change_per_coin:
+            for f in fills:
+                lf = self._from_fill(leader, f, "rest")
+                if lf is not None and self._ingest(book, lf, snapshot=False):
+                    moved += 1
         if moved:
             log.info("leaders: gap-fill found missed fills", leader=leader, changes=moved)
         return True
@@ -660,6 +687,19 @@ class LeaderBooks(Component):
     # -- out ------------------------------------------------------------------------------
 
     def _emit(self, change: LeaderChange) -> None:
+        held = self._held
+        if held is None:
+            self._hand(change)
+            return
+        key = (change.leader, change.coin)
+        first = held.get(key)
+        held[key] = (
+            change
+            if first is None
+            else dataclasses.replace(first, szi=change.szi, confirmed=change.confirmed)
+        )
+
+    def _hand(self, change: LeaderChange) -> None:
         self.counters["changes"] += 1
         try:
             if self._out or not self._changes.offer(change):
@@ -750,6 +790,7 @@ class LeaderBooks(Component):
             "slots": self._slots(),
             "pending_rows": len(self._rows),
             "changes_queued": len(self._out),
+            "user_fills_errors": self.user_fills.errors,
             "gapfills_queued": len(self._gap_queue),
             **self.counters,
         }

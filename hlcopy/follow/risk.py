@@ -70,7 +70,11 @@ _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALT
 
 def most_severe(*states: TradingState) -> TradingState:
     """The state that binds when several scopes apply (global, leader, follow)."""
-    return max(states, key=lambda s: s.severity, default=TradingState.ACTIVE)
+    worst = TradingState.ACTIVE
+    for s in states:  # a plain loop: this runs in every copy decision
+        if s is not worst and _SEVERITY[s] > _SEVERITY[worst]:
+            worst = s
+    return worst
 
 
 def permits(state: TradingState, position: Decimal, is_buy: bool, sz: Decimal) -> bool:
@@ -238,6 +242,8 @@ class RiskState:
 
     @property
     def state(self) -> TradingState:
+        if not self.trips:
+            return TradingState.ACTIVE
         return most_severe(*(t.level for t in self.trips))
 
     def trip(self, cause: Cause) -> Trip | None:

@@ -192,7 +192,7 @@ async def test_an_intent_fills_at_the_books_prices_within_its_limit(
         now = SYSTEM.time_ms()
         trigger = LeaderFill(LEADER, "ETH", "B", D(3), asks[0].px, now - 500, 77, "userFills")
         order = intent("ETH", True, sz, limit, decided_ms=now - 400, tid=77)
-        await env.executor.submit(order, trigger)
+        env.executor.submit(order, trigger)
         assert env.executor.pending() == {("f1", "ETH"): sz}
         out = await outcome_of(env, order)
 
@@ -287,11 +287,11 @@ async def test_fees_and_realised_pnl_match_a_hand_computation(
         assert sold == half
 
         buy = intent("ETH", True, sz, buy_limit, follows=(("f1", sz * 3 / 4), ("f2", sz / 4)))
-        await env.executor.submit(buy)
+        env.executor.submit(buy)
         assert env.executor.pending() == {("f1", "ETH"): sz * 3 / 4, ("f2", "ETH"): sz / 4}
         await outcome_of(env, buy)
         sell = intent("ETH", False, half, sell_limit, reduce_only=True)
-        await env.executor.submit(sell)
+        env.executor.submit(sell)
         out = await outcome_of(env, sell)
 
         realised = half * (sell_notional / half - entry)  # a long closed: (exit - entry) x size
@@ -317,13 +317,13 @@ async def test_fees_and_realised_pnl_match_a_hand_computation(
         # Reduce-only is cut to the position and refused when it would increase it.
         rest = account.position("ETH")
         too_much = intent("ETH", False, rest * 10, sell_limit, reduce_only=True)
-        await env.executor.submit(too_much)
+        env.executor.submit(too_much)
         out = await outcome_of(env, too_much)
         assert out.filled_sz == rest
         assert out.status == "partial"
         assert env.executor.positions() == {}
         wrong_way = intent("ETH", True, D("0.01"), buy_limit, reduce_only=True)
-        await env.executor.submit(wrong_way)
+        env.executor.submit(wrong_way)
         out = await outcome_of(env, wrong_way)
         assert (out.status, out.error) == ("rejected", REDUCE_ONLY_REFUSED)
         assert env.executor.positions() == {}
@@ -336,7 +336,7 @@ async def test_a_restart_keeps_the_paper_account_and_the_copy_log(
         book = await env.info.l2_book("ETH")
         asks = sorted(book.asks, key=lambda x: x.px)
         order = intent("ETH", True, asks[0].sz, asks[0].px)
-        await env.executor.submit(order)
+        env.executor.submit(order)
         await outcome_of(env, order)
         before = env.executor.account()
         attributed = env.executor.attributed()
@@ -352,7 +352,7 @@ async def test_a_restart_keeps_the_paper_account_and_the_copy_log(
         orphan = CopyRow("planned", True, (("f1", D(1)),), "BTC", 5, cloid=cloid(), sz=D(1))
         assert await env.copies.write_intent(orphan) is None
         # The same cloid again is the same order: it is not run a second time.
-        await env.executor.submit(order)
+        env.executor.submit(order)
         again = await outcome_of(env, order)
         assert again.status == "filled"
         assert again.filled_sz == asks[0].sz
@@ -379,7 +379,7 @@ async def test_funding_follows_the_exchanges_sign(stepped: Simulator, store: Sto
         long_eth = intent("ETH", True, D("0.5"), eth.asks[-1].px)
         short_btc = intent("BTC", False, D("0.02"), btc.bids[-1].px)
         for order in (long_eth, short_btc):
-            await env.executor.submit(order)
+            env.executor.submit(order)
             assert (await outcome_of(env, order)).status == "filled"
         before = env.executor.account()
         meta, ctxs = await env.info.meta_and_asset_ctxs()
@@ -419,7 +419,7 @@ async def test_funding_is_paid_on_the_hour_by_the_clock(stepped: Simulator, stor
     async with executor_on(stepped, store, clock=clock, latency_ms=0, funding=True) as env:
         eth = await env.info.l2_book("ETH")
         order = intent("ETH", True, D("0.5"), eth.asks[-1].px)
-        await env.executor.submit(order)
+        env.executor.submit(order)
         assert (await outcome_of(env, order)).status == "filled"
         await clock.advance(HOUR_MS / 1000 - 61)  # not yet the hour
         await asyncio.sleep(0.2)
@@ -476,7 +476,7 @@ async def test_fills_against_the_moving_market_stay_within_the_limit(
                 sz = D("0.3") if coin == "ETH" else D("0.01")
                 orders.append(intent(coin, is_buy, sz, limit))
         for order in orders:
-            await env.executor.submit(order)
+            env.executor.submit(order)
         outs = {o.cloid: await outcome_of(env, o) for o in orders}
         for order in orders:
             out = outs[order.cloid]
@@ -511,7 +511,7 @@ async def test_the_copies_api_shows_every_field(stepped: Simulator, store: Store
         now = SYSTEM.time_ms()
         trigger = LeaderFill(OTHER, "ETH", "A", D(2), asks[0].px, now - 300, 5, "userFills")
         order = intent("ETH", True, asks[0].sz, asks[0].px, decided_ms=now - 250, tid=5)
-        await env.executor.submit(order, trigger)
+        env.executor.submit(order, trigger)
         await outcome_of(env, order)
         env.executor.record_skip("f9", "BTC", "outside_hours", D(1), trigger)
         await env.executor.flush_skips()

@@ -13,7 +13,7 @@ from hlcopy.clock import VirtualClock
 from hlcopy.config import DatabaseConfig
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.hl import InfoClient, StreamPool, new_session
-from hlcopy.model import AccountState, LeaderFill, MarginSummary, Position, Side
+from hlcopy.model import AccountState, Fill, LeaderFill, MarginSummary, Position, Side, UserFills
 from hlcopy.queues import BoundedQueue
 from hlcopy.store import Store
 
@@ -197,3 +197,35 @@ async def test_slots_go_to_priority_then_notional(books: LeaderBooks) -> None:
     assert books.view(low, "ETH") is None  # nothing known yet
     books.set_leaders({mid: 1})
     assert books.leaders == {mid}
+
+
+def _wire_fill(tid: int, side: Side, sz: str, start: str, coin: str = "ETH") -> Fill:
+    return Fill(coin, D(100), D(sz), side, 50, D(start), None, None, None, 1, tid, True, None)
+
+
+async def test_a_message_of_several_fills_is_one_change_per_coin(books: LeaderBooks) -> None:
+    """A leader's trade that sweeps three makers arrives as three fills in one message: the
+    engine hears one change per coin (the first fill's, with the book where the last one ends),
+    so it orders the whole trade at once instead of a sliver per maker."""
+    books.snapshot(L, state(10))
+    changes(books)
+    msg = UserFills(
+        L,
+        False,
+        (
+            _wire_fill(901, "B", "1", "0"),
+            _wire_fill(902, "B", "2", "1"),
+            _wire_fill(903, "A", "1", "0", coin="BTC"),
+            _wire_fill(904, "B", "0.5", "3"),
+        ),
+    )
+    books.user_fills.offer(msg)
+    moved = changes(books)
+    assert [(c.coin, c.fill.tid if c.fill else None, c.szi) for c in moved] == [
+        ("ETH", 901, D("3.5")),
+        ("BTC", 903, D(-1)),
+    ]
+    assert books.stats()["changes"] == 2
+    # Outside a message each fill is its own change, as before.
+    books.ingest(fill("B", "1", 60, "3.5", tid=905))
+    assert [c.szi for c in changes(books)] == [D("4.5")]

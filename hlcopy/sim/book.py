@@ -28,6 +28,7 @@ class Resting:
     cloid: str | None
     timestamp: int
     trigger: dict[str, Any] | None = None
+    triggered: bool = False  # a trigger order that fired and now rests in the book as a limit
 
 
 class BookSide:
@@ -89,7 +90,7 @@ class BookSide:
 
 
 class Book:
-    """Both sides of one coin's resting (non-trigger) orders."""
+    """Both sides of one coin's resting orders (trigger orders join once they fired)."""
 
     __slots__ = ("asks", "bids")
 

@@ -18,12 +18,24 @@ Simplifications, stated: one margin table tier per asset; one USDC balance backs
 dex (the builder dex's positions are isolated, their margin taken from it); the mark is the
 book's fair price; margin checks run on a schedule set by how far each account is from its
 maintenance margin (a jump can land a liquidation past the bankruptcy price: the liquidator
-vault absorbs the difference, recorded as bad debt); trigger orders are accepted and rest as
-triggers but never fire; spot balances do not count as perp collateral.
+vault absorbs the difference, recorded as bad debt); spot balances do not count as perp
+collateral.
+
+Trigger orders (stop and take-profit) rest off the book, indexed per coin by trigger price, until
+the mark crosses them at a tick: a stop on a long (a sell) fires at mark <= triggerPx, a stop on a
+short (a buy) at mark >= triggerPx, a take-profit the other way round. A fired order keeps its oid
+and its record goes "triggered", then what became of it: a market trigger is an IOC limited 10%
+from the mark (the exchange's slippage for market TP/SL), a limit trigger a GTC at its limit price
+that rests in the book while it does not fill; fills are the taker's (crossed). A reduce-only
+trigger is checked against the position when it fires: cut to the position, or, with no position
+left to reduce, cancelled ("reduceOnlyCanceled") without trading. A trigger that does not reduce
+needs the margin when it fires ("marginCanceled" otherwise). Simplification: the grouping of an
+order action (normalTpsl, positionTpsl) is not modelled; every trigger stands alone.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -69,6 +81,7 @@ FUNDING_CLAMP = 0.0005
 FUNDING_CAP_HOURLY = 0.04
 WITHDRAW_FEE = D(1)
 LIQUIDATION_SLIPPAGE = D("0.1")
+TRIGGER_SLIPPAGE = D("0.1")  # market TP/SL: 10% slippage tolerance (exchange docs, TP/SL FAQ)
 LIQUIDATOR = "0x" + "4c" * 20  # the liquidator vault: takes what the book cannot (backstop)
 HOUSE_MAKER = "0x" + "00" * 19 + "01"
 BASE_RATE = D("0.0000125")  # the hourly rate when the premium is small: interest / 8
@@ -134,6 +147,10 @@ class Asset:
     level_oids: dict[tuple[bool, int], int] = field(default_factory=dict)
     book: Book = field(default_factory=Book)
     triggers: dict[int, Resting] = field(default_factory=dict)
+    # Unfired triggers by (trigger price, oid), ascending: those that fire when the mark falls
+    # to their price (stops of longs, take-profits of shorts) and those that fire when it rises.
+    fires_below: list[tuple[Decimal, int]] = field(default_factory=list)
+    fires_above: list[tuple[Decimal, int]] = field(default_factory=list)
     premium_sum: float = 0.0  # premium x seconds this hour
     premium_time: float = 0.0
     funding_rate: Decimal = BASE_RATE  # the last hourly rate paid
@@ -371,6 +388,13 @@ def _trigger(t: dict[str, Any] | None) -> tuple[bool, Decimal, str] | None:
     return None if t is None else (bool(t["isMarket"]), t["triggerPx"], str(t["tpsl"]))
 
 
+def _trigger_index(asset: Asset, r: Resting) -> list[tuple[Decimal, int]]:
+    """The index a trigger order waits in: a stop that sells (on a long) and a take-profit that
+    buys (on a short) fire when the mark falls to their price, the other two when it rises."""
+    assert r.trigger is not None
+    return asset.fires_below if (r.trigger["tpsl"] == "sl") != r.is_buy else asset.fires_above
+
+
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
     """An order as parsed from the wire (Decimal price and size)."""
@@ -436,6 +460,7 @@ class Engine:
         self.market_makers: list[str] = []
         self._with_orders: set[str] = set()  # accounts with resting orders or a dead man's switch
         self._books: set[int] = set()  # assets with resting orders in their book
+        self._triggered: set[int] = set()  # assets with unfired trigger orders
         self._risk: list[tuple[int, str]] = []  # (due ms, address): margin checks
         self._risk_due: dict[str, int] = {}
         self._next_hour = (start_ms // HOUR_MS + 1) * HOUR_MS
@@ -632,7 +657,7 @@ class Engine:
     def _resting_margin(self, acct: Account) -> Decimal:
         total = ZERO
         for r in acct.orders.values():
-            if r.trigger is None and not r.reduce_only:
+            if (r.trigger is None or r.triggered) and not r.reduce_only:
                 asset = self.by_name[r.coin]
                 if not asset.is_spot:
                     total += r.sz * r.px / self.leverage_of(acct, asset)[0]
@@ -663,7 +688,8 @@ class Engine:
 
     def step(self, now_ms: int | None = None) -> None:
         """Advance one tick: move the market, refill depth, fill resting orders the market
-        crossed, pay funding and take samples on the hour, check margins that are due."""
+        crossed, fire the trigger orders the mark crossed, pay funding and take samples on the
+        hour, check margins that are due."""
         now = now_ms if now_ms is not None else self.now_ms + self.tick_ms
         dt = max(0.0, (now - self.now_ms) / 1000)
         self.ticks += 1
@@ -684,6 +710,8 @@ class Engine:
             asset.candles.on_mid(now, fair)
         for asset_id in list(self._books):
             self._cross_resting(self.assets[asset_id])
+        if self._triggered:
+            self._fire_triggers()
         for address in list(self._with_orders):
             acct = self.accounts[address]
             if acct.schedule_cancel_ms is not None and now >= acct.schedule_cancel_ms:
@@ -1111,8 +1139,9 @@ class Engine:
         trigger_px = o.trigger["triggerPx"]
         if not is_valid_price(trigger_px, asset.sz_decimals, asset.is_spot):
             return self._reject(acct, asset, o, oid, "badTriggerPxRejected", MSG_TRIGGER)
-        self._rest(acct, asset, o, oid, o.sz)
-        return "waitingForTrigger"
+        # A trigger order on its own rests and says so with its oid; "waitingForTrigger" is the
+        # reply for the TP/SL children of a grouped order (not modelled).
+        return self._rest(acct, asset, o, oid, o.sz)
 
     def _reject(
         self, acct: Account, asset: Asset, o: OrderRequest, oid: int, status: str, message: str
@@ -1150,6 +1179,8 @@ class Engine:
             self._books.add(asset.asset_id)
         else:
             asset.triggers[oid] = resting
+            bisect.insort(_trigger_index(asset, resting), (o.trigger["triggerPx"], oid))
+            self._triggered.add(asset.asset_id)
         self._with_orders.add(acct.address)
         self._record(acct, asset, o, oid, "open", orig or sz, sz)
         self.counters["orders_accepted"] += 1
@@ -1162,10 +1193,14 @@ class Engine:
         """Take a resting order off the book (the caller records why)."""
         r = acct.orders.pop(oid)
         asset = self.by_name[r.coin]
-        if r.trigger is None:
+        if r.trigger is None or r.triggered:
             asset.book.remove(r)
-        else:
-            asset.triggers.pop(oid, None)
+        elif asset.triggers.pop(oid, None) is not None:
+            index = _trigger_index(asset, r)
+            key = (r.trigger["triggerPx"], oid)
+            i = bisect.bisect_left(index, key)
+            if i < len(index) and index[i] == key:
+                del index[i]
         return r
 
     def _margin_ok(
@@ -1467,6 +1502,87 @@ class Engine:
                     tx_hash(taker_oid),
                 )
                 self._finish(owner, self._unrest(owner, r.oid), "filled")
+
+    # -- trigger orders -----------------------------------------------------------------------
+
+    def _fire_triggers(self) -> None:
+        """Fire every trigger order the mark crossed, coin by coin, in the order they were
+        placed. Only coins with triggers are looked at, and each costs two comparisons unless
+        something fires."""
+        for asset_id in sorted(self._triggered):
+            asset = self.assets[asset_id]
+            below, above = asset.fires_below, asset.fires_above
+            if not below and not above:
+                self._triggered.discard(asset_id)
+                continue
+            if asset.delisted:
+                continue  # trading is halted
+            mark = asset.path.mid
+            fire_below = bool(below) and below[-1][0] >= mark
+            fire_above = bool(above) and above[0][0] <= mark
+            if not fire_below and not fire_above:
+                continue
+            due: list[int] = []
+            if fire_below:
+                i = bisect.bisect_left(below, mark, key=lambda t: t[0])
+                due += [oid for _, oid in below[i:]]
+                del below[i:]
+            if fire_above:
+                i = bisect.bisect_right(above, mark, key=lambda t: t[0])
+                due += [oid for _, oid in above[:i]]
+                del above[:i]
+            for oid in sorted(due):
+                r = asset.triggers.pop(oid, None)
+                if r is not None:
+                    self._fire(asset, r)
+
+    def _fire(self, asset: Asset, r: Resting) -> None:
+        """A trigger order the mark crossed (already out of the trigger index): it becomes the
+        order it stood for, under the same oid."""
+        assert r.trigger is not None
+        acct = self.accounts[r.user]
+        del acct.orders[r.oid]
+        if acct.address in self.watched:
+            self.events.changed.add(acct.address)  # its open orders changed
+        pos = acct.positions.get(asset.name)
+        szi = pos.szi if pos is not None else ZERO
+        if r.reduce_only:
+            if asset.is_spot or szi == 0 or (szi > 0) == r.is_buy:
+                self._finish(acct, r, "reduceOnlyCanceled")  # nothing left to reduce
+                return
+            r.sz = min(r.sz, abs(szi))  # cut to the position, never flips it
+        self._finish(acct, r, "triggered")
+        if r.trigger["isMarket"]:
+            mark = asset.path.mid
+            px = round_price(
+                mark * (ONE + TRIGGER_SLIPPAGE if r.is_buy else ONE - TRIGGER_SLIPPAGE),
+                asset.sz_decimals,
+                asset.is_spot,
+                Rounding.DOWN if r.is_buy else Rounding.UP,
+            )
+            tif = "Ioc"
+        else:
+            px, tif = r.px, "Gtc"
+        if asset.is_spot:
+            affordable = self._spot_affordable(acct, asset, r.is_buy, px, r.sz)
+        else:
+            affordable = self._margin_ok(acct, asset, r.is_buy, px, r.sz, szi)
+        if not affordable:
+            self._finish(acct, r, "marginCanceled")
+            return
+        o = OrderRequest(asset.asset_id, r.is_buy, px, r.sz, r.reduce_only, tif, r.cloid)
+        filled, _ = self._match(acct, asset, o, r.oid, r.sz)
+        r.sz -= filled
+        if r.sz == 0:
+            self._finish(acct, r, "filled")
+        elif tif == "Ioc":
+            self._finish(acct, r, "canceled")  # what the book could not take within 10%
+        else:  # a limit trigger rests in the book at its price; its record stays "triggered"
+            r.triggered = True
+            acct.orders[r.oid] = r
+            asset.book.add(r)
+            self._books.add(asset.asset_id)
+            self._with_orders.add(acct.address)
 
     # -- records ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The ``hlcopy`` command: run | check-config | migrate | demo | sim | bench.
+"""The ``hlcopy`` command: run | check-config | migrate | demo | sim | bench | agent.
 
 Exit codes: 0 success, 1 a runtime failure, 2 bad usage or an invalid configuration.
 
@@ -304,6 +304,102 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent_new(args: argparse.Namespace) -> int:
+    import shlex
+
+    from hlcopy.agent import new_agent_key
+    from hlcopy.errors import ConfigError
+
+    try:
+        address = new_agent_key(args.path)
+    except ConfigError as exc:
+        return _report(exc)
+    path = shlex.quote(str(args.path))
+    print(
+        f"agent key written to {args.path} (mode 0600)\n"
+        f"agent address: {address}\n"
+        f"next: hlcopy agent approve --agent-key {path} --config hlcopy.toml\n"
+        "  (signed once with your account's own key, which is never stored); then in the config, "
+        f'[account] agent_key_file = "{args.path.absolute()}" and address = the account\'s address'
+    )
+    return EXIT_OK
+
+
+def _describe_network(cfg: HlcopyConfig) -> str:
+    net = cfg.network
+    chain = "mainnet" if net.is_mainnet else "testnet"
+    return f"{net.name} ({net.rest})" if net.name != "custom" else f"{net.rest} ({chain} chain)"
+
+
+def cmd_agent_approve(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from hlcopy.agent import approve_agent, prepare_approval
+    from hlcopy.config import load_config
+    from hlcopy.errors import ConfigError, HlcopyError
+    from hlcopy.log import configure_logging, register_secret
+
+    configure_logging("warning", "auto")  # stdout carries the result
+    if not 0 < args.wait_s <= 600:
+        print("--wait-s: must be more than 0 and at most 600 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = load_config(args.config)
+        request = prepare_approval(
+            cfg,
+            agent_key_file=args.agent_key,
+            agent_address=args.agent_address,
+            name=args.name,
+            master_key_file=args.master_key_file,
+        )
+    except ConfigError as exc:
+        return _report(exc)
+    register_secret(request.master_key)
+    agent, master, name = request.agent, request.master, request.name
+    account = cfg.account.address
+    if account is not None and account != master:
+        print(
+            f"note: account.address in {args.config} is {account}, not this master ({master}); "
+            "an agent it approves trades only for it and its sub-accounts",
+            file=sys.stderr,
+        )
+    label = f"named {name!r}" if name else "unnamed"
+    print(
+        f"approving agent {agent} ({label}) for account {master} on {_describe_network(cfg)}",
+        flush=True,
+    )
+    try:
+        approval = asyncio.run(
+            approve_agent(cfg.network, request.master_key, agent, name, wait_s=args.wait_s)
+        )
+    except HlcopyError as exc:
+        print(f"hlcopy agent approve: not approved: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    check = "extraAgents" if name else "userRole"
+    if not approval.confirmed:
+        why = (
+            "the reply was lost and"
+            if approval.reply_lost
+            else "the exchange accepted the approval but"
+        )
+        print(
+            f"hlcopy agent approve: {why} after {args.wait_s:g} s {check} does not show agent "
+            f"{agent} for {master}; check again later, or run this command again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    until = ""
+    if approval.valid_until_ms is not None:
+        when = datetime.fromtimestamp(approval.valid_until_ms / 1000, tz=UTC)
+        until = f", valid until {when:%Y-%m-%d %H:%M} UTC"
+    print(
+        f"approved: agent {agent} trades for account {master} (confirmed by {check}{until})\n"
+        f'in the config: [account] address = "{master}", agent_key_file = the agent key file '
+        "(or the systemd credential hl-agent); the master key was not stored"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hlcopy", description="Copy-trading daemon for Hyperliquid."
@@ -392,6 +488,49 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: tracking.max_tracked_traders, 2000)",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("agent", help="make and approve the API (agent) wallet hlcopy trades with")
+    actions = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    a = actions.add_parser(
+        "new", help="write a fresh agent key file (mode 0600), print its address"
+    )
+    a.add_argument("path", type=Path, help="the key file to create (never overwritten)")
+    a.set_defaults(func=cmd_agent_new)
+    a = actions.add_parser(
+        "approve",
+        help="sign approveAgent with the account's master key (prompted or from a 0600 file, "
+        "never stored) and confirm it with extraAgents",
+    )
+    which = a.add_mutually_exclusive_group()
+    which.add_argument(
+        "--agent-key", type=Path, metavar="PATH", help="the agent key file (from agent new)"
+    )
+    which.add_argument("--agent-address", metavar="ADDR", help="the agent's address")
+    a.add_argument(
+        "--name",
+        default="hlcopy",
+        help='agent name (default "hlcopy"; approving another agent under the same name '
+        'replaces it; "" for the one unnamed agent, confirmed with userRole)',
+    )
+    a.add_argument(
+        "--master-key-file",
+        type=Path,
+        metavar="PATH",
+        help="the master key from this 0600 file (default: a hidden prompt)",
+    )
+    a.add_argument(
+        "--config",
+        type=Path,
+        default=Path("hlcopy.toml"),
+        help="TOML file naming the network (default: hlcopy.toml)",
+    )
+    a.add_argument(
+        "--wait-s",
+        type=float,
+        default=30.0,
+        help="how long to wait for the exchange to list the agent (default 30)",
+    )
+    a.set_defaults(func=cmd_agent_approve)
     return parser
 
 

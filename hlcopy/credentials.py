@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import SecretError
-from hlcopy.keys import parse_private_key
+from hlcopy.keys import key_address, parse_private_key
 
 AGENT_KEY_CREDENTIAL = "hl-agent"
 API_TOKEN_CREDENTIAL = "api-token"  # noqa: S105 - a credential's name, not its value
@@ -117,7 +117,12 @@ def normalise_private_key(raw: str, key: str) -> Secret:
 
 
 def load_agent_key(cfg: HlcopyConfig) -> Secret | None:
-    """The agent key, or None when none is configured (fine in paper mode)."""
+    """The agent key, or None when none is configured (fine in paper mode).
+
+    The key only signs; the account it trades for is ``account.address``, configured apart. The
+    two must differ: every read (positions, fills, rate limits) is keyed by the account, and the
+    exchange answers an agent's address as an empty account (HYPERLIQUID.md §11.18).
+    """
     key = "account.agent_key_file"
     path = _locate(cfg.account.agent_key_file, AGENT_KEY_CREDENTIAL)
     if path is None:
@@ -129,7 +134,69 @@ def load_agent_key(cfg: HlcopyConfig) -> Secret | None:
                 ]
             )
         return None
-    return normalise_private_key(read_secret_file(path, key).reveal(), key)
+    agent_key = normalise_private_key(read_secret_file(path, key).reveal(), key)
+    if cfg.account.address is not None:
+        agent = key_address(parse_private_key(agent_key.reveal()))
+        if agent == cfg.account.address:
+            raise SecretError(
+                [
+                    f"account.address: {agent} is the address of the agent key in {path}; set "
+                    "the follower account's address (the master or sub-account that approved "
+                    "the agent), never the agent's"
+                ]
+            )
+    return agent_key
+
+
+def create_secret_file(path: Path, value: str, key: str) -> None:
+    """Write ``value`` to a new file that only its owner can read, never over an existing one.
+
+    ``O_EXCL`` makes creation atomic (a file, or a symlink planted there, is never followed or
+    replaced) and the mode is 0600 from the first byte, whatever the umask. A failed write
+    removes the file it created, so no half-written key is left behind.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise SecretError(
+            [f"{key}: {path} already exists; hlcopy never overwrites a key file"]
+        ) from None
+    except FileNotFoundError:
+        raise SecretError([f"{key}: the directory {path.parent} does not exist"]) from None
+    except OSError as exc:
+        raise SecretError([f"{key}: cannot create {path}: {exc.strerror}"]) from exc
+    except ValueError as exc:  # a NUL in the path
+        raise SecretError([f"{key}: not a usable path: {exc}"]) from exc
+    done = False
+    try:
+        os.fchmod(fd, 0o600)  # a umask cannot have taken the owner's read bit
+        data = memoryview((value + "\n").encode())
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+        done = True
+    except OSError as exc:
+        raise SecretError([f"{key}: cannot write {path}: {exc.strerror}"]) from exc
+    finally:
+        os.close(fd)
+        if not done:
+            path.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a new file's name durable (best effort: not every file system can)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_api_token(cfg: HlcopyConfig, *, create: bool = True) -> Secret | None:

@@ -1,4 +1,4 @@
-"""Addresses and private keys: the one place that says what a valid one is.
+"""Addresses and private keys: the one place that says what a valid one is (and makes one).
 
 Config, credentials, signing and the wire layer all ask here, so they can never disagree. Both
 parsers raise ValueError; callers turn it into their own error type (config problem, secret
@@ -8,6 +8,10 @@ error, wire error).
 from __future__ import annotations
 
 import re
+import secrets
+
+from coincurve import PrivateKey
+from sha3 import keccak_256
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _PRIVATE_KEY = re.compile(r"(?:0[xX])?([0-9a-fA-F]{64})")
@@ -31,3 +35,18 @@ def parse_private_key(value: str) -> bytes:
     if not 0 < int.from_bytes(secret, "big") < SECP256K1_N:
         raise ValueError("not a private key (outside the secp256k1 range)")
     return secret
+
+
+def new_private_key() -> bytes:
+    """32 fresh secret bytes from the operating system's CSPRNG, a valid secp256k1 scalar."""
+    while True:
+        secret = secrets.token_bytes(32)
+        if 0 < int.from_bytes(secret, "big") < SECP256K1_N:  # fails with probability ~2^-128
+            return secret
+
+
+def key_address(secret: bytes) -> str:
+    """The address of a private key: the last 20 bytes of keccak(public key), lowercase."""
+    public = PrivateKey(secret).public_key.format(compressed=False)[1:]
+    digest: bytes = keccak_256(public).digest()
+    return "0x" + digest[-20:].hex()

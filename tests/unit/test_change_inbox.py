@@ -72,6 +72,11 @@ def test_done_forgets_a_coin_once_all_its_changes_are_done(n: int) -> None:
     for c in inbox.queue.drain_nowait():
         inbox.done(c)
     calls: list[LeaderChange] = []
-    inbox.direct = lambda c: calls.append(c) is None
+
+    def direct(c: LeaderChange) -> bool:
+        calls.append(c)
+        return True
+
+    inbox.direct = direct
     inbox.offer(change("SOL", 9))
     assert len(calls) == 1

@@ -10,7 +10,11 @@ scoring, enrichment. A request that does not fit yet is never delayed by a lower
 requests behind it go first only within the room its own admission will leave (backfilling), so
 a large read waiting for weight to expire does not leave the window idle. The read lanes stop
 at ``limit x (1 - headroom)``; the headroom is kept for the order lane, so reads can never
-starve orders. A request whose weight depends on the size of
+starve orders. Two reserves keep the lower lanes from filling the window to the brim, since
+weight spent stays spent for a whole window: the truth reserve (``reserve_for_truth``) is out of
+reach of scoring and enrichment, and the scoring reserve (``reserve_for_scoring``) out of reach
+of enrichment, so the read that completes a candidate's score finds room at once instead of
+waiting up to a minute behind exploration. A request whose weight depends on the size of
 its answer reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends
 the read lanes into back-off.
 
@@ -86,6 +90,7 @@ class WeightBudget:
         self._timer: Timer | None = None
         self._reads_blocked_until = 0.0
         self._bulk_reserve = 0  # kept free of the scoring and enrichment lanes for truth reads
+        self._scoring_reserve = 0  # kept free of the enrichment lane for scoring reads
         self._backoff_step = 0
         self._last_429 = -math.inf
         # Cumulative figures for stats.
@@ -155,11 +160,19 @@ class WeightBudget:
         self._bulk_reserve = max(0, min(weight, self.read_limit // 2))
         self._dispatch()
 
+    def reserve_for_scoring(self, weight: int) -> None:
+        """Keep ``weight`` of every window out of reach of the enrichment lane, for the scoring
+        reads to come (at most a quarter of what the truth reserve leaves the bulk lanes)."""
+        self._scoring_reserve = max(0, min(weight, (self.read_limit - self._bulk_reserve) // 4))
+        self._dispatch()
+
     def _cap(self, lane: Lane) -> int:
         if lane == Lane.ORDER:
             return self.limit
-        if lane >= Lane.SCORING:
+        if lane == Lane.SCORING:
             return self.read_limit - self._bulk_reserve
+        if lane > Lane.SCORING:
+            return self.read_limit - self._bulk_reserve - self._scoring_reserve
         return self.read_limit
 
     def rate_limited(self) -> None:
@@ -230,9 +243,10 @@ class WeightBudget:
         delay it. Smaller requests behind it (in its lane or below) go meanwhile if they fit
         now and within the slack its own admission will leave ("backfilling"). In the bulk
         lanes (scoring, enrichment), whose work has no deadline, a request that does not fit
-        lets the ones that do go first — for ``BULK_PATIENCE_S``, after which it keeps its
-        place like any other: a large read no longer leaves the window idle while it waits
-        for weight to expire, and it still cannot starve.
+        lets the ones of its own lane that do go first — for ``BULK_PATIENCE_S``, after which it
+        keeps its place like any other: a large read no longer leaves the window idle while it
+        waits for weight to expire, and it still cannot starve. A lower lane never overtakes
+        it: it only backfills within its slack.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -242,7 +256,15 @@ class WeightBudget:
         blocked_delay: float | None = None
         slack = 0
         wake: float | None = None  # the soonest a passed-over bulk request needs a look
+        patient: tuple[float, _Waiter] | None = None  # the first passed over, in this lane
+        waiting_lane = Lane.SCORING
         for lane in Lane:
+            if blocked_delay is None and patient is not None:
+                # A patient request of a higher lane was passed over: from here on it blocks
+                # like any other (lower lanes only backfill within its slack).
+                blocked_delay, waiting = patient
+                slack = self._slack(waiting.weight, waiting_lane, now + blocked_delay)
+            patient = None
             queue = self._queues[lane]
             i = 0
             while i < len(queue):
@@ -257,6 +279,8 @@ class WeightBudget:
                         # Passed over for now: the first of its fit or of its patience's end.
                         soon = min(delay, patience)
                         wake = soon if wake is None else min(wake, soon)
+                        if patient is None:
+                            patient, waiting_lane = (delay, waiter), lane
                         i += 1
                         continue
                     blocked_delay = delay
@@ -299,6 +323,7 @@ class WeightBudget:
             "limit_per_minute": self.limit,
             "read_limit_per_minute": self.read_limit,
             "truth_reserve": self._bulk_reserve,
+            "scoring_reserve": self._scoring_reserve,
             "used_last_window": self._used,
             "utilization": round(self._used / self.limit, 4),
             "lanes": {

@@ -421,5 +421,10 @@ class InfoClient:
         truth lanes (follower, leaders, watched traders), out of reach of scoring."""
         self._budget.reserve_for_truth(reads * WEIGHTS["clearinghouseState"][0])
 
+    def reserve_scoring_weight(self, weight: int) -> None:
+        """Keep ``weight`` of every budget window out of reach of the enrichment lane, for the
+        scoring lane's reads (see the budget)."""
+        self._budget.reserve_for_scoring(weight)
+
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "failures": self.failures}

@@ -15,6 +15,12 @@ Truth has a worker of its own, so a crowd of scoring requests can never make it 
 worker; scoring has ``[tracking] workers``. With work waiting, every worker sits in the budget's
 queue, which is what keeps the budget full without ever going over it.
 
+Completing the top (candidates' fills and roles, promising traders' portfolios) goes in the
+scoring lane; exploring everyone else (their portfolios and positions) in the lowest lane, on
+at most all workers but two, so a candidate's read always has a worker. The budget keeps a
+scoring reserve exploration cannot take, and exploration never overtakes a waiting scoring
+read: it spends what completing leaves, and the budget stays full while the top completes.
+
 Snapshots become position events (opened, increased, decreased, closed, flipped, liquidated),
 stored and published on the event bus. Metrics go to PostgreSQL and to the leaderboard. Prices
 for events come from the ``allMids`` feed (zero REST weight). Old events and fills are pruned
@@ -70,6 +76,10 @@ INDEX_POINTS_KEPT = 200  # equity index points stored per window for charts
 SELECT_EVERY_S = 30.0  # how often the tracked set is chosen again
 LOOKBACK_MS = 31 * DAY_MS  # fills kept in view for scoring (the month window)
 FAILURE_RETRY_S = 60.0  # a trader whose request failed waits this long before the next try
+# Weight exploration leaves for completing the top: one fills read's likely cost, or a role.
+SCORING_RESERVE = 60
+FREE_FOR_COMPLETING = 2  # scoring workers never taken by exploring jobs
+FILLS_IN_FLIGHT = 2  # candidates' fills reads at once
 
 
 class ActivityView(Protocol):
@@ -256,8 +266,8 @@ def next_job(
 
     Completing a candidate's score (its fills, then its role) comes before anything else: a
     trader who may rank near the top is worth more than one more provisional figure. Without
-    ``explore``, only promising traders' work is chosen: weight spent exploring stays in the
-    budget's window for a minute, in the way of the completions that follow."""
+    ``explore``, only promising traders' work is chosen (the workers for exploring are all
+    busy)."""
     best: tuple[float, int, Job] | None = None
     order = 0
     for t in traders:
@@ -352,6 +362,7 @@ class Tracker(Component):
         self._on_leader_state: list[Callable[[str, AccountState], None]] = []
         self._mids_sinks: list[Sink[AllMids]] = []
         self._fills_in_flight = 0
+        self._exploring = 0  # scoring workers on an exploring job
         self.follower_state: AccountState | None = None
         self._mids: dict[str, Decimal] = {}
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
@@ -408,7 +419,8 @@ class Tracker(Component):
         self._wake.set()
 
     def _reserve_truth(self) -> None:
-        """Keep room in every budget window for the truth reads to come (see the budget)."""
+        """Keep room in every budget window for the truth reads to come, and for completing
+        the top (see the budget)."""
         cfg = self._cfg
         window = self._info.budget_window_s
         reads = len(self._leaders) * window / cfg.leader_poll_interval_s
@@ -417,6 +429,7 @@ class Tracker(Component):
             reads += window / cfg.follower_poll_interval_s
         # What they read on average: a reserve they would not use leaves the window idle.
         self._info.reserve_state_reads(math.ceil(reads))
+        self._info.reserve_scoring_weight(SCORING_RESERVE)
 
     def share_mids(self, sink: Sink[AllMids]) -> None:
         """Hand every allMids update on to ``sink`` too (the stream allows one subscription
@@ -647,11 +660,10 @@ class Tracker(Component):
                 self._clock.monotonic(),
                 self._cfg.positions_interval_s,
                 self._cfg.scoring_interval_s,
-                explore=not _completing(traders),
-                # One fills read at a time: each reserves up to 120 weight and waits for that
-                # much to come free, and the other workers' small reads fill the window
-                # meanwhile. With every worker waiting on one, the window would sit idle.
-                fills=self._fills_in_flight == 0,
+                explore=self._exploring < max(1, self._cfg.workers - FREE_FOR_COMPLETING),
+                # Few fills reads at a time: each reserves up to 120 weight and waits for its
+                # likely cost to come free; the other workers' reads fill the window meanwhile.
+                fills=self._fills_in_flight < FILLS_IN_FLIGHT,
             )
             if job is None:
                 self._wake.clear()
@@ -663,6 +675,8 @@ class Tracker(Component):
             previous = getattr(trader, attr)
             setattr(trader, attr, self._clock.monotonic())
             self._fills_in_flight += job.kind == "fills"
+            exploring = not trader.promising
+            self._exploring += exploring
             worker = asyncio.current_task()
             self._in_flight[worker] = (job.kind, self._clock.monotonic())
             try:
@@ -677,12 +691,14 @@ class Tracker(Component):
                 )
             finally:
                 self._fills_in_flight -= job.kind == "fills"
+                self._exploring -= exploring
                 self._in_flight.pop(worker, None)
 
     async def _run(self, job: Job) -> None:
         t = job.trader
         if job.kind == "positions":
-            state = await self._info.clearinghouse_state(t.address, lane=Lane.SCORING)
+            lane = Lane.SCORING if t.promising else Lane.ENRICHMENT
+            state = await self._info.clearinghouse_state(t.address, lane=lane)
             self.counters["positions"] += 1
             await self._absorb(t.address, state, t, t.positions)
         elif job.kind == "role":
@@ -892,19 +908,6 @@ def _seed_lists(rows: Sequence[SeedTrader], n: int) -> tuple[list[SeedTrader], l
         r for r in reversed(by_month) if max(roi(r, "month") or ZERO, roi(r, "allTime") or ZERO) < 0
     ]
     return best[:n], worst[:n]
-
-
-def _completing(traders: Iterable[Tracked]) -> bool:
-    """Whether completing the top is under way: promising traders without a portfolio score,
-    candidates without fills, contenders without a role."""
-    for t in traders:
-        if t.promising and t.scored_s == -math.inf:
-            return True
-        if t.candidate and t.fills_s == -math.inf:
-            return True
-        if t.contender and t.role is None:
-            return True
-    return False
 
 
 class _Drained(Exception):

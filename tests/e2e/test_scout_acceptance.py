@@ -2,13 +2,15 @@
 demo's simulated market, the daemon as a separate process, judged by the simulator's ground
 truth (who is skilled, what each account returned, where its positions stood).
 
-One run of a little over two minutes, then a restart; it checks the acceptance of the
-discovery/tracking/leaderboard issue and prints the figures a closing note reports.
+One run of five minutes, then a restart; it checks the acceptance of the
+discovery/tracking/leaderboard issue and prints the figures a closing note reports. The
+leaderboard is judged two minutes in, the budget over the whole five.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sys
 import time
@@ -28,6 +30,7 @@ from tests.conftest import hlcopy_env
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_S = 125  # "within two minutes", plus the daemon's start
+BUDGET_RUN_S = 300  # "over a 5-minute run"
 WINDOWS = ("day", "week", "month", "allTime")
 
 
@@ -98,7 +101,7 @@ async def demo_sim() -> AsyncIterator[Simulator]:
         yield sim
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 async def test_the_leaderboard_a_new_user_sees(
     tmp_path: Path, demo_sim: Simulator, dsn: str
 ) -> None:
@@ -111,6 +114,7 @@ async def test_the_leaderboard_a_new_user_sees(
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, api, proc)
             started = time.monotonic()
+            charged_at_start = (await get(http, sim.url + "/_sim/stats"))["weight_charged"]
             archetypes = await get(http, sim.url + "/_sim/archetypes")
             # A user watches a few busy traders: the tracker reads them every 20 s (this test's
             # positions_interval_s), so they make position events within the run.
@@ -230,11 +234,6 @@ async def test_the_leaderboard_a_new_user_sees(
             # Zero 429s, on both sides of the wire, with the budget in use.
             assert stats["budget"]["rate_limited"] == 0
             assert sim_stats["rate_limited"] == 0
-            # The issue asks for 90%; after the first window this run keeps 88-93% in use (the
-            # largest reads wait for their reservation to come free). Held here at what is met,
-            # so a regression shows; the rest is open work.
-            assert min(utilization) >= 0.85, utilization
-            assert sim_per_minute >= 0.85 * 1200, sim_per_minute
             # Position events and snapshots against where the simulator says positions were.
             assert {e["address"] for e in events} & set(busy)
             for e, truth in zip(events, event_truths, strict=True):
@@ -243,6 +242,37 @@ async def test_the_leaderboard_a_new_user_sees(
             for s, truth in zip(snapshots, snapshot_truths, strict=True):
                 held = {p["coin"]: Decimal(p["szi"]) for p in orjson_list(s["positions"])}
                 assert held == {c: Decimal(v) for c, v in truth.items()}, s["address"]
+
+            # The budget over the five minutes from the daemon's start, by the simulator's count
+            # (the weight it charged this IP) and by the daemon's own window.
+            while (elapsed := time.monotonic() - started) < BUDGET_RUN_S:
+                await asyncio.sleep(5)
+                charged.append(
+                    (time.monotonic(), (await get(http, sim.url + "/_sim/stats"))["weight_charged"])
+                )
+                now_stats = await get(http, api + "/api/v1/stats")
+                utilization.append(now_stats["budget"]["utilization"])
+            t_end, w_end = charged[-1]
+            sim_share = (w_end - charged_at_start) / (1200 * (t_end - started) / 60)
+            per_minute = [
+                (w1 - w0) * 60 / (t1 - t0)
+                for (t0, w0), (t1, w1) in itertools.combinations(charged, 2)
+                if 59 <= t1 - t0 <= 61 and t0 - started >= 60
+            ]
+            stats = await get(http, api + "/api/v1/stats")
+            sim_stats = await get(http, sim.url + "/_sim/stats")
+            print(
+                f"budget over {t_end - started:.0f} s: the simulator charged {sim_share:.1%} of"
+                f" 1200/min from the start; a minute's charge after the first minute: min"
+                f" {min(per_minute):.0f}, max {max(per_minute):.0f}; the daemon's window"
+                f" {min(utilization):.3f}-{max(utilization):.3f} (mean"
+                f" {sum(utilization) / len(utilization):.3f}); 429s ours"
+                f" {stats['budget']['rate_limited']} sim {sim_stats['rate_limited']}"
+                f"\nbudget {stats['budget']}"
+            )
+            assert sim_share >= 0.90, sim_share
+            assert stats["budget"]["rate_limited"] == 0
+            assert sim_stats["rate_limited"] == 0
 
             # Restart: the leaderboard comes back from the stored state, before any new read.
             ranked = board["total"]

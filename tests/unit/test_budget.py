@@ -303,3 +303,59 @@ async def test_a_large_reservation_goes_in_on_its_likely_cost_but_never_past_the
     assert not late.done()
     await clock.advance(60.001)
     assert late.done()
+
+
+async def test_enrichment_never_overtakes_a_patient_scoring_read() -> None:
+    """Smaller scoring reads may pass a big one while it is patient; exploration (enrichment)
+    may not: it only backfills room the big read will not need."""
+    clock = VirtualClock()
+    b = budget(clock, limit=100, headroom=0)
+    await b.acquire(40, Lane.LEADER)  # back at t=60
+    await clock.advance(10)
+    await b.acquire(20, Lane.LEADER)  # back at t=70
+    admitted: list[tuple[str, float]] = []
+
+    async def request(name: str, weight: int, lane: Lane) -> None:
+        await b.acquire(weight, lane)
+        admitted.append((name, clock.monotonic()))
+
+    big = asyncio.create_task(request("big", 50, Lane.SCORING))
+    await clock.advance(1)
+    # 40 free now; the big read fits at t=60 with 30 to spare. Exploring 35 now would push it
+    # to t=70, so it waits; a scoring read of 35 may pass (the big one is patient).
+    explore = asyncio.create_task(request("explore", 35, Lane.ENRICHMENT))
+    await clock.advance(1)
+    assert admitted == []
+    small = asyncio.create_task(request("small", 35, Lane.SCORING))
+    await clock.advance(1)
+    assert [n for n, _ in admitted] == ["small"]
+    await clock.advance(200)
+    await asyncio.gather(big, explore, small)
+    assert [n for n, _ in admitted] == ["small", "big", "explore"]
+    assert dict(admitted)["big"] == pytest.approx(70, abs=0.01)  # delayed by its own lane only
+
+
+async def test_a_scoring_reserve_keeps_room_that_enrichment_cannot_take() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=1000, headroom=0)
+    b.reserve_for_truth(100)
+    b.reserve_for_scoring(80)
+    explored = 0
+
+    async def exploring() -> None:
+        nonlocal explored
+        while True:
+            await b.acquire(20, Lane.ENRICHMENT)
+            explored += 20
+
+    bulk = asyncio.create_task(exploring())
+    await clock.advance(1)
+    assert explored == 820  # 1000 - 100 (truth) - 80 (scoring)
+    await asyncio.wait_for(b.acquire(80, Lane.SCORING), 0.1)  # a candidate's read: at once
+    await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)
+    assert b.stats()["scoring_reserve"] == 80
+    b.reserve_for_scoring(10_000)
+    assert b.stats()["scoring_reserve"] == 225  # at most a quarter of the bulk lanes' room
+    bulk.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bulk

@@ -18,6 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 
+import aiohttp
+
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.server import ApiServer
 from hlcopy.budget import WeightBudget
@@ -25,16 +27,26 @@ from hlcopy.clock import SYSTEM, Clock
 from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
 from hlcopy.daemon import Daemon
+from hlcopy.errors import SecretError
 from hlcopy.events import EventBus
 from hlcopy.follow.autofollow import AutoFollower
 from hlcopy.follow.engine import ChangeInbox, CopyEngine
-from hlcopy.follow.executor import PaperExecutor
+from hlcopy.follow.executor import PaperExecutor, Venue
 from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.norms import LeaderNorms
 from hlcopy.follow.opportunities_service import Opportunities
-from hlcopy.follow.riskkeeper import RiskKeeper
-from hlcopy.hl import InfoClient, StreamPool, UniverseService, new_session
+from hlcopy.follow.riskkeeper import RiskKeeper, follow_scope
+from hlcopy.follow.venues import LiveVenue
+from hlcopy.hl import (
+    ExchangeClient,
+    InfoClient,
+    NonceSource,
+    Signer,
+    StreamPool,
+    UniverseService,
+    new_session,
+)
 from hlcopy.instance import StateLock
 from hlcopy.model import LeaderFill, OrderIntent, OrderOutcome
 from hlcopy.notify import Notifier
@@ -138,6 +150,9 @@ class App:
         self.tracker.on_leader_state(self.books.snapshot)
         self.norms = LeaderNorms(self.store, min_days=cfg.risk.leader_norm_min_days, clock=clock)
         self.tracker.on_leader_state(self.norms.observe)
+        venue: Venue | None = None
+        if cfg.account.mode == "live":
+            venue = self._live_venue(session, info, budget)
         self.executor = PaperExecutor(
             intents,
             outcomes,
@@ -148,6 +163,7 @@ class App:
             cfg,
             clock,
             subscribe_mids=False,
+            venue=venue,
         )
         self.tracker.share_mids(self.executor.mids_sink)
         self.opportunities = Opportunities(
@@ -213,6 +229,37 @@ class App:
         daemon.add_stats("budget", budget.stats)
         daemon.add_stats("info", info.stats)
         daemon.add_stats("events", self.bus.stats)
+
+    def _live_venue(
+        self, session: aiohttp.ClientSession, info: InfoClient, budget: WeightBudget
+    ) -> LiveVenue:
+        """Live mode: orders signed by the agent key for the configured account; every query
+        (positions, orderStatus, our own fills) names the account, never the agent."""
+        cfg = self.config
+        address = cfg.account.address
+        key = self.secrets.agent_key
+        if address is None or key is None:  # the config and the secrets already refuse this
+            raise SecretError(["account: live mode needs account.address and the agent key"])
+        exchange = ExchangeClient(
+            session,
+            cfg.network.rest,
+            Signer.from_key(key.reveal()),
+            budget,
+            is_mainnet=cfg.network.is_mainnet,
+            nonces=NonceSource(self.clock),
+        )
+        tracker, universe, risk = self.tracker, self.universe, self.risk
+        return LiveVenue(
+            exchange,
+            info,
+            address,
+            lambda coin: universe.universe.get(coin),
+            stream=self.stream,
+            risk=lambda intent: risk.trading_state(*(follow_scope(f) for f in intent.follow_ids)),
+            follower_state=lambda: tracker.follower_state,
+            clock=self.clock,
+            expires_after_s=cfg.account.order_expires_after_s,
+        )
 
     def _leader_positions(self, leader: str) -> dict[str, Decimal]:
         """A leader's positions as its book knows them now (for the performance report)."""

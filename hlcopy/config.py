@@ -255,6 +255,11 @@ class AccountConfig(_Section):
     """File with the API (agent) wallet private key, mode 0600 (or the credential "hl-agent")."""
     paper_equity_usd: PositiveUsd = Decimal(10000)
     """Starting equity of the paper account."""
+    order_expires_after_s: Finite = Field(default=5.0, ge=1, le=60)
+    """Live orders carry ``expiresAfter`` = send time + this: the exchange refuses an order that
+    arrives later, so an order whose reply was lost is settled by ``orderStatus(cloid)`` once
+    this has passed (never by sending it again). A few seconds: long enough for a slow path to
+    the exchange, short enough that the copier decides again soon."""
 
 
 class RiskConfig(_Section):

@@ -1,6 +1,13 @@
-"""Paper execution: order intents become fills against the live order book, never sent.
+"""Execution: order intents become orders, paper or live, through one shell.
 
-Per intent, in order per coin (a flip's close runs before its open), concurrently across coins:
+The shell here does everything that does not depend on the mode: the write-ahead copy row, the
+per-coin order, attribution, booking into the ledger, outcomes, ``copy`` events and figures,
+skips and transfers. What differs sits behind a small seam, the ``Venue``: ``PaperVenue``
+(below) fills an IOC against the live order book; ``LiveVenue`` (``follow/venues.py``) signs and
+sends it. Live mode therefore sends exactly what paper mode would have simulated.
+
+Paper mode, per intent, in order per coin (a flip's close runs before its open), concurrently
+across coins:
 
 1. **Write ahead.** The copy row (status ``planned``, unique on the cloid) is committed before
    anything else; a cloid already there is the same order decided twice and is not run again.
@@ -36,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
@@ -50,7 +57,17 @@ from hlcopy.follow.copier import Transfer
 from hlcopy.follow.fills import PaperAccount, PaperFill, fill_shares, simulate_ioc
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.hl import InfoClient, StreamPool, Subscription
-from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome, OutcomeStatus
+from hlcopy.model import (
+    AccountState,
+    AllMids,
+    Fill,
+    L2Book,
+    LeaderFill,
+    OrderIntent,
+    OrderOutcome,
+    OutcomeStatus,
+    UserFills,
+)
 from hlcopy.queues import BoundedQueue, QueueClosed, Sink
 from hlcopy.store import Store
 from hlcopy.store.copies import (
@@ -134,6 +151,124 @@ class NoMarketData(ExchangeError):
     """No market data (order book, funding rates) for paper execution."""
 
 
+VenueStatus = Literal["filled", "rejected", "never_arrived", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class VenueResult:
+    """What a venue made of one order: ``filled`` (all or part: ``filled_sz`` > 0), ``rejected``
+    (definite, with the exchange's message), ``never_arrived`` (settled: the exchange never saw
+    it, so the copier may decide again with a new attempt) or ``unknown`` (still ambiguous)."""
+
+    status: VenueStatus
+    time_ms: int
+    filled_sz: Decimal = ZERO
+    avg_px: Decimal | None = None
+    fee: Decimal = ZERO
+    oid: int | None = None
+    error: str | None = None
+
+
+class Venue(Protocol):
+    """Where an intent's order goes. See the module docstring."""
+
+    @property
+    def paper(self) -> bool: ...
+
+    async def start(self, host: PaperExecutor) -> AccountState | None:
+        """Before the first intent: live, the follower's account from the exchange (raises when
+        it cannot be read: unknown is never flat); paper, None."""
+        ...
+
+    async def execute(self, intent: OrderIntent, host: PaperExecutor) -> VenueResult:
+        """Send ``intent`` (its copy row is committed as ``sending``) and settle it."""
+        ...
+
+    def state(self) -> AccountState | None:
+        """The newest account state the exchange gave (live), or None (paper)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class PaperVenue:
+    """Paper mode: the latency allowance on the clock, then ``simulate_ioc`` against the
+    coin's book after it (see the module docstring, steps 2 and 3)."""
+
+    paper = True
+
+    async def start(self, host: PaperExecutor) -> AccountState | None:
+        return None
+
+    async def execute(self, intent: OrderIntent, host: PaperExecutor) -> VenueResult:
+        if host.latency_ms > 0:
+            await host.clock.sleep(host.latency_ms / 1000)
+        fill_ms = host.clock.time_ms()
+        error: str | None = None
+        fill: PaperFill | None = None
+        try:
+            sz = reduce_only_size(intent, host.account().position(intent.coin))
+            if sz is None:
+                error = REDUCE_ONLY_REFUSED
+            elif intent.tif != "Ioc":
+                error = f"paper execution fills IOC orders only, not {intent.tif}"
+            else:
+                book = await host.book(intent.coin)
+                fill = simulate_ioc(book, intent.is_buy, sz, intent.limit_px, host.taker_fee_rate)
+                if fill.filled_sz == 0:
+                    error = NO_MATCH
+        except (ExchangeError, StreamError) as exc:
+            error = f"no order book for {intent.coin}: {exc}"
+        if fill is None or fill.filled_sz == 0 or fill.avg_px is None:
+            return VenueResult("rejected", fill_ms, error=error or NO_MATCH)
+        return VenueResult("filled", fill_ms, fill.filled_sz, fill.avg_px, fill.fee)
+
+    def state(self) -> AccountState | None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"venue": "paper"}
+
+
+def reduce_only_size(intent: OrderIntent, position: Decimal) -> Decimal | None:
+    """The size a reduce-only order can fill against ``position``: cut to it, None if it
+    cannot reduce it (a plain order: its size)."""
+    if not intent.reduce_only:
+        return intent.sz
+    if (position > 0 and not intent.is_buy) or (position < 0 and intent.is_buy):
+        return min(intent.sz, abs(position))
+    return None
+
+
+def account_from_state(state: AccountState) -> PaperAccount:
+    """The follower's account as the exchange reported it, in the shell's terms: positions at
+    their entry prices, cash = account value minus the unrealised PnL."""
+    unrealized = sum((p.unrealized_pnl or ZERO for p in state.positions), ZERO)
+    account = PaperAccount(cash=state.margin_summary.account_value - unrealized)
+    for p in state.positions:
+        if p.szi:
+            account = account.with_position(p.coin, p.szi, p.entry_px or ZERO)
+    return account
+
+
+@dataclass(frozen=True, slots=True)
+class _BookedFill:
+    """A live fill booked by the shell, kept until an exchange snapshot newer than it
+    includes it (``_sync_live``)."""
+
+    time_ms: int
+    coin: str
+    is_buy: bool
+    sz: Decimal
+    px: Decimal
+    fee: Decimal
+
+
 def slippage_bps(is_buy: bool, avg_px: Decimal, leader_px: Decimal) -> Decimal:
     """How much worse than the leader's price we traded, in basis points of it (negative:
     better). A buy is worse above, a sell below, whatever side the leader took."""
@@ -142,8 +277,8 @@ def slippage_bps(is_buy: bool, avg_px: Decimal, leader_px: Decimal) -> Decimal:
 
 
 class PaperExecutor(Component):
-    """Intents in (``intents``, block), paper fills booked, outcomes out. See the module
-    docstring."""
+    """Intents in (``intents``, block), orders filled by the venue (paper by default) and
+    booked, outcomes out. See the module docstring; ``Executor`` is the same class."""
 
     name = "executor"
 
@@ -167,7 +302,11 @@ class PaperExecutor(Component):
         funding: bool = True,
         funding_retry_s: float = 60.0,
         subscribe_mids: bool = True,
+        venue: Venue | None = None,
+        own_fills_kept: int = 10_000,
     ) -> None:
+        self._venue: Venue = venue or PaperVenue()
+        self.paper = self._venue.paper
         self._intents = intents
         self._outcomes = outcomes
         self._stream = stream
@@ -178,6 +317,7 @@ class PaperExecutor(Component):
         self.ledger = FollowLedger()
         self._bus = bus
         self._clock = clock
+        self.clock = clock
         self.latency_ms = latency_ms
         self.taker_fee_rate = taker_fee_rate
         self._book_wait_s = book_wait_s
@@ -207,6 +347,17 @@ class PaperExecutor(Component):
         self._skip_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._figures = CopyFigures()
+        # Live: the exchange's snapshot the account was rebuilt from, the fills booked since,
+        # and what dedupes our own fills (userFills) against the order replies.
+        self._base_state: AccountState | None = None
+        self._recent: deque[_BookedFill] = deque()
+        self._own_kept = own_fills_kept
+        self._own_tids: set[int] = set()
+        self._own_tid_order: deque[int] = deque()
+        self._booked_cloids: set[str] = set()
+        self._booked_oids: set[int] = set()
+        self._booked_order: deque[tuple[str, int | None]] = deque()
+        self._own_stash: dict[str, dict[int, Fill]] = {}
         self.counters: dict[str, int] = {
             "intents": 0,
             "duplicates": 0,
@@ -215,6 +366,10 @@ class PaperExecutor(Component):
             "rejected": 0,
             "refused": 0,
             "never_arrived": 0,
+            "unknown": 0,
+            "own_fills": 0,
+            "own_fills_deduped": 0,
+            "own_fills_foreign": 0,
             "skips": 0,
             "skips_written": 0,
             "skips_dropped": 0,
@@ -270,9 +425,12 @@ class PaperExecutor(Component):
                         del book[m.coin]
             attributed = {f: c for f, c in attributed.items() if c}
             now = self._clock.time_ms()
-            await self._copies.save_paper(
-                self._account.to_dict(), attributed, self._funded_hour_ms, now
-            )
+            if self.paper:
+                await self._copies.save_paper(
+                    self._account.to_dict(), attributed, self._funded_hour_ms, now
+                )
+            else:
+                await self._copies.save_live(attributed)
             self._attributed = attributed
             for m in moves:
                 self.ledger.transfer(
@@ -285,7 +443,9 @@ class PaperExecutor(Component):
         self.counters["transfers"] += len(moves)
 
     def positions(self) -> Mapping[str, Decimal]:
-        """The paper account's signed size per coin (open positions only)."""
+        """The account's signed size per coin (open positions only). Live: the exchange's
+        latest snapshot plus the fills booked since; orders in flight are in ``pending()``."""
+        self._sync_live()
         return {coin: p.szi for coin, p in self._account.positions.items()}
 
     def attributed(self) -> dict[str, dict[str, Decimal]]:
@@ -293,7 +453,9 @@ class PaperExecutor(Component):
         return {f: dict(coins) for f, coins in self._attributed.items()}
 
     def account(self) -> PaperAccount:
-        """The paper account now (immutable)."""
+        """The account now (immutable): the paper account, or live the exchange's view of the
+        follower's (see ``positions``)."""
+        self._sync_live()
         return self._account
 
     def mids(self) -> Mapping[str, Decimal]:
@@ -305,6 +467,7 @@ class PaperExecutor(Component):
     def equity(self, mids: Mapping[str, Decimal] | None = None) -> Decimal:
         """Cash plus unrealised PnL at ``mids`` (default: the stream's latest); raises
         ValueError when an open position has no mid."""
+        self._sync_live()
         return self._account.equity(self._latest.mids if mids is None else mids)
 
     @property
@@ -332,7 +495,7 @@ class PaperExecutor(Component):
         decided = now if decided_ms is None else decided_ms
         row = CopyRow(
             status="skipped",
-            paper=True,
+            paper=self.paper,
             attribution=tuple((f, ZERO if sz is None else abs(sz)) for f in sorted(follows)),
             coin=coin,
             decided_ms=decided,
@@ -363,7 +526,7 @@ class PaperExecutor(Component):
         await self._subscribe_mids()
         slots = asyncio.Semaphore(self._max_in_flight)
         async with asyncio.TaskGroup() as tg:
-            if self._funding_enabled and self._info is not None:
+            if self.paper and self._funding_enabled and self._info is not None:
                 tg.create_task(self._funding_loop(), name="executor:funding")
             tg.create_task(self._skip_writer(), name="executor:skips")
             hand_over = tg.create_task(self._hand_over(), name="executor:hand-over")
@@ -373,6 +536,7 @@ class PaperExecutor(Component):
             finally:
                 self._stopping.set()  # the loops end; the TaskGroup waits for intents in flight
                 hand_over.cancel()
+        await self._venue.stop()
 
     async def _hand_over(self) -> None:
         """Intents submitted while the queue was full go in as room comes, in order."""
@@ -390,6 +554,9 @@ class PaperExecutor(Component):
         self._stopping.set()
 
     async def _load(self) -> None:
+        if not self.paper:
+            await self._load_live()
+            return
         stored = await self._copies.load_paper()
         now = self._clock.time_ms()
         if stored is None:
@@ -425,6 +592,52 @@ class PaperExecutor(Component):
             positions=len(self._account.positions),
             new=stored is None,
         )
+
+    async def _load_live(self) -> None:
+        """Live: each follow's part as stored, the account as the exchange has it (the venue
+        raises when it cannot be read: unknown is never flat), the ledger replayed."""
+        stored = await self._copies.load_live()
+        self._attributed = {
+            f: {c: Decimal(s) for c, s in coins.items()} for f, coins in (stored or {}).items()
+        }
+        state = await self._venue.start(self)
+        if state is None:
+            raise ExchangeError("the live venue gave no account state")
+        self._base_state = None
+        self._recent.clear()
+        self._sync_live(state)
+        copies, transfers, funding = await self._performance.history()
+        self.ledger = FollowLedger.replay(copies, transfers, funding)
+        self._loaded = True
+        # Unsettled live intents of an earlier run are settled at start-up by the
+        # reconciliation (issue 12, deliverable 2); paper ones are not touched here.
+        log.info(
+            "executor: live account loaded",
+            account_value=str(state.margin_summary.account_value),
+            positions=len(self._account.positions),
+        )
+
+    def _sync_live(self, state: AccountState | None = None) -> None:
+        """Live: rebuild the account from the venue's newest exchange snapshot when there is a
+        newer one, replaying the fills booked after it. A fill is stamped when its reply came
+        (after the exchange applied it), so a snapshot taken in between counts it twice until
+        the next one (the copier then under-trades, never doubles)."""
+        if self.paper:
+            return
+        state = state or self._venue.state()
+        base = self._base_state
+        if state is None or state is base:
+            return
+        if base is not None and (state.time_ms or 0) < (base.time_ms or 0):
+            return
+        self._base_state = state
+        cutoff = state.time_ms or 0
+        while self._recent and self._recent[0].time_ms <= cutoff:
+            self._recent.popleft()
+        account = account_from_state(state)
+        for f in self._recent:
+            account = account.apply_fill(f.coin, f.is_buy, f.sz, f.px, f.fee).account
+        self._account = account
 
     async def _consume(self, tg: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -469,11 +682,11 @@ class PaperExecutor(Component):
             slots.release()
 
     async def _run_intent(self, intent: OrderIntent) -> None:
-        """Write ahead, wait the latency, fill, book."""
+        """Write ahead, mark sending, let the venue fill (paper) or send (live), book."""
         self.counters["intents"] += 1
         entry = self._in_flight.get(intent.cloid)
         trigger = self._triggers.get(intent.cloid) or (entry.trigger if entry else None)
-        row = _with_intent_fields(intent, trigger, self._clock.time_ms())
+        row = _with_intent_fields(intent, trigger, self._clock.time_ms(), paper=self.paper)
         try:
             stored = await self._copies.write_intent(row)
         except StoreError as exc:
@@ -495,46 +708,36 @@ class PaperExecutor(Component):
             await self._copies.mark_sending(intent.cloid, sent_ms, send_delay)
         except StoreError as exc:
             log.warning("executor: cannot mark sending", cloid=intent.cloid, error=str(exc))
-        if self.latency_ms > 0:
-            await self._clock.sleep(self.latency_ms / 1000)
-        fill_ms = self._clock.time_ms()
-        error: str | None = None
-        fill: PaperFill | None = None
-        try:
-            sz = self._order_size(intent)
-            if sz is None:
-                error = REDUCE_ONLY_REFUSED
-            elif intent.tif != "Ioc":
-                error = f"paper execution fills IOC orders only, not {intent.tif}"
-            else:
-                book = await self._book(intent.coin)
-                fill = simulate_ioc(book, intent.is_buy, sz, intent.limit_px, self.taker_fee_rate)
-                if fill.filled_sz == 0:
-                    error = NO_MATCH
-        except (ExchangeError, StreamError) as exc:
-            error = f"no order book for {intent.coin}: {exc}"
-        if fill is None or fill.filled_sz == 0 or fill.avg_px is None:
-            await self._settle_rejected(intent, error or NO_MATCH, fill_ms)
+            if not self.paper:
+                # Live, nothing leaves without a committed row saying it may have been sent.
+                await self._settle_final(
+                    intent,
+                    VenueResult("never_arrived", self._clock.time_ms(), error=f"not sent: {exc}"),
+                )
+                return
+        result = await self._venue.execute(intent, self)
+        if result.status == "filled" and result.filled_sz > 0 and result.avg_px is not None:
+            # Shielded: once the exchange (or the paper book) filled it, the booking finishes.
+            await asyncio.shield(self._book_fill(intent, trigger, result))
+        elif result.status == "rejected":
+            await self._settle_rejected(intent, result.error or NO_MATCH, result.time_ms)
         else:
-            await asyncio.shield(self._book_fill(intent, trigger, fill, fill_ms))
-
-    def _order_size(self, intent: OrderIntent) -> Decimal | None:
-        """The size to fill: a reduce-only order is cut to the position, None if it cannot
-        reduce it."""
-        if not intent.reduce_only:
-            return intent.sz
-        pos = self._account.position(intent.coin)
-        if (pos > 0 and not intent.is_buy) or (pos < 0 and intent.is_buy):
-            return min(intent.sz, abs(pos))
-        return None
+            await asyncio.shield(self._settle_final(intent, result))
 
     async def _book_fill(
-        self, intent: OrderIntent, trigger: LeaderFill | None, fill: PaperFill, fill_ms: int
+        self, intent: OrderIntent, trigger: LeaderFill | None, fill: VenueResult
     ) -> None:
         """Book a fill: account, fill row and settlement in one transaction, then memory.
-        Shielded by the caller: once the fill is computed, its booking finishes."""
+        Shielded by the caller: once the fill is computed (or the exchange filled it), its
+        booking finishes. Live, the stored part is the attribution (the account is the
+        exchange's), and the order is remembered so our own userFills do not book it again."""
         assert fill.avg_px is not None
+        fill_ms = fill.time_ms
+        if not self.paper:
+            self._remember_booked(intent.cloid, fill.oid)
+            self._own_stash.pop(intent.cloid, None)
         async with self._account_lock:
+            self._sync_live()
             booked = self._account.apply_fill(
                 intent.coin, intent.is_buy, fill.filled_sz, fill.avg_px, fill.fee
             )
@@ -573,28 +776,54 @@ class PaperExecutor(Component):
                 booked.dir,
                 fill_ms,
             )
+            recorded = True
             try:
-                await self._copies.settle(
-                    intent.cloid,
-                    settlement,
-                    account=booked.account.to_dict(),
-                    attributed=attributed,
-                    funded_hour_ms=self._funded_hour_ms,
-                    fill=fill_row,
-                )
+                if self.paper:
+                    await self._copies.settle(
+                        intent.cloid,
+                        settlement,
+                        account=booked.account.to_dict(),
+                        attributed=attributed,
+                        funded_hour_ms=self._funded_hour_ms,
+                        fill=fill_row,
+                    )
+                else:
+                    await self._copies.settle(intent.cloid, settlement, live_attributed=attributed)
             except StoreError as exc:
-                # Not booked: the row stays "sending" and the next run settles it as
-                # never_arrived; the engine hears the same now.
-                log.warning("executor: paper fill not booked", cloid=intent.cloid, error=str(exc))
-                self.counters["never_arrived"] += 1
-                outcome = OrderOutcome(
-                    intent.cloid, "never_arrived", error=f"not booked: {exc}", time_ms=fill_ms
-                )
-                self._in_flight.pop(intent.cloid, None)
-                self._triggers.pop(intent.cloid, None)
-            else:
+                recorded = False
+                if self.paper:
+                    # Not booked: the row stays "sending" and the next run settles it as
+                    # never_arrived; the engine hears the same now.
+                    log.warning(
+                        "executor: paper fill not booked", cloid=intent.cloid, error=str(exc)
+                    )
+                    self.counters["never_arrived"] += 1
+                    outcome = OrderOutcome(
+                        intent.cloid, "never_arrived", error=f"not booked: {exc}", time_ms=fill_ms
+                    )
+                    self._in_flight.pop(intent.cloid, None)
+                    self._triggers.pop(intent.cloid, None)
+                else:
+                    # The exchange filled it whatever the database says: it is booked in
+                    # memory (the next snapshot confirms the position) and the row stays open
+                    # for the start-up settlement to find.
+                    log.error(
+                        "executor: live fill not recorded", cloid=intent.cloid, error=str(exc)
+                    )
+            if recorded or not self.paper:
                 # The account and the in-flight sizes change together: no await in between.
                 self._account = booked.account
+                if not self.paper:
+                    self._recent.append(
+                        _BookedFill(
+                            fill_ms,
+                            intent.coin,
+                            intent.is_buy,
+                            fill.filled_sz,
+                            fill.avg_px,
+                            fill.fee,
+                        )
+                    )
                 self._attributed = attributed
                 self.ledger.settled(
                     CopyRecord(
@@ -618,10 +847,11 @@ class PaperExecutor(Component):
                     fill.filled_sz,
                     fill.avg_px,
                     fill.fee,
+                    oid=fill.oid,
                     time_ms=fill_ms,
                 )
         data = _event_data(
-            _with_intent_fields(intent, trigger),
+            _with_intent_fields(intent, trigger, paper=self.paper),
             settlement if outcome.status in ("filled", "partial") else None,
             outcome,
         )
@@ -639,15 +869,97 @@ class PaperExecutor(Component):
         await self._finish(
             intent,
             OrderOutcome(intent.cloid, "rejected", error=error, time_ms=now_ms),
-            _with_intent_fields(intent, trigger),
+            _with_intent_fields(intent, trigger, paper=self.paper),
             settlement,
         )
+
+    async def _settle_final(self, intent: OrderIntent, result: VenueResult) -> None:
+        """Settle an order that filled nothing and was not refused: ``never_arrived`` (the
+        copier may decide again, with a new attempt) or, after every try, ``unknown``."""
+        status: OutcomeStatus = "never_arrived" if result.status == "never_arrived" else "unknown"
+        settlement = Settlement(status=status, settled_ms=result.time_ms, error=result.error)
+        try:
+            await self._copies.settle(intent.cloid, settlement)
+        except StoreError as exc:
+            log.warning("executor: cannot settle", cloid=intent.cloid, error=str(exc))
+        self.counters[status] += 1
+        self._own_stash.pop(intent.cloid, None)
+        trigger = self._triggers.get(intent.cloid)
+        await self._finish(
+            intent,
+            OrderOutcome(
+                intent.cloid, status, oid=result.oid, error=result.error, time_ms=result.time_ms
+            ),
+            _with_intent_fields(intent, trigger, paper=self.paper),
+            settlement,
+        )
+
+    # -- what a live venue uses ---------------------------------------------------------------
+
+    async def mark_unknown(self, intent: OrderIntent, error: str) -> None:
+        """A sent order's fate is ambiguous: its row says so (``unknown``) while the venue
+        settles it by cloid; it stays in flight (``pending``) until then."""
+        now = self._clock.time_ms()
+        try:
+            await self._copies.settle(
+                intent.cloid, Settlement(status="unknown", settled_ms=now, error=error)
+            )
+        except StoreError as exc:
+            log.warning("executor: cannot mark unknown", cloid=intent.cloid, error=str(exc))
+
+    def own_fills(self, message: UserFills) -> None:
+        """Our own fills (the follower's userFills): each fill (by tid) once. A fill of an
+        order already booked from its reply is a duplicate (by cloid or oid) and is dropped;
+        a fill of an order in flight is kept for its settlement (exact size, price and fee);
+        anything else is not ours to book (an order placed outside hlcopy, or history): the
+        exchange's positions carry it. A snapshot is history, never booked."""
+        for f in message.fills:
+            if f.tid is not None:
+                if f.tid in self._own_tids:
+                    self.counters["own_fills_deduped"] += 1
+                    continue
+                self._own_tids.add(f.tid)
+                self._own_tid_order.append(f.tid)
+                if len(self._own_tid_order) > self._own_kept:
+                    self._own_tids.discard(self._own_tid_order.popleft())
+            if message.is_snapshot:
+                continue
+            self.counters["own_fills"] += 1
+            cloid = None if f.cloid is None else f.cloid.lower()
+            if (cloid is not None and cloid in self._booked_cloids) or (
+                f.oid is not None and f.oid in self._booked_oids
+            ):
+                self.counters["own_fills_deduped"] += 1
+            elif cloid is not None and cloid in self._in_flight:
+                stash = self._own_stash.setdefault(cloid, {})
+                stash[f.tid if f.tid is not None else -len(stash) - 1] = f
+            else:
+                self.counters["own_fills_foreign"] += 1
+
+    def stashed_fills(self, cloid: str) -> list[Fill]:
+        """Our own fills of ``cloid`` seen on the stream while it was in flight."""
+        return list(self._own_stash.get(cloid, {}).values())
+
+    def _remember_booked(self, cloid: str, oid: int | None) -> None:
+        self._booked_cloids.add(cloid)
+        if oid is not None:
+            self._booked_oids.add(oid)
+        self._booked_order.append((cloid, oid))
+        if len(self._booked_order) > self._own_kept:
+            old_cloid, old_oid = self._booked_order.popleft()
+            self._booked_cloids.discard(old_cloid)
+            if old_oid is not None:
+                self._booked_oids.discard(old_oid)
+
+    async def book(self, coin: str) -> L2Book:
+        """The coin's book now (the paper venue fills against it)."""
+        return await self._book(coin)
 
     async def _on_duplicate(self, intent: OrderIntent, stored: StoredOutcome) -> None:
         """The cloid was written before: never run it again. A settled one is reported as it
         was; one still open belongs to another task, which reports it."""
-        if stored.status in ("planned", "sending"):
-            return
+        if stored.status in ("planned", "sending", "unknown"):
+            return  # still being settled (live: by cloid)
         outcome = OrderOutcome(
             intent.cloid,
             _STORED_STATUS.get(stored.status, "unknown"),
@@ -867,6 +1179,7 @@ class PaperExecutor(Component):
             "skips_buffered": len(self._skips),
             "books": len(self._book_subs),
             "latency_ms": self.latency_ms,
+            "venue": self._venue.stats(),
             "taker_fee_rate": str(self.taker_fee_rate),
             "queue": self._intents.stats(),
             "account": {
@@ -957,12 +1270,12 @@ def _leader_fields(fill: LeaderFill | None, decided_ms: int | None) -> dict[str,
 
 
 def _with_intent_fields(
-    intent: OrderIntent, trigger: LeaderFill | None, now_ms: int = 0
+    intent: OrderIntent, trigger: LeaderFill | None, now_ms: int = 0, *, paper: bool = True
 ) -> CopyRow:
     """The copy row of an intent as it is planned (decided now when it does not say when)."""
     return CopyRow(
         status="planned",
-        paper=True,
+        paper=paper,
         attribution=intent.attribution,
         coin=intent.coin,
         decided_ms=intent.decided_ms or now_ms,
@@ -1007,3 +1320,7 @@ def _event_data(
         else str(settlement.slippage_bps),
         "error": None if outcome is None else outcome.error,
     }
+
+
+#: The executor shell; ``PaperExecutor`` is its historical name (paper is the default venue).
+Executor = PaperExecutor

@@ -175,6 +175,14 @@ ON CONFLICT (id) DO UPDATE SET account = EXCLUDED.account, attributed = EXCLUDED
     funded_hour_ms = EXCLUDED.funded_hour_ms, updated_ms = EXCLUDED.updated_ms
 """
 
+#: Live mode keeps each follow's part of the real positions here (the positions are the exchange's).
+LIVE_ATTRIBUTED_KEY: Final = "live_attributed"
+
+_SAVE_LIVE: Final = """
+INSERT INTO kv (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+"""
+
 _SELECT: Final = """
 SELECT id, cloid, status, paper, follow_ids, attribution, leader, coin, is_buy,
        sz::text AS sz, limit_px::text AS limit_px, reduce_only, reason, skip_reason, attempt,
@@ -236,6 +244,21 @@ class CopyStore:
             )
         return [r["cloid"] for r in rows]
 
+    # -- the live account's attribution ------------------------------------------------------
+
+    async def load_live(self) -> dict[str, dict[str, str]] | None:
+        """Each follow's part of the live positions as last stored, or None."""
+        with translate("load live attribution"):
+            value = await self._store.pool.fetchval(
+                "SELECT value FROM kv WHERE key = $1", LIVE_ATTRIBUTED_KEY
+            )
+        return None if value is None else {f: dict(c) for f, c in dict(value).items()}
+
+    async def save_live(self, attributed: Mapping[str, Mapping[str, Decimal]]) -> None:
+        _, attr = _account_json({}, attributed)
+        with translate("save live attribution"):
+            await self._store.pool.execute(_SAVE_LIVE, LIVE_ATTRIBUTED_KEY, attr)
+
     # -- intents ------------------------------------------------------------------------------
 
     async def write_intent(self, row: CopyRow) -> StoredOutcome | None:
@@ -276,9 +299,10 @@ class CopyStore:
         attributed: Mapping[str, Mapping[str, Decimal]] | None = None,
         funded_hour_ms: int | None = None,
         fill: PaperFillRow | None = None,
+        live_attributed: Mapping[str, Mapping[str, Decimal]] | None = None,
     ) -> None:
-        """Settle a copy row; with ``account``, also the paper account and ``fill``, in one
-        transaction."""
+        """Settle a copy row; with ``account``, also the paper account and ``fill``, and with
+        ``live_attributed`` the live attribution, in one transaction."""
         s = settlement
         with translate("settle copy"):
             async with self._store.pool.acquire() as con, con.transaction():
@@ -313,6 +337,9 @@ class CopyStore:
                 if account is not None:
                     acc, attr = _account_json(account, attributed or {})
                     await con.execute(_SAVE_ACCOUNT, acc, attr, funded_hour_ms, s.settled_ms)
+                if live_attributed is not None:
+                    _, attr = _account_json({}, live_attributed)
+                    await con.execute(_SAVE_LIVE, LIVE_ATTRIBUTED_KEY, attr)
 
     async def book_funding(
         self,

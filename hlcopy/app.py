@@ -247,6 +247,7 @@ class App:
             budget,
             is_mainnet=cfg.network.is_mainnet,
             nonces=NonceSource(self.clock),
+            poster=self.stream,  # orders over a WebSocket post when a connection is up
         )
         tracker, universe, risk = self.tracker, self.universe, self.risk
         return LiveVenue(

@@ -12,13 +12,17 @@ Every outcome is one of three kinds:
   ``expiresAfter`` has passed, never by sending again.
 
 Weight: ``1 + floor(n / 40)`` in the order lane for a batch of n.
+
+Actions go over a WebSocket ``post`` when a stream connection is up (``poster``), REST
+otherwise; the reply is read the same way either way. A socket that closes after sending, or a
+reply that does not come in time, is ambiguous like its REST counterpart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -29,6 +33,7 @@ from hlcopy.errors import (
     BadRequest,
     RateLimited,
     Rejected,
+    StreamError,
     Unavailable,
     WireError,
 )
@@ -39,6 +44,15 @@ from hlcopy.hl.wire import Rounding
 from hlcopy.model import Asset, CancelStatus, OrderSpec, OrderStatus
 
 T = TypeVar("T")
+
+
+class ActionPoster(Protocol):
+    """Who can post a signed action over a WebSocket (the stream pool)."""
+
+    @property
+    def post_ready(self) -> bool: ...
+
+    async def post_action(self, payload: Mapping[str, Any]) -> Any: ...
 
 
 def _data(response: Any) -> Any:
@@ -237,14 +251,17 @@ class ExchangeClient:
         is_mainnet: bool,
         vault_address: str | None = None,
         nonces: NonceSource | None = None,
+        poster: ActionPoster | None = None,
     ) -> None:
         self._session = session
         self._url = base_url.rstrip("/") + "/exchange"
         self._budget = budget
+        self._poster = poster
         self.actions = ActionSigner(
             signer, is_mainnet=is_mainnet, vault_address=vault_address, nonces=nonces
         )
         self.sent = 0
+        self.sent_ws = 0
         self.outcomes = {"ok": 0, "rejected": 0, "transient": 0, "ambiguous": 0}
 
     @property
@@ -351,7 +368,28 @@ class ExchangeClient:
         ``status: ok`` reply, or what ``read`` makes of it (a reply ``read`` cannot make sense
         of is ambiguous)."""
         await self._budget.acquire(action_weight(prepared.n_items), Lane.ORDER)
+        poster = self._poster
+        if poster is not None and poster.post_ready:
+            try:
+                return await self._post_ws(poster, prepared, read)
+            except (StreamError, Unavailable, TimeoutError):
+                pass  # no socket took it (nothing was sent): REST it is
         return await self._post(prepared.body, prepared.kind, prepared.nonce, read)
+
+    async def _post_ws(
+        self, poster: ActionPoster, prepared: PreparedAction, read: Callable[[Any], T] | None
+    ) -> Any:
+        what, nonce = prepared.kind, prepared.nonce
+        payload = orjson.loads(prepared.body)
+        try:
+            reply = await poster.post_action(payload)
+        except AmbiguousOutcome as exc:
+            self.sent += 1
+            self.outcomes["ambiguous"] += 1
+            raise AmbiguousOutcome(f"{what}: {exc}", action=what, nonce=nonce) from exc
+        self.sent += 1
+        self.sent_ws += 1
+        return self._read_reply(reply, what, nonce, read, None)
 
     async def _post(
         self, payload: bytes, what: str, nonce: int, read: Callable[[Any], T] | None = None
@@ -394,11 +432,31 @@ class ExchangeClient:
             )
         try:
             reply = orjson.loads(raw)
-            outcome = reply["status"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except orjson.JSONDecodeError as exc:
             self.outcomes["ambiguous"] += 1
             raise AmbiguousOutcome(
                 f"{what}: unreadable reply {raw[:200]!r}", status=status, action=what, nonce=nonce
+            ) from exc
+        return self._read_reply(reply, what, nonce, read, status)
+
+    def _read_reply(
+        self,
+        reply: Any,
+        what: str,
+        nonce: int,
+        read: Callable[[Any], T] | None,
+        status: int | None,
+    ) -> Any:
+        """The exchange's ``{"status", "response"}`` reply, over REST or the socket."""
+        try:
+            outcome = reply["status"]
+        except (KeyError, TypeError) as exc:
+            self.outcomes["ambiguous"] += 1
+            raise AmbiguousOutcome(
+                f"{what}: unreadable reply {str(reply)[:200]!r}",
+                status=status,
+                action=what,
+                nonce=nonce,
             ) from exc
         if outcome == "err":
             self.outcomes["rejected"] += 1
@@ -416,4 +474,9 @@ class ExchangeClient:
         return result
 
     def stats(self) -> dict[str, Any]:
-        return {"sent": self.sent, **self.outcomes, "last_nonce": self.actions.nonces.last}
+        return {
+            "sent": self.sent,
+            "sent_ws": self.sent_ws,
+            **self.outcomes,
+            "last_nonce": self.actions.nonces.last,
+        }

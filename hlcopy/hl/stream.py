@@ -737,6 +737,17 @@ class StreamPool(Component):
 
     # -- post requests --------------------------------------------------------------------
 
+    @property
+    def post_ready(self) -> bool:
+        """Whether a connection is up to take a post now (an order never waits for one)."""
+        return self._tg is not None and any(c.ready.is_set() for c in self._conns)
+
+    async def post_action(self, payload: Mapping[str, Any]) -> Any:
+        """A signed exchange action over the socket: the exchange's reply (``status`` and
+        ``response``). Raises AmbiguousOutcome when the socket closes after sending or the
+        reply does not come in time, StreamError when the pool is not running."""
+        return await self._post("action", payload)
+
     async def _post(self, kind: Literal["info", "action"], payload: Mapping[str, Any]) -> Any:
         """A request over the socket: ``info`` returns the data; ``action`` the exchange's reply.
 

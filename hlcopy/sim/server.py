@@ -65,6 +65,7 @@ SUPPORTED_SUBS = USER_SUBS | COIN_SUBS | {"allMids"}
 STAT_KEYS = (
     "info_requests",
     "exchange_requests",
+    "ws_actions",
     "weight_charged",
     "rate_limited",
     "replies_lost",
@@ -785,6 +786,7 @@ class Simulator:
             delay = self.faults.take_delay()
             if delay:
                 await self.clock.sleep(delay)
+            self.stats["ws_actions"] += 1
             try:
                 response = {"type": "action", "payload": self._act(payload)}
             except BadAction:

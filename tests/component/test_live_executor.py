@@ -89,7 +89,7 @@ def asset_of(sim: Simulator) -> Callable[[str], Asset | None]:
 
 
 @contextlib.asynccontextmanager
-async def live_on(sim: Simulator, store: Store) -> AsyncIterator[Env]:
+async def live_on(sim: Simulator, store: Store, *, ws: bool = False) -> AsyncIterator[Env]:
     master_key, agent_key = "0x" + secrets.token_hex(32), "0x" + secrets.token_hex(32)
     master, agent = Signer.from_key(master_key), Signer.from_key(agent_key)
     await sim_post(sim, "/_sim/fund", {"address": master.address, "usdc": "100000"})
@@ -97,7 +97,9 @@ async def live_on(sim: Simulator, store: Store) -> AsyncIterator[Env]:
         by_master = ExchangeClient(session, sim.url, master, WeightBudget(), is_mainnet=False)
         await by_master.approve_agent(master, agent.address, "hlcopy")
         info = InfoClient(session, sim.url, WeightBudget())
-        exchange = ExchangeClient(session, sim.url, agent, WeightBudget(), is_mainnet=False)
+        exchange = ExchangeClient(
+            session, sim.url, agent, WeightBudget(), is_mainnet=False, poster=pool if ws else None
+        )
         risk = [TradingState.ACTIVE]
         venue = LiveVenue(
             exchange,
@@ -222,6 +224,27 @@ async def test_an_intent_fills_on_the_exchange_and_is_booked_once(
         assert env.executor.counters["filled"] == 1
         assert env.outcomes.qsize() == 0
         assert not env.seen
+
+
+async def test_orders_go_over_a_websocket_post_when_a_connection_is_up(
+    stepped: Simulator, store: Store
+) -> None:
+    async with live_on(stepped, store, ws=True) as env:
+        await until(lambda: env.pool.post_ready)
+        rest_before = stepped.stats["exchange_requests"]
+        order = intent(stepped, True, "0.01")
+        env.executor.submit(order)
+        out = await outcome_of(env, order)
+        assert out.status == "filled", out
+        assert sim_szi(env) == D("0.01")
+        assert stepped.stats["ws_actions"] == 1
+        assert stepped.stats["exchange_requests"] == rest_before  # nothing over REST
+        close = intent(stepped, False, "0.01", reduce_only=True)
+        env.executor.submit(close)
+        assert (await outcome_of(env, close)).status == "filled"
+        assert sim_szi(env) == 0
+        assert stepped.stats["ws_actions"] == 2
+        assert stepped.stats["exchange_requests"] == rest_before
 
 
 async def test_rejections_carry_the_exchanges_message(stepped: Simulator, store: Store) -> None:

@@ -450,7 +450,7 @@ class CopyEngine(Component):
                 }
             )
         return {
-            "mode": "paper",
+            "mode": "paper" if self._executor.paper else "live",
             "equity": self._equity(mids),
             "cash": account.cash,
             "realized_pnl": account.realized_pnl,

@@ -175,6 +175,11 @@ class Venue(Protocol):
     @property
     def paper(self) -> bool: ...
 
+    @property
+    def expires_after_ms(self) -> int:
+        """How long after sending an order can still land (live: its ``expiresAfter``)."""
+        ...
+
     async def start(self, host: PaperExecutor) -> AccountState | None:
         """Before the first intent: live, the follower's account from the exchange (raises when
         it cannot be read: unknown is never flat); paper, None."""
@@ -188,6 +193,13 @@ class Venue(Protocol):
         """The newest account state the exchange gave (live), or None (paper)."""
         ...
 
+    async def settle(
+        self, intent: OrderIntent, host: PaperExecutor, expires_ms: int, why: str
+    ) -> VenueResult:
+        """Settle an order of unknown fate (a previous run's, sent but never settled): live, by
+        ``orderStatus(cloid)`` once ``expires_ms`` has passed, never by sending it again."""
+        ...
+
     async def stop(self) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
@@ -198,6 +210,7 @@ class PaperVenue:
     coin's book after it (see the module docstring, steps 2 and 3)."""
 
     paper = True
+    expires_after_ms = 0
 
     async def start(self, host: PaperExecutor) -> AccountState | None:
         return None
@@ -227,6 +240,12 @@ class PaperVenue:
 
     def state(self) -> AccountState | None:
         return None
+
+    async def settle(
+        self, intent: OrderIntent, host: PaperExecutor, expires_ms: int, why: str
+    ) -> VenueResult:
+        # A paper order that was not booked never reached the (paper) book.
+        return VenueResult("never_arrived", host.clock.time_ms(), error=why)
 
     async def stop(self) -> None:
         return None
@@ -366,6 +385,7 @@ class PaperExecutor(Component):
             "rejected": 0,
             "refused": 0,
             "never_arrived": 0,
+            "settled_at_start": 0,
             "unknown": 0,
             "own_fills": 0,
             "own_fills_deduped": 0,
@@ -609,13 +629,40 @@ class PaperExecutor(Component):
         copies, transfers, funding = await self._performance.history()
         self.ledger = FollowLedger.replay(copies, transfers, funding)
         self._loaded = True
-        # Unsettled live intents of an earlier run are settled at start-up by the
-        # reconciliation (issue 12, deliverable 2); paper ones are not touched here.
+        await self._settle_open_live()
         log.info(
             "executor: live account loaded",
             account_value=str(state.margin_summary.account_value),
             positions=len(self._account.positions),
         )
+
+    async def _settle_open_live(self) -> None:
+        """Before READY: settle every live intent a previous run left open. One never marked
+        ``sending`` was never signed: it never arrived. One that was may have reached the
+        exchange: the venue asks ``orderStatus(cloid)`` once its ``expiresAfter`` has passed
+        and it is booked like any reply (never sent again). The outcomes reach the engine, so
+        the copier decides again with a new attempt where nothing arrived."""
+        for row in await self._copies.open_live():
+            intent = row.intent
+            self.counters["settled_at_start"] += 1
+            if row.status == "planned":
+                result = VenueResult(
+                    "never_arrived",
+                    self._clock.time_ms(),
+                    error="a previous run stopped before sending it",
+                )
+                await self._settle_final(intent, result)
+                continue
+            sent_ms = row.sent_ms if row.sent_ms is not None else intent.decided_ms
+            expires_ms = sent_ms + self._venue.expires_after_ms
+            why = f"a previous run stopped with it {row.status}"
+            result = await self._venue.settle(intent, self, expires_ms, why)
+            if result.status == "filled" and result.filled_sz > 0 and result.avg_px is not None:
+                await asyncio.shield(self._book_fill(intent, None, result))
+            elif result.status == "rejected":
+                await self._settle_rejected(intent, result.error or NO_MATCH, result.time_ms)
+            else:
+                await asyncio.shield(self._settle_final(intent, result))
 
     def _sync_live(self, state: AccountState | None = None) -> None:
         """Live: rebuild the account from the venue's newest exchange snapshot when there is a

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
+from hlcopy.model import OrderIntent
 from hlcopy.store.db import Store, translate
 
 OPEN_STATUSES: Final = ("planned", "sending")
@@ -27,6 +28,15 @@ COPY_STATUSES: Final = (
     "never_arrived",
     "skipped",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIntent:
+    """A live intent a previous run left unsettled, as its row holds it."""
+
+    intent: OrderIntent
+    status: str  # planned | sending | unknown
+    sent_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,41 @@ class CopyStore:
                 now_ms,
             )
         return [r["cloid"] for r in rows]
+
+    async def open_live(self) -> list[OpenIntent]:
+        """Live intents a previous run wrote but never settled, oldest first: ``planned`` ones
+        were never sent (a row becomes ``sending`` before its order is signed); ``sending`` and
+        ``unknown`` ones may have reached the exchange."""
+        with translate("load open live intents"):
+            rows = await self._store.pool.fetch(
+                """SELECT cloid, status, attribution, leader, coin, is_buy, sz, limit_px,
+                          reduce_only, reason, attempt, decided_ms, sent_ms, leader_tid
+                   FROM copies
+                   WHERE NOT paper AND cloid IS NOT NULL
+                     AND status IN ('planned', 'sending', 'unknown')
+                   ORDER BY id"""
+            )
+        return [
+            OpenIntent(
+                OrderIntent(
+                    cloid=r["cloid"],
+                    coin=r["coin"],
+                    is_buy=bool(r["is_buy"]),
+                    sz=r["sz"],
+                    limit_px=r["limit_px"],
+                    reduce_only=bool(r["reduce_only"]),
+                    reason=r["reason"] or "",
+                    attribution=tuple((str(f), Decimal(str(v))) for f, v in r["attribution"]),
+                    leader=r["leader"],
+                    source_tid=r["leader_tid"],
+                    attempt=r["attempt"],
+                    decided_ms=r["decided_ms"],
+                ),
+                r["status"],
+                r["sent_ms"],
+            )
+            for r in rows
+        ]
 
     # -- the live account's attribution ------------------------------------------------------
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,11 +26,11 @@ from hlcopy.budget import WeightBudget
 from hlcopy.component import Ready
 from hlcopy.config import DatabaseConfig, parse_config
 from hlcopy.events import EventBus
-from hlcopy.follow.executor import PaperExecutor
+from hlcopy.follow.executor import PaperExecutor, _with_intent_fields
 from hlcopy.follow.risk import TradingState
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import ExchangeClient, InfoClient, Rounding, Signer, StreamPool, round_price
-from hlcopy.model import Asset, OrderIntent, OrderOutcome, UserFills
+from hlcopy.model import Asset, OrderIntent, OrderOutcome, OrderSpec, UserFills
 from hlcopy.queues import BoundedQueue
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
@@ -89,7 +90,13 @@ def asset_of(sim: Simulator) -> Callable[[str], Asset | None]:
 
 
 @contextlib.asynccontextmanager
-async def live_on(sim: Simulator, store: Store, *, ws: bool = False) -> AsyncIterator[Env]:
+async def live_on(
+    sim: Simulator,
+    store: Store,
+    *,
+    ws: bool = False,
+    before: Callable[[ExchangeClient, str], Awaitable[None]] | None = None,
+) -> AsyncIterator[Env]:
     master_key, agent_key = "0x" + secrets.token_hex(32), "0x" + secrets.token_hex(32)
     master, agent = Signer.from_key(master_key), Signer.from_key(agent_key)
     await sim_post(sim, "/_sim/fund", {"address": master.address, "usdc": "100000"})
@@ -100,6 +107,8 @@ async def live_on(sim: Simulator, store: Store, *, ws: bool = False) -> AsyncIte
         exchange = ExchangeClient(
             session, sim.url, agent, WeightBudget(), is_mainnet=False, poster=pool if ws else None
         )
+        if before is not None:  # what a previous run left behind
+            await before(exchange, master.address)
         risk = [TradingState.ACTIVE]
         venue = LiveVenue(
             exchange,
@@ -353,3 +362,53 @@ async def test_halted_sends_nothing_and_reducing_only_reduces(
         assert sim_szi(env) == D("0.01")
         assert env.executor.positions() == {"ETH": D("0.01")}
         assert env.venue.counters["refused_by_risk"] == 3
+
+
+async def test_a_previous_runs_open_intents_are_settled_before_ready(
+    stepped: Simulator, store: Store
+) -> None:
+    """A run that died mid-order leaves rows behind: one never sent (planned), one sent that
+    landed, one sent that never arrived (both ``sending``). The next start settles all three
+    before READY: by the row for the first, by ``orderStatus(cloid)`` for the others, and
+    sends nothing again."""
+    copies = CopyStore(store)
+    never_sent = intent(stepped, True, "0.01")
+    landed = intent(stepped, True, "0.02")
+    lost = intent(stepped, True, "0.03")
+
+    async def previous_run(exchange: ExchangeClient, master: str) -> None:
+        now = int(time.time() * 1000)
+        for order in (never_sent, landed, lost):
+            row = _with_intent_fields(order, None, now, paper=False)
+            assert await copies.write_intent(row) is None
+        for order in (landed, lost):
+            await copies.mark_sending(order.cloid, now, None)
+        a = stepped.engine.by_name["ETH"]
+        spec = OrderSpec(
+            Asset("ETH", a.asset_id, a.sz_decimals, a.max_leverage),
+            True,
+            landed.limit_px,
+            landed.sz,
+            False,
+            "Ioc",
+            landed.cloid,
+        )
+        (status,) = await exchange.place([spec])  # it landed; the run died before the reply
+        assert status.outcome == "filled"
+
+    async with live_on(stepped, store, before=previous_run) as env:
+        # READY came after the settlement: every row is settled and nothing was sent again.
+        assert env.executor.counters["settled_at_start"] == 3
+        assert stepped.stats["exchange_requests"] == 2  # the approval and the landed order
+        statuses = {o.cloid: o.status for o in [await env.outcomes.get() for _ in range(3)]}
+        assert statuses == {
+            never_sent.cloid: "never_arrived",
+            landed.cloid: "filled",
+            lost.cloid: "never_arrived",
+        }
+        assert (await copy_row(env, landed.cloid))["status"] == "filled"
+        assert (await copy_row(env, never_sent.cloid))["status"] == "never_arrived"
+        assert (await copy_row(env, lost.cloid))["status"] == "never_arrived"
+        assert env.executor.attributed() == {"f1": {"ETH": D("0.02")}}
+        assert sim_szi(env) == D("0.02")
+        assert env.executor.pending() == {}

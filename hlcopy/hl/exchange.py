@@ -52,7 +52,7 @@ class ActionPoster(Protocol):
     @property
     def post_ready(self) -> bool: ...
 
-    async def post_action(self, payload: Mapping[str, Any]) -> Any: ...
+    async def post_action(self, body: bytes) -> object: ...
 
 
 def _data(response: Any) -> Any:
@@ -380,9 +380,8 @@ class ExchangeClient:
         self, poster: ActionPoster, prepared: PreparedAction, read: Callable[[Any], T] | None
     ) -> Any:
         what, nonce = prepared.kind, prepared.nonce
-        payload = orjson.loads(prepared.body)
         try:
-            reply = await poster.post_action(payload)
+            reply = await poster.post_action(prepared.body)
         except AmbiguousOutcome as exc:
             self.sent += 1
             self.outcomes["ambiguous"] += 1

@@ -742,11 +742,13 @@ class StreamPool(Component):
         """Whether a connection is up to take a post now (an order never waits for one)."""
         return self._tg is not None and any(c.ready.is_set() for c in self._conns)
 
-    async def post_action(self, payload: Mapping[str, Any]) -> Any:
-        """A signed exchange action over the socket: the exchange's reply (``status`` and
-        ``response``). Raises AmbiguousOutcome when the socket closes after sending or the
-        reply does not come in time, StreamError when the pool is not running."""
-        return await self._post("action", payload)
+    async def post_action(self, body: bytes) -> object:
+        """A signed exchange action (its REST body) over the socket: the exchange's reply
+        (``status`` and ``response``), read by the exchange client. Raises AmbiguousOutcome
+        when the socket closes after sending or the reply does not come in time, StreamError
+        when the pool is not running."""
+        reply: object = await self._post("action", orjson.loads(body))
+        return reply
 
     async def _post(self, kind: Literal["info", "action"], payload: Mapping[str, Any]) -> Any:
         """A request over the socket: ``info`` returns the data; ``action`` the exchange's reply.

@@ -96,6 +96,8 @@ async def live_on(
     *,
     ws: bool = False,
     before: Callable[[ExchangeClient, str], Awaitable[None]] | None = None,
+    risk_of: Callable[[OrderIntent], TradingState] | None = None,
+    **venue_kwargs: Any,
 ) -> AsyncIterator[Env]:
     master_key, agent_key = "0x" + secrets.token_hex(32), "0x" + secrets.token_hex(32)
     master, agent = Signer.from_key(master_key), Signer.from_key(agent_key)
@@ -116,10 +118,11 @@ async def live_on(
             master.address,  # the account, never the agent
             asset_of(sim),
             stream=pool,
-            risk=lambda _: risk[0],
+            risk=risk_of or (lambda _: risk[0]),
             expires_after_s=EXPIRES_S,
             settle_margin_s=0.2,
             settle_retry_s=0.2,
+            **venue_kwargs,
         )
         intents = BoundedQueue[OrderIntent]("test:intents", 100)
         outcomes = BoundedQueue[OrderOutcome]("test:outcomes", 100)

@@ -14,7 +14,8 @@ anything else is a 400 naming the field. In order:
    attribution), netted per coin — follows on opposite sides of one coin are first netted
    inside the account by a transfer at the mid, as the copier does — and the remainder capped
    by the account's actual position, so a close never flips it and never touches the part of
-   a position opened outside hlcopy (nor a coin hlcopy holds nothing of).
+   a position opened outside hlcopy (nor a coin hlcopy holds nothing of). A coin whose
+   follows include one that is HALTED on its own scope is reported, not sent.
 3. Each close is a reduce-only IOC at mid x (1 -/+ ``slippage_bps``) on the tick grid,
    with a deterministic cloid (``close-all|<request>|<coin>|<attempt>``: the same request
    decided twice is one order, by the executor's write-ahead), submitted through the same
@@ -45,7 +46,7 @@ from hlcopy.errors import ExchangeError, StoreError, StreamError, WireError
 from hlcopy.follow.copier import Transfer
 from hlcopy.follow.fills import fill_shares
 from hlcopy.follow.risk import TradingState
-from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper
+from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope
 from hlcopy.hl import Rounding, derive_cloid, round_price
 from hlcopy.model import Asset, L2Book, LeaderFill, OrderIntent
 
@@ -221,6 +222,10 @@ class CloseAll:
             self.counters["transfers"] += len(plan.transfers)
         if plan.sz <= 0:
             return {**out, "error": plan.why}
+        state = self._risk.trading_state(*(follow_scope(f) for f, _ in plan.attribution))
+        if state == TradingState.HALTED:
+            # HALTED sends nothing, closes included (the live venue would refuse it anyway).
+            return {**out, "error": "a follow of it is HALTED: resume it or switch to reducing"}
         try:
             px = close_limit_price(mid, plan.is_buy, self._slippage_bps, asset)
         except WireError as exc:

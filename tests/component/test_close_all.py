@@ -358,6 +358,29 @@ async def test_close_all_lowers_the_apis_own_halt_to_reducing_and_closes(
         assert env.executor.positions() == {}
 
 
+async def test_a_halted_follows_coin_is_reported_not_sent(stepped: Simulator, store: Store) -> None:
+    keeper = RiskKeeper(store, EventBus())
+    keeper.set_scopes([follow_scope("f1"), follow_scope("f2")])
+    async with paper_on(stepped, store) as env:
+        eth = intent(stepped, True, "0.02")  # f1
+        sol = attributed_to(intent(stepped, True, "0.1", coin="SOL"), "f2")
+        for order in (eth, sol):
+            env.executor.submit(order)
+            assert (await outcome(env, order.cloid)).status == "filled"
+        await keeper.halt(follow_scope("f2"), "that one only", TradingState.HALTED)
+        closer = CloseAll(env.executor, keeper, asset_of(stepped))
+        async with api_on(keeper, closer) as api:
+            status, body = await api.post(CONFIRMED)
+        assert status == 202, body
+        closes = {c["coin"]: c for c in body["closes"]}
+        assert (closes["SOL"]["sent"], closes["SOL"]["cloid"]) == (False, None)
+        assert "HALTED" in closes["SOL"]["error"]
+        assert closes["ETH"]["sent"] is True
+        assert (await outcome(env, closes["ETH"]["cloid"])).status == "filled"
+        assert env.executor.positions() == {"SOL": D("0.1")}
+        assert env.executor.attributed() == {"f2": {"SOL": D("0.1")}}
+
+
 async def test_close_all_under_another_halt_sends_nothing(stepped: Simulator, store: Store) -> None:
     """A trip other than the API's (a reject streak, stored by a previous run) holds the
     account HALTED: the reduce-only closes would be refused anyway, so the answer says so

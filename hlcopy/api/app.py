@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hlcopy.api import copies, feed, openapi, opportunities, performance, schemas, scout
+from hlcopy.api import close, copies, feed, openapi, opportunities, performance, schemas, scout
 from hlcopy.api import positions as positions_routes
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
@@ -208,6 +208,7 @@ ROUTES: Final = (
     ),
     *scout.ROUTES,
     *risk_routes.ROUTES,
+    close.ROUTE,
     *positions_routes.ROUTES,
     *FOLLOW_ROUTES,
     *copies.ROUTES,
@@ -234,6 +235,7 @@ def build_app(
     follows: FollowRegistry | None = None,
     positions: positions_routes.PositionsView | None = None,
     performance_report: performance.PerformanceReport | None = None,
+    closer: close.CloseAll | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -259,6 +261,8 @@ def build_app(
         app[risk_routes.RISK] = risk
     if positions is not None:
         app[positions_routes.POSITIONS] = positions
+    if closer is not None:
+        app[close.CLOSER] = closer
     app[FOLLOWS] = Follows(follows)
     if store is not None:
         app[copies.COPIES] = CopyStore(store)

@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hlcopy.api.app import build_app, error_response
+from hlcopy.api.close import CloseAll
 from hlcopy.api.feed import FEEDS
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.ports import RegistryView, TrackRequests
@@ -134,6 +135,7 @@ class ApiServer(Component):
         follows: FollowRegistry | None = None,
         positions: PositionsView | None = None,
         performance_report: PerformanceReport | None = None,
+        closer: CloseAll | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
@@ -151,6 +153,7 @@ class ApiServer(Component):
             "follows": follows,
             "positions": positions,
             "performance_report": performance_report,
+            "closer": closer,
         }
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None

@@ -19,6 +19,21 @@ Per intent (its copy row already committed as ``sending`` by the shell, ``follow
 4. The shell books what comes back (shielded) and hands the outcome to the engine, whose risk
    breakers count permanent rejections.
 
+Before the first order that can add exposure in a coin, where the follows cap leverage
+(``leverage_cap``), the venue sets the coin's leverage once per run (``updateLeverage``, cross
+margin unless told otherwise, at most the asset's maximum). A failure is logged and counted and
+the order still goes: the follow's leverage cap is kept by the copier's sizing (notional over
+equity) whatever the exchange's setting, which only decides the margin an order takes; refusing
+would stall copying on a settings call. A definite refusal (say, a margin-mode switch with a
+position open) is not asked again this run; an ambiguous one is, before the next order.
+
+The account's per-address action budget (``userRateLimit``) is read at start and then every
+``rate_limit_every_s`` (FOLLOWER lane), less what we sent since. When what is left falls under
+the reserve (``rate_limit_reserve`` requests or ``rate_limit_reserve_pct`` of the cap, the
+larger), exposure-increasing orders are refused before signing, with a message the engine
+records, while reductions go on (as reduce-only): new entries slow down before the budget runs
+out, and the rest of it is kept for closes.
+
 Our own fills come back through a ``userFills`` subscription on the account: the shell dedupes
 them against the replies (``PaperExecutor.own_fills``). Every query names the account address,
 never the agent's (an agent's address has no positions: it would read as flat).
@@ -26,8 +41,10 @@ never the agent's (an agent's address has no positions: it would read as flat).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
 import structlog
@@ -58,6 +75,7 @@ from hlcopy.model import (
     OrderSpec,
     OrderStatus,
     UserFills,
+    UserRateLimit,
 )
 
 log = structlog.get_logger()
@@ -68,6 +86,8 @@ FEE_QUANTUM: Final = Decimal("0.000001")
 _UNFILLED_ENDS: Final = frozenset({"canceled", "iocCancelRejected", "filled"})
 
 Send = Callable[[PreparedAction], Awaitable[list[OrderStatus]]]
+#: The start of every refusal the venue makes without sending anything.
+REFUSED: Final = "refused before sending: "
 
 
 class _OwnFills:
@@ -107,6 +127,11 @@ class LiveVenue:
         settle_retry_s: float = 1.0,
         taker_fee_rate: Decimal = DEFAULT_TAKER_FEE_RATE,
         own_fills: bool = True,
+        leverage_cap: Callable[[OrderIntent], Decimal | None] | None = None,
+        cross_margin: bool = True,
+        rate_limit_every_s: float = 60.0,
+        rate_limit_reserve: int = 500,
+        rate_limit_reserve_pct: Decimal = Decimal(10),
     ) -> None:
         self._exchange = exchange
         self._info = info
@@ -125,6 +150,18 @@ class LiveVenue:
         self._subscribe_own = own_fills
         self._state: AccountState | None = None
         self._sub: Subscription[UserFills] | None = None
+        self._leverage_cap = leverage_cap
+        self._cross = cross_margin
+        #: Coins whose leverage this run has settled: the leverage set (0: the exchange refused).
+        self.leverage: dict[str, int] = {}
+        self._leverage_locks: dict[str, asyncio.Lock] = {}
+        self._rate_every_s = rate_limit_every_s
+        self._reserve = rate_limit_reserve
+        self._reserve_pct = rate_limit_reserve_pct
+        self._rate: UserRateLimit | None = None
+        self._rate_read_ms: int | None = None
+        self._sent_since_read = 0
+        self._rate_task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {
             "sent": 0,
             "filled": 0,
@@ -135,6 +172,11 @@ class LiveVenue:
             "settled_by_cloid": 0,
             "status_errors": 0,
             "fees_from_fills": 0,
+            "leverage_set": 0,
+            "leverage_errors": 0,
+            "refused_by_rate_limit": 0,
+            "rate_limit_reads": 0,
+            "rate_limit_errors": 0,
         }
 
     # -- the seam -------------------------------------------------------------------------
@@ -148,6 +190,11 @@ class LiveVenue:
                 self._sub = await self._stream.user_fills(self.account, _OwnFills(host), wait=False)
             except (StreamError, ExchangeError) as exc:
                 log.warning("executor: no userFills of our own account", error=str(exc))
+        await self.refresh_rate_limit()
+        if self._rate_task is None and self._rate_every_s > 0:
+            self._rate_task = asyncio.create_task(
+                self._watch_rate_limit(), name="executor:rate-limit"
+            )
         return self._state
 
     def state(self) -> AccountState | None:
@@ -161,12 +208,129 @@ class LiveVenue:
         return mine
 
     async def stop(self) -> None:
+        task, self._rate_task = self._rate_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._stream is not None and self._sub is not None:
             sub, self._sub = self._sub, None
             await self._stream.unsubscribe(sub)
 
     def stats(self) -> dict[str, Any]:
-        return {"venue": "live", "account": self.account, **self.counters}
+        rate = self._rate
+        return {
+            "venue": "live",
+            "account": self.account,
+            **self.counters,
+            "leverage": dict(self.leverage),
+            "rate_limit": None
+            if rate is None
+            else {
+                "used": rate.n_requests_used,
+                "cap": rate.n_requests_cap,
+                "sent_since_read": self._sent_since_read,
+                "left": self.actions_left(),
+                "reserve": self._reserve_floor(rate),
+                "low": self.budget_low(),
+                "read_ms": self._rate_read_ms,
+            },
+        }
+
+    # -- the per-address action budget ----------------------------------------------------------
+
+    async def refresh_rate_limit(self) -> UserRateLimit | None:
+        """Read the account's ``userRateLimit`` now (FOLLOWER lane); on an error the last
+        reading stays (less what was sent since)."""
+        try:
+            rate = await self._info.user_rate_limit(self.account, lane=Lane.FOLLOWER)
+        except (ExchangeError, StreamError) as exc:
+            self.counters["rate_limit_errors"] += 1
+            log.warning("executor: userRateLimit not read", error=str(exc))
+            return None
+        self.counters["rate_limit_reads"] += 1
+        self._rate = rate
+        self._rate_read_ms = self._clock.time_ms()
+        self._sent_since_read = 0
+        if self.budget_low():
+            log.warning(
+                "executor: action budget low; only reductions go",
+                left=self.actions_left(),
+                cap=rate.n_requests_cap,
+            )
+        return rate
+
+    async def _watch_rate_limit(self) -> None:
+        while True:
+            await self._clock.sleep(self._rate_every_s)
+            await self.refresh_rate_limit()
+
+    def actions_left(self) -> int | None:
+        """Requests left in the account's budget: the last reading less what we sent since
+        (None: never read)."""
+        rate = self._rate
+        if rate is None:
+            return None
+        return rate.n_requests_cap - rate.n_requests_used - self._sent_since_read
+
+    def _reserve_floor(self, rate: UserRateLimit) -> int:
+        pct = (Decimal(rate.n_requests_cap) * self._reserve_pct / 100).to_integral_value(
+            ROUND_FLOOR
+        )
+        return max(self._reserve, int(pct))
+
+    def budget_low(self) -> bool:
+        """Whether what is left is under the reserve kept for reductions (unknown: not low,
+        the exchange still refuses what goes over)."""
+        left = self.actions_left()
+        return (
+            self._rate is not None and left is not None and left < self._reserve_floor(self._rate)
+        )
+
+    # -- leverage per coin ----------------------------------------------------------------------
+
+    async def _ensure_leverage(self, intent: OrderIntent, asset: Asset) -> None:
+        """Once per coin per run, before its first exposure-increasing order: the follows' cap
+        as the exchange's leverage (whole, 1 to the asset's maximum), cross margin unless told
+        otherwise. Errors are logged and counted; the order goes anyway (module docstring)."""
+        if self._leverage_cap is None or intent.coin in self.leverage or asset.is_spot:
+            return
+        cap = self._leverage_cap(intent)
+        if cap is None:
+            return
+        async with self._leverage_locks.setdefault(intent.coin, asyncio.Lock()):
+            if intent.coin in self.leverage:
+                return
+            limit = asset.max_leverage if asset.max_leverage > 0 else 1
+            leverage = max(1, min(int(cap.to_integral_value(ROUND_FLOOR)), limit))
+            cross = self._cross and not asset.only_isolated
+            self._sent_since_read += 1
+            try:
+                await self._exchange.update_leverage(asset, leverage, is_cross=cross)
+            except (Rejected, BadRequest, WireError) as exc:
+                # Definite: not asked again this run.
+                self.counters["leverage_errors"] += 1
+                self.leverage[intent.coin] = 0
+                log.warning(
+                    "executor: leverage not set",
+                    coin=intent.coin,
+                    leverage=leverage,
+                    error=str(exc),
+                )
+                return
+            except (ExchangeError, StreamError, ValueError) as exc:
+                # Ambiguous or transient: asked again before the next order in the coin.
+                self.counters["leverage_errors"] += 1
+                log.warning(
+                    "executor: leverage not set; again next time",
+                    coin=intent.coin,
+                    leverage=leverage,
+                    error=str(exc),
+                )
+                return
+            self.counters["leverage_set"] += 1
+            self.leverage[intent.coin] = leverage
+            log.info("executor: leverage set", coin=intent.coin, leverage=leverage, cross=cross)
 
     # -- one order --------------------------------------------------------------------------
 
@@ -184,10 +348,25 @@ class LiveVenue:
                 position = host.positions().get(intent.coin, ZERO)
                 if not permits(state, position, intent.is_buy, intent.sz):
                     self.counters["refused_by_risk"] += 1
-                    return self._rejected(
-                        now, f"refused before sending: trading is {state.value.upper()}"
-                    )
+                    return self._rejected(now, f"{REFUSED}trading is {state.value.upper()}")
                 reduce_only = True  # the exchange refuses it too if our position is stale
+        position = host.positions().get(intent.coin, ZERO)
+        adds = not reduce_only and not permits(
+            TradingState.REDUCING, position, intent.is_buy, intent.sz
+        )
+        if not adds and not reduce_only and self.budget_low():
+            reduce_only = True  # budget kept for closes: send reductions as such
+        if adds:
+            if self.budget_low():
+                self.counters["refused_by_rate_limit"] += 1
+                return self._rejected(
+                    now,
+                    f"{REFUSED}the account's action budget is low ({self.actions_left()} of "
+                    f"{self._rate.n_requests_cap if self._rate else '?'} requests left); "
+                    "only reductions go until it recovers",
+                )
+            await self._ensure_leverage(intent, asset)
+            now = self._clock.time_ms()
         expires_ms = now + self.expires_after_ms
         spec = OrderSpec(
             asset, intent.is_buy, intent.limit_px, intent.sz, reduce_only, "Ioc", intent.cloid
@@ -199,6 +378,7 @@ class LiveVenue:
         except WireError as exc:
             return self._rejected(now, str(exc))
         self.counters["sent"] += 1
+        self._sent_since_read += 1
         try:
             (status,) = await self._send(prepared)
         except (Rejected, BadRequest) as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from hlcopy.api.close import CloseAll
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.scout import FeedSettings
 from hlcopy.api.server import ApiServer
@@ -23,8 +24,11 @@ from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import Secret
 from hlcopy.daemon import Daemon
 from hlcopy.events import EventBus
+from hlcopy.follow.copier import Transfer
+from hlcopy.follow.executor import NoMarketData
 from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.riskkeeper import RiskKeeper
+from hlcopy.model import L2Book, LeaderFill, OrderIntent
 from hlcopy.notify import Notifier
 from hlcopy.scout.leaderboard import Leaderboard, LeaderboardService, pack_metrics
 from hlcopy.store import Store
@@ -82,6 +86,29 @@ class Tracker:
 
     def request_track(self, address: str) -> None:
         self.requested.append(address)
+
+
+class Flat:
+    """The executor as close-all sees it, with nothing open (no executor runs here): the API's
+    close-all route is served and fuzzed, and has nothing to send."""
+
+    def attributed(self) -> dict[str, dict[str, Decimal]]:
+        return {}
+
+    def positions(self) -> dict[str, Decimal]:
+        return {}
+
+    def mids(self) -> dict[str, Decimal]:
+        return {}
+
+    async def book(self, coin: str) -> L2Book:
+        raise NoMarketData(f"no book for {coin}")
+
+    async def transfer(self, moves: Sequence[Transfer]) -> None:
+        raise AssertionError("nothing to net")
+
+    def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None:
+        raise AssertionError("nothing to close")
 
 
 class Positions:
@@ -286,6 +313,7 @@ async def scout_api(
         follows=follows,
         positions=Positions(),
         performance_report=PerformanceReport(follows, PerformanceStore(store), dict),
+        closer=CloseAll(Flat(), risk, lambda coin: None),
     )
     daemon.add(StoreMonitor(store))
     daemon.add(follows)

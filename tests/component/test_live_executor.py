@@ -96,6 +96,8 @@ async def live_on(
     *,
     ws: bool = False,
     before: Callable[[ExchangeClient, str], Awaitable[None]] | None = None,
+    risk_of: Callable[[OrderIntent], TradingState] | None = None,
+    **venue_kwargs: Any,
 ) -> AsyncIterator[Env]:
     master_key, agent_key = "0x" + secrets.token_hex(32), "0x" + secrets.token_hex(32)
     master, agent = Signer.from_key(master_key), Signer.from_key(agent_key)
@@ -116,10 +118,11 @@ async def live_on(
             master.address,  # the account, never the agent
             asset_of(sim),
             stream=pool,
-            risk=lambda _: risk[0],
+            risk=risk_of or (lambda _: risk[0]),
             expires_after_s=EXPIRES_S,
             settle_margin_s=0.2,
             settle_retry_s=0.2,
+            **venue_kwargs,
         )
         intents = BoundedQueue[OrderIntent]("test:intents", 100)
         outcomes = BoundedQueue[OrderOutcome]("test:outcomes", 100)
@@ -412,3 +415,117 @@ async def test_a_previous_runs_open_intents_are_settled_before_ready(
         assert env.executor.attributed() == {"f1": {"ETH": D("0.02")}}
         assert sim_szi(env) == D("0.02")
         assert env.executor.pending() == {}
+
+
+async def leverage_of(env: Env, coin: str) -> tuple[str, int] | None:
+    """The coin's leverage as the exchange reports it on the account's position."""
+    state = await env.info.clearinghouse_state(env.master)
+    for p in state.positions:
+        if p.coin == coin and p.leverage is not None:
+            return p.leverage.type, p.leverage.value
+    return None
+
+
+async def test_leverage_is_set_once_per_coin_before_its_first_order(
+    stepped: Simulator, store: Store
+) -> None:
+    """Where the follows cap leverage, the coin's leverage is set (cross, at most the asset's
+    maximum) before its first exposure-increasing order, once per run; an exchange refusal is
+    logged and counted, and the order still goes."""
+
+    async def isolated_sol(exchange: ExchangeClient, master: str) -> None:
+        # A SOL position opened outside hlcopy on isolated margin: switching it to cross is
+        # refused by the exchange while it is open.
+        a = stepped.engine.by_name["SOL"]
+        asset = Asset("SOL", a.asset_id, a.sz_decimals, a.max_leverage)
+        await exchange.update_leverage(asset, 2, is_cross=False)
+        order = intent(stepped, True, "0.1", coin="SOL")
+        spec = OrderSpec(asset, True, order.limit_px, order.sz, False, "Ioc", order.cloid)
+        (status,) = await exchange.place([spec])
+        assert status.outcome == "filled", status
+
+    caps = {"ETH": D("3.7"), "ATOM": D(10), "SOL": D(4)}
+    async with live_on(
+        stepped, store, before=isolated_sol, leverage_cap=lambda i: caps.get(i.coin)
+    ) as env:
+        sent = stepped.stats["exchange_requests"]
+        first = intent(stepped, True, "0.01")
+        env.executor.submit(first)
+        assert (await outcome_of(env, first)).status == "filled"
+        assert await leverage_of(env, "ETH") == ("cross", 3)  # whole, under the cap
+        assert stepped.stats["exchange_requests"] == sent + 2  # updateLeverage, then the order
+        second = intent(stepped, True, "0.01")
+        close = intent(stepped, False, "0.01", reduce_only=True)
+        env.executor.submit(second)
+        env.executor.submit(close)
+        assert (await outcome_of(env, second)).status == "filled"
+        assert (await outcome_of(env, close)).status == "filled"
+        assert stepped.stats["exchange_requests"] == sent + 4  # once per coin per run
+
+        atom = intent(stepped, True, "2", coin="ATOM")  # ATOM allows 5x at most
+        env.executor.submit(atom)
+        assert (await outcome_of(env, atom)).status == "filled"
+        assert await leverage_of(env, "ATOM") == ("cross", 5)
+
+        sol = intent(stepped, True, "0.1", coin="SOL")
+        env.executor.submit(sol)
+        assert (await outcome_of(env, sol)).status == "filled"  # the order went anyway
+        assert await leverage_of(env, "SOL") == ("isolated", 2)
+        assert env.venue.counters["leverage_set"] == 2
+        assert env.venue.counters["leverage_errors"] == 1
+        assert env.venue.leverage == {"ETH": 3, "ATOM": 5, "SOL": 0}
+        assert env.venue.stats()["leverage"] == {"ETH": 3, "ATOM": 5, "SOL": 0}
+
+
+async def test_a_low_action_budget_refuses_new_exposure_and_keeps_room_for_closes(
+    stepped: Simulator, store: Store
+) -> None:
+    """``userRateLimit`` is read periodically; when the account's budget left falls under the
+    reserve, an order that adds exposure is refused before signing (the engine hears why)
+    while a reduction still goes, as reduce-only; when the budget recovers, entries resume."""
+    async with live_on(stepped, store, rate_limit_every_s=0.1) as env:
+        opened = intent(stepped, True, "0.03")
+        env.executor.submit(opened)
+        assert (await outcome_of(env, opened)).status == "filled"
+        figures = env.venue.stats()["rate_limit"]
+        assert figures is not None
+        assert figures["low"] is False
+        assert figures["reserve"] == 1000  # 10% of the 10,000 cap, above the 500 floor
+
+        # The simulator's own count of the account's actions, as if ~9,950 had gone out.
+        account = stepped.engine.accounts[env.master]
+        cap = 10_000 + int(account.volume)
+        account.requests = cap - 50
+        reads = env.venue.counters["rate_limit_reads"]
+        await until(lambda: env.venue.counters["rate_limit_reads"] > reads)
+        assert env.venue.budget_low()
+        figures = env.venue.stats()["rate_limit"]
+        assert (figures["low"], figures["cap"]) == (True, cap)
+        assert figures["left"] <= 50
+
+        sent = stepped.stats["exchange_requests"]
+        more = intent(stepped, True, "0.01")
+        env.executor.submit(more)
+        refused = await outcome_of(env, more)
+        assert refused.status == "rejected"
+        assert refused.error is not None
+        assert refused.error.startswith("refused before sending: the account's action budget")
+        assert stepped.stats["exchange_requests"] == sent  # nothing went out
+        assert env.venue.counters["refused_by_rate_limit"] == 1
+
+        reduce = intent(stepped, False, "0.01")  # a reduction, not flagged by the copier
+        env.executor.submit(reduce)
+        assert (await outcome_of(env, reduce)).status == "filled"
+        status, records = await sim_orders(stepped, reduce.cloid)
+        assert status == 200
+        assert [r["record"]["order"]["reduceOnly"] for r in records] == [True]
+        assert stepped.stats["exchange_requests"] == sent + 1
+
+        account.requests = 0  # the budget recovers
+        reads = env.venue.counters["rate_limit_reads"]
+        await until(lambda: env.venue.counters["rate_limit_reads"] > reads)
+        assert not env.venue.budget_low()
+        again = intent(stepped, True, "0.01")
+        env.executor.submit(again)
+        assert (await outcome_of(env, again)).status == "filled"
+        assert sim_szi(env) == D("0.03")

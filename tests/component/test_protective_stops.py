@@ -242,6 +242,30 @@ async def test_a_follow_without_a_percent_gets_no_stop(stepped: Simulator, store
         assert run.protector.stops() == {}
 
 
+async def test_a_stop_whose_reply_was_lost_is_found_on_the_exchange_never_placed_twice(
+    stepped: Simulator, store: Store
+) -> None:
+    keys = await approved(stepped)
+    pcts: dict[str, Decimal] = {}
+    async with running(stepped, store, keys, pcts) as run:
+        await filled(run, intent(stepped, True, "0.02"))
+        assert await settled(run) == []
+        await sim_post(stepped, "/_sim/faults", {"exchange_lose_reply": 1})
+        actions_before = stepped.stats["exchange_requests"]
+        pcts["f1"] = PCT  # the follow now asks for a stop: the placing reply is lost
+
+        await until(lambda: run.protector.counters["ambiguous"] == 1)
+        assert stepped.stats["replies_lost"] == 1
+        assert run.protector.stats()["in_doubt"] == ["ETH"]
+        # After expiresAfter the account's open orders are read again and the stop adopted.
+        await until(lambda: run.protector.counters["adopted"] == 1, timeout=5)
+        (stop,) = await settled(run)
+        assert run.protector.stops()["ETH"].oid == stop.oid
+        assert stop.sz == D("0.02")
+        assert run.protector.counters["placed"] == 0  # it was placed once, by the lost action
+        assert stepped.stats["exchange_requests"] - actions_before == 1
+
+
 # --- chaos (j): the daemon dies, the stops hold ---------------------------------------------
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +39,7 @@ from hlcopy.follow.protect import (
 )
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import ExchangeClient, InfoClient, Rounding, Signer, round_price
-from hlcopy.model import Asset, Order, OrderIntent, OrderOutcome, OrderSpec
+from hlcopy.model import AccountState, Asset, Order, OrderIntent, OrderOutcome, OrderSpec
 from hlcopy.queues import BoundedQueue
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
@@ -93,7 +94,11 @@ class Run:
 
 @contextlib.asynccontextmanager
 async def running(
-    sim: Simulator, store: Store, keys: Keys, pcts: Mapping[str, Decimal] | None = None
+    sim: Simulator,
+    store: Store,
+    keys: Keys,
+    pcts: Mapping[str, Decimal] | None = None,
+    follower_state: Callable[[], AccountState | None] | None = None,
 ) -> AsyncIterator[Run]:
     """A live executor and its protector, sharing one exchange client (one nonce source). On
     exit both are killed: cancelled, no drain, nothing cleaned up (a dead daemon)."""
@@ -102,7 +107,13 @@ async def running(
         info = InfoClient(session, sim.url, WeightBudget())
         exchange = ExchangeClient(session, sim.url, keys.agent, WeightBudget(), is_mainnet=False)
         venue = LiveVenue(
-            exchange, info, keys.master.address, asset_of(sim), stream=pool, expires_after_s=1.0
+            exchange,
+            info,
+            keys.master.address,
+            asset_of(sim),
+            stream=pool,
+            follower_state=follower_state,  # the tracker's reads, in the daemon
+            expires_after_s=1.0,
         )
         bus = EventBus()
         outcomes = BoundedQueue[OrderOutcome]("test:outcomes", 100)
@@ -264,6 +275,41 @@ async def test_a_stop_whose_reply_was_lost_is_found_on_the_exchange_never_placed
         assert stop.sz == D("0.02")
         assert run.protector.counters["placed"] == 0  # it was placed once, by the lost action
         assert stepped.stats["exchange_requests"] - actions_before == 1
+
+
+async def test_a_stop_that_fired_while_hlcopy_runs_is_let_go_and_a_new_one_sized_to_the_account(
+    stepped: Simulator, store: Store
+) -> None:
+    keys = await approved(stepped)
+    seen: list[AccountState | None] = [None]  # what the tracker last read of the account
+    async with running(stepped, store, keys, follower_state=lambda: seen[0]) as run:
+        await filled(run, intent(stepped, True, "0.02"))
+        await until(lambda: "ETH" in run.protector.stops())
+        fired = run.protector.stops()["ETH"]
+
+        move(stepped, "ETH", "0.93")  # through the stop, the exchange's clock brought to ours
+        stepped.engine.step(now_ms=int(time.time() * 1000))
+        stepped.publish()
+        seen[0] = await run.info.clearinghouse_state(run.master)
+        assert seen[0].position("ETH") == 0
+
+        await until(lambda: run.protector.stops() == {})
+        assert await settled(run) == []
+        assert run.protector.counters["gone"] == 1  # its cancel found it filled: no error
+        assert run.protector.counters["errors"] == 0
+        record = await run.info.order_status(run.master, fired.cloid)
+        assert record.status == "filled"
+
+        # The copy engine opens again; hlcopy's books still count the stopped-out part, the
+        # account does not: the new stop is the account's size, never more.
+        assert run.executor.attributed() == {"f1": {"ETH": D("0.02")}}
+        await filled(run, intent(stepped, True, "0.02"))
+        await until(lambda: "ETH" in run.protector.stops())
+        (stop,) = await settled(run)
+        assert stop.sz == D("0.02")
+        assert run.executor.attributed() == {"f1": {"ETH": D("0.04")}}
+        assert stop.trigger_px == expected_trigger(run, "ETH")
+        assert stop.cloid != fired.cloid
 
 
 # --- chaos (j): the daemon dies, the stops hold ---------------------------------------------

@@ -290,8 +290,9 @@ async def test_a_stop_that_fired_while_hlcopy_runs_is_let_go_and_a_new_one_sized
         move(stepped, "ETH", "0.93")  # through the stop, the exchange's clock brought to ours
         stepped.engine.step(now_ms=int(time.time() * 1000))
         stepped.publish()
-        seen[0] = await run.info.clearinghouse_state(run.master)
-        assert seen[0].position("ETH") == 0
+        state = await run.info.clearinghouse_state(run.master)
+        assert state.position("ETH") == 0
+        seen[0] = state
 
         await until(lambda: run.protector.stops() == {})
         assert await settled(run) == []

@@ -14,9 +14,11 @@ holding it sets a percent, one reduce-only stop-market trigger order rests on th
   mark, so it never fires at once and never fights the copy engine while hlcopy runs. After a
   death the further loss is bounded by the percent of the price hlcopy last saw (a gap can
   still fill worse: it is a market order, with the 10% limit the exchange's UI uses);
-* moved (one ``modify``: there is never a moment with two stops or none) when the size or the
-  side changes, or the wanted trigger drifts from the resting one by more than ``move_step``
-  of the stop's distance; cancelled when hlcopy is flat in the coin.
+* moved when the size or the side changes, or the wanted trigger drifts from the resting one
+  by more than ``move_step`` of the stop's distance: by one ``modify`` (never a moment with two
+  stops or none), or, once the exchange refuses that (or with ``modify=False``), by placing the
+  new stop and then cancelling the old (never a moment with none); cancelled when hlcopy is
+  flat in the coin.
 
 Passes run on an interval and after each booked copy fill (the executor's ``copy`` events);
 only differences cost an action, and actions go through the exchange client (the budget's
@@ -239,6 +241,7 @@ class Protector(Component):
         retry_s: float = 10.0,
         move_step: Decimal = Decimal("0.1"),
         expires_after_s: float = 5.0,
+        modify: bool = True,
     ) -> None:
         self._executor = executor
         self._exchange = exchange
@@ -253,6 +256,7 @@ class Protector(Component):
         self._retry_ms = int(retry_s * 1000)
         self._step = move_step
         self._expires_ms = int(expires_after_s * 1000)
+        self._modify = modify  # False: move by placing the new stop, then cancelling the old
         self._stops: dict[str, RestingStop] = {}
         self._generation: dict[str, int] = {}
         self._retry_at: dict[str, int] = {}
@@ -265,6 +269,8 @@ class Protector(Component):
             "passes": 0,
             "placed": 0,
             "moved": 0,
+            "replaced": 0,
+            "modify_refused": 0,
             "cancelled": 0,
             "gone": 0,
             "adopted": 0,
@@ -434,6 +440,9 @@ class Protector(Component):
             )
 
     async def _move(self, asset: Asset, have: RestingStop, plan: StopPlan) -> None:
+        if not self._modify:
+            await self._replace(asset, have, plan)
+            return
         gen = self._next_generation(plan.coin)
         cloid = stop_cloid(plan.coin, gen)
         ref: int | str = have.oid if have.oid is not None else have.cloid
@@ -446,8 +455,16 @@ class Protector(Component):
             self._stops.pop(plan.coin, None)
             return
         if status.outcome == "error":
-            # Whether the old one still rests after a refused modify is not ours to guess.
+            # Whether the old one still rests after a refused modify is not ours to guess: read
+            # it again. From now on stops move by place-then-cancel, which any exchange takes.
             self._synced_ms = None
+            self._modify = False
+            self.counters["modify_refused"] += 1
+            log.warning(
+                "protect: modifying a stop refused; moving stops by place-then-cancel",
+                coin=plan.coin,
+                error=status.error,
+            )
         if self._took(plan, status, cloid, gen):
             self.counters["moved"] += 1
             log.info(
@@ -457,6 +474,44 @@ class Protector(Component):
                 trigger_px=str(plan.trigger_px),
                 cloid=cloid,
             )
+
+    async def _replace(self, asset: Asset, have: RestingStop, plan: StopPlan) -> None:
+        """Move a stop without ``modify``: the new one first, then the old one cancelled. For a
+        moment both rest; both are reduce-only, so the second to fire finds nothing to reduce
+        and never opens a position. There is never a moment with none."""
+        gen = self._next_generation(plan.coin)
+        cloid = stop_cloid(plan.coin, gen)
+        (status,) = await self._exchange.place(
+            [stop_spec(asset, plan, cloid)], expires_after=self._expires()
+        )
+        if status.outcome == "error":
+            self._failed(plan.coin, status.error or "refused")  # the old one still holds
+            return
+        if status.outcome not in ("resting", "waitingForTrigger"):
+            # Filled at once (the mark was past it): read what is left.
+            self._stops.pop(plan.coin, None)
+            self._synced_ms = None
+            return
+        self._stops[plan.coin] = RestingStop(
+            plan.coin, cloid, status.oid, plan.is_buy, plan.sz, plan.trigger_px, gen
+        )
+        self.counters["replaced"] += 1
+        log.info(
+            "protect: stop replaced",
+            coin=plan.coin,
+            sz=str(plan.sz),
+            trigger_px=str(plan.trigger_px),
+            cloid=cloid,
+        )
+        try:
+            (cancelled,) = await self._exchange.cancel_by_cloid(
+                [(asset, have.cloid)], expires_after=self._expires()
+            )
+        except (ExchangeError, StreamError):
+            self._synced_ms = None  # the next read finds the older one and cancels it
+            raise
+        if not cancelled.ok and not (cancelled.error or "").startswith(GONE_ON_CANCEL):
+            self._synced_ms = None
 
     def _took(self, plan: StopPlan, status: OrderStatus, cloid: str, gen: int) -> bool:
         """Record what the exchange made of a stop order; True when it rests."""

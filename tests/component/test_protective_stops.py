@@ -39,7 +39,15 @@ from hlcopy.follow.protect import (
 )
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import ExchangeClient, InfoClient, Rounding, Signer, round_price
-from hlcopy.model import AccountState, Asset, Order, OrderIntent, OrderOutcome, OrderSpec
+from hlcopy.model import (
+    AccountState,
+    Asset,
+    Order,
+    OrderIntent,
+    OrderOutcome,
+    OrderSpec,
+    OrderStatus,
+)
 from hlcopy.queues import BoundedQueue
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
@@ -99,6 +107,7 @@ async def running(
     keys: Keys,
     pcts: Mapping[str, Decimal] | None = None,
     follower_state: Callable[[], AccountState | None] | None = None,
+    retry_s: float = 10.0,
 ) -> AsyncIterator[Run]:
     """A live executor and its protector, sharing one exchange client (one nonce source). On
     exit both are killed: cancelled, no drain, nothing cleaned up (a dead daemon)."""
@@ -137,6 +146,7 @@ async def running(
             lambda: pcts,
             bus,
             interval_s=0.2,
+            retry_s=retry_s,
             expires_after_s=1.0,
         )
         up = [asyncio.Event(), asyncio.Event()]
@@ -243,6 +253,42 @@ async def test_a_copied_long_gets_one_stop_that_moves_as_it_grows_and_goes_when_
         assert run.protector.counters["errors"] == 0
         placed_or_moved = run.protector.counters["placed"] + run.protector.counters["moved"]
         assert placed_or_moved == 2  # no churn while nothing changed
+
+
+async def test_where_modifying_a_stop_is_refused_it_moves_by_place_then_cancel(
+    stepped: Simulator, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator modifies triggers as the docs describe; an exchange that refuses it (the
+    docs leave room for that) is staged here by refusing every modify."""
+    keys = await approved(stepped)
+    async with running(stepped, store, keys, retry_s=0.3) as run:
+        modifies: list[object] = []
+
+        async def refuse(modifies_: object, **_: object) -> list[OrderStatus]:
+            modifies.append(modifies_)
+            return [OrderStatus("error", error="Cannot modify a trigger order")]
+
+        monkeypatch.setattr(run.exchange, "modify", refuse)
+        await filled(run, intent(stepped, True, "0.02"))
+        await until(lambda: "ETH" in run.protector.stops())
+        (first,) = await open_orders(run)
+
+        await filled(run, intent(stepped, True, "0.03"))
+
+        await until(lambda: run.protector.counters["replaced"] == 1)
+        (stop,) = await settled(run)  # the old one was cancelled after the new one rested
+        assert stop.sz == D("0.05")
+        assert stop.trigger_px == expected_trigger(run, "ETH")
+        assert run.protector.stops()["ETH"].oid == stop.oid
+        assert (await run.info.order_status(run.master, first.oid)).status == "canceled"
+        counters = run.protector.counters
+        assert (counters["modify_refused"], counters["moved"], len(modifies)) == (1, 0, 1)
+
+        await filled(run, intent(stepped, False, "0.01", reduce_only=True))  # moved again
+        await until(lambda: run.protector.counters["replaced"] == 2)
+        (smaller,) = await settled(run)
+        assert smaller.sz == D("0.04")
+        assert len(modifies) == 1  # modify is not tried again
 
 
 async def test_a_follow_without_a_percent_gets_no_stop(stepped: Simulator, store: Store) -> None:

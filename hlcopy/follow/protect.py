@@ -10,10 +10,11 @@ holding it sets a percent, one reduce-only stop-market trigger order rests on th
   kept when the account holds the other side or nothing), rounded down to the lot;
 * trigger: the tightest percent of the follows holding the coin, beyond the *worse* of the
   position's entry and the mark (a long's stop below ``min(entry, mark)``, a short's above
-  ``max(entry, mark)``). In profit it guards the entry; at a loss it sits that far beyond the
-  mark, so it never fires at once and never fights the copy engine while hlcopy runs. After a
-  death the further loss is bounded by the percent of the price hlcopy last saw (a gap can
-  still fill worse: it is a market order, with the 10% limit the exchange's UI uses);
+  ``max(entry, mark)``; the mark is the mid hlcopy sees). In profit it guards the entry; at a
+  loss it sits that far beyond the mark, so it does not fire at once, and while hlcopy runs
+  only a move of more than the percent between two passes fires it. After a death the further
+  loss is bounded by the percent of the price hlcopy last saw (a gap can still fill worse: it
+  is a market order, with the 10% limit the exchange's UI uses);
 * moved when the size or the side changes, or the wanted trigger drifts from the resting one
   by more than ``move_step`` of the stop's distance: by one ``modify`` (never a moment with two
   stops or none), or, once the exchange refuses that (or with ``modify=False``), by placing the

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from hlcopy.budget import WeightBudget
+from hlcopy.clock import VirtualClock
 from hlcopy.component import Component, Ready
 from hlcopy.config import DatabaseConfig, parse_config
 from hlcopy.events import EventBus
@@ -484,6 +485,36 @@ async def test_the_dead_mans_switch_is_refused_without_volume_and_cancels_orders
 
         assert await info.frontend_open_orders(address) == []
         assert (await info.order_status(address, resting.oid)).status == "scheduledCancel"
+
+
+async def test_the_dead_mans_switch_rearms_every_third_of_its_delay_and_stays_armed_when_stopped(
+    stepped: Simulator,
+) -> None:
+    keys = await approved(stepped)
+    stepped.engine.accounts[keys.master.address.lower()].volume = D(2_000_000)
+    clock = VirtualClock(epoch_ms=int(time.time() * 1000))
+    async with aiohttp.ClientSession() as session:
+        exchange = ExchangeClient(
+            session, stepped.url, keys.agent, WeightBudget(), is_mainnet=False
+        )
+        switch = DeadManSwitch(exchange, 30.0, clock, stops_on=lambda: True)
+        up = asyncio.Event()
+        task = asyncio.create_task(switch.run(ready_setting(up)), name="test:switch")
+        try:
+            await until(lambda: switch.counters["armed"] == 1)
+            account = stepped.engine.accounts[keys.master.address.lower()]
+            first = account.schedule_cancel_ms
+            assert first == clock.time_ms() + 30_000
+            await clock.advance(9.9)  # not yet
+            assert switch.counters["armed"] == 1
+            await clock.advance(0.2)
+            await until(lambda: switch.counters["armed"] == 2)
+            assert account.schedule_cancel_ms == first + 10_000
+        finally:
+            await switch.drain()
+            await asyncio.wait_for(task, 5)
+    assert up.is_set()
+    assert account.schedule_cancel_ms == first + 10_000  # a stopped hlcopy leaves it armed
 
 
 # --- the pure core -------------------------------------------------------------------------------

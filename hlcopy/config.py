@@ -260,6 +260,13 @@ class AccountConfig(_Section):
     arrives later, so an order whose reply was lost is settled by ``orderStatus(cloid)`` once
     this has passed (never by sending it again). A few seconds: long enough for a slow path to
     the exchange, short enough that the copier decides again soon."""
+    dead_man_switch_s: Annotated[float, Field(ge=10, le=86400, allow_inf_nan=False)] | None = None
+    """Live mode: arm the exchange's dead man's switch (scheduleCancel) this many seconds ahead,
+    re-armed every third of that, so the exchange cancels every resting order of the account
+    when hlcopy has been gone that long. Copies are IOC and never rest: what it cancels are the
+    protective stops (follow.protective_stop_pct), leaving the positions unprotected, and orders
+    placed by hand; use one or the other. The exchange takes it only from accounts with
+    $1,000,000 traded volume (hlcopy then retries hourly). Absent: off."""
 
 
 class RiskConfig(_Section):
@@ -350,6 +357,15 @@ class FollowTemplate(_Section):
     """This follow's drawdown from its high-water mark that makes it reduce-only, in percent."""
     priority: int = Field(default=0, ge=0, le=1000)
     """Higher first when the ≤ 10 userFills WebSocket slots are handed out (then by notional)."""
+    protective_stop_pct: (
+        Annotated[Decimal, BeforeValidator(_decimal), Field(gt=0, lt=100)] | None
+    ) = None
+    """Live mode: keep a reduce-only stop-market trigger order on the exchange for each coin this
+    follow holds, this many percent beyond the worse of the entry and the mark (a long's below,
+    a short's above), moved as the position changes: it stays when hlcopy dies. One stop per
+    coin covers hlcopy's whole net position in it, at the tightest percent of the follows
+    holding the coin; it is reduce-only and never larger than the account's position. Absent:
+    no stop."""
     enabled: bool = True
     """A disabled follow keeps its state and positions but places no orders."""
 

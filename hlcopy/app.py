@@ -20,6 +20,7 @@ from types import TracebackType
 
 import aiohttp
 
+from hlcopy.api.close import CloseAll
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.server import ApiServer
 from hlcopy.budget import WeightBudget
@@ -36,6 +37,7 @@ from hlcopy.follow.follows import FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.norms import LeaderNorms
 from hlcopy.follow.opportunities_service import Opportunities
+from hlcopy.follow.protect import DeadManSwitch, Protector, stop_pcts_of
 from hlcopy.follow.riskkeeper import RiskKeeper, follow_scope
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import (
@@ -151,8 +153,10 @@ class App:
         self.norms = LeaderNorms(self.store, min_days=cfg.risk.leader_norm_min_days, clock=clock)
         self.tracker.on_leader_state(self.norms.observe)
         venue: Venue | None = None
+        exchange: ExchangeClient | None = None
         if cfg.account.mode == "live":
-            venue = self._live_venue(session, info, budget)
+            exchange = self._live_exchange(session, budget)
+            venue = self._live_venue(exchange, info)
         self.executor = PaperExecutor(
             intents,
             outcomes,
@@ -199,6 +203,8 @@ class App:
         daemon.add(self.norms)
         daemon.add(self.executor)
         daemon.add(self.copier)
+        if exchange is not None:
+            self._add_protection(exchange, info)
         daemon.add(AutoFollower(self.follows, self.leaderboard, self.executor, cfg, clock))
         daemon.add(self.opportunities)
         if cfg.api.enabled:
@@ -215,6 +221,13 @@ class App:
                     risk=self.risk,
                     follows=self.follows,
                     positions=self.copier,
+                    closer=CloseAll(
+                        self.executor,
+                        self.risk,
+                        lambda coin: self.universe.universe.get(coin),
+                        slippage_bps=cfg.risk.max_slippage_bps,
+                        clock=clock,
+                    ),
                     performance_report=PerformanceReport(
                         self.follows,
                         PerformanceStore(self.store),
@@ -230,17 +243,16 @@ class App:
         daemon.add_stats("info", info.stats)
         daemon.add_stats("events", self.bus.stats)
 
-    def _live_venue(
-        self, session: aiohttp.ClientSession, info: InfoClient, budget: WeightBudget
-    ) -> LiveVenue:
-        """Live mode: orders signed by the agent key for the configured account; every query
-        (positions, orderStatus, our own fills) names the account, never the agent."""
+    def _live_exchange(
+        self, session: aiohttp.ClientSession, budget: WeightBudget
+    ) -> ExchangeClient:
+        """Live mode: the one exchange client (one nonce source) the venue and the protection
+        share, signing with the agent key for the configured account."""
         cfg = self.config
-        address = cfg.account.address
         key = self.secrets.agent_key
-        if address is None or key is None:  # the config and the secrets already refuse this
+        if cfg.account.address is None or key is None:  # the config and the secrets refuse this
             raise SecretError(["account: live mode needs account.address and the agent key"])
-        exchange = ExchangeClient(
+        return ExchangeClient(
             session,
             cfg.network.rest,
             Signer.from_key(key.reveal()),
@@ -249,7 +261,24 @@ class App:
             nonces=NonceSource(self.clock),
             poster=self.stream,  # orders over a WebSocket post when a connection is up
         )
-        tracker, universe, risk = self.tracker, self.universe, self.risk
+
+    def _live_venue(self, exchange: ExchangeClient, info: InfoClient) -> LiveVenue:
+        """Live mode: orders signed by the agent key for the configured account; every query
+        (positions, orderStatus, our own fills) names the account, never the agent."""
+        cfg = self.config
+        address = cfg.account.address
+        assert address is not None  # _live_exchange refused it
+        tracker, universe, risk, follows = self.tracker, self.universe, self.risk, self.follows
+
+        def leverage_cap(intent: OrderIntent) -> Decimal | None:
+            """The tightest max_leverage of the follows behind an order (None: uncapped)."""
+            caps = [
+                r.spec.max_leverage
+                for f in intent.follow_ids
+                if (r := follows.get(f)) is not None and r.spec.max_leverage is not None
+            ]
+            return min(caps) if caps else None
+
         return LiveVenue(
             exchange,
             info,
@@ -260,7 +289,40 @@ class App:
             follower_state=lambda: tracker.follower_state,
             clock=self.clock,
             expires_after_s=cfg.account.order_expires_after_s,
+            leverage_cap=leverage_cap,
         )
+
+    def _add_protection(self, exchange: ExchangeClient, info: InfoClient) -> None:
+        """Live mode: the protective stops (idle while no follow sets protective_stop_pct; at
+        start they cancel stops of ours no follow wants any more) and, where configured, the
+        dead man's switch, both on the venue's exchange client."""
+        cfg, follows, universe = self.config, self.follows, self.universe
+        assert cfg.account.address is not None
+
+        def pcts() -> dict[str, Decimal]:
+            return stop_pcts_of((r.id, r.spec.protective_stop_pct) for r in follows.follows())
+
+        self.protector = Protector(
+            self.executor,
+            exchange,
+            info,
+            cfg.account.address,
+            lambda coin: universe.universe.get(coin),
+            pcts,
+            self.bus,
+            self.clock,
+            expires_after_s=cfg.account.order_expires_after_s,
+        )
+        self.daemon.add(self.protector)
+        if cfg.account.dead_man_switch_s is not None:
+            self.daemon.add(
+                DeadManSwitch(
+                    exchange,
+                    cfg.account.dead_man_switch_s,
+                    self.clock,
+                    stops_on=lambda: bool(pcts()),
+                )
+            )
 
     def _leader_positions(self, leader: str) -> dict[str, Decimal]:
         """A leader's positions as its book knows them now (for the performance report)."""

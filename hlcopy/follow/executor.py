@@ -542,21 +542,25 @@ class PaperExecutor(Component):
 
     async def run(self, ready: Ready) -> None:
         self._stopping.clear()
-        await self._load()
-        await self._subscribe_mids()
-        slots = asyncio.Semaphore(self._max_in_flight)
-        async with asyncio.TaskGroup() as tg:
-            if self.paper and self._funding_enabled and self._info is not None:
-                tg.create_task(self._funding_loop(), name="executor:funding")
-            tg.create_task(self._skip_writer(), name="executor:skips")
-            hand_over = tg.create_task(self._hand_over(), name="executor:hand-over")
-            ready.set()
-            try:
-                await self._consume(tg, slots)
-            finally:
-                self._stopping.set()  # the loops end; the TaskGroup waits for intents in flight
-                hand_over.cancel()
-        await self._venue.stop()
+        try:
+            await self._load()
+            await self._subscribe_mids()
+            slots = asyncio.Semaphore(self._max_in_flight)
+            async with asyncio.TaskGroup() as tg:
+                if self.paper and self._funding_enabled and self._info is not None:
+                    tg.create_task(self._funding_loop(), name="executor:funding")
+                tg.create_task(self._skip_writer(), name="executor:skips")
+                hand_over = tg.create_task(self._hand_over(), name="executor:hand-over")
+                ready.set()
+                try:
+                    await self._consume(tg, slots)
+                finally:
+                    self._stopping.set()  # the loops end; the group waits for intents in flight
+                    hand_over.cancel()
+        finally:
+            # Also on failure or cancellation: the venue's own task (the live venue's
+            # userRateLimit watch) and its subscription end with the executor.
+            await self._venue.stop()
 
     async def _hand_over(self) -> None:
         """Intents submitted while the queue was full go in as room comes, in order."""

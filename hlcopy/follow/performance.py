@@ -39,7 +39,11 @@ add up to it by construction. The changes:
   (the copy rows with that ``leader_tid``) copy it directly up to d_i: each piece c at q adds
   ``c x (px_i - q)`` to ``latency_slippage`` (executing the copy later and at another price
   than the leader). What was not copied, m_i = d_i - sum(c), is a deficit change at px_i in the
-  part of why: a ``limit_reached`` skip -> ``limits``; any other skip reason (below_min_notional,
+  part of why, read from the fill's copy rows (or, for a fill of the same leader order — same
+  time and side — without rows of its own, those of the order's first fill that has some: one
+  decision orders a whole sweep): a ``limit_reached`` skip, or (with no skip row) an order a
+  limit cut (its reason says ``limit_reached``) -> ``limits``; any other skip reason
+  (below_min_notional,
   coin_filtered, stale_fill, outside_hours, leader_unconfirmed, halted, reducing_only,
   waiting_entry, below_lot, ...), an order that did not fill (IOC unmatched, rejected,
   never_arrived), lot rounding, or no copy row at all -> ``skipped``; with several skip rows the
@@ -377,7 +381,9 @@ class _Ours:
 def _skip_part(rows: Sequence[CopyRecord], follow_id: str) -> Part:
     skips = [r for r in rows if r.status == "skipped"]
     if not skips:
-        return "skipped"
+        # No wish left out entirely: an order a limit cut says so in its reason.
+        cut = any(r.reason is not None and LIMIT_REASONS & set(r.reason.split(";")) for r in rows)
+        return "limits" if cut else "skipped"
 
     def size(r: CopyRecord) -> Decimal:
         return sum((abs(s) for f, s in r.attribution if f == follow_id), ZERO)
@@ -677,11 +683,20 @@ def _coin(
     events: list[tuple[int, int, int, LeaderTrade | _Ours]] = [
         (f.time_ms, 0, i, f) for i, f in enumerate(fills)
     ] + [(c.time_ms, 1, c.seq, c) for c in loose]
+    # The fills of one leader order (same time and side) share their copy rows: one decision
+    # orders a whole sweep, triggered by its first fill.
+    order: tuple[int, bool] | None = None
+    order_rows: list[CopyRecord] = []
     for *_, event in sorted(events, key=lambda e: e[:3]):
         if isinstance(event, _Ours):
             catch_up(event, event.szi, "entry")
             continue
         f = event
+        if (f.time_ms, f.is_buy) != order:
+            order, order_rows = (f.time_ms, f.is_buy), []
+        own_rows = [r for r in by_tid.get(f.tid, []) if r.coin == coin]
+        if own_rows and not order_rows:
+            order_rows = own_rows
         if f.start_position is not None and f.start_position != szi_leader:
             # A change the books never saw as a fill: the ideal follows it at this price.
             unseen = f.start_position - szi_leader
@@ -708,8 +723,7 @@ def _coin(
             if extra:
                 catch_up(c, extra, "skipped" if c.round_up else "latency_slippage")
         if left:
-            rows = by_tid.get(f.tid, [])
-            gap.change(left, f.px, _skip_part([r for r in rows if r.coin == coin], follow_id))
+            gap.change(left, f.px, _skip_part(own_rows or order_rows, follow_id))
 
     # Ours: the start position bought at P0, every change at its price, fees and funding.
     trading = a0 * (mark - p0) + sum((c.szi * (mark - c.px) for c in ours), ZERO)

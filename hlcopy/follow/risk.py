@@ -155,6 +155,9 @@ class OrderResult:
 
 
 _IOC_NO_MATCH = "Order could not immediately match"
+#: How a live order refused by hlcopy itself (risk state, action budget) begins its error: it
+#: never reached the exchange, so it is no rejection for the breakers.
+REFUSED_BEFORE_SENDING = "refused before sending: "
 
 
 def result_of(outcome: OrderOutcome) -> OrderResult:
@@ -162,7 +165,7 @@ def result_of(outcome: OrderOutcome) -> OrderResult:
     if outcome.status in ("filled", "partial", "resting"):
         return OrderResult(outcome.time_ms, "accepted")
     if outcome.status == "rejected":
-        if (outcome.error or "").startswith(_IOC_NO_MATCH):
+        if (outcome.error or "").startswith((_IOC_NO_MATCH, REFUSED_BEFORE_SENDING)):
             return OrderResult(outcome.time_ms, "unfilled")
         return OrderResult(outcome.time_ms, "rejected")
     return OrderResult(outcome.time_ms, "error")

@@ -65,7 +65,7 @@ from hlcopy.follow.executor import (
     PaperExecutor,
     VenueResult,
 )
-from hlcopy.follow.risk import TradingState, permits
+from hlcopy.follow.risk import REFUSED_BEFORE_SENDING, TradingState, permits
 from hlcopy.hl import ExchangeClient, InfoClient, PreparedAction, StreamPool, Subscription
 from hlcopy.model import (
     AccountState,
@@ -87,7 +87,7 @@ _UNFILLED_ENDS: Final = frozenset({"canceled", "iocCancelRejected", "filled"})
 
 Send = Callable[[PreparedAction], Awaitable[list[OrderStatus]]]
 #: The start of every refusal the venue makes without sending anything.
-REFUSED: Final = "refused before sending: "
+REFUSED: Final = REFUSED_BEFORE_SENDING
 
 
 class _OwnFills:

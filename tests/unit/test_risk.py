@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from hlcopy.follow.risk import (
     DAY_MS,
+    REFUSED_BEFORE_SENDING,
     Cause,
     OrderResult,
     RiskEvent,
@@ -166,6 +167,8 @@ def test_outcomes_map_to_breaker_results() -> None:
     assert kind("rejected", "Insufficient margin to place order. asset=4") == "rejected"
     no_match = "Order could not immediately match against any resting orders. asset=4"
     assert kind("rejected", no_match) == "unfilled"
+    # Refused by hlcopy itself (risk state, action budget): it never reached the exchange.
+    assert kind("rejected", REFUSED_BEFORE_SENDING + "trading is REDUCING") == "unfilled"
     assert kind("unknown") == kind("never_arrived") == "error"
 
 

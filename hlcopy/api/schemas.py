@@ -213,6 +213,7 @@ def _follow_fields(dec: Schema) -> dict[str, Schema]:
         "active_hours_utc": _HOURS,
         "daily_loss_limit_usd": _null(dec),
         "max_drawdown_pct": _null(dec),
+        "protective_stop_pct": _null(dec),
         "priority": _int(0, 1000),
         "enabled": {"type": "boolean"},
     }

@@ -36,6 +36,12 @@ async def test_twelve_leaders_the_ones_beyond_the_slots_through_the_firehose(
     ]
     async with running_app(tmp_path, sim, dsn, follows=follows) as app:
         await asyncio.sleep(3)  # first snapshots and subscriptions
+        # Firehose fills are hints the copier does not act on until discovery has calibrated
+        # who is who in a trade (one lookup at start; slower on a busy machine).
+        assert app.discovery is not None
+        async with asyncio.timeout(30):
+            while app.discovery.users_order is None:
+                await asyncio.sleep(0.1)
         books = app.books.describe()
         on_stream = {a for a, b in books.items() if b["userFills"]}
         firehose = set(LEADERS) - on_stream

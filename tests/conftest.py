@@ -18,10 +18,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hlcopy.config import HlcopyConfig, parse_config
+from hlcopy.config import DatabaseConfig, HlcopyConfig, parse_config
 from hlcopy.daemon import Daemon
 from hlcopy.log import configure_logging
 from hlcopy.sim import SimConfig, Simulator
+from hlcopy.store import Store
 from hlcopy.store.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +52,14 @@ async def dsn(pg_uri: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A migrated store on this test's fresh database (shared with other stores of the test)."""
+    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
+        await s.migrate()
+        yield s
 
 
 @pytest.fixture

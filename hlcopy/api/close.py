@@ -42,18 +42,17 @@ from aiohttp import web
 from hlcopy.api.params import ApiError, Args, Route, invalid
 from hlcopy.api.responses import json_response
 from hlcopy.clock import SYSTEM, Clock
-from hlcopy.errors import ExchangeError, StoreError, StreamError, WireError
-from hlcopy.follow.copier import Transfer
+from hlcopy.errors import ExchangeError, StoreError, StreamError
+from hlcopy.follow.copier import Transfer, limit_price
 from hlcopy.follow.fills import fill_shares
 from hlcopy.follow.risk import TradingState
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope
-from hlcopy.hl import Rounding, derive_cloid, round_price
+from hlcopy.hl import derive_cloid
 from hlcopy.model import Asset, L2Book, LeaderFill, OrderIntent
 
 log = structlog.get_logger()
 
 ZERO: Final = Decimal(0)
-BPS: Final = Decimal(10_000)
 CONFIRM: Final = "close-all"
 REASON_PREFIX: Final = "close-all"
 _REASON = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
@@ -126,15 +125,6 @@ def plan_close(
     sz = min(abs(net), abs(position))
     attribution = tuple(fill_shares(sorted(remaining), abs(net), sz))
     return ClosePlan(coin, net, position, tuple(transfers), is_buy, sz, attribution)
-
-
-def close_limit_price(mid: Decimal, is_buy: bool, slippage_bps: int, asset: Asset) -> Decimal:
-    """mid x (1 +/- slippage) on the tick grid, rounded toward the mid (as the copier's: a buy
-    never pays more, a sell never gets less, than the cap)."""
-    direction = 1 if is_buy else -1
-    raw = mid * (1 + direction * Decimal(slippage_bps) / BPS)
-    rounding = Rounding.DOWN if is_buy else Rounding.UP
-    return round_price(raw, asset.sz_decimals, asset.is_spot, rounding)
 
 
 def close_cloid(request_id: str, coin: str, attempt: int = 0) -> str:
@@ -226,10 +216,9 @@ class CloseAll:
         if state == TradingState.HALTED:
             # HALTED sends nothing, closes included (the live venue would refuse it anyway).
             return {**out, "error": "a follow of it is HALTED: resume it or switch to reducing"}
-        try:
-            px = close_limit_price(mid, plan.is_buy, self._slippage_bps, asset)
-        except WireError as exc:
-            return {**out, "error": str(exc)}
+        px = limit_price(mid, 1 if plan.is_buy else -1, self._slippage_bps, asset)
+        if px is None:
+            return {**out, "error": f"{coin}: no limit price on the tick grid from mid {mid}"}
         intent = OrderIntent(
             cloid=close_cloid(request, coin),
             coin=coin,

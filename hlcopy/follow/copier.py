@@ -588,7 +588,7 @@ def _headroom(
     return min(extra, _down(plan.cap - abs(position), sz_decimals))
 
 
-def _limit_price(mid: Decimal, direction: int, slippage_bps: int, asset: Asset) -> Decimal | None:
+def limit_price(mid: Decimal, direction: int, slippage_bps: int, asset: Asset) -> Decimal | None:
     """mid x (1 +/- slippage) on the tick grid, rounded so a buy never pays more (a sell never
     gets less) than asked; None when the price cannot be put on the grid."""
     raw = mid * (1 + direction * Decimal(slippage_bps) / BPS)
@@ -636,7 +636,7 @@ def _legs(
     blocked: dict[tuple[str, SkipReason], Decimal] = {}
     weights = sorted(shares.items())
     slippage = min(by_id[k].follow.slippage_bps for k in shares)
-    limit_px = _limit_price(mid, direction, slippage, asset)
+    limit_px = limit_price(mid, direction, slippage, asset)
     if limit_px is None:
         for key, share in weights:
             blocked[(key, SkipReason.NO_PRICE)] = share

@@ -430,15 +430,7 @@ class Protector(Component):
         (status,) = await self._exchange.place(
             [stop_spec(asset, plan, cloid)], expires_after=self._expires()
         )
-        if self._took(plan, status, cloid, gen):
-            self.counters["placed"] += 1
-            log.info(
-                "protect: stop placed",
-                coin=plan.coin,
-                sz=str(plan.sz),
-                trigger_px=str(plan.trigger_px),
-                cloid=cloid,
-            )
+        self._took(plan, status, cloid, gen, "placed")
 
     async def _move(self, asset: Asset, have: RestingStop, plan: StopPlan) -> None:
         if not self._modify:
@@ -466,15 +458,7 @@ class Protector(Component):
                 coin=plan.coin,
                 error=status.error,
             )
-        if self._took(plan, status, cloid, gen):
-            self.counters["moved"] += 1
-            log.info(
-                "protect: stop moved",
-                coin=plan.coin,
-                sz=str(plan.sz),
-                trigger_px=str(plan.trigger_px),
-                cloid=cloid,
-            )
+        self._took(plan, status, cloid, gen, "moved")
 
     async def _replace(self, asset: Asset, have: RestingStop, plan: StopPlan) -> None:
         """Move a stop without ``modify``: the new one first, then the old one cancelled. For a
@@ -493,17 +477,7 @@ class Protector(Component):
             self._stops.pop(plan.coin, None)
             self._synced_ms = None
             return
-        self._stops[plan.coin] = RestingStop(
-            plan.coin, cloid, status.oid, plan.is_buy, plan.sz, plan.trigger_px, gen
-        )
-        self.counters["replaced"] += 1
-        log.info(
-            "protect: stop replaced",
-            coin=plan.coin,
-            sz=str(plan.sz),
-            trigger_px=str(plan.trigger_px),
-            cloid=cloid,
-        )
+        self._rests(plan, status.oid, cloid, gen, "replaced")
         try:
             (cancelled,) = await self._exchange.cancel_by_cloid(
                 [(asset, have.cloid)], expires_after=self._expires()
@@ -514,18 +488,28 @@ class Protector(Component):
         if not cancelled.ok and not (cancelled.error or "").startswith(GONE_ON_CANCEL):
             self._synced_ms = None
 
-    def _took(self, plan: StopPlan, status: OrderStatus, cloid: str, gen: int) -> bool:
-        """Record what the exchange made of a stop order; True when it rests."""
+    def _took(self, plan: StopPlan, status: OrderStatus, cloid: str, gen: int, done: str) -> None:
+        """Record what the exchange made of a stop order (``done``: what resting means)."""
         if status.outcome in ("resting", "waitingForTrigger"):
-            self._stops[plan.coin] = RestingStop(
-                plan.coin, cloid, status.oid, plan.is_buy, plan.sz, plan.trigger_px, gen
-            )
-            return True
+            self._rests(plan, status.oid, cloid, gen, done)
+            return
         self._stops.pop(plan.coin, None)
         if status.outcome == "error":
             self._failed(plan.coin, status.error or "refused")
         # "filled": the mark was already past it; the position is closed, nothing rests.
-        return False
+
+    def _rests(self, plan: StopPlan, oid: int | None, cloid: str, gen: int, done: str) -> None:
+        self._stops[plan.coin] = RestingStop(
+            plan.coin, cloid, oid, plan.is_buy, plan.sz, plan.trigger_px, gen
+        )
+        self.counters[done] += 1
+        log.info(
+            f"protect: stop {done}",
+            coin=plan.coin,
+            sz=str(plan.sz),
+            trigger_px=str(plan.trigger_px),
+            cloid=cloid,
+        )
 
     async def _cancel(self, asset: Asset, have: RestingStop) -> None:
         (status,) = await self._exchange.cancel_by_cloid(

@@ -477,7 +477,11 @@ class LiveVenue:
         if fills and sum((f.sz for f in fills), ZERO) == total_sz:
             self.counters["fees_from_fills"] += 1
             return sum((f.fee or ZERO for f in fills), ZERO)
-        return (total_sz * avg_px * self._fee_rate).quantize(FEE_QUANTUM)
+        return self._taker_fee(total_sz, avg_px)
+
+    def _taker_fee(self, sz: Decimal, px: Decimal) -> Decimal:
+        """The fee an IOC of ``sz`` at ``px`` pays when our own fills do not say (it takes)."""
+        return (sz * px * self._fee_rate).quantize(FEE_QUANTUM)
 
     async def _fill_prices(
         self,
@@ -506,4 +510,4 @@ class LiveVenue:
             avg = sum((f.px * f.sz for f in fills), ZERO) / size
             return avg, sum((f.fee or ZERO for f in fills), ZERO)
         px = intent.limit_px
-        return px, (filled * px * self._fee_rate).quantize(FEE_QUANTUM)
+        return px, self._taker_fee(filled, px)

@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,7 @@ from hlcopy.api.app import build_app
 from hlcopy.api.close import CloseAll, close_cloid, plan_close
 from hlcopy.budget import WeightBudget
 from hlcopy.component import MetricFamily, Ready, ReloadResult
-from hlcopy.config import ApiConfig, DatabaseConfig, parse_config
+from hlcopy.config import ApiConfig, parse_config
 from hlcopy.credentials import Secret
 from hlcopy.events import EventBus
 from hlcopy.follow.copier import Transfer
@@ -48,13 +47,6 @@ CONFIRMED = {"confirm": "close-all", "reason": "test"}
 @pytest.fixture
 async def stepped() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, realtime=False, traders=20)) as s:
-        yield s
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
         yield s
 
 

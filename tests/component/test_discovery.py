@@ -194,13 +194,6 @@ async def stepped() -> AsyncIterator[Simulator]:
         yield s
 
 
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
-        yield s
-
-
 async def stored(store: Store) -> dict[str, Any]:
     rows = await store.pool.fetch(
         "SELECT address, trade_count, taker_count, maker_count, volume_usd, first_seen_ms,"

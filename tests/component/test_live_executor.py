@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,7 +23,7 @@ import orjson
 import pytest
 from hlcopy.budget import WeightBudget
 from hlcopy.component import Ready
-from hlcopy.config import DatabaseConfig, parse_config
+from hlcopy.config import parse_config
 from hlcopy.events import EventBus
 from hlcopy.follow.executor import PaperExecutor, _with_intent_fields
 from hlcopy.follow.risk import TradingState
@@ -46,13 +45,6 @@ EXPIRES_S = 1.0
 @pytest.fixture
 async def stepped() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, realtime=False, traders=20)) as s:
-        yield s
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
         yield s
 
 

@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +25,7 @@ from hlcopy.api.params import endpoint
 from hlcopy.budget import WeightBudget
 from hlcopy.clock import VirtualClock
 from hlcopy.component import Ready
-from hlcopy.config import DatabaseConfig, HlcopyConfig, parse_config
+from hlcopy.config import HlcopyConfig, parse_config
 from hlcopy.events import Event, EventBus, Subscriber
 from hlcopy.follow.opportunities import outcome, tally
 from hlcopy.follow.opportunities_service import Opportunities
@@ -54,13 +53,6 @@ async def stepped() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, realtime=False, traders=20)) as s:
         for who in (LOSER, WORSE, NOBODY):
             s.fund(who, 1_000_000)
-        yield s
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
         yield s
 
 

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +25,7 @@ from hlcopy.api.params import endpoint
 from hlcopy.budget import WeightBudget
 from hlcopy.clock import SYSTEM, Clock, VirtualClock
 from hlcopy.component import Ready
-from hlcopy.config import DatabaseConfig, HlcopyConfig, parse_config
+from hlcopy.config import HlcopyConfig, parse_config
 from hlcopy.events import EventBus, Subscriber
 from hlcopy.follow.executor import (
     DEFAULT_TAKER_FEE_RATE,
@@ -54,13 +53,6 @@ OTHER = "0x" + "cd" * 20
 @pytest.fixture
 async def stepped() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, realtime=False, traders=20)) as s:
-        yield s
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
         yield s
 
 

@@ -19,7 +19,6 @@ from hlcopy.api.app import error_middleware
 from hlcopy.api.params import endpoint
 from hlcopy.api.performance import PERFORMANCE, PERFORMANCE_PAGE, ROUTES, PerformanceReport
 from hlcopy.app import App
-from hlcopy.config import DatabaseConfig
 from hlcopy.follow.copier import Transfer
 from hlcopy.follow.performance import GAP_PARTS, FollowLedger, LeaderStart, TransferRecord
 from hlcopy.sim import Simulator
@@ -186,13 +185,6 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
         assert D(eth["leader_position"]) == leader_szi(sim, LEADER, "ETH")
         assert D(eth["ideal_position"]) == D("0.5") * leader_szi(sim, LEADER, "ETH")
         assert D(perf["scale"]) == D("0.5")
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
-        yield s
 
 
 async def test_the_store_reads_the_leader_s_start_and_keeps_transfers(store: Store) -> None:

@@ -17,14 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import aiohttp
 import pytest
 from hlcopy.budget import WeightBudget
 from hlcopy.clock import VirtualClock
 from hlcopy.component import Component, Ready
-from hlcopy.config import DatabaseConfig, parse_config
+from hlcopy.config import parse_config
 from hlcopy.events import EventBus
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.protect import (
@@ -63,13 +62,6 @@ PCT = D(5)
 @pytest.fixture
 async def stepped() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, realtime=False, traders=20)) as s:
-        yield s
-
-
-@pytest.fixture
-async def store(dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as s:
-        await s.migrate()
         yield s
 
 

@@ -38,6 +38,7 @@ from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.norms import LeaderNorms
 from hlcopy.follow.opportunities_service import Opportunities
 from hlcopy.follow.protect import DeadManSwitch, Protector, stop_pcts_of
+from hlcopy.follow.reconcile import Reconciler
 from hlcopy.follow.riskkeeper import RiskKeeper, follow_scope
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import (
@@ -174,6 +175,16 @@ class App:
             self.store, self.bus, self.leaderboard, self.universe, info, cfg, clock
         )
         self.tracker.share_mids(self.opportunities.mids_sink)
+        self.reconciler: Reconciler | None = None
+        if exchange is not None:
+            self.reconciler = Reconciler(
+                self.executor,
+                lambda coin: a.sz_decimals if (a := self.universe.universe.get(coin)) else None,
+                info=info,
+                account=cfg.account.address,
+                bus=self.bus,
+                clock=clock,
+            )
         self.copier = CopyEngine(
             follows=self.follows,
             books=self.books,
@@ -187,6 +198,7 @@ class App:
             config=cfg,
             clock=clock,
             norms=self.norms,
+            reconciler=self.reconciler,
         )
 
         # Start order: each waits for the one before it to be ready.
@@ -242,6 +254,8 @@ class App:
         daemon.add_stats("budget", budget.stats)
         daemon.add_stats("info", info.stats)
         daemon.add_stats("events", self.bus.stats)
+        if self.reconciler is not None:
+            daemon.add_stats("reconciler", self.reconciler.stats)
 
     def _live_exchange(
         self, session: aiohttp.ClientSession, budget: WeightBudget

@@ -41,6 +41,7 @@ ROUTES: Final = (
         },
         errors=(503,),
         description="Paper mode: the paper account. A follow's target is where the copier last "
-        "decided it should be; its part (attributed_szi) is what it holds.",
+        "decided it should be; its part (attributed_szi) is what it holds. Live, outside_szi is "
+        "the part of the position opened outside hlcopy (left alone).",
     ),
 )

@@ -6,8 +6,10 @@ gathers what ``decide`` needs for that coin — the follows concerned, the leade
 follower's position, attribution and orders in flight, the market, the risk states — decides,
 and hands the intents to the executor and the skips to the copy log. A reconcile pass decides
 every coin in play again every ``tracking.reconcile_interval_s``, so a missed change, a partial
-fill or a restart converges through the same code. Decisions for one coin are serialised, so
-an order in flight is always counted as pending by the next one.
+fill or a restart converges through the same code; live, the reconciler (``follow/reconcile.py``)
+first corrects the books where the exchange's positions drifted from them, and a reconcile pass
+sends at most one order per coin. Decisions for one coin are serialised, so an order in flight
+is always counted as pending by the next one.
 
 **The direct path.** Changes come in through a ``ChangeInbox``. A change is decided in the turn
 of whoever produced it (the stream reader applying a leader's ``userFills``, for the lowest
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -43,6 +46,7 @@ from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowRecord, FollowRegistry
 from hlcopy.follow.leaders import LeaderBooks, LeaderChange
 from hlcopy.follow.norms import LeaderNorms
+from hlcopy.follow.reconcile import Reconciler
 from hlcopy.follow.risk import RiskInputs, RiskLimits, TradingState, result_of
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope, leader_scope
 from hlcopy.hl import UniverseService
@@ -127,6 +131,7 @@ class CopyEngine(Component):
         config: HlcopyConfig,
         clock: Clock = SYSTEM,
         norms: LeaderNorms | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self._follows = follows
         self._books = books
@@ -138,6 +143,7 @@ class CopyEngine(Component):
         self._truth = truth
         self._firehose = firehose
         self._norms = norms
+        self._reconciler = reconciler
         self._clock = clock
         self._sent: dict[str, tuple[str, ...]] = {}  # cloid -> the follows that caused it
         self.reconfigure(config)
@@ -211,6 +217,8 @@ class CopyEngine(Component):
     async def run(self, ready: Ready) -> None:
         self._draining.clear()
         self._follows_changed()
+        if self._reconciler is not None:
+            await self._reconciler.start()  # live: the account's books checked before READY
         self._changes.direct = self._decide_direct
         ready.set()
         try:
@@ -289,27 +297,35 @@ class CopyEngine(Component):
             await self.reconcile()
 
     async def reconcile(self) -> None:
-        """Decide every coin in play again: the leaders' coins and the follower's."""
+        """Decide every coin in play again: the leaders' coins and the follower's. Live, the
+        reconciler first compares the exchange's positions with the books and corrects drift;
+        each coin then gets at most one correcting order per interval."""
         self.counters["reconciles"] += 1
         self._epoch += 1
+        if self._reconciler is not None:
+            await self._reconciler.check({key: target.szi for key, target in self._targets.items()})
         coins: set[str] = set(self._executor.positions())
         for leader in self._leaders:
             coins |= self._books.coins(leader)
         for coin in sorted(coins):
-            await self._decide_coin(coin, None)
+            await self._decide_coin(coin, None, max_intents=1)
 
     # -- one decision -----------------------------------------------------------------------
 
-    async def _decide_coin(self, coin: str, trigger: LeaderFill | None) -> None:
+    async def _decide_coin(
+        self, coin: str, trigger: LeaderFill | None, max_intents: int | None = None
+    ) -> None:
         lock = self._coin_locks.setdefault(coin, asyncio.Lock())
         async with lock:
             try:
-                await self._decide_locked(coin, trigger)
+                await self._decide_locked(coin, trigger, max_intents)
             except (ExchangeError, StoreError, ValueError) as exc:
                 self.counters["errors"] += 1
                 log.warning("copy decision failed", coin=coin, error=str(exc))
 
-    async def _decide_locked(self, coin: str, trigger: LeaderFill | None) -> None:
+    async def _decide_locked(
+        self, coin: str, trigger: LeaderFill | None, max_intents: int | None = None
+    ) -> None:
         decision = self._decision(coin, trigger)
         if decision is None:
             return
@@ -318,7 +334,7 @@ class CopyEngine(Component):
             # moves between them, only the net is traded.
             await self._executor.transfer(decision.transfers)
             self.counters["transfers"] += len(decision.transfers)
-        self._apply(coin, trigger, decision)
+        self._apply(coin, trigger, decision, max_intents)
 
     def _decision(self, coin: str, trigger: LeaderFill | None) -> Decision | None:
         """Gather the core's inputs for ``coin`` and decide (no side effects); None when
@@ -330,7 +346,9 @@ class CopyEngine(Component):
         pending = self._executor.pending()
         live = self._live()
         follows = []
+        cores = []
         leaders: dict[str, LeaderView] = {}
+        gates = self._reconciler.gates if self._reconciler is not None else None
         for f in live:
             view = self._books.view(f.leader, coin)
             holds = attributed.get(f.id, {}).get(coin, ZERO) != 0
@@ -338,6 +356,12 @@ class CopyEngine(Component):
             if (view is None or view.szi == 0) and not holds and not triggered:
                 continue  # nothing of this follow's is in play in this coin
             follows.append(f)
+            core = f.core
+            if gates and (gate := gates.get((f.id, coin))) is not None and gate > core.started_ms:
+                # The reconciler saw this part shrink under a stop or while hlcopy was away:
+                # like a new follow, it waits for the leader's next change to buy it back.
+                core = replace(core, started_ms=gate)
+            cores.append(core)
             if view is not None:
                 leaders[f.leader] = view
         if not follows:
@@ -359,7 +383,7 @@ class CopyEngine(Component):
             for f in follows
         }
         return decide(
-            follows=[f.core for f in follows],
+            follows=cores,
             leaders=leaders,
             follower=follower,
             market=Market(asset, mids.get(coin)),
@@ -371,9 +395,16 @@ class CopyEngine(Component):
             account_limits=self._limits,
         )
 
-    def _apply(self, coin: str, trigger: LeaderFill | None, decision: Decision) -> None:
-        """Keep the targets, log the skips and submit the intents (no await: each intent is
-        pending before the next decision can run)."""
+    def _apply(
+        self,
+        coin: str,
+        trigger: LeaderFill | None,
+        decision: Decision,
+        max_intents: int | None = None,
+    ) -> None:
+        """Keep the targets, log the skips and submit the intents, the first ``max_intents``
+        of them (a flip's open waits for the next decision) (no await: each intent is pending
+        before the next decision can run)."""
         self.counters["decisions"] += 1
         for target in decision.targets:
             self._targets[target.follow_id, target.coin] = target
@@ -389,7 +420,7 @@ class CopyEngine(Component):
                 is_buy=None if skip.szi == 0 else skip.szi > 0,
                 leader=record.leader if record is not None else None,
             )
-        for intent in decision.intents:
+        for intent in decision.intents[:max_intents]:
             if self._risk.trading_state() == TradingState.HALTED:
                 break  # a halt that came in while deciding: nothing more goes out
             self.counters["intents"] += 1
@@ -436,10 +467,12 @@ class CopyEngine(Component):
                 )
             if szi == 0 and not follows:
                 continue
+            outside = (self._reconciler.outside or {}) if self._reconciler is not None else {}
             rows.append(
                 {
                     "coin": coin,
                     "szi": szi,
+                    "outside_szi": outside.get(coin, ZERO),
                     "entry_px": position.entry_px if position is not None else None,
                     "mid": mid,
                     "notional": abs(szi) * mid if mid is not None else None,

@@ -193,6 +193,11 @@ class Venue(Protocol):
         """The newest account state the exchange gave (live), or None (paper)."""
         ...
 
+    async def read_state(self) -> AccountState | None:
+        """Live: the account's state read from the exchange now (raises when it cannot be
+        read); paper: None."""
+        ...
+
     async def settle(
         self, intent: OrderIntent, host: PaperExecutor, expires_ms: int, why: str
     ) -> VenueResult:
@@ -239,6 +244,9 @@ class PaperVenue:
         return VenueResult("filled", fill_ms, fill.filled_sz, fill.avg_px, fill.fee)
 
     def state(self) -> AccountState | None:
+        return None
+
+    async def read_state(self) -> AccountState | None:
         return None
 
     async def settle(
@@ -377,6 +385,12 @@ class PaperExecutor(Component):
         self._booked_oids: set[int] = set()
         self._booked_order: deque[tuple[str, int | None]] = deque()
         self._own_stash: dict[str, dict[int, Fill]] = {}
+        #: Per coin, a count of what changed hlcopy's books or the account there (intents,
+        #: booked fills, fills of orders placed outside hlcopy): the reconciler looks at the
+        #: exchange only where it did not move while the read ran.
+        self.activity: Counter[str] = Counter()
+        #: The newest fills of the account's orders that were not hlcopy's copies (live).
+        self.foreign: deque[Fill] = deque(maxlen=1_000)
         self.counters: dict[str, int] = {
             "intents": 0,
             "duplicates": 0,
@@ -411,6 +425,7 @@ class PaperExecutor(Component):
         if self._intents.closed:
             raise QueueClosed(f"queue {self._intents.name} is closed")
         self._in_flight[intent.cloid] = _InFlight(intent, trigger)
+        self.activity[intent.coin] += 1
         if trigger is not None:
             self._triggers[intent.cloid] = trigger
         if self._waiting or not self._intents.offer(intent):
@@ -461,6 +476,37 @@ class PaperExecutor(Component):
             except StoreError as exc:
                 log.warning("executor: transfers not recorded", error=str(exc))
         self.counters["transfers"] += len(moves)
+
+    def busy_coins(self) -> set[str]:
+        """The coins with an order in flight."""
+        return {entry.intent.coin for entry in self._in_flight.values()}
+
+    async def read_state(self) -> AccountState | None:
+        """Live: the account as the exchange has it now (raises when it cannot be read), and
+        the books rebuilt from it; paper: None."""
+        state = await self._venue.read_state()
+        if state is not None:
+            self._sync_live(state)
+        return state
+
+    async def restate(self, coins: Mapping[str, Mapping[str, Decimal]]) -> None:
+        """Live: set every follow's attributed size in each coin of ``coins`` (coin -> follow ->
+        signed size; zero or absent: nothing), stored before it counts (the reconciler's
+        correction of drift). Raises ``StoreError`` when it cannot be stored: nothing changes."""
+        async with self._account_lock:
+            attributed = {f: dict(c) for f, c in self._attributed.items()}
+            for held in attributed.values():
+                for coin in coins:
+                    held.pop(coin, None)
+            for coin, parts in coins.items():
+                for follow, szi in parts.items():
+                    if szi != 0:
+                        attributed.setdefault(follow, {})[coin] = szi
+            attributed = {f: c for f, c in attributed.items() if c}
+            await self._copies.save_live(attributed)
+            self._attributed = attributed
+            for coin in coins:
+                self.activity[coin] += 1
 
     def positions(self) -> Mapping[str, Decimal]:
         """The account's signed size per coin (open positions only). Live: the exchange's
@@ -876,6 +922,7 @@ class PaperExecutor(Component):
                         )
                     )
                 self._attributed = attributed
+                self.activity[intent.coin] += 1
                 self.ledger.settled(
                     CopyRecord(
                         intent.coin,
@@ -986,6 +1033,8 @@ class PaperExecutor(Component):
                 stash[f.tid if f.tid is not None else -len(stash) - 1] = f
             else:
                 self.counters["own_fills_foreign"] += 1
+                self.activity[f.coin] += 1
+                self.foreign.append(f)
 
     def stashed_fills(self, cloid: str) -> list[Fill]:
         """Our own fills of ``cloid`` seen on the stream while it was in flight."""

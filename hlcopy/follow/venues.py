@@ -197,6 +197,13 @@ class LiveVenue:
             )
         return self._state
 
+    async def read_state(self) -> AccountState:
+        """The account's state read now (FOLLOWER lane); raises when it cannot be read."""
+        state = await self._info.clearinghouse_state(self.account, lane=Lane.FOLLOWER)
+        if self._state is None or (state.time_ms or 0) >= (self._state.time_ms or 0):
+            self._state = state
+        return state
+
     def state(self) -> AccountState | None:
         """The newest of our own read and the tracker's (``follower_state``)."""
         mine = self._state

@@ -217,6 +217,8 @@ def _position(obj: Any) -> Position:
 
 
 def parse_account_state(obj: Any) -> AccountState:
+    if not isinstance(obj, dict):
+        raise WireError(f"clearinghouseState: expected an object, got {type(obj).__name__}")
     cross = obj.get("crossMarginSummary")
     return AccountState(
         positions=tuple(

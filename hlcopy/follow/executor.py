@@ -51,6 +51,7 @@ from hlcopy.budget import Lane
 from hlcopy.clock import SYSTEM, Clock, sleep_unless
 from hlcopy.component import Component, MetricFamily, Ready
 from hlcopy.config import HlcopyConfig
+from hlcopy.crash import crash_point
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
 from hlcopy.follow.copier import Transfer
@@ -798,6 +799,7 @@ class PaperExecutor(Component):
             self.counters["duplicates"] += 1
             await self._on_duplicate(intent, stored)
             return
+        crash_point("after_commit")
 
         sent_ms = self._clock.time_ms()
         send_delay = None if trigger is None else sent_ms - trigger.time_ms
@@ -812,6 +814,7 @@ class PaperExecutor(Component):
                     VenueResult("never_arrived", self._clock.time_ms(), error=f"not sent: {exc}"),
                 )
                 return
+        crash_point("after_mark")
         result = await self._venue.execute(intent, self)
         if result.status == "filled" and result.filled_sz > 0 and result.avg_px is not None:
             # Shielded: once the exchange (or the paper book) filled it, the booking finishes.
@@ -886,6 +889,7 @@ class PaperExecutor(Component):
                     )
                 else:
                     await self._copies.settle(intent.cloid, settlement, live_attributed=attributed)
+                crash_point("after_book")
             except StoreError as exc:
                 recorded = False
                 if self.paper:

@@ -51,6 +51,7 @@ import structlog
 
 from hlcopy.budget import Lane
 from hlcopy.clock import SYSTEM, Clock
+from hlcopy.crash import crash_point
 from hlcopy.errors import (
     BadRequest,
     ExchangeError,
@@ -398,6 +399,7 @@ class LiveVenue:
         except (ExchangeError, StreamError, ValueError) as exc:
             # A timeout, a 5xx, a 429, a lost or unreadable reply: it may have landed.
             return await self._unknown(intent, host, expires_ms, str(exc))
+        crash_point("after_ack")
         if status.outcome == "filled" and status.total_sz and status.avg_px is not None:
             self.counters["filled"] += 1
             fee = self._fee(host, intent.cloid, status.oid, status.total_sz, status.avg_px)

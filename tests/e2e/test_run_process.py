@@ -32,12 +32,15 @@ class Process:
 
     async def _read(self) -> None:
         assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            text = line.decode(errors="replace")
-            self.raw.append(text)
-            with contextlib.suppress(orjson.JSONDecodeError):
-                self.lines.append(orjson.loads(text))
-            self._new.set()
+        try:
+            async for line in self.proc.stderr:
+                text = line.decode(errors="replace")
+                self.raw.append(text)
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self.lines.append(orjson.loads(text))
+                self._new.set()
+        finally:
+            self._new.set()  # the end of the output wakes a waiter too: it then sees the exit
 
     async def wait_for(self, event: str, timeout: float = 30, after: int = 0) -> dict[str, Any]:
         """The first log line from index ``after`` on whose event is ``event``."""

@@ -41,7 +41,8 @@ SEEDS = int(os.environ.get("HLCOPY_CHAOS_SEEDS", "30"))
 #: minute, 30 new connections a minute), and the daemon then waits rather than retry blind
 #: (seen here; systemd's StartLimitBurst keeps real restarts far slower): this test is about
 #: the order path, so its exchange allows the storm.
-STORM = {"weight_per_minute": 30_000, "ws_max_new_connections_per_min": 600}
+STORM_WEIGHT_PER_MINUTE = 30_000
+STORM_NEW_CONNECTIONS_PER_MINUTE = 600
 RATIO = Decimal("0.5")
 
 
@@ -110,7 +111,15 @@ async def leader_trades(sim: Simulator, rng: random.Random) -> None:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(SimConfig(port=0, traders=20, rate=5, warmup_s=30, **STORM)) as s:
+    config = SimConfig(
+        port=0,
+        traders=20,
+        rate=5,
+        warmup_s=30,
+        weight_per_minute=STORM_WEIGHT_PER_MINUTE,
+        ws_max_new_connections_per_min=STORM_NEW_CONNECTIONS_PER_MINUTE,
+    )
+    async with Simulator(config) as s:
         yield s
 
 

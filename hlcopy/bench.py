@@ -14,7 +14,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -356,10 +356,16 @@ def _api_paths(n: int, seed: int) -> list[str]:
 
 
 async def _api_load(
-    port: int, paths: list[str], clients: int, warmup_s: float, seconds: float
+    port: int,
+    paths: list[str],
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    think_s: float = 0.0,
 ) -> dict[str, Any]:
     """``clients`` keep-alive connections, each sending its next request as soon as the
-    previous answer is read in full (a closed loop); latency per request, after the warm-up."""
+    previous answer is read in full (a closed loop), or ``think_s`` after it (a dashboard
+    refreshing); latency per request, after the warm-up."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     measuring = False
@@ -381,6 +387,8 @@ async def _api_load(
                     latencies.append(time.perf_counter() - start)
                     status = head[9:12].decode()
                     statuses[status] = statuses.get(status, 0) + 1
+                if think_s:
+                    await asyncio.sleep(think_s)
         finally:
             writer.close()
 
@@ -412,13 +420,57 @@ async def _api_load(
     }
 
 
+async def _api_load_process(
+    port: int,
+    paths: list[str],
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    cpus: set[int] | None = None,
+    think_s: float = 0.0,
+) -> dict[str, Any]:
+    """``_api_load`` in a process of its own (on ``cpus`` if given): the server's event loop
+    is measured, not the load's."""
+    import orjson
+
+    load = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from hlcopy.bench import _api_load_main; _api_load_main()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    if cpus:
+        os.sched_setaffinity(load.pid, cpus)
+    job = {
+        "port": port,
+        "paths": paths,
+        "clients": clients,
+        "warmup_s": warmup_s,
+        "seconds": seconds,
+        "think_s": think_s,
+    }
+    out, _ = await load.communicate(orjson.dumps(job))
+    if load.returncode != 0:
+        raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
 def _api_load_main() -> None:
     """The load generator's process: its orders on stdin, its figures on stdout."""
     import orjson
 
     job = orjson.loads(sys.stdin.buffer.read())
     result = asyncio.run(
-        _api_load(job["port"], job["paths"], job["clients"], job["warmup_s"], job["seconds"])
+        _api_load(
+            job["port"],
+            job["paths"],
+            job["clients"],
+            job["warmup_s"],
+            job["seconds"],
+            job.get("think_s", 0.0),
+        )
     )
     sys.stdout.buffer.write(orjson.dumps(result))
 
@@ -517,7 +569,6 @@ async def _bench_api(
     import tempfile
     from pathlib import Path
 
-    import orjson
     import psutil
     from aiohttp import web
 
@@ -583,28 +634,11 @@ async def _bench_api(
                 tg.create_task(tracker(), name="bench:tracker"),
                 tg.create_task(refresher(), name="bench:refresher"),
             ]
-            load = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                "from hlcopy.bench import _api_load_main; _api_load_main()",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            job = {
-                "port": port,
-                "paths": paths,
-                "clients": clients,
-                "warmup_s": warmup_s,
-                "seconds": seconds,
-            }
-            out, _ = await load.communicate(orjson.dumps(job))
+            result = await _api_load_process(port, paths, clients, warmup_s, seconds)
             for task in feeders:
                 task.cancel()
     finally:
         await runner.cleanup()
-    if load.returncode != 0:
-        raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
-    result = orjson.loads(out)
     stats = board.stats()
     return {
         "benchmark": "api",
@@ -1527,6 +1561,51 @@ DECIDE_LEADER = "0x" + "d1" * 20  # the followed leader on the simulator (funded
 DECIDE_COINS = ("BTC", "ETH", "SOL", "AVAX", "BNB", "LTC", "LINK", "AAVE")
 
 
+class _Wire:
+    """Stands in front of the stream pool's socket send and ``post_action``, live: when an
+    order action's bytes (signed) were written to the WebSocket, and when the exchange's
+    reply came back, per cloid."""
+
+    def __init__(self, stream: Any, copies: Any) -> None:
+        self._send = stream._send
+        self._post_action = stream.post_action
+        self._write_intent = copies.write_intent
+        self.written: dict[str, int] = {}
+        self.acked: dict[str, int] = {}
+        # Where the time goes before the socket: the executor takes the intent, its write-ahead
+        # row (live: committed as sending) is in PostgreSQL.
+        self.picked: dict[str, int] = {}
+        self.committed: dict[str, int] = {}
+
+    async def write_intent(self, row: Any) -> Any:
+        self.picked.setdefault(row.cloid, time.perf_counter_ns())
+        stored = await self._write_intent(row)
+        self.committed.setdefault(row.cloid, time.perf_counter_ns())
+        return stored
+
+    async def send(self, conn: Any, message: dict[str, Any], *, urgent: bool = False) -> None:
+        await self._send(conn, message, urgent=urgent)
+        at_ns = time.perf_counter_ns()  # first thing: the bytes are on the socket
+        request = message.get("request")
+        if isinstance(request, dict) and request.get("type") == "action":
+            for cloid in _cloids(request["payload"]):
+                self.written.setdefault(cloid, at_ns)
+
+    async def post_action(self, body: bytes) -> object:
+        reply = await self._post_action(body)
+        at_ns = time.perf_counter_ns()
+        import orjson
+
+        for cloid in _cloids(orjson.loads(body)):
+            self.acked.setdefault(cloid, at_ns)
+        return reply
+
+
+def _cloids(payload: Mapping[str, Any]) -> list[str]:
+    action = payload.get("action") or {}
+    return [o["c"] for o in action.get("orders", ()) if isinstance(o, dict) and "c" in o]
+
+
 class _Stopwatch:
     """Stands in front of ``PaperExecutor.submit`` (on the one executor instance the daemon
     built, so the copy engine calls it as it calls the executor): the moment an ``OrderIntent``
@@ -1549,6 +1628,8 @@ class _Stopwatch:
         self.measuring = False
         # (leader fill tid, source, frame received, intent handed over), in order; times in ns.
         self.samples: list[tuple[int, str, int, int]] = []
+        # cloid -> (leader fill tid, frame received) of each sampled intent.
+        self.cloids: dict[str, tuple[int, int]] = {}
         # (leader fill tid, frame received) -> (core called, core returned) in ns.
         self.cores: dict[tuple[int, int], tuple[int, int]] = {}
         self.skips: dict[str, int] = {}  # the core's skips by reason, whatever triggered them
@@ -1564,6 +1645,7 @@ class _Stopwatch:
                 self.other += 1
             else:
                 self.samples.append((trigger.tid, trigger.source, trigger.recv_ns, at_ns))
+                self.cloids[intent.cloid] = (trigger.tid, trigger.recv_ns)
         self._submit(intent, trigger)
 
     def decide(self, **inputs: Any) -> Decision:
@@ -1661,10 +1743,18 @@ async def _drive_leader(
     return result
 
 
-def _decide_config(root: Path, dsn: str | None, url: str, leader: str) -> HlcopyConfig:
-    """The daemon's config: the simulator as the exchange, paper mode, discovery on, one ratio
-    follow of ``leader``; limits and equity far above what the run trades, so every leader
-    fill makes an order (what is measured is the decision, not a limit being hit)."""
+def _decide_config(
+    root: Path,
+    dsn: str | None,
+    url: str,
+    leader: str,
+    live: tuple[str, Path] | None = None,
+    api_port: int | None = None,
+) -> HlcopyConfig:
+    """The daemon's config: the simulator as the exchange, paper mode (or ``live``: the
+    account's address and the agent key's file), discovery on, one ratio follow of ``leader``;
+    limits and equity far above what the run trades, so every leader fill makes an order (what
+    is measured is the decision, not a limit being hit). The API on ``api_port`` if given."""
     from hlcopy.config import parse_config
 
     data: dict[str, Any] = {
@@ -1675,9 +1765,11 @@ def _decide_config(root: Path, dsn: str | None, url: str, leader: str) -> Hlcopy
             "chain": "testnet",
         },
         "state": {"dir": str(root / "state")},
-        "api": {"enabled": False},
+        "api": {"enabled": False} if api_port is None else {"port": api_port},
         "logging": {"format": "json"},
-        "account": {"mode": "paper", "paper_equity_usd": "1000000"},
+        "account": {"mode": "paper", "paper_equity_usd": "1000000"}
+        if live is None
+        else {"mode": "live", "address": live[0], "agent_key_file": str(live[1])},
         "discovery": {"enabled": True},
         "risk": {
             "max_total_notional_usd": "10000000",
@@ -1696,6 +1788,40 @@ def _decide_config(root: Path, dsn: str | None, url: str, leader: str) -> Hlcopy
     if dsn is not None:
         data["database"] = {"dsn": dsn}
     return parse_config(data)
+
+
+async def _live_account(url: str, root: Path) -> tuple[str, Path]:
+    """A throwaway follower account on the simulator: funded, with an approved agent whose
+    fresh key is in a 0600 file under ``root``. Returns (account address, key file)."""
+    import secrets
+
+    import aiohttp
+
+    from hlcopy.budget import WeightBudget
+    from hlcopy.hl import ExchangeClient, Signer
+
+    master = Signer.from_key("0x" + secrets.token_hex(32))
+    agent_key = "0x" + secrets.token_hex(32)
+    async with aiohttp.ClientSession() as http:
+        body = {"address": master.address, "usdc": "100000000"}
+        async with http.post(url + "/_sim/fund", json=body) as r:
+            r.raise_for_status()
+        by_master = ExchangeClient(http, url, master, WeightBudget(), is_mainnet=False)
+        await by_master.approve_agent(master, Signer.from_key(agent_key).address, "bench")
+    key_file = root / "agent.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(agent_key)
+    return master.address, key_file
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _percentiles_ms(ns: Sequence[int]) -> dict[str, Any]:
@@ -1725,6 +1851,9 @@ async def _bench_decide(
     usd: Decimal,
     ready_timeout_s: float,
     isolate: bool,
+    live: bool = False,
+    api_clients: int = 0,
+    api_think_s: float = 0.1,
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -1749,7 +1878,9 @@ async def _bench_decide(
             http.post(url + "/_sim/fund", json={"address": leader, "usdc": "100000000"}) as r,
         ):
             r.raise_for_status()
-        cfg = _decide_config(root, dsn, url, leader)
+        account = await _live_account(url, root) if live else None
+        api_port = _free_port() if api_clients else None
+        cfg = _decide_config(root, dsn, url, leader, account, api_port)
         async with App(cfg, load_secrets(cfg)) as app:
             assert app.discovery is not None  # configured on
             discovery = app.discovery
@@ -1761,6 +1892,12 @@ async def _bench_decide(
             # the core. Nothing else of the daemon changes.
             app.executor.submit = timer.submit  # type: ignore[method-assign]
             setattr(engine_module, core_name, timer.decide)
+            # Live: the stream pool's socket send and action post, timed the same way.
+            wire = _Wire(app.stream, app.executor._copies) if live else None
+            if wire is not None:
+                app.stream._send = wire.send  # type: ignore[method-assign]
+                app.stream.post_action = wire.post_action  # type: ignore[method-assign]
+                app.executor._copies.write_intent = wire.write_intent  # type: ignore[method-assign]
             task = asyncio.create_task(app.run(), name="bench:daemon")
             try:
                 t_start = time.perf_counter()
@@ -1771,6 +1908,7 @@ async def _bench_decide(
                             and leader in app.books.subscribed()
                             and discovery.users_order is not None
                             and set(coins) <= set(app.executor.mids())
+                            and (not live or app.stream.post_ready)
                         ):
                             if task.done():
                                 raise RuntimeError(f"the daemon exited with {task.result()}")
@@ -1818,10 +1956,25 @@ async def _bench_decide(
                 sampler = asyncio.create_task(sample(), name="bench:trades-rate")
                 timer.measuring = True
                 t0 = time.perf_counter()
+                api_load = None
+                if api_port is not None:
+                    api_load = asyncio.create_task(
+                        _api_load_process(
+                            api_port,
+                            _api_paths(500, 7),
+                            api_clients,
+                            0.5,
+                            fills / fills_per_s,
+                            load_cpus,
+                            api_think_s,
+                        ),
+                        name="bench:api-load",
+                    )
                 driven = await _drive_leader(
                     url, leader, coins, fills, fills_per_s, sizes, load_cpus
                 )
                 elapsed = time.perf_counter() - t0
+                api_result = None if api_load is None else await api_load
                 trades, messages = discovery.registry.trades, app.stream.counters["messages"]
                 await asyncio.sleep(1.0)  # the last fills' decisions (far less than a second)
                 timer.measuring = False
@@ -1867,9 +2020,26 @@ async def _bench_decide(
             legs["core"].append(core[1] - core[0])
             legs["after_core"].append(at_ns - core[1])
     sent = sum(driven["statuses"].values())
+    wire_figures: dict[str, Any] = {}
+    if wire is not None:
+        for name, times in (
+            ("picked", wire.picked),
+            ("committed", wire.committed),
+            ("written", wire.written),
+            ("acked", wire.acked),
+        ):
+            ns = [
+                times[cloid] - recv_ns
+                for cloid, (tid, recv_ns) in timer.cloids.items()
+                if cloid in times and first.get((tid, recv_ns)) is not None
+            ]
+            wire_figures[name] = _percentiles_ms(ns)
     return {
-        "benchmark": "decide",
-        **overall,
+        "benchmark": "latency" if live else "decide",
+        **(wire_figures["written"] if live else overall),
+        "decide": overall,
+        "wire": wire_figures,
+        "api": api_result,
         "intents": len(first),
         "by_source": {s: _percentiles_ms(v) for s, v in sorted(by_source.items())},
         "legs": {leg: _percentiles_ms(v) for leg, v in legs.items()},
@@ -1901,12 +2071,15 @@ async def _bench_decide(
         "exit_code": exit_code,
         "sim_rate": rate,
         "sim_traders": sim_traders,
+        "api_clients": api_clients,
+        "api_think_s": api_think_s,
         "cpus": {
             "daemon": sorted(daemon_cpus) if daemon_cpus else mine,
             "simulator_and_driver": sorted(load_cpus) if load_cpus else mine,
         },
         "coins": list(coins),
-        "target_p99_ms": 0.5,
+        "target_p99_ms": 1.0 if live else 0.5,
+        "target_p50_ms": 0.3 if live else None,
         "target_trades_per_s": 5000,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
@@ -1924,6 +2097,8 @@ def bench_decide(
     dsn: str | None = None,
     ready_timeout_s: float = 120.0,
     isolate: bool = True,
+    live: bool = False,
+    api_clients: int = 0,
 ) -> dict[str, Any]:
     """Leader fill frame received -> ``OrderIntent`` handed to the executor, in the real daemon
     (``App``, the composition root ``hlcopy run`` uses, in this process: stream pool,
@@ -1957,10 +2132,77 @@ def bench_decide(
                 usd,
                 ready_timeout_s,
                 isolate,
+                live,
+                api_clients,
             )
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_latency(
+    fills: int = 600,
+    fills_per_s: float = 10.0,
+    rate: float = 6000.0,
+    api_clients: int = 64,
+    isolate: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Leader fill frame received -> the signed order's bytes written to the exchange's
+    WebSocket, live: ``bench_decide``'s daemon and load, in live mode (a throwaway follower
+    account with an approved agent on the simulator; every copy is written ahead to
+    PostgreSQL, signed and posted over the socket, as ``hlcopy run`` does) with ``api_clients``
+    keep-alive clients reading the leaderboard API of the same event loop all the while (in
+    their own process, on the simulator's core). Also the full loop to the exchange's reply."""
+    return bench_decide(
+        fills, fills_per_s, rate, isolate=isolate, live=True, api_clients=api_clients, **options
+    )
+
+
+def format_latency(result: dict[str, Any]) -> str:
+    m, wire, decide, api = result["machine"], result["wire"], result["decide"], result["api"]
+    lines = [
+        "hlcopy bench latency: leader fill frame received -> signed order bytes written to the",
+        "exchange's WebSocket, the real daemon in this process (live mode), the simulator in its",
+        "own process, API clients reading the leaderboard all the while",
+        f"  p50 / p90         {result['p50_ms']} / {result['p90_ms']} ms   "
+        f"(target p50 <= {result['target_p50_ms']} ms)",
+        f"  p99               {result['p99_ms']} ms   (target <= {result['target_p99_ms']} ms)",
+        f"  max               {result['max_ms']} ms over {result['n']} orders written",
+        f"  to the reply      p50 {wire['acked']['p50_ms']}, p99 {wire['acked']['p99_ms']}, "
+        f"max {wire['acked']['max_ms']} ms (the simulator's acknowledgement)",
+        f"  to the intent     p50 {decide['p50_ms']}, p99 {decide['p99_ms']}, "
+        f"max {decide['max_ms']} ms (bench decide's figure, same run)",
+        "  legs from the frame, p50 / p99: "
+        + "; ".join(
+            f"{name} {wire[key]['p50_ms']} / {wire[key]['p99_ms']}"
+            for key, name in (
+                ("picked", "executor takes it"),
+                ("committed", "row committed"),
+            )
+        )
+        + " ms",
+    ]
+    if api is not None:
+        lines.append(
+            f"  API load          {result['api_clients']} clients, each "
+            f"{result['api_think_s']:g} s after its last answer: {api['requests_per_s']:,.0f} "
+            f"requests/s, p50 {api['p50_ms']}, p99 {api['p99_ms']} ms, {api['statuses']}"
+        )
+    lines += [
+        f"  leader            {result['leader_trades_sent']} trades at "
+        f"{result['trades_per_s_leader']}/s, {result['leader_trade_statuses']}",
+        f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "
+        f"{result['target_trades_per_s']:,}), {result['frames_dropped']} frames dropped",
+        f"  daemon            {result['cpu_s']} CPU s over {result['seconds']} s "
+        f"({result['cpu_share']:.0%} of a core); exit {result['exit_code']}",
+        f"  cpus              daemon {result['cpus']['daemon']}, simulator, leader's driver "
+        f"and API clients {result['cpus']['simulator_and_driver']}",
+        f"  machine           {m['cpu']}, {m['cores']} cores, load "
+        f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
+        f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",
+    ]
+    return "\n".join(lines)
 
 
 def format_decide(result: dict[str, Any]) -> str:
@@ -2020,4 +2262,5 @@ BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, A
     "firehose": (bench_firehose, format_firehose),
     "memory": (bench_memory, format_memory),
     "decide": (bench_decide, format_decide),
+    "latency": (bench_latency, format_latency),
 }

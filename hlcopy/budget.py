@@ -2,21 +2,23 @@
 
 Weight spent at time t comes back at t + 61 s, so no 60-second window ever holds more than the
 limit (a plain token bucket, capacity N refilled at N/60 per second, could admit 2N in its first
-minute). The extra second is for the road: the exchange counts a request when it arrives, we
-count it when we send it, and a later request may travel faster than an earlier one.
+minute). The extra second is for the road: the exchange counts a request when it arrives, we count
+it when we send it, and a later request may travel faster than an earlier one.
 
 Lanes are served in priority order: orders and cancels, follower truth, leader truth, gap-fill,
 scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
-requests behind it go first only within the room its own admission will leave (backfilling), so
-a large read waiting for weight to expire does not leave the window idle. The read lanes stop
-at ``limit x (1 - headroom)``; the headroom is kept for the order lane, so reads can never
-starve orders. Two reserves keep the lower lanes from filling the window to the brim, since
-weight spent stays spent for a whole window: the truth reserve (``reserve_for_truth``) is out of
-reach of scoring and enrichment, and the scoring reserve (``reserve_for_scoring``) out of reach
-of enrichment, so the read that completes a candidate's score finds room at once instead of
-waiting up to a minute behind exploration. A request whose weight depends on the size of
-its answer reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends
-the read lanes into back-off.
+requests behind it go first only within the room its own admission will leave (backfilling), so a
+large read waiting for weight to expire does not leave the window idle. The read lanes stop at
+``limit x (1 - headroom)`` less what the order lane spent in the current window (up to half the
+read limit): the headroom is kept for orders, and while orders flow, the room they took is kept for
+the next ones too, so reads can never starve orders. Only a burst of orders beyond the headroom
+waits, for the window's first reads to expire. Two reserves keep the lower lanes from filling the
+window to the brim, since weight spent stays spent for a whole window: the truth reserve
+(``reserve_for_truth``) is out of reach of scoring and enrichment, and the scoring reserve
+(``reserve_for_scoring``) out of reach of enrichment, so the read that completes a candidate's
+score finds room at once instead of waiting up to a minute behind exploration. A request whose
+weight depends on the size of its answer reserves the most it can cost and is refunded the rest
+(``refund``). An HTTP 429 sends the read lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """
@@ -166,14 +168,18 @@ class WeightBudget:
         self._scoring_reserve = max(0, min(weight, (self.read_limit - self._bulk_reserve) // 4))
         self._dispatch()
 
+    def _reads_cap(self) -> int:
+        """The read lanes' ceiling: the read limit less what orders spent in the window."""
+        return self.read_limit - min(self._used_by_lane[Lane.ORDER], self.read_limit // 2)
+
     def _cap(self, lane: Lane) -> int:
         if lane == Lane.ORDER:
             return self.limit
         if lane == Lane.SCORING:
-            return self.read_limit - self._bulk_reserve
+            return self._reads_cap() - self._bulk_reserve
         if lane > Lane.SCORING:
-            return self.read_limit - self._bulk_reserve - self._scoring_reserve
-        return self.read_limit
+            return self._reads_cap() - self._bulk_reserve - self._scoring_reserve
+        return self._reads_cap()
 
     def rate_limited(self) -> None:
         """The exchange answered 429: our count and its differ. Back the read lanes off."""
@@ -213,7 +219,7 @@ class WeightBudget:
             delay = self._reads_blocked_until - now
         cap = self._cap(lane)
         if weight > cap:  # too big for what the reserve leaves: it may use the reserve too
-            cap = self.read_limit
+            cap = self._reads_cap() if lane != Lane.ORDER else self.limit
         for need, limit in ((weight if likely is None else likely, cap), (weight, self.limit)):
             excess = self._used + need - limit
             if excess > 0:

@@ -288,7 +288,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run(orders_per_run=args.orders, runs=args.runs)
     elif args.name in ("api", "firehose"):
         result = run(seconds=20.0 if args.seconds is None else args.seconds)
-    elif args.name == "decide":
+    elif args.name in ("decide", "latency"):
         rate = {} if args.rate is None else {"rate": args.rate}
         result = run(fills=args.fills, isolate=not args.shared_cpus, **rate)
     elif args.name == "memory":
@@ -447,12 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim", "firehose", "api", "memory", "decide"],
+        choices=["sign", "sim", "firehose", "api", "memory", "decide", "latency"],
         help="sign: build and sign one order; sim: simulator trades stream; "
         "firehose: discovery's trades ingest into PostgreSQL; "
         "api: leaderboard latency over HTTP; "
         "memory: resident memory of the daemon with 100,000 known traders; "
-        "decide: leader fill frame -> order intent in the daemon, 5,000 trades/s around it",
+        "decide: leader fill frame -> order intent in the daemon, 5,000 trades/s around it; "
+        "latency: leader fill frame -> signed order bytes written, live, with 64 API clients",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
@@ -464,18 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         default=None,
-        help="trader actions per second of the simulator (sim, decide: 6000; memory: 200)",
+        help="trader actions per second of the simulator (sim, decide, latency: 6000; memory: 200)",
     )
     p.add_argument(
         "--fills",
         type=int,
         default=600,
-        help="decide: leader trades to copy, a fill or more each (default 600)",
+        help="decide, latency: leader trades to copy, a fill or more each (default 600)",
     )
     p.add_argument(
         "--shared-cpus",
         action="store_true",
-        help="decide: let the simulator share the daemon's cores (default: a core of its own)",
+        help="decide, latency: let the simulator share the daemon's cores "
+        "(default: a core of its own)",
     )
     p.add_argument(
         "--traders", type=int, default=100_000, help="memory: known traders (default 100000)"

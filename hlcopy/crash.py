@@ -4,8 +4,9 @@
 (``n`` defaults to 1), so a test can stop the daemon exactly between two steps of the order
 path, as a power cut or the OOM killer would. The points, in the order an order passes them:
 
-* ``after_commit``: the intent row is committed as ``planned``; nothing was signed;
-* ``after_mark``: the row says ``sending``; nothing was sent yet;
+* ``after_commit``: the intent row is committed (paper: ``planned``; live: ``sending``, "it
+  may have been sent", in the same commit); nothing was signed;
+* ``after_mark``: the row says ``sending``; nothing was sent yet (live: the same moment);
 * ``after_ack``: the exchange answered the order; nothing of the answer is recorded;
 * ``after_book``: the fill is booked; the engine has not heard of it.
 

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
@@ -780,11 +780,17 @@ class PaperExecutor(Component):
             slots.release()
 
     async def _run_intent(self, intent: OrderIntent) -> None:
-        """Write ahead, mark sending, let the venue fill (paper) or send (live), book."""
+        """Write ahead, let the venue fill (paper) or send (live), book. Live, the row is
+        committed once, as ``sending`` (it may have been sent: a restart asks the exchange);
+        paper, ``planned`` then ``sending``."""
         self.counters["intents"] += 1
         entry = self._in_flight.get(intent.cloid)
         trigger = self._triggers.get(intent.cloid) or (entry.trigger if entry else None)
-        row = _with_intent_fields(intent, trigger, self._clock.time_ms(), paper=self.paper)
+        now = self._clock.time_ms()
+        row = _with_intent_fields(intent, trigger, now, paper=self.paper)
+        send_delay = None if trigger is None else now - trigger.time_ms
+        if not self.paper:
+            row = replace(row, status="sending", sent_ms=now, send_delay_ms=send_delay)
         try:
             stored = await self._copies.write_intent(row)
         except StoreError as exc:
@@ -800,21 +806,12 @@ class PaperExecutor(Component):
             await self._on_duplicate(intent, stored)
             return
         crash_point("after_commit")
-
-        sent_ms = self._clock.time_ms()
-        send_delay = None if trigger is None else sent_ms - trigger.time_ms
-        try:
-            await self._copies.mark_sending(intent.cloid, sent_ms, send_delay)
-        except StoreError as exc:
-            log.warning("executor: cannot mark sending", cloid=intent.cloid, error=str(exc))
-            if not self.paper:
-                # Live, nothing leaves without a committed row saying it may have been sent.
-                await self._settle_final(
-                    intent,
-                    VenueResult("never_arrived", self._clock.time_ms(), error=f"not sent: {exc}"),
-                )
-                return
-        crash_point("after_mark")
+        if self.paper:
+            try:
+                await self._copies.mark_sending(intent.cloid, now, send_delay)
+            except StoreError as exc:
+                log.warning("executor: cannot mark sending", cloid=intent.cloid, error=str(exc))
+        crash_point("after_mark")  # live: the same moment as after_commit
         result = await self._venue.execute(intent, self)
         if result.status == "filled" and result.filled_sz > 0 and result.avg_px is not None:
             # Shielded: once the exchange (or the paper book) filled it, the booking finishes.

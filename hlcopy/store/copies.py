@@ -41,7 +41,8 @@ class OpenIntent:
 
 @dataclass(frozen=True, slots=True)
 class CopyRow:
-    """One copy as first written: an intent (``cloid`` set, status planned) or a skip."""
+    """One copy as first written: an intent (``cloid`` set; status planned, or live sending
+    with ``sent_ms``: committed as "may have been sent" just before it is) or a skip."""
 
     status: str
     paper: bool
@@ -63,6 +64,8 @@ class CopyRow:
     leader_sz: Decimal | None = None
     leader_time_ms: int | None = None
     decision_delay_ms: int | None = None
+    sent_ms: int | None = None
+    send_delay_ms: int | None = None
 
     @property
     def follow_ids(self) -> list[str]:
@@ -91,6 +94,8 @@ class CopyRow:
             self.leader_sz,
             self.leader_time_ms,
             self.decision_delay_ms,
+            self.sent_ms,
+            self.send_delay_ms,
         )
 
 
@@ -156,8 +161,8 @@ class StoredOutcome:
 
 _COLUMNS: Final = """cloid, status, paper, follow_ids, attribution, leader, coin, is_buy, sz,
     limit_px, reduce_only, reason, skip_reason, attempt, decided_ms, leader_tid, leader_side,
-    leader_px, leader_sz, leader_time_ms, decision_delay_ms"""
-_PLACEHOLDERS: Final = ", ".join(f"${i}" for i in range(1, 22))
+    leader_px, leader_sz, leader_time_ms, decision_delay_ms, sent_ms, send_delay_ms"""
+_PLACEHOLDERS: Final = ", ".join(f"${i}" for i in range(1, 24))
 
 _INSERT_INTENT: Final = f"""
 INSERT INTO copies ({_COLUMNS}) VALUES ({_PLACEHOLDERS})

@@ -9,7 +9,7 @@ import sys
 import orjson
 import psutil
 import pytest
-from hlcopy.bench import format_decide
+from hlcopy.bench import format_decide, format_latency
 from hlcopy.cli import main
 from hlcopy.log import configure_logging
 
@@ -61,7 +61,39 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     assert psutil.Process().children() == []
 
 
+@pytest.mark.timeout(240)
+def test_bench_latency_times_live_orders_to_the_socket_and_the_reply(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        assert main(["bench", "latency", "--json", "--fills", "16", "--rate", "400"]) == 0
+    finally:
+        configure_logging("info", "json", sys.__stderr__)
+    result = orjson.loads(capfd.readouterr().out)
+    assert result["benchmark"] == "latency"
+    assert result["leader_trades_sent"] == 16
+    # Live orders, each written to the simulator's socket and answered: the headline is the
+    # frame -> bytes written figure, the reply comes later, the intent earlier.
+    wire = result["wire"]
+    assert 0 < result["n"] == wire["written"]["n"]
+    assert wire["acked"]["n"] == wire["written"]["n"]
+    assert result["p50_ms"] == wire["written"]["p50_ms"]
+    assert wire["committed"]["n"] >= wire["written"]["n"]
+    assert result["decide"]["p50_ms"] > 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    # The API was read all the while, every request answered.
+    api = result["api"]
+    assert result["api_clients"] == 64
+    assert api["requests"] > 0
+    assert set(api["statuses"]) == {"200"}
+    assert result["exit_code"] == 0
+    assert "bytes written" in format_latency(result)
+    assert psutil.Process().children() == []
+
+
 def test_bench_decide_is_a_choice_of_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
-    assert "decide" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decide" in out
+    assert "latency" in out

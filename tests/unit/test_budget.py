@@ -76,7 +76,7 @@ async def test_strict_lane_priority_when_saturated() -> None:
     order: list[Lane] = []
 
     async def request(lane: Lane) -> None:
-        await b.acquire(100, lane)
+        await b.acquire(50, lane)  # all six fit, with the room the order keeps for orders
         order.append(lane)
 
     tasks = [asyncio.create_task(request(lane)) for lane in reversed(Lane)]  # lowest first
@@ -108,7 +108,10 @@ async def test_smaller_reads_go_first_only_where_they_cannot_delay_a_waiting_ord
     await clock.advance(29.001)
     assert [name for name, _ in order] == ["read 4", "order"]
     assert order[1][1] == pytest.approx(60, abs=0.01)  # not delayed by the read that went first
+    # The order's 50 stay free for orders while it is in the window: the read waits for it.
     await clock.advance(31)
+    assert [name for name, _ in order] == ["read 4", "order"]
+    await clock.advance(29.01)
     assert [name for name, _ in order] == ["read 4", "order", "read 8"]
     await asyncio.gather(big, late, small)
 
@@ -128,6 +131,24 @@ async def test_headroom_keeps_orders_flowing_while_reads_are_saturated() -> None
     assert b.used() == 1080 + 101
     await clock.advance(60.001)
     assert read.done()
+
+
+async def test_while_orders_flow_reads_leave_their_room_free_for_the_next_ones() -> None:
+    clock = VirtualClock()
+    b = budget(clock, headroom=2.5)  # 1200: reads stop at 1170, 30 kept for orders
+    for _ in range(30):
+        await asyncio.wait_for(b.acquire(1, Lane.ORDER), 0.1)  # a burst: the headroom
+    # Reads now stop 30 lower: the 30 the orders took stay free for the orders to come.
+    reads = [asyncio.create_task(b.acquire(20, Lane.SCORING)) for _ in range(60)]
+    await clock.settle()
+    assert sum(r.done() for r in reads) == 55
+    assert b.used() == 30 + 1100
+    for _ in range(60):
+        await asyncio.wait_for(b.acquire(1, Lane.ORDER), 0.1)  # as many again, and more
+    assert b.used() == 1190
+    # As the orders' weight expires, the reads get their room back.
+    await clock.advance(60.001)
+    assert all(r.done() for r in reads)
 
 
 async def test_429_backs_off_the_read_lanes_only() -> None:
@@ -167,7 +188,7 @@ async def test_debited_extra_weight_delays_later_requests() -> None:
 async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
-    await b.acquire(60, Lane.ORDER)
+    await b.acquire(60, Lane.LEADER)
     head = asyncio.create_task(b.acquire(70, Lane.FOLLOWER))  # at t=60, leaving 30
     behind = asyncio.create_task(b.acquire(35, Lane.LEADER))  # fits now, but would delay it
     await clock.settle()

@@ -606,8 +606,12 @@ class PaperExecutor(Component):
                     hand_over.cancel()
         finally:
             # Also on failure or cancellation: the venue's own task (the live venue's
-            # userRateLimit watch) and its subscription end with the executor.
-            await self._venue.stop()
+            # userRateLimit watch) and its subscription end with the executor, and the
+            # write-ahead connection goes back to the pool.
+            try:
+                await self._venue.stop()
+            finally:
+                await self._copies.release()
 
     async def _hand_over(self) -> None:
         """Intents submitted while the queue was full go in as room comes, in order."""

@@ -9,6 +9,8 @@ values or JSON-ready dicts: no asyncpg record leaves ``store/``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -220,10 +222,16 @@ def _account_json(account: Mapping[str, Any], attributed: Mapping[str, Mapping[s
 
 
 class CopyStore:
-    """SQL for the executor and the copies API. Nothing above ``store/`` sees asyncpg."""
+    """SQL for the executor and the copies API. Nothing above ``store/`` sees asyncpg.
+
+    The write-ahead insert, the one database round trip before an order leaves, runs on a
+    connection of its own, held (a pool's acquire and release add a reset round trip each
+    time): one at a time, re-taken from the pool after any error. ``release`` gives it back."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._hot: Any = None  # the write-ahead connection, while held
+        self._hot_lock = asyncio.Lock()
 
     # -- the paper account ------------------------------------------------------------------
 
@@ -315,20 +323,38 @@ class CopyStore:
         """The write-ahead row. None when written now; the stored state when the cloid was
         already there (the same order decided twice: it must not run again)."""
         with translate("write intent"):
-            async with self._store.pool.acquire() as con:
-                inserted = await con.fetchval(_INSERT_INTENT, *row.values())
-                if inserted is not None:
-                    return None
-                r = await con.fetchrow(
-                    "SELECT status, filled_sz, avg_px, fee, error, settled_ms FROM copies"
-                    " WHERE cloid = $1",
-                    row.cloid,
-                )
+            async with self._hot_lock:
+                if self._hot is None:
+                    self._hot = await self._store.pool.acquire()
+                con = self._hot
+                try:
+                    inserted = await con.fetchval(_INSERT_INTENT, *row.values())
+                    if inserted is not None:
+                        return None
+                    r = await con.fetchrow(
+                        "SELECT status, filled_sz, avg_px, fee, error, settled_ms FROM copies"
+                        " WHERE cloid = $1",
+                        row.cloid,
+                    )
+                except BaseException:
+                    await self._drop_hot()
+                    raise
         if r is None:  # a skip row cannot hold a cloid; stay safe anyway
             return StoredOutcome("unknown", Decimal(0), None, Decimal(0), "cloid conflict", None)
         return StoredOutcome(
             r["status"], r["filled_sz"], r["avg_px"], r["fee"], r["error"], r["settled_ms"]
         )
+
+    async def release(self) -> None:
+        """Give the write-ahead connection back to the pool (the executor, as it stops)."""
+        async with self._hot_lock:
+            await self._drop_hot()
+
+    async def _drop_hot(self) -> None:
+        con, self._hot = self._hot, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._store.pool.release(con))
 
     async def mark_sending(self, cloid: str, sent_ms: int, send_delay_ms: int | None) -> None:
         with translate("mark sending"):

@@ -378,6 +378,7 @@ async def test_a_previous_runs_open_intents_are_settled_before_ready(
             assert await copies.write_intent(row) is None
         for order in (landed, lost):
             await copies.mark_sending(order.cloid, now, None)
+        await copies.release()
         a = stepped.engine.by_name["ETH"]
         spec = OrderSpec(
             Asset("ETH", a.asset_id, a.sz_decimals, a.max_leverage),

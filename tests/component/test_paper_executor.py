@@ -104,12 +104,14 @@ async def executor_on(
         task = asyncio.create_task(
             executor.run(Ready(lambda ok, _: up.set() if ok else None)), name="test:executor"
         )
+        copies = CopyStore(store)
         try:
             await asyncio.wait_for(up.wait(), 10)
-            yield Env(executor, intents, outcomes, bus, feed, info, pool, CopyStore(store))
+            yield Env(executor, intents, outcomes, bus, feed, info, pool, copies)
         finally:
             await executor.drain()
             await asyncio.wait_for(task, 10)
+            await copies.release()  # the write-ahead connection, if the test wrote ahead
 
 
 def cloid() -> str:

@@ -1990,6 +1990,8 @@ async def _bench_decide(
                     for k in ("filled", "partial", "rejected")
                 }
                 frames_dropped = discovery.frames.dropped - dropped0
+                rejections = dict(app.executor.rejections)
+                risk_state = str(app.risk.trading_state())
             finally:
                 app.daemon.request_stop()
                 exit_code = await asyncio.wait_for(task, 60)
@@ -2051,6 +2053,8 @@ async def _bench_decide(
         # leader's next trade in that coin then has nothing to order (a reconcile catches up).
         "trades_without_intent": driven["statuses"].get("filled", 0) - len(first),
         "paper": paper,
+        "rejections": rejections,
+        "risk_state": risk_state,
         "extra_intents": len(timer.samples) - len(first),
         "intents_untriggered": timer.untriggered,
         "intents_other": timer.other,
@@ -2190,6 +2194,8 @@ def format_latency(result: dict[str, Any]) -> str:
             f"requests/s, p50 {api['p50_ms']}, p99 {api['p99_ms']} ms, {api['statuses']}"
         )
     lines += [
+        f"  copies            {result['paper']}; rejected {result['rejections'] or 'none'}; "
+        f"risk {result['risk_state']}",
         f"  leader            {result['leader_trades_sent']} trades at "
         f"{result['trades_per_s_leader']}/s, {result['leader_trade_statuses']}",
         f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "

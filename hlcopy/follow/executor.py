@@ -90,6 +90,7 @@ BPS: Final = Decimal(10_000)
 DEFAULT_TAKER_FEE_RATE: Final = Decimal("0.00045")
 #: What the exchange answers when an IOC finds nothing within its limit price.
 NO_MATCH: Final = "Order could not immediately match against any resting orders."
+REJECTION_KEY: Final = 60  # how much of a rejection's message groups it in ``rejections``
 REDUCE_ONLY_REFUSED: Final = "Reduce only order would increase position."
 #: Hours of funding paid at once after a downtime, at most (a month).
 MAX_CATCH_UP_HOURS: Final = 24 * 30
@@ -390,6 +391,8 @@ class PaperExecutor(Component):
         #: booked fills, fills of orders placed outside hlcopy): the reconciler looks at the
         #: exchange only where it did not move while the read ran.
         self.activity: Counter[str] = Counter()
+        #: Rejections by message (its start): what the exchange, or hlcopy, refused and why.
+        self.rejections: Counter[str] = Counter()
         #: The newest fills of the account's orders that were not hlcopy's copies (live).
         self.foreign: deque[Fill] = deque(maxlen=1_000)
         self.counters: dict[str, int] = {
@@ -968,6 +971,7 @@ class PaperExecutor(Component):
         except StoreError as exc:
             log.warning("executor: cannot settle", cloid=intent.cloid, error=str(exc))
         self.counters["rejected"] += 1
+        self.rejections[error[:REJECTION_KEY]] += 1
         trigger = self._triggers.get(intent.cloid)
         await self._finish(
             intent,
@@ -1280,6 +1284,7 @@ class PaperExecutor(Component):
         return {
             **self.counters,
             "in_flight": len(self._in_flight),
+            "rejections": dict(self.rejections.most_common(10)),
             "intents_waiting": len(self._waiting),
             "skips_buffered": len(self._skips),
             "books": len(self._book_subs),

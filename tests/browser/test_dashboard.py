@@ -27,6 +27,7 @@ from hlcopy.api.dashboard import CSP
 from hlcopy.app import App
 from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
+from hlcopy.follow.follows import FollowRecord
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
 
@@ -105,6 +106,16 @@ async def show(b: Browser, view: str) -> None:
         f"Number(document.querySelector('.view-{name}')?.dataset.loaded || 0) > 0",
         what=f"the {name} view",
     )
+
+
+def q(selector: str) -> str:
+    return f"document.querySelector({json.dumps(selector)})"
+
+
+def followed(app: App) -> FollowRecord:
+    record = app.follows.get("dash")
+    assert record is not None
+    return record
 
 
 async def sim_trade(sim: Simulator, body: dict[str, Any]) -> None:
@@ -228,6 +239,32 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
         await b.wait_for("document.getElementById('global-state').textContent === 'ACTIVE'")
         assert app.risk.stats()["scopes"]["global"]["state"] == "active"
 
+        # The follow's own controls: pause and unpause it, edit a limit.
+        card = '[data-follow="dash"]'
+        await b.click(f"{card} button[data-action='pause']")
+        await b.wait_for(q(f"{card} button[data-action='unpause']"), what="paused")
+        assert followed(app).paused
+        await b.click(f"{card} button[data-action='unpause']")
+        await b.wait_for(q(f"{card} button[data-action='pause']"), what="unpaused")
+        assert not followed(app).paused
+        await b.click(f"{card} button[data-action='edit']")
+        await b.wait_for("document.getElementById('form-dialog').open")
+        await b.type("#f-max_total_notional_usd", "2000")
+        await b.click("#form-submit")
+        await b.wait_for("!document.getElementById('form-dialog').open", what="saved")
+        assert followed(app).spec.max_total_notional_usd == Decimal(2000)
+
+        # Close all, confirmed: the account goes reduce-only and what hlcopy opened is closed.
+        await b.click("#btn-close-all")
+        await b.wait_for("document.getElementById('form-dialog').open")
+        await b.click("#form-submit")
+        await b.wait_for("document.getElementById('global-state').textContent === 'REDUCING'")
+        async with asyncio.timeout(20):
+            while app.executor.attributed().get("dash", {}).get("ETH", Decimal(0)) != 0:
+                await asyncio.sleep(0.1)
+        await b.click("#btn-resume-all")
+        await b.wait_for("document.getElementById('global-state').textContent === 'ACTIVE'")
+
         # The other views draw from the same daemon.
         await show(b, "status")
         await b.wait_for("document.querySelectorAll('#components tbody tr').length >= 10")
@@ -236,7 +273,15 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
         await show(b, "opportunities")
         await b.wait_for("document.querySelector('.view-opportunities h2')")
         await show(b, "losers")
-        await b.wait_for("document.querySelector('.view-losers .board table, .view-losers .empty')")
+        await b.wait_for(q(".view-losers .board table, .view-losers .empty"))
+        await b.click("#filter-risk input[value='EXTREME']")
+        await b.wait_for("location.hash.includes('risk_level=EXTREME')")
+        await b.wait_for(q(".view-losers .board table, .view-losers .empty"))
+        risks = await b.eval(
+            "[...document.querySelectorAll('.view-losers td[data-col=risk_level]')]"
+            ".map((td) => td.textContent)"
+        )
+        assert set(risks) <= {"EXTREME"}
         await b.screenshot(shots / "losers.png")
 
         # A phone: nothing wider than the screen, the tables scroll inside their panels.
@@ -248,7 +293,7 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
             assert overflow <= 0, f"{view} is {overflow}px wider than the phone"
-            await b.screenshot(shots / f"phone-{view.split('/')[0]}.png")
+            await b.screenshot(shots / f"phone-{view.split('/')[0]}.png", full_page=False)
 
         expected_404 = [e for e in b.log.errors if "404" in e and "/api/v1/backtest" in e]
         assert [e for e in b.log.errors if e not in expected_404] == []

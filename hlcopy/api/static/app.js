@@ -204,6 +204,10 @@
     }
     if (response.status === 401 && !retried) {
       setToken('');
+      // A read never asks again once the prompt was dismissed: the header's button does.
+      if (!mutating && tokenDismissed) {
+        throw new ApiError(401, 'unauthorized', 'this daemon needs its token for reads: press \u201Cset token\u201D');
+      }
       await askToken(bearer ? 'The token was refused; enter the current one.'
         : 'The daemon asks for its bearer token (api.read_auth).');
       return api(method, path, body, true);
@@ -228,6 +232,8 @@
   }
 
   function errorBox(error) {
+    // A part still loading (503) is asked again soon, not at the next regular refresh.
+    if (error instanceof ApiError && error.status === 503 && current) current.soon = true;
     const message = error instanceof ApiError ? error.message : 'something went wrong';
     return h('div', { class: 'error-box', role: 'alert' }, message);
   }
@@ -235,6 +241,7 @@
   // -- the token, asked once per tab ------------------------------------------------------------
 
   let tokenAsk = null;
+  let tokenDismissed = false;
   function askToken(why) {
     if (tokenAsk) return tokenAsk;
     const dialog = document.getElementById('token-dialog');
@@ -249,6 +256,7 @@
         dialog.removeEventListener('cancel', onCancel);
         if (dialog.open) dialog.close();
         tokenAsk = null;
+        tokenDismissed = !value;
         if (value) {
           setToken(value);
           connectFeed(true);
@@ -401,7 +409,10 @@
     const line = pts.map((p, i) => (i ? 'L' : 'M') + x(p[0]).toFixed(1) + ' ' + y(p[1]).toFixed(1)).join(' ');
     const floor = (height - pad.bottom).toFixed(1);
     const area = line + ' L' + x(t1).toFixed(1) + ' ' + floor + ' L' + x(t0).toFixed(1) + ' ' + floor + ' Z';
-    const label = (v) => ((v / base - 1) * 100).toFixed(1) + '%';
+    const label = (v) => {
+      const pct = (v / base - 1) * 100;
+      return (Math.abs(pct) < 0.05 ? 0 : pct).toFixed(1) + '%';
+    };
     const ticks = [lo + span * 0.05, (lo + hi) / 2, hi - span * 0.05];
     const svg = s('svg', {
       class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img',
@@ -594,8 +605,9 @@
       ctx.busy = false;
       if (ctx === current) {
         ctx.el.dataset.loaded = String(Number(ctx.el.dataset.loaded || 0) + 1);
-        scheduleRefresh(ctx.again ? 50 : undefined);
+        scheduleRefresh(ctx.again ? 50 : ctx.soon ? 2000 : undefined);
         ctx.again = false;
+        ctx.soon = false;
       }
     }
   }
@@ -1414,7 +1426,8 @@
   function setFeedState(on, text) {
     const el = document.getElementById('feed-state');
     el.className = 'feed ' + (on ? 'feed-on' : 'feed-off');
-    el.textContent = text;
+    el.title = 'the live feed (/ws/v1/updates): ' + text;
+    el.replaceChildren(h('span', { class: 'feed-text' }, text));
   }
 
   function connectFeed(restart) {
@@ -1491,7 +1504,10 @@
         connectFeed(true);
         notice('Token forgotten for this tab.');
       } else {
-        askToken('Set the daemon\u2019s bearer token for this tab.').then(() => refreshHeader(), () => {});
+        askToken('Set the daemon\u2019s bearer token for this tab.').then(() => {
+          refreshHeader();
+          scheduleRefresh(0);
+        }, () => {});
       }
     });
     window.addEventListener('hashchange', mount);

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ from hlcopy.app import App
 from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
 from hlcopy.follow.follows import FollowRecord
+from hlcopy.follow.opportunities import Opportunity, Outcome
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
+from hlcopy.store.opportunities import OpportunityStore
 
 from tests.browser.chromium import Browser, chromium, require_chromium
 from tests.component.scout_env import TOKEN, scout_api
 from tests.conftest import REPO, make_config
+from tests.scout_data import NOW
 
 MAX_PAGE_BYTES = 300 * 1024
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
@@ -312,6 +316,25 @@ async def test_with_read_auth_the_page_asks_for_the_token_and_shows_exchange_tex
             await store.pool.execute(
                 "UPDATE traders SET positions = $2 WHERE address = $1", trader, [position]
             )
+            opportunities = OpportunityStore(store)
+            opp = Opportunity(
+                trader, HOSTILE, "open", "long", "short", D("2"), D("1"), D("100"), NOW, 1, "month"
+            )
+            opp_id = await opportunities.record(opp, [3600, 14400], NOW)
+            assert opp_id is not None
+            await opportunities.resolve(
+                opp_id,
+                Outcome(
+                    3600,
+                    NOW + 3_600_000,
+                    D("90"),
+                    "mid",
+                    D("-1000"),
+                    D("1000"),
+                    D("10"),
+                    NOW + 3_600_000,
+                ),
+            )
         api.risk.set_scopes(["follow:declared"])  # the copy engine does this in the daemon
         status, _ = await api.call(
             "POST", "/api/v1/halt", params={"scope": "follow:declared", "reason": HOSTILE}
@@ -330,6 +353,15 @@ async def test_with_read_auth_the_page_asks_for_the_token_and_shows_exchange_tex
                 "[...document.querySelectorAll('.view-trader td')].map((td) => td.textContent)"
             )
             assert HOSTILE in cells
+            await show(b, "opportunities")
+            cells = await b.eval(
+                "[...document.querySelectorAll('.view-opportunities td')]"
+                ".map((td) => td.textContent)"
+            )
+            assert HOSTILE in cells
+            assert "10.00" in cells  # the 1 h outcome's PnL
+            assert "100%" in cells  # the 1 h hit rate
+            await b.screenshot(shots / "read-auth-opportunities.png")
             await show(b, "copying")
             text = await b.wait_for(
                 "document.querySelector('[data-follow=\"declared\"] .why')?.textContent",

@@ -122,9 +122,25 @@ def followed(app: App) -> FollowRecord:
     return record
 
 
-async def sim_trade(sim: Simulator, body: dict[str, Any]) -> None:
-    async with aiohttp.ClientSession() as s, s.post(sim.url + "/_sim/trade", json=body) as r:
+async def sim_post(sim: Simulator, path: str, body: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession() as s, s.post(sim.url + path, json=body) as r:
         assert r.status == 200, await r.text()
+        reply = await r.json()
+    assert "error" not in str(reply).lower(), reply
+
+
+async def leader_opens(sim: Simulator, leader: str) -> str:
+    """The leader buys on the exchange; the coin it bought. A trader that quotes (half the
+    skilled ones do) cannot take its own resting orders, so another coin is tried then."""
+    async with aiohttp.ClientSession() as s:
+        for coin in ("ETH", "BTC", "SOL", "AVAX"):
+            body = {"address": leader, "coin": coin, "is_buy": True, "usd": 10_000}
+            async with s.post(sim.url + "/_sim/trade", json=body) as r:
+                assert r.status == 200, await r.text()
+                reply = await r.json()
+            if "filled" in reply["statuses"][0]:
+                return coin
+    raise AssertionError(f"{leader} could not buy: {reply}")
 
 
 @pytest.mark.timeout(150)
@@ -161,12 +177,18 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
             "document.querySelector('th button.sorted')?.dataset.sort === 'trade_count'"
         )
 
-        # A row opens the trader: its equity chart is drawn.
-        leader = await b.eval(
-            "document.querySelector('.view-leaderboard tbody tr a').getAttribute('title')"
+        # A row opens the trader: its equity chart is drawn. (Not a market maker's row: its
+        # quotes would be all the book it could take when it trades below.)
+        shown = await b.eval(
+            "[...document.querySelectorAll('.view-leaderboard tbody tr a')]"
+            ".map((a) => a.getAttribute('title'))"
         )
+        async with aiohttp.ClientSession() as s, s.get(sim.url + "/_sim/archetypes") as r:
+            kinds = await r.json()
+        pick = next(i for i, a in enumerate(shown) if kinds.get(a) != "market_maker")
+        leader = shown[pick]
         assert re.fullmatch(r"0x[0-9a-f]{40}", leader)
-        await b.click(".view-leaderboard tbody tr td[data-col='score']")
+        await b.click(f".view-leaderboard tbody tr:nth-child({pick + 1}) td[data-col='score']")
         await b.wait_for(f"location.hash === '#/trader/{leader}'")
         points = await b.wait_for(
             "Number(document.querySelector('#trader-chart svg.chart')?.dataset.points || 0)",
@@ -211,20 +233,21 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
         # The leader opens a position on the exchange: the follow's card shows ours beside the
         # target, the account holds it, and the copy log lists the copy.
         await asyncio.sleep(1.5)  # the leader's book subscribes and takes its first snapshot
-        await sim_trade(sim, {"address": leader, "coin": "ETH", "is_buy": True, "usd": 10_000})
+        await sim_post(sim, "/_sim/fund", {"address": leader, "usdc": "100000"})  # the margin
+        coin = await leader_opens(sim, leader)
         held = await b.wait_for(
-            """(() => {
+            f"""(() => {{
                 const rows = document.querySelectorAll('[data-follow="dash"] tbody tr');
-                const eth = [...rows].find(
-                    (r) => r.querySelector('[data-col="coin"]')?.textContent === 'ETH');
-                const ours = eth?.querySelector('[data-col="ours"]').textContent.replace(/,/g, '');
+                const row = [...rows].find(
+                    (r) => r.querySelector('[data-col="coin"]')?.textContent === '{coin}');
+                const ours = row?.querySelector('[data-col="ours"]').textContent.replace(/,/g, '');
                 return Number(ours) > 0 ? ours : null;
-            })()""",
+            }})()""",
             timeout=40,
-            what="ETH held by the follow",
+            what=f"{coin} held by the follow",
         )
         assert Decimal(held) > 0
-        attributed = app.executor.attributed()["dash"]["ETH"]
+        attributed = app.executor.attributed()["dash"][coin]
         assert attributed > 0
         await b.wait_for("document.querySelectorAll('#copies tbody tr').length > 0")
         await b.screenshot(shots / "copying.png")
@@ -264,7 +287,7 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
         await b.click("#form-submit")
         await b.wait_for("document.getElementById('global-state').textContent === 'REDUCING'")
         async with asyncio.timeout(20):
-            while app.executor.attributed().get("dash", {}).get("ETH", Decimal(0)) != 0:
+            while app.executor.attributed().get("dash", {}).get(coin, Decimal(0)) != 0:
                 await asyncio.sleep(0.1)
         await b.click("#btn-resume-all")
         await b.wait_for("document.getElementById('global-state').textContent === 'ACTIVE'")

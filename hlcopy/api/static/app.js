@@ -866,12 +866,13 @@
         const missing = trader.error instanceof ApiError && trader.error.status === 404;
         fill(ctx, head, h('div', { class: 'title-row' }, h('h1', null, 'Trader'), h('span', { class: 'address' }, address)),
           actions, missing ? h('p', { class: 'empty' }, 'This address has not been seen trading by this daemon.') : errorBox(trader.error));
-        fill(ctx, chartPanel);
+        chartPanel.classList.add('hidden');
         fill(ctx, body);
         return;
       }
       const t = trader.value;
       last = t;
+      chartPanel.classList.remove('hidden');
       const ranks = WINDOWS.filter((w) => t.ranks && t.ranks[w]).map((w) => `#${t.ranks[w]} ${w}`).join(', ');
       fill(ctx, head,
         h('div', { class: 'title-row' }, h('h1', null, 'Trader'), h('span', { class: 'address', id: 'trader-address' }, t.address),

@@ -34,6 +34,7 @@ from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
 from hlcopy.store.opportunities import OpportunityStore
 
+from tests.browser import chromium as browser_module
 from tests.browser.chromium import Browser, chromium, require_chromium
 from tests.component.scout_env import TOKEN, scout_api
 from tests.conftest import REPO, make_config
@@ -398,3 +399,15 @@ async def test_with_read_auth_the_page_asks_for_the_token_and_shows_exchange_tex
         refused = [e for e in b.log.errors if e.startswith("log (network)") and "401" in e]
         assert refused, "the first reads went without a token"
         assert [e for e in b.log.errors if e not in refused] == []
+
+
+def test_without_the_browser_the_tests_skip_but_fail_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(browser_module, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="is missing"):
+        require_chromium()

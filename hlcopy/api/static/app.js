@@ -590,11 +590,21 @@
     refreshTimer = setTimeout(runRefresh, ms);
   }
 
+  // A burst of live events redraws a view at most every few seconds (the copying view reads
+  // the performance report, which is not free).
+  const EVENT_GAP_MS = 3000;
+  let lastRefreshMs = 0;
+  function refreshSoon() {
+    const due = lastRefreshMs + EVENT_GAP_MS - Date.now();
+    scheduleRefresh(Math.max(300, due));
+  }
+
   async function runRefresh() {
     const ctx = current;
     if (!ctx || !ctx.refresh) return;
     if (ctx.busy) { ctx.again = true; return; }
     ctx.busy = true;
+    lastRefreshMs = Date.now();
     try {
       await ctx.refresh();
     } catch (e) {
@@ -1485,13 +1495,13 @@
     const view = current && current.name;
     if (msg.type === 'risk') {
       if (data.scope === 'global' && data.to) setGlobalState(data.to);
-      if (view === 'copying') scheduleRefresh(300);
+      if (view === 'copying') scheduleRefresh(300); // rare, and the operator is waiting for it
     } else if (msg.type === 'copy') {
-      if (view === 'copying') scheduleRefresh(500);
+      if (view === 'copying') refreshSoon();
     } else if (msg.type === 'position') {
-      if (view === 'trader' && current.address === data.address) scheduleRefresh(500);
+      if (view === 'trader' && current.address === data.address) refreshSoon();
     } else if (msg.type === 'opportunity') {
-      if (view === 'opportunities') scheduleRefresh(500);
+      if (view === 'opportunities') refreshSoon();
     }
   }
 

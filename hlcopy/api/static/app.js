@@ -410,6 +410,7 @@
     const floor = (height - pad.bottom).toFixed(1);
     const area = line + ' L' + x(t1).toFixed(1) + ' ' + floor + ' L' + x(t0).toFixed(1) + ' ' + floor + ' Z';
     const label = (v) => {
+      if (!(base > 0)) return v.toFixed(3); // an index starts at 1; anything else, as it is
       const pct = (v / base - 1) * 100;
       return (Math.abs(pct) < 0.05 ? 0 : pct).toFixed(1) + '%';
     };

@@ -105,10 +105,19 @@ def page_files(browser: Browser, base: str) -> dict[str, int]:
 
 async def show(b: Browser, view: str) -> None:
     """Go to a view inside the page (a same-document navigation) and wait until it drew."""
-    await b.eval(f"location.hash = {json.dumps('#/' + view)}")
-    name = view.split("/")[0]
+    await b.eval(f"{STALE}; location.hash = {json.dumps('#/' + view)}")
+    await drawn(b, view.split("/")[0])
+
+
+# The view on screen is marked before an action that redraws it, so that waits see the new one
+# (a hash change mounts the new view in a later task).
+STALE = "document.querySelector('.view')?.setAttribute('data-stale', '')"
+
+
+async def drawn(b: Browser, name: str) -> None:
+    """Until a new view ``name`` (not one marked stale) has drawn once."""
     await b.wait_for(
-        f"Number(document.querySelector('.view-{name}')?.dataset.loaded || 0) > 0",
+        f"Number(document.querySelector('.view-{name}:not([data-stale])')?.dataset.loaded || 0)",
         what=f"the {name} view",
     )
 
@@ -302,9 +311,10 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
         await b.wait_for("document.querySelector('.view-opportunities h2')")
         await show(b, "losers")
         await b.wait_for(q(".view-losers .board table, .view-losers .empty"))
+        await b.eval(STALE)
         await b.click("#filter-risk input[value='EXTREME']")
         await b.wait_for("location.hash.includes('risk_level=EXTREME')")
-        await b.wait_for(q(".view-losers .board table, .view-losers .empty"))
+        await drawn(b, "losers")
         risks = await b.eval(
             "[...document.querySelectorAll('.view-losers td[data-col=risk_level]')]"
             ".map((td) => td.textContent)"

@@ -976,6 +976,7 @@
 
   // POST /api/v1/backtest (issue 13): started here, followed by polling its id.
   async function backtest(address, out) {
+    const ctx = current;
     const show = (...children) => out.replaceChildren(h('div', { class: 'panel' }, h('h2', null, 'Backtest'), ...children));
     let started;
     try {
@@ -991,7 +992,7 @@
     }
     const id = started && (started.id || started.backtest_id);
     let result = started;
-    for (let i = 0; id && i < 600; i++) {
+    for (let i = 0; id && i < 600 && ctx === current; i++) { // until done, or the view is left
       show(h('p', { class: 'muted' }, 'running\u2026 ' + (result.progress !== undefined ? fmtPct(result.progress, 0) : '')));
       if (result.result || ['done', 'finished', 'failed', 'error', 'cancelled'].includes(String(result.status || result.state))) break;
       await new Promise((r) => setTimeout(r, 1000));

@@ -241,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             register_secret(secrets.api_token)
             token_file = demo.api.token_file or demo.state.dir / "api-token"
             print(
+                f"hlcopy demo: dashboard at http://{demo.api.host}:{args.api_port}/\n"
                 f"hlcopy demo: simulated exchange at {sim.url} (WebSocket {sim.ws_url}, "
                 f"control {sim.url}/_sim/stats)\n"
                 f"hlcopy demo: trading as {account}, funded with "

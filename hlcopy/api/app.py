@@ -21,7 +21,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hlcopy.api import close, copies, feed, openapi, opportunities, performance, schemas, scout
+from hlcopy.api import (
+    close,
+    copies,
+    dashboard,
+    feed,
+    openapi,
+    opportunities,
+    performance,
+    schemas,
+    scout,
+)
 from hlcopy.api import positions as positions_routes
 from hlcopy.api import risk as risk_routes
 from hlcopy.api.feed import FEEDS, Feeds
@@ -126,6 +136,18 @@ def size_middleware(max_bytes: int) -> Callable[..., Awaitable[web.StreamRespons
     return middleware
 
 
+def _websocket_bearer(request: web.Request) -> str:
+    """A browser cannot set headers on a WebSocket: it offers the token as a subprotocol,
+    ``bearer.<token>`` (the feed answers with its own protocol, never echoing this one)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return ""
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        name, dot, value = offered.strip().partition(".")
+        if dot and name == "bearer":
+            return "Bearer " + value
+    return ""
+
+
 def auth_middleware(token: Secret, read_auth: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Require the bearer token on mutating routes (and on reads when ``read_auth``)."""
     expected = token.reveal().encode()
@@ -134,8 +156,9 @@ def auth_middleware(token: Secret, read_auth: bool) -> Callable[..., Awaitable[w
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         mutating = request.method not in _SAFE_METHODS
-        if mutating or (read_auth and request.path != "/health"):
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if mutating or (read_auth and request.path not in PUBLIC_PATHS):
+            given = request.headers.get("Authorization") or _websocket_bearer(request)
+            scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise web.HTTPUnauthorized(text="missing bearer token", headers=challenge)
             # Header bytes that are not ASCII arrive as surrogates: they match no token.
@@ -186,6 +209,7 @@ ROUTES: Final = (
         response=_FIGURES,
         errors=(503,),
         description="200 when every component is ready, 503 otherwise; never needs a token.",
+        public=True,
     ),
     Route(
         "GET",
@@ -216,7 +240,9 @@ ROUTES: Final = (
     *performance.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
+    *dashboard.ROUTES,
 )
+PUBLIC_PATHS: Final = frozenset(r.path for r in ROUTES if r.public)
 
 
 def build_app(
@@ -278,4 +304,5 @@ def build_app(
         else:
             app.router.add_route(route.method, route.path, endpoint(route))
     app[openapi.OPENAPI] = dumps(openapi.document(ROUTES))
+    app[dashboard.ASSETS] = dashboard.load_assets()
     return app

@@ -5,7 +5,9 @@ type in the query string) as ``{"type", "data", "timestamp"}``. Each client has 
 in the bus: publishing never waits. A client that falls behind by more than its buffer, or that
 takes longer than ``send_timeout_s`` to accept one message, is dropped (close code 1013, "try
 again later"); the daemon never slows down for it. Auth is the REST reads' (``api.read_auth``):
-the upgrade request is a GET through the same middleware.
+the upgrade request is a GET through the same middleware. A browser, which cannot set headers
+on a WebSocket, offers the subprotocols ``hlcopy.v1`` and ``bearer.<token>`` instead; the feed
+answers ``hlcopy.v1``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hlcopy.events import Overflowed, Subscriber
 log = structlog.get_logger()
 
 _CLOSE_TIMEOUT_S: Final = 2.0
+FEED_PROTOCOL: Final = "hlcopy.v1"
 
 
 class Feeds:
@@ -71,7 +74,10 @@ async def updates(request: web.Request, args: Args) -> web.StreamResponse:
     if bus is None:
         raise unavailable("the event bus")
     # No per-message compression: it would cost the event loop CPU per client and message.
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096, compress=False)
+    # The protocol is for browsers, which offer it beside their token (see the auth middleware).
+    ws = web.WebSocketResponse(
+        heartbeat=30.0, max_msg_size=4096, compress=False, protocols=(FEED_PROTOCOL,)
+    )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "this route speaks WebSocket: send an Upgrade request", "not_websocket")
     if len(feeds.open) >= scout.feed.max_clients:
@@ -175,6 +181,8 @@ ROUTES: Final = (
         description="Upgrade to a WebSocket. The server sends a message of type "
         '"connection" first, then one message per event: {"type", "data", "timestamp"} '
         "(FeedMessage). A client that falls more than a buffer behind, or does not accept a "
-        "message within a few seconds, is closed with code 1013.",
+        "message within a few seconds, is closed with code 1013. With api.read_auth, a client "
+        "that cannot send the Authorization header (a browser) offers the subprotocols "
+        "hlcopy.v1 and bearer.<token>.",
     ),
 )

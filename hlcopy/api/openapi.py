@@ -40,7 +40,7 @@ def _operation(route: Route) -> dict[str, Any]:
         success["content"] = {route.content_type: {"schema": dict(route.response)}}
     responses: dict[str, Any] = {str(route.status): success}
     errors = set(route.errors)
-    if route.path != "/health":
+    if not route.public:
         errors.add(401)
     for status in sorted(errors):
         responses[str(status)] = {
@@ -61,7 +61,7 @@ def _operation(route: Route) -> dict[str, Any]:
         }
     if route.description:
         op["description"] = route.description
-    if route.path == "/health":
+    if route.public:
         op["security"] = []
     elif route.method in ("GET", "HEAD"):
         op["security"] = _READ_SECURITY

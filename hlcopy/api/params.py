@@ -228,6 +228,7 @@ class Route:
     errors: tuple[int, ...] = ()
     description: str = ""
     body: Mapping[str, Any] | None = None  # schema of the JSON request body, when it takes one
+    public: bool = False  # never needs the token, even with api.read_auth (/health, the page)
 
     @property
     def path_params(self) -> tuple[Param, ...]:

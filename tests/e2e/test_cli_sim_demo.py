@@ -126,6 +126,10 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         env=hlcopy_env(),
     )
     try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+        dashboard = re.fullmatch(r"hlcopy demo: dashboard at (http://\S+/)\n", first)
+        assert dashboard, f"the demo's first line should be the dashboard's URL: {first!r}"
         sim_url = (await _line(proc, r"simulated exchange at (http://\S+)"))[1]
         trading = await _line(proc, r"trading as (0x[0-9a-f]{40}), funded with (\S+) USD")
         account, funded = trading[1], trading[2]
@@ -160,6 +164,9 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
             }
             async with s.get(api + "/api/v1/stats") as r:
                 stats = await r.json()
+            async with s.get(dashboard[1]) as r:
+                assert r.status == 200
+                assert r.content_type == "text/html"
             body = {"type": "clearinghouseState", "user": account}
             async with s.post(sim_url + "/info", json=body) as r:
                 state = await r.json()

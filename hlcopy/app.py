@@ -300,7 +300,7 @@ class App:
             lambda coin: universe.universe.get(coin),
             stream=self.stream,
             risk=lambda intent: risk.trading_state(*(follow_scope(f) for f in intent.follow_ids)),
-            follower_state=lambda: tracker.follower_state,
+            follower_state=lambda: tracker.follower_read,
             clock=self.clock,
             expires_after_s=cfg.account.order_expires_after_s,
             leverage_cap=leverage_cap,

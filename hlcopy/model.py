@@ -167,6 +167,17 @@ class AccountState:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountRead:
+    """An ``AccountState`` with when we asked for it and when it came, on our own clock: the
+    exchange's ``time`` in it is another clock, useless for telling whether a fill of ours was
+    in it (the live executor's view, ``PaperExecutor._sync_live``)."""
+
+    state: AccountState
+    sent_ms: int
+    done_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpotBalance:
     coin: str
     token: int

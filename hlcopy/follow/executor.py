@@ -59,6 +59,7 @@ from hlcopy.follow.fills import PaperAccount, PaperFill, fill_shares, simulate_i
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import (
+    AccountRead,
     AccountState,
     AllMids,
     Fill,
@@ -182,7 +183,7 @@ class Venue(Protocol):
         """How long after sending an order can still land (live: its ``expiresAfter``)."""
         ...
 
-    async def start(self, host: PaperExecutor) -> AccountState | None:
+    async def start(self, host: PaperExecutor) -> AccountRead | None:
         """Before the first intent: live, the follower's account from the exchange (raises when
         it cannot be read: unknown is never flat); paper, None."""
         ...
@@ -191,11 +192,11 @@ class Venue(Protocol):
         """Send ``intent`` (its copy row is committed as ``sending``) and settle it."""
         ...
 
-    def state(self) -> AccountState | None:
+    def state(self) -> AccountRead | None:
         """The newest account state the exchange gave (live), or None (paper)."""
         ...
 
-    async def read_state(self) -> AccountState | None:
+    async def read_state(self) -> AccountRead | None:
         """Live: the account's state read from the exchange now (raises when it cannot be
         read); paper: None."""
         ...
@@ -219,7 +220,7 @@ class PaperVenue:
     paper = True
     expires_after_ms = 0
 
-    async def start(self, host: PaperExecutor) -> AccountState | None:
+    async def start(self, host: PaperExecutor) -> AccountRead | None:
         return None
 
     async def execute(self, intent: OrderIntent, host: PaperExecutor) -> VenueResult:
@@ -245,10 +246,10 @@ class PaperVenue:
             return VenueResult("rejected", fill_ms, error=error or NO_MATCH)
         return VenueResult("filled", fill_ms, fill.filled_sz, fill.avg_px, fill.fee)
 
-    def state(self) -> AccountState | None:
+    def state(self) -> AccountRead | None:
         return None
 
-    async def read_state(self) -> AccountState | None:
+    async def read_state(self) -> AccountRead | None:
         return None
 
     async def settle(
@@ -287,9 +288,10 @@ def account_from_state(state: AccountState) -> PaperAccount:
 
 @dataclass(frozen=True, slots=True)
 class _BookedFill:
-    """A live fill booked by the shell, kept until an exchange snapshot newer than it
-    includes it (``_sync_live``)."""
+    """A live fill booked by the shell, kept until an exchange snapshot surely includes it
+    (``_sync_live``): ``sent_ms`` when its order was sent, ``time_ms`` when the reply came."""
 
+    sent_ms: int
     time_ms: int
     coin: str
     is_buy: bool
@@ -378,8 +380,10 @@ class PaperExecutor(Component):
         self._figures = CopyFigures()
         # Live: the exchange's snapshot the account was rebuilt from, the fills booked since,
         # and what dedupes our own fills (userFills) against the order replies.
-        self._base_state: AccountState | None = None
+        self._base_read: AccountRead | None = None
         self._recent: deque[_BookedFill] = deque()
+        self._sent_at: dict[str, tuple[str, int]] = {}  # live: cloid -> (coin, sent ms)
+        self._refresh: asyncio.Task[None] | None = None
         self._own_kept = own_fills_kept
         self._own_tids: set[int] = set()
         self._own_tid_order: deque[int] = deque()
@@ -488,10 +492,11 @@ class PaperExecutor(Component):
     async def read_state(self) -> AccountState | None:
         """Live: the account as the exchange has it now (raises when it cannot be read), and
         the books rebuilt from it; paper: None."""
-        state = await self._venue.read_state()
-        if state is not None:
-            self._sync_live(state)
-        return state
+        read = await self._venue.read_state()
+        if read is None:
+            return None
+        self._sync_live(read)
+        return read.state
 
     async def restate(self, coins: Mapping[str, Mapping[str, Decimal]]) -> None:
         """Live: set every follow's attributed size in each coin of ``coins`` (coin -> follow ->
@@ -611,6 +616,11 @@ class PaperExecutor(Component):
             # Also on failure or cancellation: the venue's own task (the live venue's
             # userRateLimit watch) and its subscription end with the executor, and the
             # write-ahead connection goes back to the pool.
+            refresh, self._refresh = self._refresh, None
+            if refresh is not None and not refresh.done():
+                refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresh
             try:
                 await self._venue.stop()
             finally:
@@ -678,12 +688,13 @@ class PaperExecutor(Component):
         self._attributed = {
             f: {c: Decimal(s) for c, s in coins.items()} for f, coins in (stored or {}).items()
         }
-        state = await self._venue.start(self)
-        if state is None:
+        read = await self._venue.start(self)
+        if read is None:
             raise ExchangeError("the live venue gave no account state")
-        self._base_state = None
+        state = read.state
+        self._base_read = None
         self._recent.clear()
-        self._sync_live(state)
+        self._sync_live(read)
         copies, transfers, funding = await self._performance.history()
         self.ledger = FollowLedger.replay(copies, transfers, funding)
         self._loaded = True
@@ -712,6 +723,7 @@ class PaperExecutor(Component):
                 await self._settle_final(intent, result)
                 continue
             sent_ms = row.sent_ms if row.sent_ms is not None else intent.decided_ms
+            self._sent_at[intent.cloid] = (intent.coin, sent_ms)
             expires_ms = sent_ms + self._venue.expires_after_ms
             why = f"a previous run stopped with it {row.status}"
             result = await self._venue.settle(intent, self, expires_ms, why)
@@ -722,27 +734,63 @@ class PaperExecutor(Component):
             else:
                 await asyncio.shield(self._settle_final(intent, result))
 
-    def _sync_live(self, state: AccountState | None = None) -> None:
-        """Live: rebuild the account from the venue's newest exchange snapshot when there is a
-        newer one, replaying the fills booked after it. A fill is stamped when its reply came
-        (after the exchange applied it), so a snapshot taken in between counts it twice until
-        the next one (the copier then under-trades, never doubles)."""
+    def _sync_live(self, read: AccountRead | None = None) -> None:
+        """Live: rebuild the account from the venue's newest read of the exchange, coin by
+        coin, replaying the fills booked that it surely does not hold.
+
+        Whether a read holds one of our fills is told on our own clock (the exchange's ``time``
+        in the read is another clock): asked for after the fill's reply came, it holds it; answered
+        before its order was sent, it does not. A coin with a fill in between, or an order sent
+        before the answer and not yet booked, is ambiguous: it keeps the view it had (our own
+        bookings since the last clear read) until a later read is clear for it."""
         if self.paper:
             return
-        state = state or self._venue.state()
-        base = self._base_state
-        if state is None or state is base:
+        read = read or self._venue.state()
+        base = self._base_read
+        if read is None or read is base:
             return
-        if base is not None and (state.time_ms or 0) < (base.time_ms or 0):
+        if base is not None and read.sent_ms < base.sent_ms:
             return
-        self._base_state = state
-        cutoff = state.time_ms or 0
-        while self._recent and self._recent[0].time_ms <= cutoff:
-            self._recent.popleft()
-        account = account_from_state(state)
+        self._base_read = read
+        for cloid in [c for c in self._sent_at if c not in self._in_flight]:
+            del self._sent_at[cloid]
+        unclear = {coin for coin, sent in self._sent_at.values() if sent < read.done_ms}
         for f in self._recent:
-            account = account.apply_fill(f.coin, f.is_buy, f.sz, f.px, f.fee).account
+            if read.sent_ms < f.time_ms and f.sent_ms < read.done_ms:
+                unclear.add(f.coin)
+        current = self._account.positions
+        account = account_from_state(read.state)
+        for coin in unclear:
+            held = current.get(coin)
+            account = account.with_position(
+                coin, ZERO if held is None else held.szi, ZERO if held is None else held.entry_px
+            )
+        kept: deque[_BookedFill] = deque()
+        for f in self._recent:
+            if f.coin in unclear:
+                kept.append(f)  # in the view already; a later clear read settles it
+            elif read.done_ms <= f.sent_ms:
+                account = account.apply_fill(f.coin, f.is_buy, f.sz, f.px, f.fee).account
+                kept.append(f)
+            # else: the read holds it
+        self._recent = kept
         self._account = account
+
+    def _refresh_view(self) -> None:
+        """Live: read the account again soon (one read at a time), so a coin the last read
+        left unclear gets a clear view."""
+        if self._refresh is not None and not self._refresh.done():
+            return
+        self._refresh = asyncio.create_task(self._read_again(), name="executor:view-refresh")
+
+    async def _read_again(self) -> None:
+        try:
+            read = await self._venue.read_state()
+        except (ExchangeError, StreamError) as exc:
+            log.info("executor: account not read again", error=str(exc))
+            return
+        if read is not None:
+            self._sync_live(read)
 
     async def _consume(self, tg: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -812,6 +860,8 @@ class PaperExecutor(Component):
             self.counters["duplicates"] += 1
             await self._on_duplicate(intent, stored)
             return
+        if not self.paper:
+            self._sent_at[intent.cloid] = (intent.coin, now)
         crash_point("after_commit")
         if self.paper:
             try:
@@ -837,6 +887,8 @@ class PaperExecutor(Component):
         exchange's), and the order is remembered so our own userFills do not book it again."""
         assert fill.avg_px is not None
         fill_ms = fill.time_ms
+        sent = self._sent_at.get(intent.cloid)
+        sent_ms = fill_ms if sent is None else sent[1]
         if not self.paper:
             self._remember_booked(intent.cloid, fill.oid)
             self._own_stash.pop(intent.cloid, None)
@@ -917,10 +969,16 @@ class PaperExecutor(Component):
                     )
             if recorded or not self.paper:
                 # The account and the in-flight sizes change together: no await in between.
-                self._account = booked.account
-                if not self.paper:
+                if self.paper:
+                    self._account = booked.account
+                else:
+                    # On the view as it is now: a newer read may have come in meanwhile.
+                    self._account = self._account.apply_fill(
+                        intent.coin, intent.is_buy, fill.filled_sz, fill.avg_px, fill.fee
+                    ).account
                     self._recent.append(
                         _BookedFill(
+                            sent_ms,
                             fill_ms,
                             intent.coin,
                             intent.is_buy,
@@ -929,6 +987,9 @@ class PaperExecutor(Component):
                             fill.fee,
                         )
                     )
+                    base = self._base_read
+                    if base is not None and base.sent_ms < fill_ms and sent_ms < base.done_ms:
+                        self._refresh_view()  # the view may hold this fill twice: look again
                 self._attributed = attributed
                 self.activity[intent.coin] += 1
                 self.ledger.settled(

@@ -69,7 +69,7 @@ from hlcopy.follow.executor import (
 from hlcopy.follow.risk import REFUSED_BEFORE_SENDING, TradingState, permits
 from hlcopy.hl import ExchangeClient, InfoClient, PreparedAction, StreamPool, Subscription
 from hlcopy.model import (
-    AccountState,
+    AccountRead,
     Asset,
     Fill,
     OrderIntent,
@@ -119,7 +119,7 @@ class LiveVenue:
         *,
         stream: StreamPool | None = None,
         risk: Callable[[OrderIntent], TradingState] | None = None,
-        follower_state: Callable[[], AccountState | None] | None = None,
+        follower_state: Callable[[], AccountRead | None] | None = None,
         send: Send | None = None,
         clock: Clock = SYSTEM,
         expires_after_s: float = 5.0,
@@ -149,7 +149,7 @@ class LiveVenue:
         self._settle_retry_s = settle_retry_s
         self._fee_rate = taker_fee_rate
         self._subscribe_own = own_fills
-        self._state: AccountState | None = None
+        self._state: AccountRead | None = None
         self._sub: Subscription[UserFills] | None = None
         self._leverage_cap = leverage_cap
         self._cross = cross_margin
@@ -182,10 +182,10 @@ class LiveVenue:
 
     # -- the seam -------------------------------------------------------------------------
 
-    async def start(self, host: PaperExecutor) -> AccountState | None:
+    async def start(self, host: PaperExecutor) -> AccountRead | None:
         """Read the account's state (raises when it cannot: unknown is never flat) and
         subscribe to its fills."""
-        self._state = await self._info.clearinghouse_state(self.account, lane=Lane.FOLLOWER)
+        self._state = await self.read_state()
         if self._stream is not None and self._subscribe_own and self._sub is None:
             try:
                 self._sub = await self._stream.user_fills(self.account, _OwnFills(host), wait=False)
@@ -198,20 +198,23 @@ class LiveVenue:
             )
         return self._state
 
-    async def read_state(self) -> AccountState:
-        """The account's state read now (FOLLOWER lane); raises when it cannot be read."""
+    async def read_state(self) -> AccountRead:
+        """The account's state read now (FOLLOWER lane), with when; raises when it cannot be
+        read."""
+        sent_ms = self._clock.time_ms()
         state = await self._info.clearinghouse_state(self.account, lane=Lane.FOLLOWER)
-        if self._state is None or (state.time_ms or 0) >= (self._state.time_ms or 0):
-            self._state = state
-        return state
+        read = AccountRead(state, sent_ms, self._clock.time_ms())
+        if self._state is None or read.sent_ms >= self._state.sent_ms:
+            self._state = read
+        return read
 
-    def state(self) -> AccountState | None:
-        """The newest of our own read and the tracker's (``follower_state``)."""
+    def state(self) -> AccountRead | None:
+        """The newest (by when it was asked for) of our own read and the tracker's."""
         mine = self._state
         theirs = None if self._follower_state is None else self._follower_state()
         if theirs is None:
             return mine
-        if mine is None or (theirs.time_ms or 0) >= (mine.time_ms or 0):
+        if mine is None or theirs.sent_ms >= mine.sent_ms:
             return theirs
         return mine
 

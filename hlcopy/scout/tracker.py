@@ -51,6 +51,7 @@ from hlcopy.hl import InfoClient, StreamPool, UniverseService
 from hlcopy.keys import parse_address
 from hlcopy.model import (
     ZERO,
+    AccountRead,
     AccountState,
     AllMids,
     Fill,
@@ -363,7 +364,8 @@ class Tracker(Component):
         self._mids_sinks: list[Sink[AllMids]] = []
         self._fills_in_flight = 0
         self._exploring = 0  # scoring workers on an exploring job
-        self.follower_state: AccountState | None = None
+        #: The follower's account as last read, with when (the live executor's view uses it).
+        self.follower_read: AccountRead | None = None
         self._mids: dict[str, Decimal] = {}
         self._mids_queue = BoundedQueue[AllMids]("tracker:mids", 4, "drop_oldest")
         self._wake = asyncio.Event()
@@ -594,9 +596,10 @@ class Tracker(Component):
             now = self._clock.monotonic()
             if self._follower is not None and now >= follower_due:
                 follower_due = now + self._cfg.follower_poll_interval_s
+                sent_ms = self._clock.time_ms()
                 state = await self._read_state(self._follower, Lane.FOLLOWER)
                 if state is not None:
-                    self.follower_state = state
+                    self.follower_read = AccountRead(state, sent_ms, self._clock.time_ms())
                     self.counters["follower_reads"] += 1
                 continue
             watched = self._leaders | self._requested

@@ -40,7 +40,7 @@ from hlcopy.follow.protect import (
 from hlcopy.follow.venues import LiveVenue
 from hlcopy.hl import ExchangeClient, InfoClient, Rounding, Signer, round_price
 from hlcopy.model import (
-    AccountState,
+    AccountRead,
     Asset,
     Order,
     OrderIntent,
@@ -99,7 +99,7 @@ async def running(
     store: Store,
     keys: Keys,
     pcts: Mapping[str, Decimal] | None = None,
-    follower_state: Callable[[], AccountState | None] | None = None,
+    follower_state: Callable[[], AccountRead | None] | None = None,
     retry_s: float = 10.0,
 ) -> AsyncIterator[Run]:
     """A live executor and its protector, sharing one exchange client (one nonce source). On
@@ -320,7 +320,7 @@ async def test_a_stop_that_fired_while_hlcopy_runs_is_let_go_and_a_new_one_sized
     stepped: Simulator, store: Store
 ) -> None:
     keys = await approved(stepped)
-    seen: list[AccountState | None] = [None]  # what the tracker last read of the account
+    seen: list[AccountRead | None] = [None]  # what the tracker last read of the account
     async with running(stepped, store, keys, follower_state=lambda: seen[0]) as run:
         await filled(run, intent(stepped, True, "0.02"))
         await until(lambda: "ETH" in run.protector.stops())
@@ -329,9 +329,10 @@ async def test_a_stop_that_fired_while_hlcopy_runs_is_let_go_and_a_new_one_sized
         move(stepped, "ETH", "0.93")  # through the stop, the exchange's clock brought to ours
         stepped.engine.step(now_ms=int(time.time() * 1000))
         stepped.publish()
+        sent_ms = int(time.time() * 1000)
         state = await run.info.clearinghouse_state(run.master)
         assert state.position("ETH") == 0
-        seen[0] = state
+        seen[0] = AccountRead(state, sent_ms, int(time.time() * 1000))
 
         await until(lambda: run.protector.stops() == {})
         assert await settled(run) == []

@@ -113,6 +113,8 @@ class App:
             net.ws,
             ping_interval_s=net.ws_ping_interval_s,
             silence_timeout_s=net.ws_silence_timeout_s,
+            backoff_base_s=net.ws_reconnect_base_s,
+            backoff_cap_s=net.ws_reconnect_cap_s,
             clock=clock,
         )
         self.bus = EventBus()

@@ -93,7 +93,7 @@ async def copy_rows(dsn: str) -> dict[str, asyncpg.Record]:
     try:
         rows = await con.fetch(
             "SELECT cloid, status, leader, leader_tid, coin, is_buy, sz, reduce_only, attempt,"
-            " error FROM copies WHERE cloid IS NOT NULL"
+            " error, decided_ms, sent_ms, settled_ms FROM copies WHERE cloid IS NOT NULL"
         )
     finally:
         await con.close()

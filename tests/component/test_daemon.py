@@ -533,10 +533,11 @@ async def test_a_transient_error_inside_a_components_task_group_restarts_it(
 
 
 async def test_a_task_group_with_any_other_error_is_still_fatal(tmp_path: Path) -> None:
-    for failures in (
+    scripts: list[list[BaseException]] = [
         [StoreUnavailable("gone"), RuntimeError("a bug")],
         [ExceptionGroup("both", [StoreUnavailable("gone"), RuntimeError("a bug")])],
-    ):
+    ]
+    for failures in scripts:
         d = daemon_for(tmp_path)
         grouped = _Grouped(failures)
         d.add(grouped)

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -30,10 +30,11 @@ from hlcopy.sim.engine import REC_CLOID, Record
 
 from tests.live_env import LOT, szi
 
-REC_REDUCE_ONLY = 6
-REC_STATUS = 11
-REC_TIME = 9
-FILL_TID = 12
+REC_IS_BUY: Final = 1
+REC_REDUCE_ONLY: Final = 6
+REC_TIME: Final = 9
+REC_STATUS: Final = 11
+FILL_TID: Final = 12
 MIN_NOTIONAL = Decimal(10)
 
 
@@ -70,6 +71,13 @@ def accepted(record: Record) -> bool:
     return status != "rejected" and not status.endswith("Rejected")
 
 
+def cloid_of(record: Record) -> str:
+    """The cloid of a copy order's record (``copy_records`` keeps only those with one)."""
+    cloid = record[REC_CLOID]
+    assert cloid is not None
+    return cloid
+
+
 def copy_records(sim: Simulator, account: str, since_ms: int = 0) -> list[Record]:
     """Every order record of the account's copy orders (hand trades carry no cloid; protective
     stops carry the stop tag), accepted or not, at or after ``since_ms`` (exchange time)."""
@@ -84,7 +92,7 @@ def copy_records(sim: Simulator, account: str, since_ms: int = 0) -> list[Record
 
 
 def accepted_cloids(sim: Simulator, account: str, since_ms: int = 0) -> list[str]:
-    return [r[REC_CLOID] for r in copy_records(sim, account, since_ms) if accepted(r)]
+    return [cloid_of(r) for r in copy_records(sim, account, since_ms) if accepted(r)]
 
 
 async def copy_rows(dsn: str) -> dict[str, asyncpg.Record]:
@@ -103,11 +111,11 @@ async def copy_rows(dsn: str) -> dict[str, asyncpg.Record]:
 async def assert_exactly_once(sim: Simulator, account: str, dsn: str) -> dict[str, Any]:
     """I1, from the exchange's records and the copy log; returns figures for the report."""
     records = copy_records(sim, account)
-    sent = Counter(r[REC_CLOID] for r in records)
+    sent = Counter(cloid_of(r) for r in records)
     twice = {c: n for c, n in sent.items() if n > 1}
     assert not twice, f"cloids the exchange received more than once: {twice}"
     rows = await copy_rows(dsn)
-    taken = [r[REC_CLOID] for r in records if accepted(r)]
+    taken = [cloid_of(r) for r in records if accepted(r)]
     unknown = [c for c in taken if c not in rows]
     assert not unknown, f"orders on the exchange without a copy row: {unknown}"
     per_fill = Counter(
@@ -205,7 +213,7 @@ class PgProxy:
         self._socket = str(Path(host) / f".s.PGSQL.{parts.port or 5432}")
         self._database = parts.path.lstrip("/")
         self._server: asyncio.Server | None = None
-        self._links: set[asyncio.Transport] = set()
+        self._links: set[asyncio.WriteTransport] = set()
         self._pumps: set[asyncio.Task[None]] = set()
         self.is_cut = False
         self.port = 0

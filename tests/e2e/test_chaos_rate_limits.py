@@ -30,6 +30,7 @@ from tests.e2e.chaos_env import (
     accepted,
     assert_exactly_once,
     chaos_seed,
+    cloid_of,
     converged,
     copy_records,
     copy_rows,
@@ -138,7 +139,7 @@ async def test_a_storm_of_429s_never_exceeds_the_budget_nor_stops_or_repeats_ord
             eth = [
                 r
                 for r in copy_records(sim, account, storm_ms)
-                if accepted(r) and rows[r[REC_CLOID]]["coin"] == "ETH"
+                if accepted(r) and rows[cloid_of(r)]["coin"] == "ETH"
             ]
             assert len(eth) >= storm_trades // 3, (len(eth), storm_trades)
             times = sorted(r[REC_TIME] for r in eth)

@@ -19,6 +19,7 @@ from hlcopy.follow.risk import TradingState
 from hlcopy.sim import Simulator
 
 from tests.e2e.chaos_env import (
+    REC_IS_BUY,
     REC_REDUCE_ONLY,
     accepted,
     assert_exactly_once,
@@ -117,7 +118,9 @@ async def test_after_a_risk_breach_no_order_can_increase_exposure(
                     await asyncio.sleep(0.1)
             cut = copy_records(sim, account, reducing_ms)
             assert cut, "REDUCING sent no reduction"
-            assert all(r[REC_REDUCE_ONLY] and not r[1] for r in cut), cut  # sells, reduce-only
+            assert all(r[REC_REDUCE_ONLY] and not r[REC_IS_BUY] for r in cut), (
+                cut
+            )  # reduce-only sells
             assert 0 < szi(sim, account) < held
 
             # 2. Daily loss: HALTED.

@@ -109,7 +109,14 @@ class App:
         self.universe = UniverseService(
             info, builder_dexes=cfg.discovery.builder_dexes, clock=clock
         )
-        self.stream = StreamPool(net.ws, clock=clock)
+        self.stream = StreamPool(
+            net.ws,
+            ping_interval_s=net.ws_ping_interval_s,
+            silence_timeout_s=net.ws_silence_timeout_s,
+            backoff_base_s=net.ws_reconnect_base_s,
+            backoff_cap_s=net.ws_reconnect_cap_s,
+            clock=clock,
+        )
         self.bus = EventBus()
         self.leaderboard = Leaderboard(losers_window=cfg.leaderboard.losers_window, clock=clock)
         # The copy pipeline's queues: leader fills and intents are never dropped.

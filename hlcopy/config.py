@@ -95,6 +95,16 @@ class NetworkConfig(_Section):
     """Timeout of one REST request, in seconds."""
     batch_clearinghouse_states: bool = False
     """Use the undocumented batchClearinghouseStates request (weight unknown upstream)."""
+    ws_ping_interval_s: Finite = Field(default=50.0, ge=0.1, le=3600)
+    """How often each WebSocket connection pings the exchange, in seconds."""
+    ws_silence_timeout_s: Finite = Field(default=60.0, ge=0.5, le=3600)
+    """A WebSocket connection that received nothing for this long is taken for half-open and
+    reconnected, in seconds (the exchange itself closes a connection idle for 60 s)."""
+    ws_reconnect_base_s: Finite = Field(default=0.5, ge=0.01, le=60)
+    """First delay before reconnecting a dropped WebSocket; it doubles with each drop that
+    follows within a minute (jittered), in seconds."""
+    ws_reconnect_cap_s: Finite = Field(default=30.0, ge=0.01, le=600)
+    """Longest delay before reconnecting a dropped WebSocket, in seconds."""
 
     @property
     def rest(self) -> str:
@@ -554,6 +564,13 @@ def _rule_problems(cfg: HlcopyConfig) -> list[str]:
         for key in ("rest_url", "ws_url", "chain"):
             if getattr(net, key) is not None:
                 problems.append(f'network.{key}: only used when network.name = "custom"')
+    if net.ws_reconnect_base_s > net.ws_reconnect_cap_s:
+        problems.append("network.ws_reconnect_base_s: must not exceed network.ws_reconnect_cap_s")
+    if net.ws_ping_interval_s >= net.ws_silence_timeout_s:
+        problems.append(
+            "network.ws_ping_interval_s: must be below network.ws_silence_timeout_s (a quiet"
+            " connection would be taken for a dead one)"
+        )
 
     db = cfg.database
     if db.dsn is not None:

@@ -4,11 +4,11 @@ It knows nothing of what it supervises (``app.py`` builds the components and han
 Start order is the order components were added; each must report ready before the next starts,
 and READY=1 goes to systemd only when all are ready. A component may later report that it is no
 longer ready (``Ready.lost``), which shows in ``/health`` and, for a core component that stays
-down, stops the systemd watchdog. A ``TransientError`` restarts just that
-component after a capped, jittered backoff; any other failure stops the daemon with exit code 1
-so systemd restarts it. SIGTERM/SIGINT drain the components in reverse order within a deadline,
-cancel what is left and exit 0. SIGHUP re-reads the TOML and keeps the running config if the new
-one is invalid.
+down, stops the systemd watchdog. A ``TransientError`` — alone, or all that a component's own
+TaskGroup raised — restarts just that component after a capped, jittered backoff; any other
+failure stops the daemon with exit code 1 so systemd restarts it. SIGTERM/SIGINT drain the
+components in reverse order within a deadline, cancel what is left and exit 0. SIGHUP re-reads
+the TOML and keeps the running config if the new one is invalid.
 """
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ class _Slot:
     down_since: float | None = None
     first_ready: bool = False
     task: asyncio.Task[None] | None = None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A ``TransientError``, or a group of nothing else: a component running its own TaskGroup
+    fails with an ExceptionGroup, and a database gone for a moment is no reason to stop."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_transient(e) for e in exc.exceptions)
+    return isinstance(exc, TransientError)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class Daemon:
@@ -196,12 +210,21 @@ class Daemon:
             except asyncio.CancelledError:
                 self._set_state(slot, "stopped")
                 raise
-            except TransientError as exc:
+            except Exception as exc:
+                if not _transient(exc):
+                    slot.last_error = f"{type(exc).__name__}: {exc}"
+                    self._set_state(slot, "failed")
+                    if isinstance(exc, HlcopyError):  # ours and explained: one line
+                        log.error("component failed fatally", component=comp.name, error=str(exc))
+                    else:
+                        log.error("component failed fatally", component=comp.name, exc_info=exc)
+                    raise ComponentFailed(f"{comp.name}: {slot.last_error}") from exc
                 if self._stopping:
                     self._set_state(slot, "stopped")
                     return
                 slot.restarts += 1
-                slot.last_error = f"{type(exc).__name__}: {exc}"
+                first = _first_leaf(exc)
+                slot.last_error = f"{type(first).__name__}: {first}"
                 self._set_state(slot, "restarting")
                 delay = backoff.next_delay()
                 log.warning(
@@ -215,14 +238,6 @@ class Daemon:
                     self._set_state(slot, "stopped")
                     return
                 continue
-            except Exception as exc:
-                slot.last_error = f"{type(exc).__name__}: {exc}"
-                self._set_state(slot, "failed")
-                if isinstance(exc, HlcopyError):  # ours and explained: one line, no traceback
-                    log.error("component failed fatally", component=comp.name, error=str(exc))
-                else:
-                    log.error("component failed fatally", component=comp.name, exc_info=exc)
-                raise ComponentFailed(f"{comp.name}: {slot.last_error}") from exc
             if self._stopping:
                 self._set_state(slot, "stopped")
                 return

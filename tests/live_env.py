@@ -64,7 +64,13 @@ async def live_app(
     cfg = make_config(
         tmp_path,
         dsn,
-        network={"name": "custom", "rest_url": sim.url, "ws_url": sim.ws_url, "chain": "testnet"},
+        network={
+            "name": "custom",
+            "rest_url": sim.url,
+            "ws_url": sim.ws_url,
+            "chain": "testnet",
+            **sections.pop("network", {}),
+        },
         discovery={"enabled": True},
         tracking=tracking
         or {

@@ -57,6 +57,7 @@ from hlcopy.events import Event, EventBus
 from hlcopy.follow.copier import Transfer
 from hlcopy.follow.fills import PaperAccount, PaperFill, fill_shares, simulate_ioc
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
+from hlcopy.follow.risk import REFUSED_BEFORE_SENDING
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import (
     AccountRead,
@@ -852,9 +853,10 @@ class PaperExecutor(Component):
             # No durable intent, no order.
             log.warning("executor: intent not written; refused", cloid=intent.cloid, error=str(exc))
             self.counters["refused"] += 1
-            await self._finish(
-                intent, OrderOutcome(intent.cloid, "rejected", error=f"not recorded: {exc}")
-            )
+            # Refused by us, not by the exchange: no rejection for the breakers (a database
+            # gone for a moment must not leave trading halted once it is back).
+            error = f"{REFUSED_BEFORE_SENDING}not recorded: {exc}"
+            await self._finish(intent, OrderOutcome(intent.cloid, "rejected", error=error))
             return
         if stored is not None:
             self.counters["duplicates"] += 1

@@ -320,7 +320,8 @@ class LeaderBooks(Component):
         """A clearinghouseState of ``leader``: set its book, correcting any drift. Never waits.
 
         A coin whose book already holds an exact fill newer than the state keeps it (the state
-        was read before that fill)."""
+        was read before that fill). A position seen for the first time (at start, or in a coin
+        the book did not know) is no change in time: its ``last_change_ms`` stays unknown."""
         leader = leader.lower()
         book = self._books.get(leader)
         if book is None:
@@ -354,7 +355,11 @@ class LeaderBooks(Component):
                 c.entry_px = None
             after = (c.szi, c.confirmed)
             if before != after and not (before is None and after[0] == 0):
-                c.last_change_ms = t
+                if before is not None:
+                    # A position the book already knew moved between two reads. One it learns
+                    # here for the first time has no known change time: it may predate the
+                    # follow (entry "wait" must not take it for a fresh change).
+                    c.last_change_ms = t
                 self.counters["corrections"] += 1
                 self._emit(LeaderChange(leader, coin, None, self._clock.time_ms(), *after))
 

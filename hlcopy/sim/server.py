@@ -143,10 +143,11 @@ class WsClient:
     )
     subs: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     held: str | None = None  # a message held back to reorder with the next
+    silent: bool = False  # half-open on purpose: this connection never sends again
 
     def send(self, text: str, faults: Faults, data: bool = False) -> None:
         """Queue a message; ``data`` marks feed messages (the ones faults may mangle)."""
-        if faults.ws_silent:
+        if faults.ws_silent or self.silent:
             return
         try:
             self.queue.put_nowait((text, data))
@@ -463,6 +464,10 @@ class Simulator:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)
+        failed = self.faults.take_fail()
+        if failed is not None:  # applied, and a gateway error comes back instead of the reply
+            self.stats["replies_lost"] += 1
+            return web.Response(status=failed, text="error")
         return self._json(reply)
 
     def _act(self, body: Any) -> dict[str, Any]:
@@ -476,6 +481,9 @@ class Simulator:
     # -- WebSocket --------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
+        faulty = self._fault("/ws")  # an http_error naming "/ws" refuses the upgrade
+        if faulty is not None:
+            return faulty
         ip = self._ip(request)
         now = self.clock.monotonic()
         cfg = self.config
@@ -536,7 +544,7 @@ class Simulator:
     async def _writer(self, client: WsClient) -> None:
         while True:
             text, is_data = await client.queue.get()
-            if self.faults.ws_silent:
+            if self.faults.ws_silent or client.silent:
                 continue
             out = [text]
             if is_data and self.faults.ws_reorder:
@@ -893,18 +901,30 @@ class Simulator:
 
     def drop_ws(self, which: str | int = "all") -> int:
         """Drop every WebSocket connection, or one by id; returns how many were dropped."""
-        if which == "all":
-            targets = list(self._clients.values())
-        else:
-            if isinstance(which, bool) or not isinstance(which, int | str):
-                raise ValueError("drop_ws takes 'all' or a connection id")
-            wanted = int(which)  # ValueError for anything but "all" or a connection id
-            targets = [c for c in self._clients.values() if c.id == wanted]
+        targets = self._ws_targets(which)
         for client in targets:
             client.abort()
         self.faults.drops += len(targets)
         self.stats["ws_drops"] += len(targets)
         return len(targets)
+
+    def half_open(self, which: str | int = "all") -> int:
+        """Make every WebSocket connection (or one, by id) half-open: it stays up and reads,
+        but never sends again, so only the client's own stall detection can notice. New
+        connections are not affected. Returns how many were silenced."""
+        targets = self._ws_targets(which)
+        for client in targets:
+            client.silent = True
+        self.faults.half_opened += len(targets)
+        return len(targets)
+
+    def _ws_targets(self, which: str | int) -> list[WsClient]:
+        if which == "all":
+            return list(self._clients.values())
+        if isinstance(which, bool) or not isinstance(which, int | str):
+            raise ValueError("a WebSocket fault takes 'all' or a connection id")
+        wanted = int(which)  # ValueError for anything but "all" or a connection id
+        return [c for c in self._clients.values() if c.id == wanted]
 
     # -- control API ------------------------------------------------------------------------
 
@@ -1111,6 +1131,8 @@ class Simulator:
         try:
             if "drop_ws" in body:
                 self.drop_ws(body["drop_ws"])
+            if "ws_half_open" in body:
+                self.half_open(body["ws_half_open"])
             self.faults.update(body)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise web.HTTPBadRequest(text=f"bad fault spec: {exc}") from exc

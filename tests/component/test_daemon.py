@@ -492,3 +492,54 @@ async def test_a_closed_queue_refuses_producers_and_lets_the_consumer_drain(tmp_
         await q.put("c")
     assert [item async for item in q] == ["a", "b"]
     assert d.stats()["queues"]["intents"]["closed"] is True
+
+
+class _Grouped(Component):
+    """Runs its work in a TaskGroup, as most components do; its tasks fail as scripted."""
+
+    name = "grouped"
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.runs = 0
+
+    async def run(self, ready: Ready) -> None:
+        self.runs += 1
+        if self.failures:
+            failure = self.failures.pop(0)
+
+            async def fail() -> None:
+                raise failure
+
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fail())
+        ready.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_transient_error_inside_a_components_task_group_restarts_it(
+    tmp_path: Path,
+) -> None:
+    # Found by chaos (f): the tracker's TaskGroup raised StoreUnavailable (PostgreSQL gone for
+    # a moment) wrapped in an ExceptionGroup, and the whole daemon stopped.
+    d = daemon_for(tmp_path)
+    grouped = _Grouped([StoreUnavailable("save positions: database unavailable")] * 2)
+    d.add(grouped)
+    async with running(d) as task:
+        health = d.health()[1]["components"]["grouped"]
+        assert (grouped.runs, health["restarts"]) == (3, 2)
+        assert health["last_error"] == "StoreUnavailable: save positions: database unavailable"
+    assert await task == 0
+
+
+async def test_a_task_group_with_any_other_error_is_still_fatal(tmp_path: Path) -> None:
+    scripts: list[list[BaseException]] = [
+        [StoreUnavailable("gone"), RuntimeError("a bug")],
+        [ExceptionGroup("both", [StoreUnavailable("gone"), RuntimeError("a bug")])],
+    ]
+    for failures in scripts:
+        d = daemon_for(tmp_path)
+        grouped = _Grouped(failures)
+        d.add(grouped)
+        assert await asyncio.wait_for(d.run(), 10) == 1
+        assert d.health()[1]["components"]["grouped"]["state"] == "failed"

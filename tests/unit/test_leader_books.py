@@ -171,6 +171,22 @@ async def test_snapshots_correct_drift_but_never_undo_a_newer_fill(books: Leader
     assert view.equity == 5000
 
 
+async def test_a_position_first_seen_in_a_snapshot_has_no_change_time(
+    books: LeaderBooks,
+) -> None:
+    # Found by chaos (b): a leader already holding ETH when the daemon first starts. Stamping
+    # the first read as a change made entry "wait" copy the whole old position at once.
+    books.snapshot(L, state(5_000, ETH="2"))
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert (view.szi, view.last_change_ms) == (D(2), None)
+    assert [(c.fill, c.szi) for c in changes(books)] == [(None, D(2))]  # still handed over
+    books.snapshot(L, state(6_000, ETH="3"))  # a change between two reads: dated by the read
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert (view.szi, view.last_change_ms) == (D(3), 6_000)
+
+
 async def test_a_hint_older_than_the_snapshot_is_inside_it(books: LeaderBooks) -> None:
     books.snapshot(L, state(50, ETH="1"))
     assert not books.ingest(fill("B", "1", 40, None))

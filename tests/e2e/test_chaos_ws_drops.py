@@ -10,14 +10,12 @@ production, where a stall is noticed within 75 s), and reconnects back off from 
 0.5 s (``network.ws_reconnect_*``; 0.5 s up to 30 s in production, forgotten after a minute of
 health: twenty drops in half a minute would otherwise be twenty doublings).
 
-The account's breakers are widened: twenty drops in half a minute leave orders of unknown fate,
-settled by ``orderStatus``, and now and then a never-arrived one, which count toward the error
-rate — a halt would be a proper reaction in production, not what this scenario measures. The
-leader hovers around a long, so the follower's copy stays clear of zero: near zero, the
-executor's view of the follower's position, which counts a fill twice for a moment now and then
-(tests/component/test_live_position_view.py, a known bug), sizes reduce-only orders the exchange
-refuses, and twenty refusals in a minute halt the follow on its own breaker, which the risk
-config does not reach (it halted about one run in five with the leader hovering around flat).
+The breakers are widened. Twenty drops in half a minute leave orders of unknown fate, settled by
+``orderStatus``, and some never-arrived ones, which would halt trading on the error rate — a
+proper reaction in production, not what this scenario measures. So is the reject streak: the
+executor's view of the follower's position counts a fill twice for a moment now and then
+(tests/component/test_live_position_view.py, a known bug), reduce-only orders sized from it are
+refused by the exchange, and a streak of those halted about one run in five.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ DROPS, HALF_OPEN = 20, 5
 PING_S, SILENCE_S = 0.5, 2.0
 RECONNECT_BASE_S, RECONNECT_CAP_S = 0.1, 0.5
 RATIO = Decimal("0.3")
-HOVER_USD = 4_000
 RECONCILE_S = 5.0
 SLACK_S = 3.0  # a busy 2-core machine: an order's round trip and the engine's turn
 
@@ -57,14 +54,11 @@ SLACK_S = 3.0  # a busy 2-core machine: an order's round trip and the engine's t
 async def _leader(
     sim: Simulator, rng: Random, done: asyncio.Event, figures: dict[str, Any]
 ) -> None:
-    """Small market orders of the leader, mean-reverting around a long of ``HOVER_USD``, until
-    ``FILLS`` fills. The long keeps the follower's copy clear of zero, where a reduce-only order
-    sized from a momentarily doubled view of the position is refused (see the module docstring),
-    and twenty refusals in a minute halt a follow: its own breaker is not configurable."""
+    """Small market orders of the leader, mean-reverting around flat, until ``FILLS`` fills."""
     mid = Decimal(str(sim.engine.by_name["ETH"].path.mid))
     async with aiohttp.ClientSession() as session:
         while len(sim_fill_tids(sim, LEADER)) < FILLS:
-            lean = max(-0.4, min(0.4, float(szi(sim, LEADER) * mid - HOVER_USD) / 5_000))
+            lean = max(-0.4, min(0.4, float(szi(sim, LEADER) * mid) / 5_000))
             body = {
                 "address": LEADER,
                 "coin": "ETH",

@@ -38,9 +38,11 @@ flipped) and then copies it as usual. Either way the leader's scaled PnL holds t
 start, so what adopting or ignoring cost shows in the gap's ``entry`` part.
 
 **Reconciliation.** The daemon re-decides every coin each ``tracking.reconcile_interval_s``; a
-decision there changes something only when the account is off target. Here a coin is re-decided
-at the next interval only after a decision that left it off target (a skip, an order that did
-not fill), and at most ``RECONCILE_TRIES`` times in a row without a fill.
+decision there changes something only when the account is off target and something changed
+since. Here a coin is re-decided at the next interval after an order that did not (fully) fill
+or a decision without a price, at most ``RECONCILE_TRIES`` times in a row without a fill. Skips
+for limits, the $10 minimum, filters and risk wait for the leader's next change (the daemon
+would skip them again every interval while prices barely move).
 
 **Risk.** The global and per-follow scopes are evaluated with the same figures the copy engine
 gives the risk keeper (equity, PnL, notional, the orders' results), at most once per virtual
@@ -84,6 +86,7 @@ from hlcopy.follow.copier import (
     FollowerView,
     LeaderView,
     Market,
+    SkipReason,
     decide,
 )
 from hlcopy.follow.executor import (
@@ -124,7 +127,6 @@ from hlcopy.model import (
     BookLevel,
     Candle,
     Fill,
-    L2Book,
     LeaderFill,
     OrderIntent,
     OrderOutcome,
@@ -142,6 +144,8 @@ GLOBAL: Final = "global"
 #: Re-decisions of a coin left off target, in a row without a fill, before waiting for the
 #: leader's next change (a daemon would go on every interval; a backtest need not).
 RECONCILE_TRIES: Final = 10
+#: Skips a reconciliation may undo before the leader's next change (see the module docstring).
+RETRY_REASONS: Final = frozenset({SkipReason.NO_PRICE})
 #: Events fired between checks for cancellation and progress.
 SLICE: Final = 2_000
 #: The most candles one ``candleSnapshot`` answer holds, and the weight a new request costs
@@ -486,6 +490,12 @@ class _Group:
     px: Decimal
     index: int  # the coin's n-th group of this leader
 
+    @property
+    def side(self) -> bool | None:
+        """True (False) when every fill bought (sold), None for a group that did both."""
+        buys = {t.is_buy for t in self.trades}
+        return next(iter(buys)) if len(buys) == 1 else None
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -569,8 +579,11 @@ def prepare(leaders: Sequence[LeaderHistory], since_ms: int, until_ms: int) -> P
                 while j < len(items) and items[j][1].time_ms == items[i][1].time_ms:
                     j += 1
                 raw = [t for t, _ in items[i:j]]
-                run = _without_self_trades(raw, [f for _, f in items[i:j]])
-                self_trades += len(raw) - len(run)
+                if len(raw) > 1:
+                    run = _without_self_trades(raw, [f for _, f in items[i:j]])
+                    self_trades += len(raw) - len(run)
+                else:
+                    run = raw
                 t_ms = items[i][1].time_ms
                 i = j
                 if not run:
@@ -584,7 +597,7 @@ def prepare(leaders: Sequence[LeaderHistory], since_ms: int, until_ms: int) -> P
                     ends = {s + _delta(t) for t in run if (s := t.start_position) is not None}
                     heads = [s for s in starts if s not in ends] or starts
                     head = heads[0] if heads else (running if running is not None else ZERO)
-                ordered = chained(sorted(run, key=lambda t: t.tid), head)
+                ordered = run if len(run) == 1 else chained(sorted(run, key=lambda t: t.tid), head)
                 end = head + sum((_delta(t) for t in ordered), ZERO)
                 px = group_price(ordered)
                 if index == 0:
@@ -708,11 +721,24 @@ class _Book:
     hidden: bool = False  # initial = "ignore": a position from before the window, not copied
 
 
+@dataclass(slots=True)
+class _Levels:
+    """What a copy of one leader group meets with no latency: the leader's own fills, in
+    proportion to the copy's size, then more at the group's worst price. The legs of one
+    decision (a flip's close and open) take from it in turn, so a copy at ratio 1 repeats the
+    leader's fills price for price."""
+
+    pxs: list[Decimal]
+    left: list[Decimal]
+    worst: Decimal
+
+
 @dataclass(frozen=True, slots=True)
 class _Order:
     intent: OrderIntent
     trigger: LeaderFill | None
-    anchor: tuple[int, Decimal] | None
+    anchor: _Group | None
+    levels: _Levels | None = None
 
 
 def _notional(
@@ -727,6 +753,26 @@ def _notional(
 
 def _sign(x: Decimal) -> int:
     return (x > 0) - (x < 0)
+
+
+def _take(
+    levels: _Levels,
+    book: Sequence[BookLevel],
+    which: Sequence[int],
+    is_buy: bool,
+    filled: Decimal,
+) -> None:
+    """Deplete ``levels`` by a fill of ``filled`` against ``book`` (``which`` maps its levels
+    to theirs): an IOC takes the best prices first, as ``simulate_ioc`` walks them."""
+    order = sorted(range(len(book)), key=lambda i: book[i].px, reverse=not is_buy)
+    rest = filled
+    for i in order:
+        if rest <= 0:
+            break
+        take = min(book[i].sz, rest)
+        rest -= take
+        if which[i] >= 0:
+            levels.left[which[i]] -= take
 
 
 def _follow_scope(follow_id: str) -> str:
@@ -938,14 +984,14 @@ class _Engine:
                 first.start_position,
             )
             self.tries[g.coin] = 0
-            anchor = (g.time_ms, g.px)
             delay = self.specs[f.id].delay_ms
-            decide_at = partial(self._decide, g.coin, trigger, anchor)
+            decide_at = partial(self._decide, g.coin, trigger, g)
             if delay:
                 self._at(g.time_ms + delay, decide_at)
             else:
                 decide_at()
-        self._sample()
+        if not self.in_flight:  # else the fill samples the curve
+            self._sample()
 
     def _ideal(self, follow_id: str, g: _Group) -> None:
         """The leader's scaled position after each of its fills (follow_performance's ideal:
@@ -991,20 +1037,32 @@ class _Engine:
 
     # -- one decision --------------------------------------------------------------------------
 
-    def _price(self, coin: str, t: int, anchor: tuple[int, Decimal] | None) -> Decimal | None:
-        """The model's price of ``coin`` at ``t``; with an anchor (a leader's price at its
-        time), that price moved by the model's change since."""
+    def _path(self, coin: str) -> PricePath | None:
         path = self.market.paths.get(coin)
         if path is None or not len(path):
-            path = self._fill_path(coin)
+            return self._fill_path(coin)
+        return path
+
+    def _move(self, coin: str, t: int, anchor: _Group) -> Decimal | None:
+        """How the model's price moved from the anchor's time to ``t`` (a factor), None when
+        it did not (no latency, no model)."""
+        if t == anchor.time_ms:
+            return None
+        path = self._path(coin)
+        if path is None:
+            return None
+        now, then = path.at(t), path.at(anchor.time_ms)
+        if now is None or then is None or then <= 0 or now == then:
+            return None
+        return now / then
+
+    def _price(self, coin: str, t: int, anchor: _Group | None) -> Decimal | None:
+        """The model's price of ``coin`` at ``t``; with an anchor (a leader's group), the
+        group's price moved by the model's change since."""
         if anchor is not None:
-            t0, p0 = anchor
-            if t == t0 or path is None:
-                return p0
-            now, then = path.at(t), path.at(t0)
-            if now is None or then is None or then <= 0:
-                return p0
-            return p0 * now / then
+            move = self._move(coin, t, anchor)
+            return anchor.px if move is None else anchor.px * move
+        path = self._path(coin)
         if path is not None:
             return path.at(t)
         return self.marks.get(coin)
@@ -1032,9 +1090,7 @@ class _Engine:
                 out[key] = out.get(key, ZERO) + sign * share
         return out
 
-    def _decide(
-        self, coin: str, trigger: LeaderFill | None, anchor: tuple[int, Decimal] | None
-    ) -> None:
+    def _decide(self, coin: str, trigger: LeaderFill | None, anchor: _Group | None) -> None:
         asset = self.market.assets.get(coin)
         if asset is None:
             return
@@ -1110,7 +1166,7 @@ class _Engine:
         self,
         coin: str,
         trigger: LeaderFill | None,
-        anchor: tuple[int, Decimal] | None,
+        anchor: _Group | None,
         decision: Decision,
     ) -> None:
         """As the copy engine's ``_apply`` and the executor's ``transfer`` / ``record_skip`` /
@@ -1126,13 +1182,14 @@ class _Engine:
                     del book[m.coin]
             record = TransferRecord(m.coin, m.from_follow, m.to_follow, m.sz, m.px, now)
             self.transfers.append(record)
-            self.ledger.transfer(record)
+            if self.follow_limits:
+                self.ledger.transfer(record)
         off_target = False
         for skip in decision.skips:
             follow = self.specs[skip.follow_id]
             self.skips[skip.reason.value] += 1
             self.leader_skips[skip.follow_id][skip.reason.value] += 1
-            off_target = off_target or skip.szi != 0
+            off_target = off_target or skip.reason in RETRY_REASONS
             self.records.append(
                 CopyRecord(
                     coin=coin,
@@ -1146,11 +1203,22 @@ class _Engine:
                     skip_reason=skip.reason.value,
                 )
             )
+        levels = None
+        if anchor is not None and decision.intents:
+            side = anchor.side
+            if side is not None and all(i.is_buy == side for i in decision.intents):
+                scale = sum((i.sz for i in decision.intents), ZERO) / sum(
+                    (t.sz for t in anchor.trades), ZERO
+                )
+                pxs = [t.px for t in anchor.trades]
+                levels = _Levels(
+                    pxs, [t.sz * scale for t in anchor.trades], max(pxs) if side else min(pxs)
+                )
         for intent in decision.intents:
             self.counters["orders"] += 1
             for fid in intent.follow_ids:
                 self.leader_counts[fid]["orders"] += 1
-            self.in_flight[intent.cloid] = _Order(intent, trigger, anchor)
+            self.in_flight[intent.cloid] = _Order(intent, trigger, anchor, levels)
             fill = partial(self._fill, intent.cloid)
             if self.options.latency_ms:
                 self._at(now + self.options.latency_ms, fill)
@@ -1179,14 +1247,14 @@ class _Engine:
             error = f"no price for {coin}"
         else:
             self.marks[coin] = px
-            fill_px = px * (1 + self.slip) if intent.is_buy else px * (1 - self.slip)
-            level = (BookLevel(fill_px, sz, 1),)
-            book = L2Book(coin, now, () if intent.is_buy else level, level if intent.is_buy else ())
+            book, which = self._book_for(order, px, sz, now)
             paper = simulate_ioc(book, intent.is_buy, sz, intent.limit_px, self.fee_rate)
             if paper.filled_sz == 0 or paper.avg_px is None:
                 error = NO_MATCH
             else:
                 filled = paper.filled_sz
+                if order.levels is not None:
+                    _take(order.levels, book, which, intent.is_buy, filled)
                 self._book(order, paper.filled_sz, paper.avg_px, paper.fee, now)
         del self.in_flight[cloid]
         if error is not None:
@@ -1212,6 +1280,37 @@ class _Engine:
         else:
             self.tries[coin] = 0
         self._sample()
+
+    def _book_for(
+        self, order: _Order, px: Decimal, sz: Decimal, now: int
+    ) -> tuple[list[BookLevel], list[int]]:
+        """The side of the book an order takes from, and which ``_Levels`` entry each level
+        is (-1: none): the leader's fills still left, in the order the leader made them, as
+        many as the order's size (so a flip's close takes the leader's closing fills and its
+        open the rest), then more at the group's worst price; moved by the model over the
+        latency. Without leader fills to take: one level at the model's price. Each worse by
+        the slippage."""
+        worse = 1 + self.slip if order.intent.is_buy else 1 - self.slip
+        levels = order.levels
+        if levels is None or order.anchor is None:
+            return [BookLevel(px * worse, sz, 1)], [-1]
+        move = self._move(order.intent.coin, now, order.anchor)
+        factor = worse if move is None else worse * move
+        book: list[BookLevel] = []
+        which: list[int] = []
+        need = sz
+        for i, (p, left) in enumerate(zip(levels.pxs, levels.left, strict=True)):
+            if need <= 0:
+                break
+            if left <= 0:
+                continue
+            take = min(left, need)
+            book.append(BookLevel(p * factor, take, 1))
+            which.append(i)
+            need -= take
+        book.append(BookLevel(levels.worst * factor, sz, 1))
+        which.append(-1)
+        return book, which
 
     def _book(
         self, order: _Order, filled: Decimal, avg_px: Decimal, fee: Decimal, now: int
@@ -1246,7 +1345,8 @@ class _Engine:
             reason=intent.reason,
         )
         self.records.append(record)
-        self.ledger.settled(record)
+        if self.follow_limits:  # the ledger only feeds the follows' own risk limits
+            self.ledger.settled(record)
         self.counters["filled"] += 1
         for fid in intent.follow_ids:
             self.leader_counts[fid]["filled"] += 1
@@ -1308,7 +1408,8 @@ class _Engine:
             self.account, _ = self.account.apply_funding(coin, px, rate)
             record = FundingRecord(hour_ms, coin, px, rate, 1)
             self.funding.append(record)
-            self.ledger.fund(record)
+            if self.follow_limits:
+                self.ledger.fund(record)
         nxt = hour_ms + HOUR_MS
         if nxt <= self.until_ms:
             self._at(nxt, partial(self._fund, nxt))
@@ -1357,14 +1458,16 @@ class _Engine:
     # -- figures -------------------------------------------------------------------------------
 
     def _ideal_pnl(self) -> Decimal:
-        with localcontext(_EXACT):
-            total = sum(self.ideal_cash.values(), ZERO)
-            for (fid, coin), target in self.ideal.items():
-                if target:
-                    leader = self.specs[fid].leader
-                    mark = self.marks.get(coin, self.p0.get((leader, coin), ZERO))
-                    total += target * mark
-            return total
+        """The leaders' scaled PnL now, for the chart (the figures come from
+        ``follow_performance``)."""
+        total = sum(self.ideal_cash.values(), ZERO)
+        for (fid, coin), target in self.ideal.items():
+            if target:
+                mark = self.marks.get(coin)
+                if mark is None:
+                    mark = self.p0.get((self.specs[fid].leader, coin), ZERO)
+                total += target * mark
+        return total
 
     def _sample(self) -> None:
         equity = self._equity()

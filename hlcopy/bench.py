@@ -2092,9 +2092,10 @@ def synthetic_leader(n_fills: int, seed: int = 5, start_ms: int = 1_700_000_000_
 def bench_backtest(fills: int = 10_000, runs: int = 5, seed: int = 5) -> dict[str, Any]:
     """Seconds of compute for a backtest of one leader's ``fills`` fills with the default fill
     model (200 ms latency, 2 bps slippage, 4.5 bps fees, the $10 minimum, the default risk
-    limits and breakers but the daily loss and drawdown stops), prices from the fills (offline): grouping and chaining the fills, every decision,
-    order, fill and risk evaluation on the virtual clock, and the performance attribution at
-    the end. The median of ``runs``; the data are built before the clock starts."""
+    limits and breakers but the daily loss and drawdown stops), prices from the fills
+    (offline): grouping and chaining the fills, every decision, order, fill and risk
+    evaluation on the virtual clock, and the performance attribution at the end. The median
+    of ``runs``; the data are built before the clock starts."""
     from dataclasses import replace
 
     from hlcopy.backtest import build_options, offline_market, prepare, run_backtest
@@ -2144,8 +2145,8 @@ def format_backtest(result: dict[str, Any]) -> str:
     events, orders, filled = result["decisions_orders_fills"]
     return "\n".join(
         [
-            "hlcopy bench backtest: one leader's fills replayed through the copier, risk, the paper",
-            "fill model and the performance attribution on the virtual clock (compute only)",
+            "hlcopy bench backtest: one leader's fills replayed through the copier, risk, the",
+            "paper fill model and the performance attribution on the virtual clock (compute only)",
             f"  fills             {result['fills']:,} over {result['days']} days "
             f"({events:,} clock events, {orders:,} orders, {filled:,} filled)",
             f"  median            {result['seconds']:.3f} s   (target <= {result['target_s']} s); "

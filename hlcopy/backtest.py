@@ -146,6 +146,8 @@ GLOBAL: Final = "global"
 RECONCILE_TRIES: Final = 10
 #: Skips a reconciliation may undo before the leader's next change (see the module docstring).
 RETRY_REASONS: Final = frozenset({SkipReason.NO_PRICE})
+#: The curve's resolution: points at least this far apart (virtual ms), the last one current.
+SAMPLE_MS: Final = 10_000
 #: Events fired between checks for cancellation and progress.
 SLICE: Final = 2_000
 #: The most candles one ``candleSnapshot`` answer holds, and the weight a new request costs
@@ -1094,11 +1096,11 @@ class _Engine:
         asset = self.market.assets.get(coin)
         if asset is None:
             return
-        self._evaluate_risk()
         now = self.clock.time_ms()
         mid = self._price(coin, now, anchor)
         if mid is not None:
             self.marks[coin] = mid
+        self._evaluate_risk()
         follows: list[Follow] = []
         leaders: dict[str, LeaderView] = {}
         for f in self.follows:
@@ -1240,14 +1242,19 @@ class _Engine:
         error: str | None = None
         filled = ZERO
         sz = reduce_only_size(intent, self.account.position(coin))
-        px = self._price(coin, now, order.anchor)
+        anchor = order.anchor
+        move = None if anchor is None else self._move(coin, now, anchor)
+        if anchor is None:
+            px = self._price(coin, now, None)
+        else:
+            px = anchor.px if move is None else anchor.px * move
         if sz is None:
             error = REDUCE_ONLY_REFUSED
         elif px is None:
             error = f"no price for {coin}"
         else:
             self.marks[coin] = px
-            book, which = self._book_for(order, px, sz, now)
+            book, which = self._book_for(order, px, sz, move)
             paper = simulate_ioc(book, intent.is_buy, sz, intent.limit_px, self.fee_rate)
             if paper.filled_sz == 0 or paper.avg_px is None:
                 error = NO_MATCH
@@ -1282,7 +1289,7 @@ class _Engine:
         self._sample()
 
     def _book_for(
-        self, order: _Order, px: Decimal, sz: Decimal, now: int
+        self, order: _Order, px: Decimal, sz: Decimal, move: Decimal | None
     ) -> tuple[list[BookLevel], list[int]]:
         """The side of the book an order takes from, and which ``_Levels`` entry each level
         is (-1: none): the leader's fills still left, in the order the leader made them, as
@@ -1294,7 +1301,6 @@ class _Engine:
         levels = order.levels
         if levels is None or order.anchor is None:
             return [BookLevel(px * worse, sz, 1)], [-1]
-        move = self._move(order.intent.coin, now, order.anchor)
         factor = worse if move is None else worse * move
         book: list[BookLevel] = []
         which: list[int] = []
@@ -1470,14 +1476,18 @@ class _Engine:
         return total
 
     def _sample(self) -> None:
+        """The curve's latest point; points stay at least ``SAMPLE_MS`` apart (within that,
+        the latest state replaces the last point)."""
         equity = self._equity()
         if equity is None:
             return
-        point = CurvePoint(self.clock.time_ms(), equity - self.equity0, self._ideal_pnl())
-        if self.curve and self.curve[-1].time_ms == point.time_ms:
-            self.curve[-1] = point
+        now = self.clock.time_ms()
+        point = CurvePoint(now, equity - self.equity0, self._ideal_pnl())
+        curve = self.curve
+        if len(curve) > 1 and now - curve[-2].time_ms < SAMPLE_MS:
+            curve[-1] = point
         else:
-            self.curve.append(point)
+            curve.append(point)
 
     def _final_marks(self) -> dict[str, Decimal]:
         marks = dict(self.marks)

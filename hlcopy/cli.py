@@ -285,12 +285,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.orders < MIN_ORDERS_PER_RUN:
             print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
             return EXIT_USAGE
-        result = run(orders_per_run=args.orders, runs=args.runs)
+        result = run(orders_per_run=args.orders, runs=7 if args.runs is None else args.runs)
     elif args.name in ("api", "firehose"):
         result = run(seconds=20.0 if args.seconds is None else args.seconds)
+    elif args.name == "backtest":
+        fills = 10_000 if args.fills is None else args.fills
+        result = run(fills=fills, runs=5 if args.runs is None else args.runs)
     elif args.name == "decide":
         rate = {} if args.rate is None else {"rate": args.rate}
-        result = run(fills=args.fills, isolate=not args.shared_cpus, **rate)
+        fills = 600 if args.fills is None else args.fills
+        result = run(fills=fills, isolate=not args.shared_cpus, **rate)
     elif args.name == "memory":
         rate = {} if args.rate is None else {"rate": args.rate}
         seconds = 60.0 if args.seconds is None else args.seconds
@@ -580,16 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim", "firehose", "api", "memory", "decide"],
+        choices=["sign", "sim", "firehose", "api", "memory", "decide", "backtest"],
         help="sign: build and sign one order; sim: simulator trades stream; "
         "firehose: discovery's trades ingest into PostgreSQL; "
         "api: leaderboard latency over HTTP; "
         "memory: resident memory of the daemon with 100,000 known traders; "
-        "decide: leader fill frame -> order intent in the daemon, 5,000 trades/s around it",
+        "decide: leader fill frame -> order intent in the daemon, 5,000 trades/s around it; "
+        "backtest: compute seconds of a 10,000-fill backtest",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
-    p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
+    p.add_argument(
+        "--runs", type=int, default=None, help="runs; the median is reported (sign 7, backtest 5)"
+    )
     p.add_argument(
         "--seconds", type=float, default=None, help="measuring time (memory: 60, others: 20)"
     )
@@ -602,8 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fills",
         type=int,
-        default=600,
-        help="decide: leader trades to copy, a fill or more each (default 600)",
+        default=None,
+        help="decide: leader trades to copy, a fill or more each (default 600); "
+        "backtest: the leader's fills (default 10000)",
     )
     p.add_argument(
         "--shared-cpus",

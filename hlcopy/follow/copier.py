@@ -299,6 +299,12 @@ def allocate(
     its weight, the shares summing exactly to ``total``. Largest remainders get the leftover lots
     (ties: larger weight, then id), which keeps each share within its weight — putting the whole
     remainder on the largest share could push it past its own limit. Input order is kept."""
+    if len(weights) == 1:  # the common case (one follow), without the bookkeeping
+        key, weight = weights[0]
+        n_one, n_total = _units(weight, lot), _units(total, lot)
+        if not 0 <= n_total <= n_one:
+            raise ValueError(f"cannot split {total} over weights summing to {n_one * lot}")
+        return ((key, n_total * lot),)
     units = [(key, _units(w, lot)) for key, w in weights]
     n_total = _units(total, lot)
     n_sum = sum(u for _, u in units)

@@ -531,3 +531,17 @@ def test_prepare_drops_self_trades_and_chains_each_millisecond(leader: LeaderHis
     assert [(c, i) for _, c, _, i in prepared.breaks] == [("SUI", 1)]
     for g in prepared.groups:
         assert g.end == g.start + sum((t.sz if t.is_buy else -t.sz for t in g.trades), D(0))
+
+
+def test_bench_backtest_is_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's contract, on a small run (never its timing: figures go in notes)."""
+    from hlcopy.cli import main
+
+    assert main(["bench", "backtest", "--json", "--fills", "600", "--runs", "1"]) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert result["benchmark"] == "backtest"
+    assert result["fills"] == 600
+    assert result["seconds"] > 0
+    assert len(result["runs_s"]) == 1
+    orders, filled = result["decisions_orders_fills"][1:]
+    assert orders >= filled > 0

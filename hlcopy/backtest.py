@@ -172,7 +172,7 @@ class Cancelled(HlcopyError):
 
 # -- options ------------------------------------------------------------------------------------
 
-#: Keys a sweep may vary, and how a value of each is read.
+#: Keys a sweep may vary (each value is checked as the option itself is).
 SWEEP_KEYS: Final = (
     "ratio",
     "slippage_bps",
@@ -1100,7 +1100,9 @@ class _Engine:
         mid = self._price(coin, now, anchor)
         if mid is not None:
             self.marks[coin] = mid
-        self._evaluate_risk()
+        positions = {c: p.szi for c, p in self.account.positions.items()}
+        equity = self._equity()
+        self._evaluate_risk(positions, equity)
         follows: list[Follow] = []
         leaders: dict[str, LeaderView] = {}
         for f in self.follows:
@@ -1114,12 +1116,11 @@ class _Engine:
         if not follows:
             return
         pending = self._pending()
-        positions = {c: p.szi for c, p in self.account.positions.items()}
         follower = FollowerView(
             szi=positions.get(coin, ZERO),
             attributed={f.id: self.attributed.get(f.id, {}).get(coin, ZERO) for f in follows},
             pending={f.id: pending.get((f.id, coin), ZERO) for f in follows},
-            equity=self._equity(),
+            equity=equity,
             other_notional={
                 f.id: _notional(self.attributed.get(f.id, {}), self.marks, but=coin)
                 for f in follows
@@ -1421,8 +1422,9 @@ class _Engine:
             self._at(nxt, partial(self._fund, nxt))
         self._sample()
 
-    def _evaluate_risk(self) -> None:
-        """As the risk keeper's evaluation (once a second, with the copy engine's figures)."""
+    def _evaluate_risk(self, positions: Mapping[str, Decimal], equity: Decimal | None) -> None:
+        """As the risk keeper's evaluation (once a second, with the copy engine's figures:
+        the account's ``positions`` and ``equity`` now)."""
         now_s = self.clock.monotonic()
         if now_s - self.last_eval_s < 1.0 and not self.results:
             return
@@ -1430,18 +1432,15 @@ class _Engine:
         now = self.clock.time_ms()
         results = self.results
         self.results = defaultdict(list)
-        if self.global_limits is not None:
-            equity = self._equity()
-            if equity is not None:
-                positions = {c: p.szi for c, p in self.account.positions.items()}
-                inputs = RiskInputs(
-                    self.global_limits,
-                    pnl=equity - self.equity0,
-                    equity=equity,
-                    notional=_notional(positions, self.marks),
-                    order_results=tuple(results.get(GLOBAL, ())),
-                )
-                self._step(GLOBAL, inputs, now)
+        if self.global_limits is not None and equity is not None:
+            inputs = RiskInputs(
+                self.global_limits,
+                pnl=equity - self.equity0,
+                equity=equity,
+                notional=_notional(positions, self.marks),
+                order_results=tuple(results.get(GLOBAL, ())),
+            )
+            self._step(GLOBAL, inputs, now)
         for fid, limits in self.follow_limits.items():
             figures = self.ledger.figures(fid, self.marks)
             if figures is None:

@@ -2112,12 +2112,14 @@ def bench_backtest(fills: int = 10_000, runs: int = 5, seed: int = 5) -> dict[st
         risk=RiskConfig(max_daily_loss_usd=Decimal(10**9), max_drawdown_pct=Decimal(100)),
     )
     times = []
+    cpu = []
     result = None
     for _ in range(runs + 1):  # the first run warms caches up and is not counted
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prepared = prepare([leader], since, until)
         result = run_backtest([leader], market, options, since, until, prepared=prepared)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     assert result is not None
     measured = times[1:]
     return {
@@ -2127,6 +2129,7 @@ def bench_backtest(fills: int = 10_000, runs: int = 5, seed: int = 5) -> dict[st
         "min_s": round(min(measured), 3),
         "max_s": round(max(measured), 3),
         "runs_s": [round(x, 3) for x in measured],
+        "cpu_s": round(statistics.median(cpu[1:]), 3),
         "fills_per_s": round(fills / statistics.median(measured)),
         "decisions_orders_fills": [
             result.events,
@@ -2150,7 +2153,7 @@ def format_backtest(result: dict[str, Any]) -> str:
             f"  fills             {result['fills']:,} over {result['days']} days "
             f"({events:,} clock events, {orders:,} orders, {filled:,} filled)",
             f"  median            {result['seconds']:.3f} s   (target <= {result['target_s']} s); "
-            f"{result['fills_per_s']:,} fills/s",
+            f"{result['fills_per_s']:,} fills/s; {result['cpu_s']:.3f} s of CPU",
             f"  min / max         {result['min_s']:.3f} / {result['max_s']:.3f} s over "
             f"{len(result['runs_s'])} runs",
             f"  skips             {result['skips'] or 'none'}",

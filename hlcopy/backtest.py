@@ -1808,6 +1808,8 @@ def render_table(results: Sequence[BacktestResult], addresses: Sequence[str]) ->
         row("orders (filled)", (f"{r.orders} ({r.filled})" for r in results)),
         row("orders not filled", (str(r.unfilled) for r in results)),
     ]
+    if any(r.transfers for r in results):
+        rows.append(row("netted between leaders", (str(r.transfers) for r in results)))
     reasons = sorted({k for r in results for k in r.skips})
     for reason in reasons:
         rows.append(row(f"skipped: {reason}", (str(r.skips.get(reason, 0)) for r in results)))

@@ -146,8 +146,11 @@ GLOBAL: Final = "global"
 RECONCILE_TRIES: Final = 10
 #: Skips a reconciliation may undo before the leader's next change (see the module docstring).
 RETRY_REASONS: Final = frozenset({SkipReason.NO_PRICE})
-#: The curve's resolution: points at least this far apart (virtual ms), the last one current.
+#: The curve: about this many points over the window, at least ``SAMPLE_MS`` apart.
+CURVE_POINTS: Final = 2_000
 SAMPLE_MS: Final = 10_000
+#: Points of the curve the return and drawdown are measured on, at most (its extremes kept).
+STATS_POINTS: Final = 2_000
 #: Events fired between checks for cancellation and progress.
 SLICE: Final = 2_000
 #: The most candles one ``candleSnapshot`` answer holds, and the weight a new request costs
@@ -518,6 +521,8 @@ def _delta(t: LeaderTrade) -> Decimal:
 
 def group_price(trades: Sequence[LeaderTrade]) -> Decimal:
     """The group's net price (see the module docstring)."""
+    if len(trades) == 1:
+        return trades[0].px
     net = sum((_delta(t) for t in trades), ZERO)
     if net != 0:
         p = sum((_delta(t) * t.px for t in trades), ZERO) / net
@@ -599,8 +604,12 @@ def prepare(leaders: Sequence[LeaderHistory], since_ms: int, until_ms: int) -> P
                     ends = {s + _delta(t) for t in run if (s := t.start_position) is not None}
                     heads = [s for s in starts if s not in ends] or starts
                     head = heads[0] if heads else (running if running is not None else ZERO)
-                ordered = run if len(run) == 1 else chained(sorted(run, key=lambda t: t.tid), head)
-                end = head + sum((_delta(t) for t in ordered), ZERO)
+                if len(run) == 1:
+                    ordered = run
+                    end = head + _delta(run[0])
+                else:
+                    ordered = chained(sorted(run, key=lambda t: t.tid), head)
+                    end = head + sum((_delta(t) for t in ordered), ZERO)
                 px = group_price(ordered)
                 if index == 0:
                     initial[(leader.address, coin)] = head
@@ -868,6 +877,8 @@ class _Engine:
         self.p0: dict[tuple[str, str], Decimal] = {}
         self.curve: list[CurvePoint] = []
         self.fill_paths: dict[str, PricePath | None] = {}
+        self.grid_ms = max(SAMPLE_MS, (until_ms - since_ms) // CURVE_POINTS)
+        self.flush_armed = False
         self.priced: set[str] = set()  # coins whose first price has been seen
         self.groups_done = 0
         self.events = 0
@@ -1475,18 +1486,31 @@ class _Engine:
         return total
 
     def _sample(self) -> None:
-        """The curve's latest point; points stay at least ``SAMPLE_MS`` apart (within that,
-        the latest state replaces the last point)."""
+        """A point of the curve, at most one per ``self.grid_ms`` of virtual time. The state
+        only changes at events, so an event too close to the last point arms one timer at the
+        next grid time, which records the state the burst left (the curve stays exact at its
+        points)."""
+        now = self.clock.time_ms()
+        if self.curve and now - self.curve[-1].time_ms < self.grid_ms:
+            if not self.flush_armed:
+                self.flush_armed = True
+                self._at(self.curve[-1].time_ms + self.grid_ms, self._flush)
+            return
+        self._point(now)
+
+    def _flush(self) -> None:
+        self.flush_armed = False
+        self._point(self.clock.time_ms())
+
+    def _point(self, now: int) -> None:
         equity = self._equity()
         if equity is None:
             return
-        now = self.clock.time_ms()
         point = CurvePoint(now, equity - self.equity0, self._ideal_pnl())
-        curve = self.curve
-        if len(curve) > 1 and now - curve[-2].time_ms < SAMPLE_MS:
-            curve[-1] = point
+        if self.curve and self.curve[-1].time_ms == now:
+            self.curve[-1] = point
         else:
-            curve.append(point)
+            self.curve.append(point)
 
     def _final_marks(self) -> dict[str, Decimal]:
         marks = dict(self.marks)
@@ -1498,7 +1522,7 @@ class _Engine:
 
     def _result(self) -> BacktestResult:
         self.marks = self._final_marks()
-        self._sample()
+        self._point(self.until_ms)
         leaders = []
         with localcontext(_EXACT):
             parts: dict[Part, Decimal] = dict.fromkeys(GAP_PARTS, ZERO)
@@ -1588,6 +1612,7 @@ def _stats(
     trader: chain-linked, deposit-independent."""
     if len(curve) < 2:
         return 0.0, 0.0
+    curve = _extremes(curve, pick, STATS_POINTS)
     period = PortfolioPeriod(
         account_value_history=tuple((p.time_ms, equity0 + pick(p)) for p in curve),
         pnl_history=tuple((p.time_ms, pick(p)) for p in curve),
@@ -1597,6 +1622,25 @@ def _stats(
     if stats is None:
         return 0.0, 0.0
     return stats.return_, stats.max_drawdown
+
+
+def _extremes(
+    curve: Sequence[CurvePoint], pick: Callable[[CurvePoint], Decimal], n: int
+) -> Sequence[CurvePoint]:
+    """At most about ``n`` points of ``curve``: the first, the last, and the lowest and highest
+    of each stretch in their order, so the return is exact and every fall from a high to a
+    later low is still there."""
+    if len(curve) <= n:
+        return curve
+    size = -(-len(curve) // (n // 2))
+    out = [curve[0]]
+    for i in range(0, len(curve), size):
+        part = curve[i : i + size]
+        lo = min(range(len(part)), key=lambda k: pick(part[k]))
+        hi = max(range(len(part)), key=lambda k: pick(part[k]))
+        out.extend(part[k] for k in sorted({lo, hi}))
+    out.append(curve[-1])
+    return out
 
 
 def run_backtest(

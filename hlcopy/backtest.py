@@ -1013,22 +1013,22 @@ class _Engine:
         sizing = self.sizing[follow_id]
         if sizing.scale is None and sizing.sizing != "fixed_notional":
             return
-        with localcontext(_EXACT):
-            target = self.ideal.get(key, ZERO)
-            szi = self.ideal_leader.get(key, g.start)
-            cash = self.ideal_cash[follow_id]
-            for t in g.trades:
-                if t.start_position is not None and t.start_position != szi:
-                    new = sizing.target(target, t.start_position, t.px)
-                    cash -= (new - target) * t.px
-                    target, szi = new, t.start_position
-                szi += _delta(t)
-                new = sizing.target(target, szi, t.px)
+        # For the chart: the figures come from follow_performance, exactly.
+        target = self.ideal.get(key, ZERO)
+        szi = self.ideal_leader.get(key, g.start)
+        cash = self.ideal_cash[follow_id]
+        for t in g.trades:
+            if t.start_position is not None and t.start_position != szi:
+                new = sizing.target(target, t.start_position, t.px)
                 cash -= (new - target) * t.px
-                target = new
-            self.ideal[key] = target
-            self.ideal_leader[key] = szi
-            self.ideal_cash[follow_id] = cash
+                target, szi = new, t.start_position
+            szi += _delta(t)
+            new = sizing.target(target, szi, t.px)
+            cash -= (new - target) * t.px
+            target = new
+        self.ideal[key] = target
+        self.ideal_leader[key] = szi
+        self.ideal_cash[follow_id] = cash
 
     def _adopt_books(self, coin: str) -> None:
         """At the first price seen of ``coin``, initial = adopt: the leaders' positions from

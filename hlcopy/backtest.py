@@ -537,6 +537,16 @@ def group_price(trades: Sequence[LeaderTrade]) -> Decimal:
     return sum((t.px * t.sz for t in side), ZERO) / size
 
 
+def _chains(run: Sequence[LeaderTrade], head: Decimal) -> bool:
+    """Whether ``run``, as given, starts at ``head`` and each fill where the one before left."""
+    szi = head
+    for t in run:
+        if t.start_position != szi:
+            return False
+        szi += _delta(t)
+    return True
+
+
 def _without_self_trades(run: list[LeaderTrade], fills: Sequence[Fill]) -> list[LeaderTrade]:
     """Drop both sides of each self-trade (same start, size, price and trade; opposite sides):
     together they move nothing."""
@@ -586,11 +596,12 @@ def prepare(leaders: Sequence[LeaderHistory], since_ms: int, until_ms: int) -> P
                 while j < len(items) and items[j][1].time_ms == items[i][1].time_ms:
                     j += 1
                 raw = [t for t, _ in items[i:j]]
-                if len(raw) > 1:
+                one_side = all(t.is_buy == raw[0].is_buy for t in raw)
+                if one_side:  # no self-trade: it needs both sides
+                    run = raw
+                else:
                     run = _without_self_trades(raw, [f for _, f in items[i:j]])
                     self_trades += len(raw) - len(run)
-                else:
-                    run = raw
                 t_ms = items[i][1].time_ms
                 i = j
                 if not run:
@@ -607,6 +618,10 @@ def prepare(leaders: Sequence[LeaderHistory], since_ms: int, until_ms: int) -> P
                 if len(run) == 1:
                     ordered = run
                     end = head + _delta(run[0])
+                elif one_side and _chains(run, head):
+                    # One side moves the position one way: the chain is unique, and this is it.
+                    ordered = run
+                    end = head + sum((_delta(t) for t in ordered), ZERO)
                 else:
                     ordered = chained(sorted(run, key=lambda t: t.tid), head)
                     end = head + sum((_delta(t) for t in ordered), ZERO)

@@ -414,8 +414,8 @@ class PricePath:
             return self.pxs[-1]
         t0, t1 = times[i - 1], times[i]
         p0, p1 = self.pxs[i - 1], self.pxs[i]
-        if t1 == t0 or p0 == p1:
-            return p1 if t == t1 else p0
+        if t == t0 or p0 == p1:
+            return p0
         return p0 + (p1 - p0) * (t - t0) / (t1 - t0)
 
     def last(self, t: int) -> Decimal | None:
@@ -749,10 +749,10 @@ class _Book:
 
 @dataclass(slots=True)
 class _Levels:
-    """What a copy of one leader group meets with no latency: the leader's own fills, in
-    proportion to the copy's size, then more at the group's worst price. The legs of one
-    decision (a flip's close and open) take from it in turn, so a copy at ratio 1 repeats the
-    leader's fills price for price."""
+    """What a copy of one leader group of several fills meets with no latency: the leader's
+    own fills, in proportion to the copy's size, then more at the group's worst price. The legs
+    of one decision (a flip's close and open) take from it in turn, so a copy at ratio 1
+    repeats the leader's fills price for price. (A group of one fill is its price: one level.)"""
 
     pxs: list[Decimal]
     left: list[Decimal]
@@ -1013,11 +1013,10 @@ class _Engine:
             )
             self.tries[g.coin] = 0
             delay = self.specs[f.id].delay_ms
-            decide_at = partial(self._decide, g.coin, trigger, g)
             if delay:
-                self._at(g.time_ms + delay, decide_at)
+                self._at(g.time_ms + delay, partial(self._decide, g.coin, trigger, g))
             else:
-                decide_at()
+                self._decide(g.coin, trigger, g)
         if not self.in_flight:  # else the fill samples the curve
             self._sample()
 
@@ -1233,7 +1232,7 @@ class _Engine:
                 )
             )
         levels = None
-        if anchor is not None and decision.intents:
+        if anchor is not None and decision.intents and len(anchor.trades) > 1:
             side = anchor.side
             if side is not None and all(i.is_buy == side for i in decision.intents):
                 scale = sum((i.sz for i in decision.intents), ZERO) / sum(

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import aiohttp
 
+from hlcopy.api.backtest import BacktestJobs
 from hlcopy.api.close import CloseAll
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.server import ApiServer
@@ -226,6 +227,9 @@ class App:
             self._add_protection(exchange, info)
         daemon.add(AutoFollower(self.follows, self.leaderboard, self.executor, cfg, clock))
         daemon.add(self.opportunities)
+        # Backtests over the API read through the daemon's budget, on its lowest lane.
+        backtests = BacktestJobs(info, cfg, clock)
+        daemon.add_stats("backtests", backtests.stats)
         if cfg.api.enabled:
             daemon.add(
                 ApiServer(
@@ -256,6 +260,7 @@ class App:
                         equity_ratio=self._equity_ratio,
                     ),
                     clock=clock,
+                    backtests=backtests,
                 )
             )
         daemon.add_stats("budget", budget.stats)

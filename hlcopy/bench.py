@@ -2261,6 +2261,156 @@ def format_decide(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- backtest -------------------------------------------------------------------------------------
+
+#: The synthetic leader's coins: (name, szDecimals, starting price).
+_BT_COINS = (("BTC", 5, 60_000.0), ("ETH", 4, 3_000.0), ("SOL", 2, 150.0), ("ARB", 1, 1.2))
+
+
+def synthetic_leader(n_fills: int, seed: int = 5, start_ms: int = 1_700_000_000_000) -> Any:
+    """A trader's ``n_fills`` fills as ``userFillsByTime`` would return them: orders about a
+    minute apart in four coins that open, add, reduce, close and flip positions of $500 to
+    $5,000, one to three fills each (a sweep in one millisecond), prices on random walks,
+    ``startPosition`` chaining every fill."""
+    from hlcopy.backtest import LeaderHistory
+    from hlcopy.model import Fill
+
+    rng = random.Random(seed)
+    address = "0x" + f"{rng.getrandbits(160):040x}"
+    px = {name: price for name, _, price in _BT_COINS}
+    pos = {name: Decimal(0) for name, _, _ in _BT_COINS}
+    fills: list[Fill] = []
+    t = start_ms
+    tid = 10**14
+    oid = 10**9
+    while len(fills) < n_fills:
+        t += rng.randint(5_000, 110_000)
+        name, szd, _ = _BT_COINS[rng.randrange(len(_BT_COINS))]
+        for coin, _, _ in _BT_COINS:  # every price walks, about 0.1% a minute
+            px[coin] *= math.exp(rng.gauss(0.0, 0.0013))
+        lot = Decimal(1).scaleb(-szd)
+        held = pos[name]
+        usd = rng.uniform(500.0, 5_000.0)
+        size = max(lot, (Decimal(repr(usd / px[name]))).quantize(lot))
+        r = rng.random()
+        if held == 0 or r < 0.35:
+            delta = size if (held > 0 or (held == 0 and rng.random() < 0.5)) else -size
+        elif r < 0.75:
+            delta = -min(size, abs(held)) if held > 0 else min(size, abs(held))
+        elif r < 0.9:
+            delta = -held
+        else:
+            delta = -held - (size if held > 0 else -size)  # a flip
+        if delta == 0:
+            continue
+        oid += 1
+        parts = rng.randint(1, 3)
+        units = int(abs(delta) / lot)
+        cuts = sorted(rng.sample(range(1, units), min(parts - 1, units - 1))) if units > 1 else []
+        edges = [0, *cuts, units]
+        start = held
+        sign = 1 if delta > 0 else -1
+        for k in range(len(edges) - 1):
+            sz = (edges[k + 1] - edges[k]) * lot
+            step = 1 + sign * 0.0001 * k  # a sweep walks the book
+            price = Decimal(f"{px[name] * step:.6g}")
+            tid += 1
+            fills.append(
+                Fill(
+                    coin=name,
+                    px=price,
+                    sz=sz,
+                    side="B" if sign > 0 else "A",
+                    time_ms=t,
+                    start_position=start,
+                    dir=None,
+                    closed_pnl=None,
+                    hash=f"0x{tid:064x}",
+                    oid=oid,
+                    tid=tid,
+                    crossed=True,
+                    fee=None,
+                )
+            )
+            start += sign * sz
+        pos[name] = start
+    return LeaderHistory(address, tuple(fills[:n_fills]))
+
+
+def bench_backtest(fills: int = 10_000, runs: int = 5, seed: int = 5) -> dict[str, Any]:
+    """Seconds of compute for a backtest of one leader's ``fills`` fills with the default fill
+    model (200 ms latency, 2 bps slippage, 4.5 bps fees, the $10 minimum, the default risk
+    limits and breakers but the daily loss and drawdown stops), prices from the fills
+    (offline): grouping and chaining the fills, every decision, order, fill and risk
+    evaluation on the virtual clock, and the performance attribution at the end. The median
+    of ``runs``; the data are built before the clock starts."""
+    from dataclasses import replace
+
+    from hlcopy.backtest import build_options, offline_market, prepare, run_backtest
+    from hlcopy.config import RiskConfig
+
+    leader = synthetic_leader(fills, seed)
+    market = offline_market([leader])
+    since = leader.fills[0].time_ms
+    until = leader.fills[-1].time_ms + 60_000
+    # The default fill model and risk section, but no daily-loss or drawdown stop: a halted
+    # account decides nothing for the rest of the run, which would flatter the figure.
+    options = replace(
+        build_options([leader.address], {}),
+        risk=RiskConfig(max_daily_loss_usd=Decimal(10**9), max_drawdown_pct=Decimal(100)),
+    )
+    times = []
+    cpu = []
+    result = None
+    for _ in range(runs + 1):  # the first run warms caches up and is not counted
+        t0, c0 = time.perf_counter(), time.process_time()
+        prepared = prepare([leader], since, until)
+        result = run_backtest([leader], market, options, since, until, prepared=prepared)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    assert result is not None
+    measured = times[1:]
+    return {
+        "benchmark": "backtest",
+        "fills": fills,
+        "seconds": round(statistics.median(measured), 3),
+        "min_s": round(min(measured), 3),
+        "max_s": round(max(measured), 3),
+        "runs_s": [round(x, 3) for x in measured],
+        "cpu_s": round(statistics.median(cpu[1:]), 3),
+        "fills_per_s": round(fills / statistics.median(measured)),
+        "decisions_orders_fills": [
+            result.events,
+            result.orders,
+            result.filled,
+        ],
+        "skips": dict(sorted(result.skips.items())),
+        "days": round((until - since) / 86_400_000, 1),
+        "target_s": 1.0,
+        "machine": machine(),
+    }
+
+
+def format_backtest(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    events, orders, filled = result["decisions_orders_fills"]
+    return "\n".join(
+        [
+            "hlcopy bench backtest: one leader's fills replayed through the copier, risk, the",
+            "paper fill model and the performance attribution on the virtual clock (compute only)",
+            f"  fills             {result['fills']:,} over {result['days']} days "
+            f"({events:,} clock events, {orders:,} orders, {filled:,} filled)",
+            f"  median            {result['seconds']:.3f} s   (target <= {result['target_s']} s); "
+            f"{result['fills_per_s']:,} fills/s; {result['cpu_s']:.3f} s of CPU",
+            f"  min / max         {result['min_s']:.3f} / {result['max_s']:.3f} s over "
+            f"{len(result['runs_s'])} runs",
+            f"  skips             {result['skips'] or 'none'}",
+            f"  machine           {m['cpu']}, {m['cores']} cores, load {m['load_1m']}, "
+            f"Python {m['python']}",
+        ]
+    )
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "sign": (bench_sign, format_sign),
     "sim": (bench_sim, format_sim),
@@ -2269,4 +2419,5 @@ BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, A
     "memory": (bench_memory, format_memory),
     "decide": (bench_decide, format_decide),
     "latency": (bench_latency, format_latency),
+    "backtest": (bench_backtest, format_backtest),
 }

@@ -1,4 +1,4 @@
-"""The ``hlcopy`` command: run | check-config | migrate | demo | sim | bench | agent.
+"""The ``hlcopy`` command: run | check-config | migrate | demo | sim | bench | agent | backtest.
 
 Exit codes: 0 success, 1 a runtime failure, 2 bad usage or an invalid configuration.
 
@@ -286,12 +286,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.orders < MIN_ORDERS_PER_RUN:
             print(f"--orders must be at least {MIN_ORDERS_PER_RUN}", file=sys.stderr)
             return EXIT_USAGE
-        result = run(orders_per_run=args.orders, runs=args.runs)
+        result = run(orders_per_run=args.orders, runs=7 if args.runs is None else args.runs)
     elif args.name in ("api", "firehose"):
         result = run(seconds=20.0 if args.seconds is None else args.seconds)
+    elif args.name == "backtest":
+        fills = 10_000 if args.fills is None else args.fills
+        result = run(fills=fills, runs=5 if args.runs is None else args.runs)
     elif args.name in ("decide", "latency"):
         rate = {} if args.rate is None else {"rate": args.rate}
-        result = run(fills=args.fills, isolate=not args.shared_cpus, **rate)
+        fills = 600 if args.fills is None else args.fills
+        result = run(fills=fills, isolate=not args.shared_cpus, **rate)
     elif args.name == "memory":
         rate = {} if args.rate is None else {"rate": args.rate}
         seconds = 60.0 if args.seconds is None else args.seconds
@@ -401,6 +405,139 @@ def cmd_agent_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from hlcopy.backtest import run_cli
+    from hlcopy.clock import SYSTEM
+    from hlcopy.config import load_config
+    from hlcopy.errors import BadInput, ConfigError, HlcopyError
+    from hlcopy.log import configure_logging
+
+    configure_logging("warning", "auto")  # stdout carries the result
+    given = {key: getattr(args, key) for key in BACKTEST_OPTIONS}
+    if args.min_notional == "off":
+        given["min_notional"] = False
+    elif args.min_notional is not None:
+        given["min_notional_policy"] = args.min_notional
+    for key in ("coins", "exclude_coins"):
+        if given[key] is not None:
+            given[key] = [c.strip() for c in given[key].split(",") if c.strip()]
+    if args.no_risk:
+        given["risk"] = False
+    try:
+        config = None if args.config is None else load_config(args.config)
+        return run_cli(
+            addresses=args.address,
+            given=given,
+            days=args.days,
+            from_text=args.from_,
+            to_text=args.to,
+            config=config,
+            fills_paths=args.fills,
+            json_out=args.json,
+            plot_path=args.plot,
+            sweep_text=args.sweep,
+            now_ms=SYSTEM.time_ms(),
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    except ConfigError as exc:
+        return _report(exc)
+    except BadInput as exc:
+        print(f"hlcopy backtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HlcopyError as exc:
+        print(f"hlcopy backtest: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# Options of ``hlcopy backtest`` passed on by name (see ``hlcopy.backtest.build_options``).
+BACKTEST_OPTIONS = (
+    "mode",
+    "sizing",
+    "ratio",
+    "fixed_notional_usd",
+    "coins",
+    "exclude_coins",
+    "max_notional_per_coin_usd",
+    "max_total_notional_usd",
+    "max_leverage",
+    "ioc_slippage_bps",
+    "max_fill_age_ms",
+    "delay_ms",
+    "daily_loss_limit_usd",
+    "max_drawdown_pct",
+    "latency_ms",
+    "slippage_bps",
+    "fee_bps",
+    "equity_usd",
+    "initial",
+)
+
+
+def _backtest_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", nargs="+", help="leader address(es), netted in one account")
+    p.add_argument(
+        "--days", type=float, help="the last N days (default 7; offline: to the last fill)"
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="TIME", help="start: 2024-05-01[T12:00] UTC or ms"
+    )
+    p.add_argument("--to", metavar="TIME", help="end: 2024-05-31[T12:00] UTC or ms (default now)")
+    p.add_argument(
+        "--config", type=Path, help="TOML file: [risk], account equity, network, follows"
+    )
+    p.add_argument(
+        "--fills",
+        action="append",
+        metavar="FILE",
+        help="offline: the address's fills as the exchange returns them (one per address)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE", help="write an SVG chart of the PnL curves")
+    p.add_argument(
+        "--sweep",
+        metavar="KEY=V1,V2",
+        help="run variants side by side: ratio, slippage_bps, latency_ms, fee_bps, delay_ms, "
+        "equity_usd, fixed_notional_usd, ioc_slippage_bps",
+    )
+    f = p.add_argument_group("follow options (as a [[follow]] table)")
+    f.add_argument("--mode", choices=["copy", "inverse"])
+    f.add_argument("--sizing", choices=["ratio", "equity", "fixed_notional"])
+    f.add_argument("--ratio", metavar="R")
+    f.add_argument("--fixed-notional-usd", metavar="USD")
+    f.add_argument("--coins", metavar="A,B", help="copy only these coins")
+    f.add_argument("--exclude-coins", metavar="A,B")
+    f.add_argument("--max-notional-per-coin-usd", metavar="USD")
+    f.add_argument("--max-total-notional-usd", metavar="USD")
+    f.add_argument("--max-leverage", metavar="X")
+    f.add_argument(
+        "--min-notional",
+        choices=["skip", "round_up", "off"],
+        help="orders under $10: skip (default), round_up, or off (no minimum)",
+    )
+    f.add_argument(
+        "--ioc-slippage-bps", type=int, metavar="BPS", help="IOC limit from the mid (default 50)"
+    )
+    f.add_argument("--max-fill-age-ms", type=int, metavar="MS")
+    f.add_argument("--delay-ms", type=int, metavar="MS", help="wait after a leader's change")
+    f.add_argument("--daily-loss-limit-usd", metavar="USD")
+    f.add_argument("--max-drawdown-pct", metavar="PCT")
+    m = p.add_argument_group("the fill model and the account")
+    m.add_argument("--latency-ms", type=int, metavar="MS", help="order round trip (default 200)")
+    m.add_argument(
+        "--slippage-bps", metavar="BPS", help="fills this much worse than the price (default 2)"
+    )
+    m.add_argument("--fee-bps", metavar="BPS", help="taker fee (default 4.5)")
+    m.add_argument("--equity", dest="equity_usd", metavar="USD", help="starting equity")
+    m.add_argument(
+        "--initial",
+        choices=["adopt", "ignore"],
+        help="positions held before the window: adopt at the first price (default) or ignore",
+    )
+    m.add_argument("--no-risk", action="store_true", help="no account limits or kill switches")
+    p.set_defaults(func=cmd_backtest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hlcopy", description="Copy-trading daemon for Hyperliquid."
@@ -448,17 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure performance (figures for closing notes)")
     p.add_argument(
         "name",
-        choices=["sign", "sim", "firehose", "api", "memory", "decide", "latency"],
+        choices=["sign", "sim", "firehose", "api", "memory", "decide", "latency", "backtest"],
         help="sign: build and sign one order; sim: simulator trades stream; "
         "firehose: discovery's trades ingest into PostgreSQL; "
         "api: leaderboard latency over HTTP; "
         "memory: resident memory of the daemon with 100,000 known traders; "
         "decide: leader fill frame -> order intent in the daemon, 5,000 trades/s around it; "
-        "latency: leader fill frame -> signed order bytes written, live, with 64 API clients",
+        "latency: leader fill frame -> signed order bytes written, live, with 64 API clients; "
+        "backtest: compute seconds of a 10,000-fill backtest",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--orders", type=int, default=10_000, help="orders per run (>= 10000)")
-    p.add_argument("--runs", type=int, default=7, help="runs; the median is reported")
+    p.add_argument(
+        "--runs", type=int, default=None, help="runs; the median is reported (sign 7, backtest 5)"
+    )
     p.add_argument(
         "--seconds", type=float, default=None, help="measuring time (memory: 60, others: 20)"
     )
@@ -471,8 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fills",
         type=int,
-        default=600,
-        help="decide, latency: leader trades to copy, a fill or more each (default 600)",
+        default=None,
+        help="decide, latency: leader trades to copy, a fill or more each (default 600); "
+        "backtest: the leader's fills (default 10000)",
     )
     p.add_argument(
         "--shared-cpus",
@@ -491,6 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: tracking.max_tracked_traders, 2000)",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "backtest", help="replay leaders' fills through the copier: what copying would have earned"
+    )
+    _backtest_arguments(p)
 
     p = sub.add_parser("agent", help="make and approve the API (agent) wallet hlcopy trades with")
     actions = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)

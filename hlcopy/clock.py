@@ -139,6 +139,24 @@ class VirtualClock:
         """Move time forward by ``seconds``, firing what falls due in order."""
         await self.advance_to(self._t + seconds)
 
+    def run_due(self, target_s: float, max_timers: int | None = None) -> int:
+        """Fire the timers due up to ``target_s`` in time order, moving time with them, without
+        yielding to the event loop: for a synchronous simulation on this clock (the backtest),
+        whose callbacks schedule what follows them. Stops after ``max_timers`` (time then stays
+        at the last one fired, so a caller can do the rest in slices); returns how many fired."""
+        fired = 0
+        while self._timers and self._timers[0][0] <= target_s:
+            if max_timers is not None and fired >= max_timers:
+                return fired
+            when, _, timer, callback = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self._t = max(self._t, when)
+            callback()
+            fired += 1
+        self._t = max(self._t, target_s)
+        return fired
+
     async def advance_to(self, target_s: float) -> None:
         await self.settle()
         while self._timers and self._timers[0][0] <= target_s:

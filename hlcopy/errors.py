@@ -25,6 +25,7 @@ anything else that escapes a component stops the daemon.
     ├── StreamError
     │   └── SubscriptionLimit        a WebSocket per-IP limit would be exceeded
     ├── InstanceLocked               another hlcopy holds this state directory or database
+    ├── BadInput                     a one-off command's input is unusable (a backtest's)
     └── ComponentFailed              a component failed for good: the daemon exits with 1
 """
 
@@ -133,6 +134,11 @@ class InstanceLocked(HlcopyError):
     def __init__(self, message: str, holder_pid: int | None = None) -> None:
         self.holder_pid = holder_pid
         super().__init__(message)
+
+
+class BadInput(HlcopyError):
+    """What a user gave a one-off command (a backtest's addresses, window, options or fills
+    file) cannot be used; the message is one line that says what to fix."""
 
 
 class ComponentFailed(HlcopyError):

@@ -267,6 +267,25 @@ class Funding:
 
 
 @dataclass(frozen=True, slots=True)
+class FundingRate:
+    """One hour of a coin's funding (``fundingHistory``): the rate paid at ``time_ms``."""
+
+    coin: str
+    time_ms: int
+    rate: Decimal
+    premium: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FillsDocument:
+    """Fills saved from the exchange (a file): the fills, oldest first, and every account the
+    document names (an envelope's ``user``, or a ``user`` field on the fills)."""
+
+    fills: tuple[Fill, ...]
+    users: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class PortfolioPeriod:
     account_value_history: tuple[tuple[int, Decimal], ...]
     pnl_history: tuple[tuple[int, Decimal], ...]

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hlcopy.api import backtest as backtest_routes
 from hlcopy.api import (
     close,
     copies,
@@ -238,6 +239,7 @@ ROUTES: Final = (
     *copies.ROUTES,
     *opportunities.ROUTES,
     *performance.ROUTES,
+    *backtest_routes.ROUTES,
     *feed.ROUTES,
     openapi.ROUTE,
     *dashboard.ROUTES,
@@ -262,6 +264,7 @@ def build_app(
     positions: positions_routes.PositionsView | None = None,
     performance_report: performance.PerformanceReport | None = None,
     closer: close.CloseAll | None = None,
+    backtests: backtest_routes.BacktestJobs | None = None,
 ) -> web.Application:
     """The API application for one daemon. The scout's collaborators are optional: a route
     whose collaborator is missing answers 503."""
@@ -295,6 +298,9 @@ def build_app(
         app[opportunities.OPPORTUNITIES] = OpportunityStore(store)
     if performance_report is not None:
         app[performance.PERFORMANCE] = performance_report
+    if backtests is not None:
+        app[backtest_routes.BACKTESTS] = backtests
+        app.on_shutdown.append(backtests.close)
     feeds = Feeds(clock)
     app[FEEDS] = feeds
     app.on_shutdown.append(feeds.close_all)

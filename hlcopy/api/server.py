@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from hlcopy.api.app import build_app, error_response
+from hlcopy.api.backtest import BacktestJobs
 from hlcopy.api.close import CloseAll
 from hlcopy.api.feed import FEEDS
 from hlcopy.api.performance import PerformanceReport
@@ -136,6 +137,7 @@ class ApiServer(Component):
         positions: PositionsView | None = None,
         performance_report: PerformanceReport | None = None,
         closer: CloseAll | None = None,
+        backtests: BacktestJobs | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._cfg = cfg
@@ -154,6 +156,7 @@ class ApiServer(Component):
             "positions": positions,
             "performance_report": performance_report,
             "closer": closer,
+            "backtests": backtests,
         }
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None

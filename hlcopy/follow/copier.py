@@ -299,6 +299,12 @@ def allocate(
     its weight, the shares summing exactly to ``total``. Largest remainders get the leftover lots
     (ties: larger weight, then id), which keeps each share within its weight — putting the whole
     remainder on the largest share could push it past its own limit. Input order is kept."""
+    if len(weights) == 1:  # the common case (one follow), without the bookkeeping
+        key, weight = weights[0]
+        n_one, n_total = _units(weight, lot), _units(total, lot)
+        if not 0 <= n_total <= n_one:
+            raise ValueError(f"cannot split {total} over weights summing to {n_one * lot}")
+        return ((key, n_total * lot),)
     units = [(key, _units(w, lot)) for key, w in weights]
     n_total = _units(total, lot)
     n_sum = sum(u for _, u in units)
@@ -626,6 +632,7 @@ def _legs(
     asset: Asset,
     received: Mapping[str, Decimal],
     account_reducing: bool,
+    min_notional: Decimal = MIN_NOTIONAL,
 ) -> tuple[list[_Leg], Decimal, dict[tuple[str, SkipReason], Decimal]]:
     """The account's order for the net: classified against the position plus what is in flight,
     capped by the account limits, checked against the $10 minimum. Under a global REDUCING only
@@ -687,8 +694,10 @@ def _legs(
         exempt = leg.reduce_only and leg.sz == size and not in_flight
         if (
             not exempt
-            and leg.sz * limit_px < MIN_NOTIONAL
-            and not _round_up(leg, room, direction, limit_px, lot, by_id, received, done, szd)
+            and leg.sz * limit_px < min_notional
+            and not _round_up(
+                leg, room, direction, limit_px, lot, by_id, received, done, szd, min_notional
+            )
         ):
             _cut(leg, ZERO, lot, blocked, SkipReason.BELOW_MIN_NOTIONAL)
             if leg.kind == "flip_close":  # no open leg without its close
@@ -712,6 +721,7 @@ def _round_up(
     received: Mapping[str, Decimal],
     done: Mapping[str, Decimal],
     szd: int,
+    min_notional: Decimal = MIN_NOTIONAL,
 ) -> bool:
     """Raise a leg under $10 to the smallest lot count worth $10 if every follow in it chose
     ``round_up`` and the extra fits within the limits of follows that are growing; True when it
@@ -721,7 +731,7 @@ def _round_up(
         return False
     if any(by_id[k].follow.min_notional_policy != "round_up" for k in keys):
         return False
-    lots = (MIN_NOTIONAL / (limit_px * lot)).to_integral_value(ROUND_CEILING)
+    lots = (min_notional / (limit_px * lot)).to_integral_value(ROUND_CEILING)
     want = lots * lot
     if room is not None and want > room:
         return False
@@ -797,11 +807,14 @@ def decide(
     attempt: int = 0,
     epoch: int = 0,
     account_limits: AccountLimits | None = None,
+    min_notional: Decimal = MIN_NOTIONAL,
 ) -> Decision:
     """Decide the orders, skips and transfers for one coin (``market.asset.name``).
 
     ``leaders`` is keyed by leader address, ``risk`` by follow id (missing: ACTIVE); the state
     that applies to a follow is the more severe of its own and ``global_risk``.
+    ``min_notional`` is the exchange's order minimum (the backtest can set it to 0 to see a
+    copy without it).
     """
     asset = market.asset
     coin = asset.name
@@ -879,6 +892,7 @@ def decide(
             asset,
             received,
             account_reducing=global_risk == TradingState.REDUCING,
+            min_notional=min_notional,
         )
         for (key, reason), sz in sorted(blocked.items()):
             skips.append(Skip(key, coin, reason, direction * sz, "order"))

@@ -398,14 +398,21 @@ def evaluate(
 def _track_baselines(log: _Log, inputs: RiskInputs, now_ms: int) -> None:
     s = log.state
     day = now_ms // DAY_MS
+    changes: dict[str, Any] = {}  # one replace: every scope is evaluated every second
     if inputs.pnl is not None:
         if s.day != day or s.day_start_pnl is None:
-            s = replace(s, day=day, day_start_pnl=inputs.pnl)
-        s = replace(s, last_pnl=inputs.pnl)
+            changes["day"] = day
+            changes["day_start_pnl"] = inputs.pnl
+        if s.last_pnl != inputs.pnl:
+            changes["last_pnl"] = inputs.pnl
     if inputs.equity is not None:
         hwm = inputs.equity if s.hwm is None else max(s.hwm, inputs.equity)
-        s = replace(s, hwm=hwm, last_equity=inputs.equity)
-    log.state = s
+        if s.hwm != hwm:
+            changes["hwm"] = hwm
+        if s.last_equity != inputs.equity:
+            changes["last_equity"] = inputs.equity
+    if changes:
+        log.state = replace(s, **changes)
 
 
 def _check_daily_loss(log: _Log, inputs: RiskInputs) -> None:
@@ -453,7 +460,9 @@ def _check_errors(log: _Log, inputs: RiskInputs, now_ms: int) -> None:
     times = sorted(t for t in times if t > horizon)
     if limits.max_errors_per_window is not None:
         times = times[-limits.max_errors_per_window :]  # bounded: only the count matters
-    log.state = replace(s, reject_streak=streak, error_times=tuple(times))
+    kept = tuple(times)
+    if streak != s.reject_streak or kept != s.error_times:
+        log.state = replace(s, reject_streak=streak, error_times=kept)
     if limits.max_rejects_in_row is not None and streak >= limits.max_rejects_in_row:
         log.fire(
             Cause.REJECT_STREAK,

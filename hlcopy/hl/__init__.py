@@ -9,6 +9,7 @@ rules: the exports are free of ``Any``, and nothing else imports past this file.
 
 from hlcopy.hl.exchange import ActionSigner, ExchangeClient, PreparedAction, action_weight
 from hlcopy.hl.info import FILLS_PAGE, InfoClient, new_session
+from hlcopy.hl.parse import read_fills
 from hlcopy.hl.signing import NonceSource, Signer, derive_cloid
 from hlcopy.hl.stream import StreamPool, Subscription
 from hlcopy.hl.universe import Universe, UniverseService, load_universe
@@ -45,6 +46,7 @@ __all__ = [
     "load_universe",
     "meets_min_notional",
     "new_session",
+    "read_fills",
     "round_price",
     "round_size",
 ]

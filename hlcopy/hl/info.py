@@ -38,6 +38,7 @@ from hlcopy.model import (
     ExtraAgent,
     Fill,
     Funding,
+    FundingRate,
     L2Book,
     Meta,
     Order,
@@ -54,6 +55,7 @@ from hlcopy.model import (
 
 T = TypeVar("T")
 FILLS_PAGE = 2000  # userFillsByTime returns at most this many fills per response
+FUNDING_PAGE = 500  # fundingHistory (a time-range endpoint) pages at 500
 HEADERS = {"Content-Type": "application/json"}
 
 # Weight of each info request: (base, items per extra unit of weight or None). Requests not
@@ -345,9 +347,11 @@ class InfoClient:
         aggregate_by_time: bool = False,
         max_pages: int = 10,
         lane: Lane = Lane.GAPFILL,
+        on_page: Callable[[int, int], None] | None = None,
     ) -> list[Fill]:
         """Fills from ``start_ms`` on, oldest first, paging forward until exhausted or
-        ``max_pages``. Fills that reappear at a page boundary are returned once."""
+        ``max_pages``. Fills that reappear at a page boundary are returned once. ``on_page``
+        hears (fills so far, newest time reached) after each page (a progress bar)."""
         out: list[Fill] = []
         seen: set[tuple[Any, ...]] = set()
         start = start_ms
@@ -364,6 +368,8 @@ class InfoClient:
             fresh = [f for f in page if _fill_key(f) not in seen]
             seen.update(_fill_key(f) for f in fresh)
             out.extend(fresh)
+            if on_page is not None:
+                on_page(len(out), max((f.time_ms for f in page), default=start))
             if len(page) < FILLS_PAGE or not fresh:
                 break
             last = max(f.time_ms for f in page)
@@ -378,6 +384,28 @@ class InfoClient:
         if end_ms is not None:
             body["endTime"] = end_ms
         return await self._typed_list(body, lane, parse.parse_funding)
+
+    async def funding_history(
+        self,
+        coin: str,
+        start_ms: int,
+        end_ms: int,
+        max_pages: int = 50,
+        lane: Lane = Lane.ENRICHMENT,
+    ) -> list[FundingRate]:
+        """A coin's hourly funding rates in ``[start_ms, end_ms]``, oldest first, paging
+        forward (500 per answer) until exhausted or ``max_pages``."""
+        out: list[FundingRate] = []
+        start = start_ms
+        for _ in range(max_pages):
+            body = {"type": "fundingHistory", "coin": coin, "startTime": start, "endTime": end_ms}
+            page = await self._typed_list(body, lane, parse.parse_funding_rate)
+            fresh = [r for r in page if not out or r.time_ms > out[-1].time_ms]
+            out.extend(fresh)
+            if len(page) < FUNDING_PAGE or not fresh:
+                break
+            start = out[-1].time_ms + 1
+        return out
 
     async def portfolio(self, user: str, lane: Lane = Lane.SCORING) -> Portfolio:
         return await self._typed({"type": "portfolio", "user": user}, lane, parse.parse_portfolio)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from hlcopy.errors import WireError
 from hlcopy.model import (
     AccountState,
@@ -22,7 +24,9 @@ from hlcopy.model import (
     Candle,
     ExtraAgent,
     Fill,
+    FillsDocument,
     Funding,
+    FundingRate,
     L2Book,
     Leverage,
     MarginSummary,
@@ -47,6 +51,7 @@ from hlcopy.model import (
 )
 
 _ASSET_SUFFIX = re.compile(r" asset=\d+$")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def dec(value: Any, key: str = "value") -> Decimal:
@@ -480,6 +485,63 @@ def parse_extra_agents(obj: Any) -> tuple[ExtraAgent, ...]:
         ExtraAgent(str(req(a, "name")), str(req(a, "address")).lower(), a.get("validUntil"))
         for a in _list(obj, "extraAgents")
     )
+
+
+def parse_funding_rate(obj: Any) -> FundingRate:
+    """One ``fundingHistory`` item: ``{"coin","fundingRate","premium","time"}``."""
+    return FundingRate(
+        coin=str(req(obj, "coin")),
+        time_ms=_int(req(obj, "time"), "time"),
+        rate=dec(req(obj, "fundingRate"), "fundingRate"),
+        premium=opt_dec(obj.get("premium"), "premium"),
+    )
+
+
+def _user_of(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
+        raise WireError(f"{where}: not an address: {str(value)[:60]!r}")
+    return value.lower()
+
+
+def parse_fills_document(data: Any) -> FillsDocument:
+    """Fills as the exchange returns them, saved to a file: a JSON list of fills
+    (``userFills`` / ``userFillsByTime``), a recorded request ``{"request", "response"}``, or a
+    ``userFills`` stream message's data ``{"user", "fills"}``. Sorted oldest first (stable, so
+    the order of one millisecond is kept); WireError names the first bad item."""
+    users: set[str] = set()
+    items = data
+    if isinstance(data, dict):
+        if "response" in data:
+            request = data.get("request")
+            if isinstance(request, dict) and request.get("user") is not None:
+                users.add(_user_of(request["user"], "request.user"))
+            items = data["response"]
+        elif "fills" in data:
+            if data.get("user") is not None:
+                users.add(_user_of(data["user"], "user"))
+            items = data["fills"]
+    if not isinstance(items, list):
+        raise WireError(f"expected a JSON list of fills, got {type(items).__name__}")
+    fills = []
+    for i, obj in enumerate(items):
+        try:
+            fills.append(parse_fill(obj))
+            if isinstance(obj, dict) and obj.get("user") is not None:
+                users.add(_user_of(obj["user"], "user"))
+        except WireError as exc:
+            raise WireError(f"fill {i}: {exc}") from None
+    fills.sort(key=lambda f: f.time_ms)
+    return FillsDocument(tuple(fills), frozenset(users))
+
+
+def read_fills(raw: bytes) -> FillsDocument:
+    """A saved fills document (see ``parse_fills_document``) from its bytes; WireError when it
+    is not JSON or not fills."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    return parse_fills_document(data)
 
 
 def parse_candle(obj: Any) -> Candle:

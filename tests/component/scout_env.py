@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from hlcopy.api.backtest import BacktestJobs
 from hlcopy.api.close import CloseAll
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.scout import FeedSettings
@@ -314,6 +315,7 @@ async def scout_api(
         positions=Positions(),
         performance_report=PerformanceReport(follows, PerformanceStore(store), dict),
         closer=CloseAll(Flat(), risk, lambda coin: None),
+        backtests=BacktestJobs(None, cfg),  # no exchange here: a started job fails at once
     )
     daemon.add(StoreMonitor(store))
     daemon.add(follows)

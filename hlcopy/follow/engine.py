@@ -524,6 +524,9 @@ class CopyEngine(Component):
         limits = RiskLimits(
             daily_loss_limit_usd=record.spec.daily_loss_limit_usd,
             max_drawdown_pct=record.spec.max_drawdown_pct,
+            # A follow's order breakers are the account's (the [risk] section), on its orders.
+            max_rejects_in_row=self._risk_limits.max_rejects_in_row,
+            max_errors_per_window=self._risk_limits.max_errors_per_window,
         )
         return RiskInputs(
             limits,

@@ -71,8 +71,9 @@ async def _dump_database(dsn: str) -> str:
         await con.close()
 
 
-async def _every_get(port: int, token: str) -> tuple[str, dict[str, int]]:
-    """The answer of every GET route (path parameters filled in), and their statuses."""
+async def _every_get(port: int, token: str, backtest: str) -> tuple[str, dict[str, int]]:
+    """The answer of every GET route (path parameters filled in; ``backtest`` a backtest's id),
+    and their statuses."""
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
     out: list[str] = []
@@ -81,7 +82,7 @@ async def _every_get(port: int, token: str) -> tuple[str, dict[str, int]]:
         for route in ROUTES:
             if route.method != "GET" or route.path == "/ws/v1/updates":
                 continue
-            path = route.path
+            path = route.path.replace("/backtest/{id}", f"/backtest/{backtest}")
             for name, value in PARAMS.items():
                 path = path.replace(name, value)
             assert "{" not in path, f"no value for a parameter of {route.path}"
@@ -152,7 +153,21 @@ async def test_the_key_never_reaches_logs_rows_or_api_answers(
                         method, base + path, headers=headers, json=body
                     ) as r:
                         answers.append(f"-- {method} {path} {r.status}\n{await r.text()}")
-            api, statuses = await _every_get(port, token)
+                # A backtest of the leader over the API, read back with its result and chart.
+                body = {"addresses": [LEADER], "days": 1}
+                async with session.post(base + "/api/v1/backtest", headers=auth, json=body) as r:
+                    assert r.status == 202, await r.text()
+                    job = await r.json()
+                    answers.append(f"-- POST /api/v1/backtest {r.status}\n{job}")
+                async with asyncio.timeout(30):
+                    while True:
+                        async with session.get(
+                            f"{base}/api/v1/backtest/{job['id']}", headers=auth
+                        ) as r:
+                            if (await r.json())["state"] not in ("queued", "running"):
+                                break
+                        await asyncio.sleep(0.2)
+            api, statuses = await _every_get(port, token, job["id"])
             api += "\n" + "\n".join(answers)
             async with asyncio.timeout(10):  # close-all's order landed
                 while szi(sim, account) != 0:

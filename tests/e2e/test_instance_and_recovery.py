@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from hlcopy.sim import Simulator
 
 from tests.conftest import hlcopy_env
@@ -74,6 +75,7 @@ async def test_a_second_daemon_on_the_same_database_exits_1(
         assert (await first.stop())[0] == 0
 
 
+@pytest.mark.slow(8)
 async def test_embedded_postgres_survives_a_killed_daemon_and_a_killed_server(
     tmp_path: Path, sim: Simulator
 ) -> None:
@@ -113,6 +115,7 @@ async def test_embedded_postgres_survives_a_killed_daemon_and_a_killed_server(
     assert postgres_serving(data_dir) == []
 
 
+@pytest.mark.slow(10)
 async def test_a_store_that_cannot_come_back_turns_health_503(
     tmp_path: Path, sim: Simulator
 ) -> None:

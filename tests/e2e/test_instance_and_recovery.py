@@ -35,6 +35,7 @@ async def embedded_pid(port: int) -> int:
     return pid
 
 
+@pytest.mark.alone  # the second exits within 2 s: a Python start, timed
 async def test_a_second_daemon_on_the_same_state_dir_exits_1_at_once(
     tmp_path: Path, sim: Simulator
 ) -> None:
@@ -160,6 +161,7 @@ async def _early_signal(tmp_path: Path, sim: Simulator, sig: int) -> Process:
     return Process(proc)
 
 
+@pytest.mark.alone  # the signal must land between the interpreter's start and its imports
 async def test_an_early_sighup_is_handled_not_fatal(tmp_path: Path, sim: Simulator) -> None:
     p = await _early_signal(tmp_path, sim, signal.SIGHUP)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import os
 import secrets
@@ -12,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,78 @@ from hlcopy.store.embedded import EmbeddedPostgres
 REPO = Path(__file__).resolve().parent.parent
 
 
+def expected_seconds(item: pytest.Item) -> float:
+    """What ``@pytest.mark.slow(seconds)`` says a test takes (0 for an unmarked one)."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0.0
+    return float(mark.args[0] if mark.args else mark.kwargs.get("seconds", 5))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first: the suite runs on parallel workers (pytest-xdist), and a
+    five-minute test that started last would finish minutes after all the others. The sort is
+    stable, so the rest keeps its order (and a module's tests stay together)."""
+    items.sort(key=lambda item: -expected_seconds(item))
+
+
+# Tests that last minutes (the acceptance runs) take no part in `alone`: waiting for them would
+# stall every worker that long.
+_ALONE_IGNORES_S = 60.0
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """``@pytest.mark.alone``: a test whose acceptance bound is wall-clock time (a process's
+    start, a latency percentile) runs while no other test of this run does but the
+    minutes-long ones: the other parallel workers (pytest-xdist) hold off meanwhile. Setup and
+    teardown count as the test's; the wait is outside its timeout."""
+    if not hasattr(item.config, "workerinput") or getattr(item.config, "cache", None) is None:
+        return (yield)  # one process: every test runs alone already
+    if expected_seconds(item) >= _ALONE_IGNORES_S:
+        return (yield)
+    locks = item.config.cache.mkdir("hlcopy-alone")
+    alone = item.get_closest_marker("alone") is not None
+    # Two locks, so that a waiting `alone` test is not starved by a stream of others: the
+    # gate lets one test at a time in, and the room holds many others or one alone.
+    with open(locks / "gate", "a") as gate, open(locks / "room", "a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)  # the files' closing releases both locks
+
+
+# The session server's data is thrown away with it, so it need not survive a power cut: no
+# flush to disk at each commit and each CREATE DATABASE (what most of a test's database setup
+# costs). A killed server loses nothing by this (the OS keeps what was written); the tests of
+# crashes and restarts run servers of their own with the defaults.
+_THROWAWAY_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+async def _start_throwaway(server: EmbeddedPostgres) -> str:
+    uri = await server.start()
+    admin = await asyncpg.connect(uri)
+    try:
+        for name, value in _THROWAWAY_SETTINGS.items():
+            await admin.execute(f"ALTER SYSTEM SET {name} = {value}")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+    return uri
+
+
 @pytest.fixture(scope="session")
 def pg_uri() -> Iterator[str]:
-    """A real PostgreSQL for the whole session (embedded, like the daemon's default)."""
+    """A real PostgreSQL for the whole session (embedded, like the daemon's default); one per
+    xdist worker, each in its own data directory."""
     # A short path: PostgreSQL's unix socket path must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="hlpg-"))
     server = EmbeddedPostgres(root / "pg")
     try:
-        yield asyncio.run(server.start())
+        yield asyncio.run(_start_throwaway(server))
     finally:
         asyncio.run(server.stop())
         shutil.rmtree(root, ignore_errors=True)

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow(7)
 @pytest.mark.parametrize(
     "command",
     [

@@ -153,6 +153,7 @@ async def leader_opens(sim: Simulator, leader: str) -> str:
     raise AssertionError(f"{leader} could not buy: {reply}")
 
 
+@pytest.mark.slow(26)
 @pytest.mark.timeout(150)
 async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resumes(
     tmp_path: Path, dsn: str, browser_binary: Path

@@ -272,6 +272,7 @@ async def api(dsn: str, tmp_path: Path) -> AsyncIterator[ScoutApi]:
         yield a
 
 
+@pytest.mark.slow(10)
 @settings(
     max_examples=800,
     deadline=None,

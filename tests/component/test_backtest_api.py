@@ -133,6 +133,7 @@ async def test_a_backtest_runs_to_its_result_and_chart(api: Api) -> None:
     assert done["svg"].count("<polyline") == 3
 
 
+@pytest.mark.slow(7)
 async def test_one_at_a_time_progress_and_cancel(api: Api) -> None:
     leader = busiest(api.sim, 60)
     # Sixty days with a latency to price: minute candles around every fill, a long fetch.

@@ -86,6 +86,7 @@ def fetched() -> Fetched:
     return asyncio.run(fetch())
 
 
+@pytest.mark.slow(10)  # most of it the module's fetch
 def test_fills_are_fetched_page_by_page_within_the_budget(
     fetched: Fetched,
 ) -> None:

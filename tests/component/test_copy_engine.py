@@ -109,6 +109,7 @@ async def converged(app: App, want: dict[str, Decimal], timeout: float = 20) -> 
         ) from None
 
 
+@pytest.mark.slow(8)
 @pytest.mark.timeout(180)
 async def test_ratio_and_inverse_follows_hold_their_targets_and_a_halt_stops_them(
     tmp_path: Path, sim: Simulator, dsn: str
@@ -159,6 +160,7 @@ async def test_ratio_and_inverse_follows_hold_their_targets_and_a_halt_stops_the
         assert 'hlcopy_copy_slippage_bps_mean{follow="copy"}' in text
 
 
+@pytest.mark.slow(11)
 @pytest.mark.timeout(180)
 async def test_a_leader_whose_leverage_leaves_its_norm_puts_its_follow_in_reducing(
     tmp_path: Path, sim: Simulator, dsn: str
@@ -219,6 +221,7 @@ async def test_a_leader_whose_leverage_leaves_its_norm_puts_its_follow_in_reduci
         )
 
 
+@pytest.mark.slow(14)
 @pytest.mark.timeout(180)
 async def test_a_halt_survives_a_restart_and_a_resume_catches_up(
     tmp_path: Path, sim: Simulator, dsn: str

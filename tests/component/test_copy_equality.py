@@ -46,6 +46,7 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
 
+@pytest.mark.slow(RUN_S)
 @pytest.mark.timeout(RUN_S + 180)
 async def test_paper_positions_equal_r_times_the_leaders_after_every_change(
     tmp_path: Path, sim: Simulator, dsn: str

@@ -18,6 +18,8 @@ LEADERS = [f"0x{i + 0x40:02x}" + "5a" * 19 for i in range(12)]
 RATIO = Decimal("0.5")
 
 
+@pytest.mark.slow(9)
+@pytest.mark.alone  # the decision within 1 s of the leader's trade (p95)
 @pytest.mark.timeout(240)
 async def test_twelve_leaders_the_ones_beyond_the_slots_through_the_firehose(
     tmp_path: Path, sim: Simulator, dsn: str

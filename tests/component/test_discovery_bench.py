@@ -23,6 +23,7 @@ def test_firehose_frames_are_what_the_parser_takes() -> None:
     assert all(t.px > 0 and t.sz > 0 for t in trades)
 
 
+@pytest.mark.slow(11)
 @pytest.mark.timeout(300)
 def test_bench_firehose_json(capfd: pytest.CaptureFixture[str]) -> None:
     cores = os.sched_getaffinity(0)

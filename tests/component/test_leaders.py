@@ -277,6 +277,7 @@ async def twelve(tmp_path: Path, sim: Simulator, dsn: str) -> AsyncIterator[Rig]
         yield rig
 
 
+@pytest.mark.slow(16)
 async def test_leaders_beyond_the_slots_follow_through_the_firehose(
     twelve: Rig, sim: Simulator
 ) -> None:

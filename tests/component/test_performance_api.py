@@ -72,6 +72,7 @@ def exact(fn: Any) -> Any:
         return fn()
 
 
+@pytest.mark.slow(5)
 @pytest.mark.timeout(150)
 async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
     tmp_path: Path, sim: Simulator, dsn: str

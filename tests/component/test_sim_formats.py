@@ -96,6 +96,7 @@ async def info(session: aiohttp.ClientSession, sim: Simulator, body: dict[str, A
         return await r.json()
 
 
+@pytest.mark.slow(7)
 async def test_every_rest_answer_writes_numbers_as_the_exchange_does() -> None:
     async with market() as (sim, ex, session):
         me = ex.actions.signer.address
@@ -223,6 +224,7 @@ class Feed:
         return self.by_channel[channel]
 
 
+@pytest.mark.slow(7)
 async def test_websocket_feeds_have_their_documented_shapes() -> None:
     async with market() as (sim, ex, _), connect(sim.ws_url) as ws:
         me = ex.actions.signer.address

@@ -386,6 +386,7 @@ async def test_fuzzed_well_formed_signed_actions(
     healthy(sim)
 
 
+@pytest.mark.slow(7)
 @SETTINGS
 @given(route=st.sampled_from(sorted(control)), data=st.data())
 async def test_fuzzed_control_bodies(

@@ -63,6 +63,9 @@ class Run:
         return out
 
 
+pytestmark = pytest.mark.slow(16)  # most of it building the module's market
+
+
 @pytest.fixture(scope="module")
 def run() -> Run:
     sim = Simulator(SimConfig(realtime=False, start_ms=OPENS, tick_ms=1000))

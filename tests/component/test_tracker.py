@@ -184,6 +184,7 @@ async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Si
     assert (await sim_get(sim, "/_sim/stats"))["rate_limited"] == 0
 
 
+@pytest.mark.slow(15)
 async def test_a_requested_trader_becomes_position_events(rig: Rig, sim: Simulator) -> None:
     me = "0x" + "7e" * 20
     await sim_post(sim, "/_sim/fund", {"address": me, "usdc": "100000"})

@@ -13,6 +13,7 @@ from hlcopy.cli import main
 from hlcopy.log import configure_logging
 
 
+@pytest.mark.slow(6)
 @pytest.mark.timeout(300)
 def test_bench_memory_measures_the_daemon_with_the_seeded_traders(
     capfd: pytest.CaptureFixture[str],

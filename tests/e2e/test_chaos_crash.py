@@ -123,6 +123,7 @@ async def sim() -> AsyncIterator[Simulator]:
         yield s
 
 
+@pytest.mark.slow(50)
 @pytest.mark.timeout(600)
 async def test_sigkill_anywhere_on_the_order_path_never_doubles_and_converges(
     tmp_path: Path, sim: Simulator, dsn: str

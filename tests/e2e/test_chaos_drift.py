@@ -32,6 +32,7 @@ def hlcopy_orders(sim: Simulator, account: str, coin: str = "ETH") -> list[str]:
     ]
 
 
+@pytest.mark.slow(40)
 @pytest.mark.timeout(150)
 async def test_drift_is_corrected_once_per_coin_and_never_while_the_account_is_unknown(
     tmp_path: Path, sim: Simulator, dsn: str

@@ -100,6 +100,7 @@ async def _every_get(port: int, token: str, backtest: str) -> tuple[str, dict[st
     return "\n".join(out), statuses
 
 
+@pytest.mark.slow(21)
 @pytest.mark.timeout(150)
 async def test_the_key_never_reaches_logs_rows_or_api_answers(
     tmp_path: Path,

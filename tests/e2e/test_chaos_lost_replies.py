@@ -73,6 +73,7 @@ def _records(sim: Simulator, account: str, cloid: str) -> list[Any]:
     return [r for r in copy_records(sim, account) if r[REC_CLOID] == cloid]
 
 
+@pytest.mark.slow(25)
 @pytest.mark.timeout(150)
 async def test_lost_and_failed_replies_are_settled_by_cloid_and_never_resent(
     tmp_path: Path, sim: Simulator, dsn: str

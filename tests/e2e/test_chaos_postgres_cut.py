@@ -53,6 +53,7 @@ async def _trades(sim: Simulator, rng: Random, n: int, pause_s: float) -> None:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * pause_s)
 
 
+@pytest.mark.slow(24)
 @pytest.mark.timeout(150)
 async def test_postgres_cut_mid_run_sends_nothing_unrecorded_and_recovers(
     tmp_path: Path, sim: Simulator, dsn: str

@@ -76,6 +76,7 @@ def _p99(values: list[int]) -> float:
     return max(values) if len(values) < 100 else statistics.quantiles(values, n=100)[98]
 
 
+@pytest.mark.slow(33)
 @pytest.mark.timeout(120)
 async def test_a_storm_of_429s_never_exceeds_the_budget_nor_stops_or_repeats_orders(
     tmp_path: Path, sim: Simulator, dsn: str

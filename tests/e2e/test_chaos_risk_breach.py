@@ -70,6 +70,7 @@ async def _leader(sim: Simulator, rng: Random, is_buy: bool) -> None:
     )
 
 
+@pytest.mark.slow(14)
 @pytest.mark.timeout(120)
 async def test_after_a_risk_breach_no_order_can_increase_exposure(
     tmp_path: Path, sim: Simulator, dsn: str

@@ -55,6 +55,7 @@ async def _drop_and_wait(sim: Simulator, stats: Callable[[], dict[str, Any]], n:
         await asyncio.sleep(0.5)  # the snapshot and the gap-fill's REST read
 
 
+@pytest.mark.slow(26)
 @pytest.mark.timeout(120)
 async def test_history_replayed_by_snapshots_is_recorded_and_never_copied(
     tmp_path: Path, sim: Simulator, dsn: str

@@ -107,6 +107,7 @@ async def _chaos(sim: Simulator, app: App, rng: Random, figures: dict[str, Any])
     await _until(lambda: stream.stats()["connections_ready"] >= 1, 15, "the stream came back")
 
 
+@pytest.mark.slow(34)
 @pytest.mark.timeout(150)
 async def test_leader_fills_through_twenty_websocket_drops_are_recorded_and_copied_once(
     tmp_path: Path, sim: Simulator, dsn: str

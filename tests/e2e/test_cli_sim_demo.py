@@ -95,6 +95,7 @@ async def test_hlcopy_sim_refuses_a_bad_fund_argument(value: str, complaint: str
     assert complaint in err.decode()
 
 
+@pytest.mark.slow(23)
 async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> None:
     config = tmp_path / "demo.toml"
     config.write_text(

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from hlcopy.sim import Simulator
 
 from tests.conftest import hlcopy_env
@@ -34,6 +35,7 @@ async def embedded_pid(port: int) -> int:
     return pid
 
 
+@pytest.mark.alone  # the second exits within 2 s: a Python start, timed
 async def test_a_second_daemon_on_the_same_state_dir_exits_1_at_once(
     tmp_path: Path, sim: Simulator
 ) -> None:
@@ -74,6 +76,7 @@ async def test_a_second_daemon_on_the_same_database_exits_1(
         assert (await first.stop())[0] == 0
 
 
+@pytest.mark.slow(8)
 async def test_embedded_postgres_survives_a_killed_daemon_and_a_killed_server(
     tmp_path: Path, sim: Simulator
 ) -> None:
@@ -113,6 +116,7 @@ async def test_embedded_postgres_survives_a_killed_daemon_and_a_killed_server(
     assert postgres_serving(data_dir) == []
 
 
+@pytest.mark.slow(10)
 async def test_a_store_that_cannot_come_back_turns_health_503(
     tmp_path: Path, sim: Simulator
 ) -> None:
@@ -157,6 +161,7 @@ async def _early_signal(tmp_path: Path, sim: Simulator, sig: int) -> Process:
     return Process(proc)
 
 
+@pytest.mark.alone  # the signal must land between the interpreter's start and its imports
 async def test_an_early_sighup_is_handled_not_fatal(tmp_path: Path, sim: Simulator) -> None:
     p = await _early_signal(tmp_path, sim, signal.SIGHUP)
     try:

@@ -127,6 +127,7 @@ def config(tmp_path: Path, url: str, dsn: str, account: str, key_file: Path, api
     return path
 
 
+@pytest.mark.slow(SECONDS + 25)
 @pytest.mark.timeout(SECONDS + 300)
 async def test_three_live_follows_hold_their_targets_with_every_order_known_once(
     tmp_path: Path, dsn: str

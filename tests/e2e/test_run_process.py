@@ -44,16 +44,23 @@ class Process:
 
     async def wait_for(self, event: str, timeout: float = 30, after: int = 0) -> dict[str, Any]:
         """The first log line from index ``after`` on whose event is ``event``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for line in self.lines[after:]:
-                    if line.get("event") == event:
-                        return line
-                if self._reader.done():  # stderr closed: the process is gone or going
-                    code = await self.proc.wait()
-                    raise AssertionError(f"exited {code} before {event!r}:\n" + "".join(self.raw))
-                self._new.clear()
-                await self._new.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for line in self.lines[after:]:
+                        if line.get("event") == event:
+                            return line
+                    if self._reader.done():  # stderr closed: the process is gone or going
+                        code = await self.proc.wait()
+                        raise AssertionError(
+                            f"exited {code} before {event!r}:\n" + "".join(self.raw)
+                        )
+                    self._new.clear()
+                    await self._new.wait()
+        except TimeoutError:  # what the process was doing instead
+            raise AssertionError(
+                f"no {event!r} within {timeout} s; the log so far:\n" + "".join(self.raw[-40:])
+            ) from None
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple[int, float]:
         t0 = time.monotonic()

@@ -101,6 +101,7 @@ async def demo_sim() -> AsyncIterator[Simulator]:
         yield sim
 
 
+@pytest.mark.slow(BUDGET_RUN_S)
 @pytest.mark.timeout(600)
 async def test_the_leaderboard_a_new_user_sees(
     tmp_path: Path, demo_sim: Simulator, dsn: str

@@ -19,6 +19,7 @@ def test_bench_sign_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert {"cpu", "cores", "python"} <= set(result["machine"])
 
 
+@pytest.mark.slow(6)
 @pytest.mark.timeout(300)
 def test_bench_sim_json_is_the_only_thing_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "sim", "--json", "--seconds", "3", "--rate", "300"]) == 0
@@ -34,6 +35,7 @@ def test_bench_sign_table_and_minimum(capsys: pytest.CaptureFixture[str]) -> Non
     assert "at least 10000" in capsys.readouterr().err
 
 
+@pytest.mark.slow(8)
 @pytest.mark.timeout(300)
 def test_bench_api_measures_real_requests_from_another_process() -> None:
     from hlcopy.bench import bench_api, format_api

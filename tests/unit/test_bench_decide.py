@@ -14,6 +14,7 @@ from hlcopy.cli import main
 from hlcopy.log import configure_logging
 
 
+@pytest.mark.slow(14)
 @pytest.mark.timeout(240)
 def test_bench_decide_times_real_leader_fills_through_the_daemon(
     capfd: pytest.CaptureFixture[str],

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+import pytest
 from hlcopy.follow.copier import (
     AccountLimits,
     Decision,
@@ -335,6 +336,7 @@ def test_filters_never_let_exposure_grow(case: Case) -> None:
 SETTLED = {SkipReason.BELOW_MIN_NOTIONAL, SkipReason.LIMIT_REACHED}
 
 
+@pytest.mark.slow(6)
 @settings(max_examples=300)
 @given(cases(calm=True))
 def test_converges_to_the_target_from_any_start(case: Case) -> None:
@@ -382,6 +384,7 @@ def test_the_same_inputs_in_any_order_give_the_same_result(case: Case, rnd: rand
     assert again.run() == case.run()
 
 
+@pytest.mark.slow(7)
 @settings(max_examples=300)
 @given(cases(), st.sampled_from([TradingState.REDUCING, TradingState.HALTED]))
 def test_a_global_reducing_or_halt_never_grows_the_account(case: Case, state: TradingState) -> None:

@@ -403,6 +403,7 @@ def histories(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow(10)
 @settings(max_examples=400, deadline=None)
 @given(histories())
 def test_the_parts_always_add_up_to_the_gap(history: dict[str, object]) -> None:

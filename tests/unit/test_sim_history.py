@@ -21,6 +21,9 @@ OPENS = 1_790_000_000_000
 HOUR = 3_600_000
 
 
+pytestmark = pytest.mark.slow(8)  # most of it building the module's market
+
+
 @pytest.fixture(scope="module")
 def sim() -> Simulator:
     """The default population, not started: only its pasts are looked at."""

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -47,6 +48,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Tests that last minutes (the acceptance runs) take no part in `alone`: waiting for them would
 # stall every worker that long.
 _ALONE_IGNORES_S = 60.0
+# ``first_alone`` (the five-minute scout acceptance, judged at two minutes): it is the longest,
+# so it starts first, and every other worker waits for it, at most this long.
+FIRST_ALONE_WAIT_S = 420.0
+
+
+_FIRST_ALONE = pytest.StashKey[bool]()
+
+
+def _has_first_alone(session: pytest.Session) -> bool:
+    """Whether this run holds a ``first_alone`` test (looked up once)."""
+    if _FIRST_ALONE not in session.stash:
+        session.stash[_FIRST_ALONE] = any(
+            i.get_closest_marker("first_alone") for i in session.items
+        )
+    return session.stash[_FIRST_ALONE]
+
+
+def _wait_for(path: Path, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_stderr() -> Iterator[None]:
+    """After each test, logging goes to the process's stderr again: a test that ran the CLI
+    under a capture leaves it writing to a stream that closes with the test, and the next test
+    of this worker (pytest-xdist orders modules its own way) would fail on its first line."""
+    yield
+    configure_logging("info", "json", sys.__stderr__)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -57,9 +88,17 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     teardown count as the test's; the wait is outside its timeout."""
     if not hasattr(item.config, "workerinput") or getattr(item.config, "cache", None) is None:
         return (yield)  # one process: every test runs alone already
+    locks = item.config.cache.mkdir("hlcopy-alone")
+    done = locks / f"first-done-{item.config.workerinput['testrunuid']}"
+    if item.get_closest_marker("first_alone") is not None:
+        try:
+            return (yield)
+        finally:
+            done.touch()  # the other workers go on, whatever became of it
+    if _has_first_alone(item.session):
+        _wait_for(done, FIRST_ALONE_WAIT_S)
     if expected_seconds(item) >= _ALONE_IGNORES_S:
         return (yield)
-    locks = item.config.cache.mkdir("hlcopy-alone")
     alone = item.get_closest_marker("alone") is not None
     # Two locks, so that a waiting `alone` test is not starved by a stream of others: the
     # gate lets one test at a time in, and the room holds many others or one alone.

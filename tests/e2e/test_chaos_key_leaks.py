@@ -155,8 +155,10 @@ async def test_the_key_never_reaches_logs_rows_or_api_answers(
                     ) as r:
                         answers.append(f"-- {method} {path} {r.status}\n{await r.text()}")
                 # A backtest of the leader over the API, read back with its result and chart.
-                body = {"addresses": [LEADER], "days": 1}
-                async with session.post(base + "/api/v1/backtest", headers=auth, json=body) as r:
+                backtest = {"addresses": [LEADER], "days": 1}
+                async with session.post(
+                    base + "/api/v1/backtest", headers=auth, json=backtest
+                ) as r:
                     assert r.status == 202, await r.text()
                     job = await r.json()
                     answers.append(f"-- POST /api/v1/backtest {r.status}\n{job}")

@@ -74,6 +74,22 @@ def render_board(
     return "\n".join(lines)
 
 
+def render_backtest(job: Mapping[str, Any]) -> str:
+    """One line for a finished backtest of the demo's top trader."""
+    who = ", ".join(_short(a) for a in job.get("addresses", ()))
+    if job.get("state") != "done" or not job.get("result"):
+        return f"hlcopy demo: backtest of {who}: {job.get('state')} {job.get('error') or ''}"
+    r = job["result"]["results"][0]
+    parts = ", ".join(f"{k} {float(v):+.2f}" for k, v in r["parts"].items() if float(v))
+    return (
+        f"hlcopy demo: backtest of copying {who} over its last day (GET /api/v1/backtest/"
+        f"{job['id']}, or the dashboard's Backtest): our PnL {float(r['pnl']):+.2f} USD "
+        f"({_pct(r['return'])}) against the leader's {float(r['leader_scaled_pnl']):+.2f} "
+        f"scaled; {r['orders']} orders, gap {float(r['gap']):+.2f}"
+        + (f" ({parts})" if parts else "")
+    )
+
+
 async def narrate(
     api_url: str,
     token: str | None,
@@ -86,6 +102,7 @@ async def narrate(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     started = clock.monotonic()
     timeout = aiohttp.ClientTimeout(total=10)
+    backtest: str | None = None  # the id of the one backtest the demo runs, once it started
     async with aiohttp.ClientSession(api_url, headers=headers, timeout=timeout) as http:
         while True:
             await clock.sleep(every_s)
@@ -96,6 +113,32 @@ async def narrate(
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue  # starting, stopping or busy: the next round will tell
             print(render_board(clock.monotonic() - started, stats, board, losers), flush=True)
+            backtest = await _backtest_top(http, board, backtest)
+
+
+async def _backtest_top(
+    http: aiohttp.ClientSession, board: Mapping[str, Any], job_id: str | None
+) -> str | None:
+    """Once the board has a leader: backtest copying it over its last day through the API, and
+    print the result when it is done (an empty string once printed)."""
+    rows: Sequence[Mapping[str, Any]] = board.get("rows", ())
+    try:
+        if job_id is None and rows:
+            body = {"addresses": [rows[0]["address"]], "days": 1}
+            async with http.post("/api/v1/backtest", json=body) as r:
+                if r.status != 202:
+                    return None  # another one runs, or none can: try again next round
+                started: dict[str, Any] = await r.json()
+                return str(started["id"])
+        if job_id:
+            job = await _get(http, f"/api/v1/backtest/{job_id}")
+            if job.get("state") in ("queued", "running"):
+                return job_id
+            print(render_backtest(job), flush=True)
+            return ""
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        pass
+    return job_id
 
 
 async def _get(http: aiohttp.ClientSession, path: str) -> dict[str, Any]:

@@ -4,12 +4,13 @@ API (``hlcopy/backtest.py`` does the work).
 One at a time: a second start while one runs is a 409 naming the running one. The body names the
 addresses, the window (``days``, or ``from_ms`` / ``to_ms``) and the same options as the command
 line, checked before anything is read (400 names the first bad key). The job fetches through the
-daemon's own REST client on the budget's lowest lane (enrichment), so it never takes weight from
-copying, then replays in a worker thread (the event loop stays free); ``GET`` shows its progress
-and, once done, the result as ``hlcopy backtest --json`` prints it plus the SVG chart. ``DELETE``
-cancels it (the fetch at once, the replay at its next slice). The last few jobs are kept in
-memory only: a backtest is a question, not state, and a restart forgets them.
-"""
+daemon's own REST client in the budget's gap-fill lane: behind the follower's and the leaders'
+truth, so it never takes weight from copying, but ahead of scoring and exploration, which keep the
+window nearly full (in the lowest lane a user's backtest waited minutes). Then it replays in a
+worker thread (the event loop stays free); ``GET`` shows its progress and, once done, the result as
+``hlcopy backtest --json`` prints it plus the SVG chart. ``DELETE`` cancels it (the fetch at once,
+the replay at its next slice). The last few jobs are kept in memory only: a backtest is a question,
+not state, and a restart forgets them."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ class BacktestJobs:
         clock: Clock = SYSTEM,
         *,
         kept: int = KEPT,
-        lane: Lane = Lane.ENRICHMENT,
+        lane: Lane = Lane.GAPFILL,
     ) -> None:
         self._info = info
         self._config = config
@@ -473,7 +474,7 @@ ROUTES: Final = (
         status=202,
         errors=(400, 409, 503),
         description="Checked before anything is read (400 names the key). One at a time: 409 "
-        "while another runs. Reads through the daemon's REST budget on its lowest lane; poll "
+        "while another runs. Reads through the daemon's REST budget in its gap-fill lane; poll "
         "GET /api/v1/backtest/{id} for progress and the result.",
     ),
     Route(

@@ -1,7 +1,7 @@
 """``POST /api/v1/backtest``, ``GET`` / ``DELETE /api/v1/backtest/{id}`` on a real aiohttp app
 against the simulator: authenticated, checked before anything is read, one at a time (409),
 progress while it runs, the result with its chart when done, cancellable, every request of it
-on the budget's lowest lane."""
+in the budget's gap-fill lane."""
 
 from __future__ import annotations
 
@@ -119,10 +119,10 @@ async def test_a_backtest_runs_to_its_result_and_chart(api: Api) -> None:
     assert abs(parts - float(result["gap"])) < 1e-9
     assert done["svg"].startswith("<svg")
     assert done["svg"].count("<polyline") == 2
-    # Every request it made went through the budget's lowest lane, none through the others.
+    # Every request it made went through the budget's gap-fill lane, none through the others.
     lanes = api.budget.stats()["lanes"]
-    assert lanes["enrichment"]["requests"] == api.sim.stats["info_requests"] > 0
-    assert sum(v["requests"] for k, v in lanes.items() if k != "enrichment") == 0
+    assert lanes["gapfill"]["requests"] == api.sim.stats["info_requests"] > 0
+    assert sum(v["requests"] for k, v in lanes.items() if k != "gapfill") == 0
     # A sweep runs its variants side by side.
     sweep = {**body, "sweep": {"key": "ratio", "values": ["0.05", "0.1"]}}
     status, job = await api.call("POST", "/api/v1/backtest", sweep)

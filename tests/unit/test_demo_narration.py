@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hlcopy.demo import render_board
+from hlcopy.demo import render_backtest, render_board
 
 ROW = {
     "address": "0x" + "ab" * 19 + "cd",
@@ -36,3 +36,30 @@ def test_before_any_complete_score_it_says_why_the_board_is_empty() -> None:
     text = render_board(30, STATS, {"total": 0, "rows": []}, {"rows": []})
     assert "0 ranked" in text
     assert "no complete score yet" in text
+
+
+def test_a_finished_backtest_is_one_line_with_its_gap_and_parts() -> None:
+    job = {
+        "id": "bt-1",
+        "state": "done",
+        "addresses": ["0x" + "ad" * 20],
+        "result": {
+            "results": [
+                {
+                    "pnl": "-94.65",
+                    "return": -0.009465,
+                    "leader_scaled_pnl": "3123.39",
+                    "orders": 13,
+                    "gap": "-3218.04",
+                    "parts": {"latency_slippage": "-2.01", "skips": "0", "limits": "-3216.03"},
+                }
+            ]
+        },
+    }
+    line = render_backtest(job)
+    assert "0xadad…adad" in line
+    assert "/api/v1/backtest/bt-1" in line
+    assert "our PnL -94.65 USD" in line
+    assert "gap -3218.04 (latency_slippage -2.01, limits -3216.03)" in line  # zero parts left out
+    failed = render_backtest({**job, "state": "failed", "result": None, "error": "no fills"})
+    assert failed.endswith("failed no fills")

@@ -143,6 +143,7 @@ class _Book:
         "coins",
         "equity",
         "gap_epoch",
+        "history_ms",
         "notional",
         "priority",
         "seen",
@@ -161,6 +162,9 @@ class _Book:
         self.sub: Subscription[UserFills] | None = None
         self.gap_epoch = -1  # the subscription epoch last gap-filled
         self.watermark_ms: int | None = None  # newest fill time seen from an exact live source
+        # Per coin, the newest fill time the userFills snapshot (history) showed: when the
+        # leader last changed its position there, for a position a state shows first.
+        self.history_ms: dict[str, int] = {}
 
 
 def _entry(prev: Decimal, entry: Decimal | None, delta: Decimal, px: Decimal) -> Decimal | None:
@@ -321,7 +325,10 @@ class LeaderBooks(Component):
 
         A coin whose book already holds an exact fill newer than the state keeps it (the state
         was read before that fill). A position seen for the first time (at start, or in a coin
-        the book did not know) is no change in time: its ``last_change_ms`` stays unknown."""
+        the book did not know) is no change now: its ``last_change_ms`` is the leader's newest
+        fill in the coin the userFills snapshot showed, or unknown (so entry "wait" never takes
+        a position that predates the follow for a fresh change, and one opened after the follow
+        began, while hlcopy was down, is still copied)."""
         leader = leader.lower()
         book = self._books.get(leader)
         if book is None:
@@ -356,10 +363,10 @@ class LeaderBooks(Component):
             after = (c.szi, c.confirmed)
             if before != after and not (before is None and after[0] == 0):
                 if before is not None:
-                    # A position the book already knew moved between two reads. One it learns
-                    # here for the first time has no known change time: it may predate the
-                    # follow (entry "wait" must not take it for a fresh change).
+                    # A position the book already knew moved between two reads.
                     c.last_change_ms = t
+                elif c.last_change_ms is None:
+                    c.last_change_ms = book.history_ms.get(coin)
                 self.counters["corrections"] += 1
                 self._emit(LeaderChange(leader, coin, None, self._clock.time_ms(), *after))
 
@@ -576,7 +583,12 @@ class LeaderBooks(Component):
         seen = book.seen
         level = seen.get(f.tid, 0)
         if snapshot:
-            # History: recorded, never a change (gap-fill makes the missed ones changes).
+            # History: recorded, never a change (gap-fill makes the missed ones changes); its
+            # newest fill per coin says when a position a state shows first was last changed.
+            book.history_ms[f.coin] = max(book.history_ms.get(f.coin, f.time_ms), f.time_ms)
+            c = book.coins.get(f.coin)
+            if c is not None and c.known and c.szi != 0 and c.last_change_ms is None:
+                c.last_change_ms = book.history_ms[f.coin]
             if level == 0:
                 self._remember(book, f.tid, _RECORDED)
                 self._record(f, snapshot=True, changed=False)

@@ -187,6 +187,30 @@ async def test_a_position_first_seen_in_a_snapshot_has_no_change_time(
     assert (view.szi, view.last_change_ms) == (D(3), 6_000)
 
 
+async def test_a_position_first_seen_takes_its_change_time_from_the_fills_history(
+    books: LeaderBooks,
+) -> None:
+    # Found by chaos (d): after a restart, a position the leader opened while hlcopy was
+    # running (the follower's copy lost to a kill) had no change time, and entry "wait" kept
+    # the follower flat until the leader's next trade. The userFills snapshot dates it.
+    assert not books.ingest(fill("B", "1", 4_000, "1"), snapshot=True)
+    assert not books.ingest(fill("B", "1", 4_500, "2"), snapshot=True)
+    books.snapshot(L, state(5_000, ETH="2"))
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert (view.szi, view.last_change_ms) == (D(2), 4_500)
+    # History arriving after the state dates it too; a coin without history stays undated.
+    books.snapshot(L, state(6_000, ETH="2", BTC="1"))
+    assert not books.ingest(fill("B", "1", 3_000, "0", coin="BTC"), snapshot=True)
+    btc = books.view(L, "BTC")
+    assert btc is not None
+    assert btc.last_change_ms == 3_000
+    books.snapshot(L, state(7_000, ETH="2", BTC="1", SOL="5"))
+    sol = books.view(L, "SOL")
+    assert sol is not None
+    assert sol.last_change_ms is None
+
+
 async def test_a_hint_older_than_the_snapshot_is_inside_it(books: LeaderBooks) -> None:
     books.snapshot(L, state(50, ETH="1"))
     assert not books.ingest(fill("B", "1", 40, None))

@@ -9,7 +9,7 @@ Lanes are served in priority order: orders and cancels, follower truth, leader t
 scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
 requests behind it go first only within the room its own admission will leave (backfilling), so a
 large read waiting for weight to expire does not leave the window idle. The read lanes stop at
-``limit x (1 - headroom)`` less what the order lane spent in the current window (up to half the
+``limit x (1 - headroom)`` less what exchange actions spent in the current window (up to half the
 read limit): the headroom is kept for orders, and while orders flow, the room they took is kept for
 the next ones too, so reads can never starve orders. Only a burst of orders beyond the headroom
 waits, for the window's first reads to expire. Two reserves keep the lower lanes from filling the
@@ -61,6 +61,7 @@ class _Waiter:
     future: asyncio.Future[int]
     since: float
     likely: int  # what it will most likely cost (its weight, unless told otherwise)
+    action: bool = False  # an exchange action: its room is kept for the next ones
 
 
 class WeightBudget:
@@ -85,6 +86,8 @@ class WeightBudget:
         self._backoff = (backoff_base_s, backoff_cap_s)
         # (time, weight, lane, ticket): what was spent, oldest first.
         self._spent: deque[tuple[float, int, Lane, int]] = deque()
+        self._actions: set[int] = set()  # tickets of exchange actions still in the window
+        self._actions_used = 0
         self._tickets = 0
         self._used = 0
         self._used_by_lane = [0] * len(Lane)
@@ -105,9 +108,12 @@ class WeightBudget:
 
     # -- the budget -----------------------------------------------------------------------
 
-    async def acquire(self, weight: int, lane: Lane, *, likely: int | None = None) -> int:
+    async def acquire(
+        self, weight: int, lane: Lane, *, likely: int | None = None, action: bool = False
+    ) -> int:
         """Wait until ``weight`` may be spent in ``lane``, then spend it; the ticket returned
-        names this spend for ``refund``.
+        names this spend for ``refund``. ``action``: an exchange action (an order, a cancel),
+        whose weight the read lanes leave free while it is in the window.
 
         ``likely`` (a reservation's probable cost, refunded down to it within moments) lets a
         large reservation in once its likely cost fits the lane while its whole weight still
@@ -118,7 +124,9 @@ class WeightBudget:
             raise ValueError(f"weight {weight} outside 1..{cap} for lane {lane.name}")
         probable = weight if likely is None else max(1, min(likely, weight))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queues[lane].append(_Waiter(weight, future, self._clock.monotonic(), probable))
+        self._queues[lane].append(
+            _Waiter(weight, future, self._clock.monotonic(), probable, action)
+        )
         self._dispatch()
         try:
             return await future
@@ -147,6 +155,8 @@ class WeightBudget:
                 continue
             back = min(w, max(0, weight))
             spent[i] = (t, w - back, lane, entry_ticket)
+            if entry_ticket in self._actions:
+                self._actions_used -= back
             self._used -= back
             self._used_by_lane[lane] -= back
             self._weight_total[lane] -= back
@@ -169,8 +179,9 @@ class WeightBudget:
         self._dispatch()
 
     def _reads_cap(self) -> int:
-        """The read lanes' ceiling: the read limit less what orders spent in the window."""
-        return self.read_limit - min(self._used_by_lane[Lane.ORDER], self.read_limit // 2)
+        """The read lanes' ceiling: the read limit less what exchange actions spent in the
+        window (the order lane's reads, a paper fill's book, do not count)."""
+        return self.read_limit - min(self._actions_used, self.read_limit // 2)
 
     def _cap(self, lane: Lane) -> int:
         if lane == Lane.ORDER:
@@ -196,9 +207,12 @@ class WeightBudget:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _spend(self, weight: int, lane: Lane, now: float) -> int:
+    def _spend(self, weight: int, lane: Lane, now: float, action: bool = False) -> int:
         self._tickets += 1
         self._spent.append((now, weight, lane, self._tickets))
+        if action:
+            self._actions.add(self._tickets)
+            self._actions_used += weight
         self._used += weight
         self._used_by_lane[lane] += weight
         return self._tickets
@@ -207,9 +221,12 @@ class WeightBudget:
         horizon = now - self.window_s
         spent = self._spent
         while spent and spent[0][0] <= horizon:
-            _, weight, lane, _ = spent.popleft()
+            _, weight, lane, ticket = spent.popleft()
             self._used -= weight
             self._used_by_lane[lane] -= weight
+            if ticket in self._actions:
+                self._actions.discard(ticket)
+                self._actions_used -= weight
 
     def _delay(self, weight: int, lane: Lane, now: float, likely: int | None = None) -> float:
         """Seconds until ``weight`` fits in ``lane`` (0: it fits now): its ``likely`` cost
@@ -307,7 +324,7 @@ class WeightBudget:
             self._timer = self._clock.call_later(wake + TIMER_SLACK_S, self._dispatch)
 
     def _admit(self, waiter: _Waiter, lane: Lane, now: float) -> None:
-        ticket = self._spend(waiter.weight, lane, now)
+        ticket = self._spend(waiter.weight, lane, now, waiter.action)
         self._admitted[lane] += 1
         self._weight_total[lane] += waiter.weight
         waited = now - waiter.since

@@ -367,7 +367,7 @@ class ExchangeClient:
         """Post a prepared action, charged to the order lane. Returns the ``response`` of a
         ``status: ok`` reply, or what ``read`` makes of it (a reply ``read`` cannot make sense
         of is ambiguous)."""
-        await self._budget.acquire(action_weight(prepared.n_items), Lane.ORDER)
+        await self._budget.acquire(action_weight(prepared.n_items), Lane.ORDER, action=True)
         poster = self._poster
         if poster is not None and poster.post_ready:
             try:

@@ -431,17 +431,6 @@ async def _api_load_process(
 ) -> dict[str, Any]:
     """``_api_load`` in a process of its own (on ``cpus`` if given): the server's event loop
     is measured, not the load's."""
-    import orjson
-
-    load = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from hlcopy.bench import _api_load_main; _api_load_main()",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    if cpus:
-        os.sched_setaffinity(load.pid, cpus)
     job = {
         "port": port,
         "paths": paths,
@@ -450,9 +439,28 @@ async def _api_load_process(
         "seconds": seconds,
         "think_s": think_s,
     }
-    out, _ = await load.communicate(orjson.dumps(job))
-    if load.returncode != 0:
-        raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
+    return await _job_process("_api_load_main", job, cpus, "the load generator")
+
+
+async def _job_process(
+    main: str, job: dict[str, Any], cpus: set[int] | None, what: str
+) -> dict[str, Any]:
+    """Run ``hlcopy.bench.<main>`` in a process of its own (on ``cpus`` if given): ``job`` as
+    JSON on its stdin, its JSON answer from its stdout."""
+    import orjson
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        f"from hlcopy.bench import {main}; {main}()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+    out, _ = await proc.communicate(orjson.dumps(job))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed with exit code {proc.returncode}")
     result: dict[str, Any] = orjson.loads(out)
     return result
 
@@ -1717,17 +1725,6 @@ async def _drive_leader(
     sizes: dict[str, str],
     cpus: set[int] | None,
 ) -> dict[str, Any]:
-    import orjson
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from hlcopy.bench import _decide_driver_main; _decide_driver_main()",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    if cpus:
-        os.sched_setaffinity(proc.pid, cpus)
     job = {
         "url": url,
         "leader": leader,
@@ -1736,11 +1733,7 @@ async def _drive_leader(
         "per_s": per_s,
         "sizes": sizes,
     }
-    out, _ = await proc.communicate(orjson.dumps(job))
-    if proc.returncode != 0:
-        raise RuntimeError(f"the leader's driver failed with exit code {proc.returncode}")
-    result: dict[str, Any] = orjson.loads(out)
-    return result
+    return await _job_process("_decide_driver_main", job, cpus, "the leader's driver")
 
 
 def _decide_config(

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
@@ -843,10 +843,10 @@ class PaperExecutor(Component):
         entry = self._in_flight.get(intent.cloid)
         trigger = self._triggers.get(intent.cloid) or (entry.trigger if entry else None)
         now = self._clock.time_ms()
-        row = _with_intent_fields(intent, trigger, now, paper=self.paper)
         send_delay = None if trigger is None else now - trigger.time_ms
-        if not self.paper:
-            row = replace(row, status="sending", sent_ms=now, send_delay_ms=send_delay)
+        row = _with_intent_fields(
+            intent, trigger, now, paper=self.paper, sent=None if self.paper else (now, send_delay)
+        )
         try:
             stored = await self._copies.write_intent(row)
         except StoreError as exc:
@@ -1443,11 +1443,17 @@ def _leader_fields(fill: LeaderFill | None, decided_ms: int | None) -> dict[str,
 
 
 def _with_intent_fields(
-    intent: OrderIntent, trigger: LeaderFill | None, now_ms: int = 0, *, paper: bool = True
+    intent: OrderIntent,
+    trigger: LeaderFill | None,
+    now_ms: int = 0,
+    *,
+    paper: bool = True,
+    sent: tuple[int, int | None] | None = None,
 ) -> CopyRow:
-    """The copy row of an intent as it is planned (decided now when it does not say when)."""
+    """The copy row of an intent as it is planned (decided now when it does not say when), or,
+    with ``sent`` (sent ms, send delay), as it is sent."""
     return CopyRow(
-        status="planned",
+        status="planned" if sent is None else "sending",
         paper=paper,
         attribution=intent.attribution,
         coin=intent.coin,
@@ -1460,6 +1466,8 @@ def _with_intent_fields(
         reduce_only=intent.reduce_only,
         reason=intent.reason,
         attempt=intent.attempt,
+        sent_ms=None if sent is None else sent[0],
+        send_delay_ms=None if sent is None else sent[1],
         **_leader_fields(trigger, intent.decided_ms or None),
     )
 

@@ -43,8 +43,6 @@ log = structlog.get_logger()
 ZERO: Final = Decimal(0)
 _STOP_PREFIX: Final = "0x" + STOP_TAG
 
-_Marks = tuple[set[str], dict[str, int]]
-
 
 class Reconciler:
     """See the module docstring."""
@@ -117,7 +115,7 @@ class Reconciler:
         if second is None:
             return []
         again = {d.coin: d for d in self._compare(second[0], second[1], targets)}
-        act_a, act_b = first[1][1], second[1][1]
+        act_a, act_b = first[1], second[1]
         confirmed = []
         for d in found:
             other = again.get(d.coin)
@@ -141,13 +139,10 @@ class Reconciler:
 
     # -- looking ------------------------------------------------------------------------------
 
-    def _marks(self) -> _Marks:
-        return self._executor.busy_coins(), dict(self._executor.activity)
-
-    async def _look(self) -> tuple[AccountState, _Marks] | None:
-        """One read: the state and the coins that stayed quiet around it (busy ones are
-        marked in the returned activity with -1, so they never confirm)."""
-        busy, before = self._marks()
+    async def _look(self) -> tuple[AccountState, dict[str, int]] | None:
+        """One read: the state and each coin's activity count around it, -1 for a coin that
+        was busy or moved while it ran (it never counts, never confirms)."""
+        busy, before = self._executor.busy_coins(), dict(self._executor.activity)
         try:
             state = await self._executor.read_state()
         except (ExchangeError, StreamError) as exc:
@@ -159,11 +154,11 @@ class Reconciler:
         if state is None:
             self.counters["unknown"] += 1
             return None
-        busy_after, after = self._marks()
-        activity = dict(after)
-        for coin in busy | busy_after | {c for c in after if after[c] != before.get(c, 0)}:
-            activity[coin] = -1
-        return state, (busy | busy_after, activity)
+        after = dict(self._executor.activity)
+        moved = {c for c in after if after[c] != before.get(c, 0)}
+        for coin in busy | self._executor.busy_coins() | moved:
+            after[coin] = -1
+        return state, after
 
     def _note_stops(self) -> None:
         """Mark the coins in which a protective stop filled since the last look."""
@@ -177,10 +172,9 @@ class Reconciler:
     def _compare(
         self,
         state: AccountState,
-        marks: _Marks,
+        activity: Mapping[str, int],
         targets: Mapping[tuple[str, str], Decimal],
     ) -> list[CoinDrift]:
-        _busy, activity = marks
         real = {p.coin: p.szi for p in state.positions if p.szi != 0}
         attributed = self._executor.attributed()
         by_coin: dict[str, dict[str, Decimal]] = {}

@@ -42,6 +42,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
+    # A backend that sees its postmaster die answers the next query with 57P01 ("terminating
+    # connection due to unexpected postmaster exit"); a crash restart ends backends with 57P02.
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     ConnectionError,
     OSError,
@@ -58,7 +62,11 @@ def translate(what: str) -> Iterator[None]:
         raise StoreConflict(f"{what}: {exc.detail or exc}") from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except asyncpg.InterfaceError as exc:
+        if "connection is closed" in str(exc):  # asyncpg has no subclass for a closed connection
+            raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
+        raise StoreError(f"{what}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
         raise StoreError(f"{what}: {exc}") from exc
 
 

@@ -16,6 +16,7 @@ from hlcopy.backtest import (
     build_options,
     chart_svg,
     fetch_history,
+    prepare,
     run_backtest,
 )
 from hlcopy.budget import WeightBudget
@@ -147,10 +148,42 @@ def test_a_costless_copy_realises_the_exchanges_closed_pnl_on_every_round_trip(
     for trip in theirs:
         copy = ours[(trip.coin, trip.open_ms, trip.close_ms)]
         assert copy.closed_pnl.quantize(CENT) == trip.closed_pnl.quantize(CENT), trip
-    # Nothing but funding (the leader scaled pays none) between the copy and the leader.
-    assert result.gap.quantize(CENT) == result.parts["fees_funding"].quantize(CENT)
+    # Nothing between the copy and the leader but funding (the leader scaled pays none) and,
+    # when the window opens on a position of the leader's (ignored here), that entry.
+    held = {k: v for k, v in prepare([leader], since, now).initial.items() if v}
+    parts = result.parts
+    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (0, 0, 0)
+    assert (parts["entry"] != 0) == bool(held), held
+    assert result.gap.quantize(CENT) == (parts["fees_funding"] + parts["entry"]).quantize(CENT)
     assert result.funding != 0
     assert result.fees == 0
+
+
+def test_a_window_opening_on_a_leaders_position_puts_its_move_in_entry(
+    fetched: Fetched,
+) -> None:
+    """Ignored, what the leader held at the window's start is the gap's "entry" part, and the
+    round trips after it still match to the cent."""
+    leader, now = fetched.leader, fetched.until
+    since = next(
+        f.time_ms for f in leader.fills if any(prepare([leader], f.time_ms, now).initial.values())
+    )
+    options = build_options(
+        [fetched.address],
+        {
+            "latency_ms": 0,
+            "slippage_bps": 0,
+            "fee_bps": 0,
+            "min_notional": False,
+            "risk": False,
+            "initial": "ignore",
+        },
+    )
+    result = run_backtest([leader], fetched.market, options, since, now)
+    parts = result.parts
+    assert parts["entry"] != 0
+    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (0, 0, 0)
+    assert result.gap.quantize(CENT) == (parts["fees_funding"] + parts["entry"]).quantize(CENT)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 from hlcopy.config import DatabaseConfig
@@ -121,6 +122,27 @@ async def test_errors_are_translated(dsn: str, tmp_path: Path) -> None:
         row = await store.pool.fetchrow("SELECT px, sz FROM orders WHERE cloid = $1", cloid)
         assert row is not None
         assert (row["px"], row["sz"]) == (Decimal("100000"), Decimal("0.001"))
+
+
+async def test_a_backend_shut_down_under_a_query_is_transient(dsn: str) -> None:
+    """57P01 is what a backend answers when its postmaster dies under it; a daemon must wait
+    for the server to come back, not stop."""
+    victim = await asyncpg.connect(dsn)
+    try:
+        pid = victim.get_server_pid()
+        sleeping = asyncio.create_task(victim.fetchval("SELECT pg_sleep(10)"))
+        await asyncio.sleep(0.2)
+        admin = await asyncpg.connect(dsn)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        with pytest.raises(StoreUnavailable, match="terminating connection"), translate("read"):
+            await sleeping
+        with pytest.raises(StoreUnavailable, match="connection is closed"), translate("read"):
+            await victim.fetchval("SELECT 1")
+    finally:
+        victim.terminate()
 
 
 async def test_unreachable_database_is_transient(tmp_path: Path) -> None:

@@ -86,6 +86,9 @@ async def hlcopy_run(config: Path, **env: str) -> AsyncIterator[Process]:
     p = Process(proc)
     try:
         yield p
+    except BaseException:  # a failed test shows what the daemon said last
+        print("".join(p.raw[-60:]), file=sys.stderr)
+        raise
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -2029,6 +2029,14 @@ async def _bench_decide(
                 if cloid in times and first.get((tid, recv_ns)) is not None
             ]
             wire_figures[name] = _percentiles_ms(ns)
+        # Each order's own steps: the durable write-ahead commit (one INSERT, fsynced), and
+        # from the commit to the signed bytes on the socket.
+        for name, (begin, end) in (
+            ("commit", (wire.picked, wire.committed)),
+            ("commit_to_written", (wire.committed, wire.written)),
+        ):
+            ns = [end[c] - begin[c] for c in timer.cloids if c in begin and c in end]
+            wire_figures[name] = _percentiles_ms(ns)
     return {
         "benchmark": "latency" if live else "decide",
         **(wire_figures["written"] if live else overall),
@@ -2179,6 +2187,9 @@ def format_latency(result: dict[str, Any]) -> str:
             )
         )
         + " ms",
+        f"  steps, p50 / p99  write-ahead commit (durable) {wire['commit']['p50_ms']} / "
+        f"{wire['commit']['p99_ms']}; commit to bytes written "
+        f"{wire['commit_to_written']['p50_ms']} / {wire['commit_to_written']['p99_ms']} ms",
     ]
     if api is not None:
         lines.append(

@@ -152,7 +152,7 @@ def test_a_costless_copy_realises_the_exchanges_closed_pnl_on_every_round_trip(
     # when the window opens on a position of the leader's (ignored here), that entry.
     held = {k: v for k, v in prepare([leader], since, now).initial.items() if v}
     parts = result.parts
-    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (0, 0, 0)
+    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (D(0), D(0), D(0))
     assert (parts["entry"] != 0) == bool(held), held
     assert result.gap.quantize(CENT) == (parts["fees_funding"] + parts["entry"]).quantize(CENT)
     assert result.funding != 0
@@ -182,7 +182,7 @@ def test_a_window_opening_on_a_leaders_position_puts_its_move_in_entry(
     result = run_backtest([leader], fetched.market, options, since, now)
     parts = result.parts
     assert parts["entry"] != 0
-    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (0, 0, 0)
+    assert (parts["latency_slippage"], parts["skipped"], parts["limits"]) == (D(0), D(0), D(0))
     assert result.gap.quantize(CENT) == (parts["fees_funding"] + parts["entry"]).quantize(CENT)
 
 

@@ -42,8 +42,12 @@ async def sim_post(sim: Simulator, path: str, body: dict[str, Any]) -> Any:
         return await r.json()
 
 
-async def trade(sim: Simulator, leader: str, coin: str, is_buy: bool, usd: int) -> None:
-    body = {"address": leader, "coin": coin, "is_buy": is_buy, "usd": usd}
+async def trade(
+    sim: Simulator, leader: str, coin: str, is_buy: bool, usd: int, sz: Decimal | None = None
+) -> None:
+    """A trade of about ``usd`` at the mid, or of exactly ``sz`` (a close: the mid moves)."""
+    body: dict[str, object] = {"address": leader, "coin": coin, "is_buy": is_buy}
+    body.update({"usd": usd} if sz is None else {"sz": str(sz)})
     reply = await sim_post(sim, "/_sim/trade", body)
     assert "filled" in reply["statuses"][0], reply
 
@@ -148,10 +152,11 @@ async def test_the_book_follows_a_leaders_trades_exactly(one: Rig, sim: Simulato
         ("ETH", False, 2000),
         ("BTC", True, 3000),
         ("ETH", False, 8000),  # a flip
-        ("BTC", False, 3000),
+        ("BTC", False, 0),  # the whole BTC position, whatever the mid did since
     ]
+    truth: dict[str, Decimal] = {}
     for coin, is_buy, usd in steps:
-        await trade(sim, leader, coin, is_buy, usd)
+        await trade(sim, leader, coin, is_buy, usd, None if usd else abs(truth[coin]))
         truth = await one.converged(leader)
     assert set(truth) == {"ETH"}
     assert truth["ETH"] < 0

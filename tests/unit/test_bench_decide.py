@@ -80,6 +80,10 @@ def test_bench_latency_times_live_orders_to_the_socket_and_the_reply(
     assert wire["acked"]["n"] == wire["written"]["n"]
     assert result["p50_ms"] == wire["written"]["p50_ms"]
     assert wire["committed"]["n"] >= wire["written"]["n"]
+    # Each order's steps: its commit, then the bytes; both inside the frame -> bytes figure.
+    assert wire["commit"]["n"] == wire["commit_to_written"]["n"] == wire["written"]["n"]
+    assert 0 < wire["commit"]["p50_ms"] <= wire["commit"]["max_ms"] <= result["max_ms"]
+    assert 0 < wire["commit_to_written"]["max_ms"] <= result["max_ms"]
     assert result["decide"]["p50_ms"] > 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     # The API was read all the while, every request answered.
@@ -89,6 +93,7 @@ def test_bench_latency_times_live_orders_to_the_socket_and_the_reply(
     assert set(api["statuses"]) == {"200"}
     assert result["exit_code"] == 0
     assert "bytes written" in format_latency(result)
+    assert "write-ahead commit (durable)" in format_latency(result)
     assert psutil.Process().children() == []
 
 

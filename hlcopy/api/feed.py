@@ -8,6 +8,10 @@ again later"); the daemon never slows down for it. Auth is the REST reads' (``ap
 the upgrade request is a GET through the same middleware. A browser, which cannot set headers
 on a WebSocket, offers the subprotocols ``hlcopy.v1`` and ``bearer.<token>`` instead; the feed
 answers ``hlcopy.v1``.
+
+A WebSocket is not bound by the browser's same-origin policy: any page the user opens could
+connect to the daemon on localhost and read the feed. An upgrade whose ``Origin`` (sent by every
+browser, by no other client) is not the daemon's own address is refused with 403.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -80,6 +85,9 @@ async def updates(request: web.Request, args: Args) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "this route speaks WebSocket: send an Upgrade request", "not_websocket")
+    origin = request.headers.get("Origin")
+    if origin is not None and not same_origin(origin, request.host):
+        raise ApiError(403, f"the feed is not open to pages of {origin}", "forbidden")
     if len(feeds.open) >= scout.feed.max_clients:
         raise ApiError(503, "too many live feed clients", "unavailable", {"Retry-After": "5"})
     await ws.prepare(request)
@@ -122,6 +130,17 @@ async def updates(request: web.Request, args: Args) -> web.StreamResponse:
         bus.unsubscribe(sub)
         feeds.open.discard(ws)
     return ws
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` names the host (and port) the request was sent to: the
+    daemon's own dashboard."""
+    try:
+        parts = urlsplit(origin)
+        netloc = parts.netloc.lower()
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(netloc) and netloc == host.lower()
 
 
 async def _send(
@@ -177,12 +196,13 @@ ROUTES: Final = (
         ),
         response=schemas.ref("FeedMessage"),
         status=101,
-        errors=(400, 503),
+        errors=(400, 403, 503),
         description="Upgrade to a WebSocket. The server sends a message of type "
         '"connection" first, then one message per event: {"type", "data", "timestamp"} '
         "(FeedMessage). A client that falls more than a buffer behind, or does not accept a "
         "message within a few seconds, is closed with code 1013. With api.read_auth, a client "
         "that cannot send the Authorization header (a browser) offers the subprotocols "
-        "hlcopy.v1 and bearer.<token>.",
+        "hlcopy.v1 and bearer.<token>. A browser page of another origin than the daemon's "
+        "own address is refused (403).",
     ),
 )

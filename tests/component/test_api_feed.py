@@ -152,6 +152,23 @@ async def test_read_auth_guards_the_feed(tmp_path: Path) -> None:
             assert (await receive(ws))["type"] == "connection"
 
 
+async def test_only_the_daemons_own_pages_may_open_the_feed_from_a_browser(feed: Feed) -> None:
+    """A browser sends Origin on every WebSocket upgrade and keeps no page from connecting to
+    localhost: another site's page is refused; the dashboard's own, and clients that are not
+    browsers (no Origin), are served."""
+    url = f"{feed.base}/ws/v1/updates"
+    own = feed.base.replace("ws://", "http://")
+    for origin in ("http://evil.example", own.replace("127.0.0.1", "localhost"), "null"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            async with feed.session.ws_connect(url, headers={"Origin": origin}):
+                pass
+        assert err.value.status == 403, origin
+    async with feed.session.ws_connect(url, headers={"Origin": own}) as ws:
+        assert (await receive(ws))["type"] == "connection"
+    async with feed.connect() as ws:
+        assert (await receive(ws))["type"] == "connection"
+
+
 async def test_a_client_that_falls_behind_is_dropped_and_others_go_on(feed: Feed) -> None:
     async with feed.connect(f"?address={X}") as slow, feed.connect(f"?address={Y}") as other:
         await receive(slow)

@@ -97,6 +97,11 @@ class App:
     ) -> None:
         await self._stack.aclose()
 
+    def _sz_decimals(self, coin: str) -> int | None:
+        """A coin's lot (szDecimals) in the exchange's universe; None when unknown."""
+        asset = self.universe.universe.get(coin)
+        return asset.sz_decimals if asset is not None else None
+
     async def _build(self, stack: contextlib.AsyncExitStack) -> None:
         cfg, clock, daemon = self.config, self.clock, self.daemon
         net = cfg.network
@@ -177,6 +182,7 @@ class App:
             clock,
             subscribe_mids=False,
             venue=venue,
+            sz_decimals=self._sz_decimals,
         )
         self.tracker.share_mids(self.executor.mids_sink)
         self.opportunities = Opportunities(
@@ -187,7 +193,7 @@ class App:
         if exchange is not None:
             self.reconciler = Reconciler(
                 self.executor,
-                lambda coin: a.sz_decimals if (a := self.universe.universe.get(coin)) else None,
+                self._sz_decimals,
                 info=info,
                 account=cfg.account.address,
                 bus=self.bus,

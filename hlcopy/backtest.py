@@ -2,7 +2,7 @@
 
 Leaders' real fills are replayed through the daemon's own parts — the copier's ``decide``, the
 risk state machine (``follow/risk.py``), the paper fill model (``simulate_ioc``,
-``PaperAccount``, ``fill_shares``, ``funding_payment``) and the performance attribution
+``PaperAccount``, ``attribute_fill``, ``funding_payment``) and the performance attribution
 (``follow_performance``, ``FollowLedger``) — on a ``VirtualClock``: the engine schedules every
 event on the clock and ``run_due`` fires them in time order, so a decision, the order it sends
 and the fill that comes back happen at their own virtual times, with the orders in flight
@@ -87,6 +87,7 @@ from hlcopy.follow.copier import (
     LeaderView,
     Market,
     SkipReason,
+    attribute_fill,
     decide,
 )
 from hlcopy.follow.executor import (
@@ -95,7 +96,7 @@ from hlcopy.follow.executor import (
     REDUCE_ONLY_REFUSED,
     reduce_only_size,
 )
-from hlcopy.follow.fills import PaperAccount, fill_shares, simulate_ioc
+from hlcopy.follow.fills import PaperAccount, simulate_ioc
 from hlcopy.follow.follows import to_core
 from hlcopy.follow.performance import (
     GAP_PARTS,
@@ -1351,7 +1352,8 @@ class _Engine:
         coin = intent.coin
         booked = self.account.apply_fill(coin, intent.is_buy, filled, avg_px, fee)
         sign = 1 if intent.is_buy else -1
-        for follow, part in fill_shares(intent.attribution, intent.sz, filled):
+        szd = self.market.assets[coin].sz_decimals if coin in self.market.assets else None
+        for follow, part in attribute_fill(intent.attribution, intent.sz, filled, szd):
             coins = self.attributed.setdefault(follow, {})
             szi = coins.get(coin, ZERO) + sign * part
             if szi:
@@ -1375,6 +1377,7 @@ class _Engine:
             leader=intent.leader,
             leader_tid=None if order.trigger is None else order.trigger.tid,
             reason=intent.reason,
+            sz_decimals=szd,
         )
         self.records.append(record)
         if self.follow_limits:  # the ledger only feeds the follows' own risk limits

@@ -43,8 +43,7 @@ from hlcopy.api.params import ApiError, Args, Route, invalid
 from hlcopy.api.responses import json_response
 from hlcopy.clock import SYSTEM, Clock
 from hlcopy.errors import ExchangeError, StoreError, StreamError
-from hlcopy.follow.copier import Transfer, limit_price
-from hlcopy.follow.fills import fill_shares
+from hlcopy.follow.copier import Transfer, attribute_fill, limit_price
 from hlcopy.follow.risk import TradingState
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope
 from hlcopy.hl import derive_cloid
@@ -90,12 +89,17 @@ class ClosePlan:
 
 
 def plan_close(
-    coin: str, parts: Mapping[str, Decimal], position: Decimal, mid: Decimal
+    coin: str,
+    parts: Mapping[str, Decimal],
+    position: Decimal,
+    mid: Decimal,
+    sz_decimals: int | None = None,
 ) -> ClosePlan:
     """Pure: the close of hlcopy's parts of ``coin`` (follow -> signed size) against the
     account's ``position``. Opposite follows are netted by transfers (long to short, at
-    ``mid``); the net is closed, capped by the position so it never flips it; a position on
-    the other side from hlcopy's net (something outside hlcopy moved it) is left alone."""
+    ``mid``); the net is closed, capped by the position so it never flips it (the cap is
+    shared pro rata, on the coin's lot when ``sz_decimals`` is known); a position on the other
+    side from hlcopy's net (something outside hlcopy moved it) is left alone."""
     longs = sorted((f, s) for f, s in parts.items() if s > 0)
     shorts = sorted((f, -s) for f, s in parts.items() if s < 0)
     transfers: list[Transfer] = []
@@ -123,7 +127,9 @@ def plan_close(
             coin, net, position, tuple(transfers), is_buy, ZERO, (), "no position on that side"
         )
     sz = min(abs(net), abs(position))
-    attribution = tuple(fill_shares(sorted(remaining), abs(net), sz))
+    attribution = tuple(
+        (f, s) for f, s in attribute_fill(sorted(remaining), abs(net), sz, sz_decimals) if s > 0
+    )
     return ClosePlan(coin, net, position, tuple(transfers), is_buy, sz, attribution)
 
 
@@ -202,7 +208,7 @@ class CloseAll:
         mid = await self._mid(coin)
         if asset is None or mid is None:
             return {**out, "error": f"no {'asset' if asset is None else 'price'} for {coin}"}
-        plan = plan_close(coin, parts, positions.get(coin, ZERO), mid)
+        plan = plan_close(coin, parts, positions.get(coin, ZERO), mid, asset.sz_decimals)
         out.update(attributed=str(plan.attributed), position=str(plan.position))
         if plan.transfers:
             try:

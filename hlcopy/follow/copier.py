@@ -64,6 +64,7 @@ from enum import StrEnum
 from typing import Literal
 
 from hlcopy.errors import WireError
+from hlcopy.follow.fills import fill_shares
 from hlcopy.follow.risk import TradingState, most_severe
 from hlcopy.hl import MIN_NOTIONAL, Rounding, derive_cloid, round_price, round_size
 from hlcopy.model import Asset, LeaderFill, OrderIntent, TargetPosition
@@ -326,6 +327,24 @@ def split_fill(
     """Attribute a (partial) fill of an intent to its follows, in proportion to their shares and
     on the lot grid, so attributed sizes stay lot multiples."""
     return allocate(filled_sz, attribution, _lot(sz_decimals))
+
+
+def attribute_fill(
+    attribution: Sequence[tuple[str, Decimal]],
+    order_sz: Decimal,
+    filled: Decimal,
+    sz_decimals: int | None,
+) -> list[tuple[str, Decimal]]:
+    """Each follow's part of an order's fill. On the lot grid when the coin's lot is known
+    (``split_fill``): a part off the grid would leave a follow holding a size no order can
+    trade, which the next decision refuses. The exact proportional split (``fill_shares``)
+    when it is not, or when the shares are not on the grid themselves."""
+    if sz_decimals is None or filled == order_sz:
+        return fill_shares(attribution, order_sz, filled)
+    try:
+        return list(split_fill(filled, attribution, sz_decimals))
+    except ValueError:
+        return fill_shares(attribution, order_sz, filled)
 
 
 def _match(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
@@ -54,8 +54,8 @@ from hlcopy.config import HlcopyConfig
 from hlcopy.crash import crash_point
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
-from hlcopy.follow.copier import Transfer
-from hlcopy.follow.fills import PaperAccount, PaperFill, fill_shares, simulate_ioc
+from hlcopy.follow.copier import Transfer, attribute_fill
+from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.follow.risk import REFUSED_BEFORE_SENDING
 from hlcopy.hl import InfoClient, StreamPool, Subscription
@@ -336,8 +336,11 @@ class PaperExecutor(Component):
         subscribe_mids: bool = True,
         venue: Venue | None = None,
         own_fills_kept: int = 10_000,
+        sz_decimals: Callable[[str], int | None] | None = None,
     ) -> None:
         self._venue: Venue = venue or PaperVenue()
+        # A coin's lot, for splitting a partial fill over its follows on the grid.
+        self._sz_decimals = sz_decimals or (lambda coin: None)
         self.paper = self._venue.paper
         self._intents = intents
         self._outcomes = outcomes
@@ -901,7 +904,10 @@ class PaperExecutor(Component):
             )
             attributed = {f: dict(c) for f, c in self._attributed.items()}
             sign = 1 if intent.is_buy else -1
-            for follow, part in fill_shares(intent.attribution, intent.sz, fill.filled_sz):
+            shares = attribute_fill(
+                intent.attribution, intent.sz, fill.filled_sz, self._sz_decimals(intent.coin)
+            )
+            for follow, part in shares:
                 coins = attributed.setdefault(follow, {})
                 szi = coins.get(intent.coin, ZERO) + sign * part
                 if szi:

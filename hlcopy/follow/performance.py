@@ -5,7 +5,7 @@ that add up to it exactly. Pure: plain records in, Decimal figures out, no I/O, 
 their fills, skips with their reason), attribution transfers between follows (``TransferRecord``),
 the paper funding booked per coin and hour (``FundingRecord``), the leader's fills
 (``LeaderTrade``, from ``leader_fills``) and marks (the current mids). A follow's part of a fill is
-split from the row's attribution exactly as the executor splits it (``fill_shares``), its fee in
+split from the row's attribution as the executor splits it (``attribute_fill``), its fee in
 the same proportion; its funding is what the account pays on that part (``-szi x px x rate x
 hours`` with its attributed size at the funding hour).
 
@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, localcontext
 from typing import Final, Literal
 
-from hlcopy.follow.fills import fill_shares
+from hlcopy.follow.copier import attribute_fill
 
 ZERO: Final = Decimal(0)
 #: Where derived sizes (fixed-notional targets, fee shares) are cut: far below any lot or cent,
@@ -142,6 +142,8 @@ class CopyRecord:
     leader_tid: int | None = None
     skip_reason: str | None = None
     reason: str | None = None
+    # The coin's lot, when known: a partial fill then splits on it, as it was booked.
+    sz_decimals: int | None = None
 
     @property
     def follows(self) -> frozenset[str]:
@@ -164,7 +166,8 @@ class CopyRecord:
         assert self.sz is not None
         sign = 1 if self.is_buy else -1
         out = []
-        for follow, part in fill_shares(self.attribution, self.sz, self.filled_sz):
+        shares = attribute_fill(self.attribution, self.sz, self.filled_sz, self.sz_decimals)
+        for follow, part in shares:
             with localcontext(_EXACT):
                 fee = (self.fee * part / self.filled_sz).quantize(QUANTUM)
             out.append((follow, sign * part, fee))

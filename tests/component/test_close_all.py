@@ -62,6 +62,9 @@ def test_the_plan_closes_the_net_and_never_flips_the_account() -> None:
     plan = plan_close("ETH", {"f1": D("0.3"), "f2": D("0.1")}, D("0.2"), mid)
     assert plan.sz == D("0.2")
     assert dict(plan.attribution) == {"f1": D("0.15"), "f2": D("0.05")}
+    # ... on the coin's lot: no follow is left holding a size no order can trade.
+    plan = plan_close("ETH", {"f1": D("0.02"), "f2": D("0.01")}, D("0.01"), mid, 2)
+    assert plan.attribution == (("f1", D("0.01")),)
     # Opposite follows are netted by a transfer first, long to short, at the mid.
     plan = plan_close("ETH", {"f1": D("0.3"), "f2": D("-0.1")}, D("0.2"), mid)
     assert plan.transfers == (Transfer("ETH", "f1", "f2", D("0.1"), mid),)

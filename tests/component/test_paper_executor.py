@@ -81,6 +81,7 @@ async def executor_on(
     clock: Clock = SYSTEM,
     latency_ms: int = 20,
     funding: bool = False,
+    sz_decimals: Callable[[str], int | None] | None = None,
 ) -> AsyncIterator[Env]:
     async with aiohttp.ClientSession() as session, pool_on(sim) as pool:
         info = InfoClient(session, sim.url, WeightBudget())
@@ -99,6 +100,7 @@ async def executor_on(
             clock,
             latency_ms=latency_ms,
             funding=funding,
+            sz_decimals=sz_decimals,
         )
         up = asyncio.Event()
         task = asyncio.create_task(
@@ -262,6 +264,35 @@ async def test_a_tight_limit_fills_partly_or_not_at_all(stepped: Simulator, stor
         assert rows[nothing.cloid]["status"] == "rejected"
         assert rows[nothing.cloid]["error"] == NO_MATCH
         assert rows[nothing.cloid]["fill"]["avg_px"] is None
+
+
+async def test_a_partial_fill_of_a_shared_order_leaves_every_follow_on_the_lot(
+    stepped: Simulator, store: Store
+) -> None:
+    """Two follows share a sell 2:1 that fills only its first level: each follow's part is a
+    lot multiple (an exact two thirds would be a position no order can trade, and the next
+    decision for the coin would refuse it), and the parts sum to what filled."""
+    async with aiohttp.ClientSession() as session:
+        meta = await InfoClient(session, stepped.url, WeightBudget()).meta()
+    lots = {a.name: a.sz_decimals for a in meta.universe}
+    async with executor_on(stepped, store, sz_decimals=lots.get) as env:
+        book = await env.info.l2_book("BTC")
+        bids = sorted(book.bids, key=lambda x: -x.px)
+        lot = D(1).scaleb(-lots["BTC"])
+        units = int((bids[0].sz + bids[1].sz) / lot) // 3 * 3  # splits 2:1 on the lot
+        sz = units * lot
+        assert sz > bids[0].sz  # so the sell fills partly
+        shares = (("f1", sz * 2 / 3), ("f2", sz / 3))
+        partly = intent("BTC", False, sz, bids[0].px, follows=shares)
+        await env.intents.put(partly)
+        out = await outcome_of(env, partly)
+        assert out.status == "partial"
+        parts = {f: -coins["BTC"] for f, coins in env.executor.attributed().items()}
+        assert sum(parts.values()) == out.filled_sz == -env.executor.positions()["BTC"]
+        for follow, part in parts.items():
+            assert part % lot == 0, (follow, part)
+        exact = {f: share * out.filled_sz / sz for f, share in shares}
+        assert all(abs(parts.get(f, D(0)) - x) < lot for f, x in exact.items())
 
 
 async def test_fees_and_realised_pnl_match_a_hand_computation(

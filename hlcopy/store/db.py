@@ -46,6 +46,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     # connection due to unexpected postmaster exit"); a crash restart ends backends with 57P02.
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # The client's own state machine, when the connection broke under it (a pool resetting a
+    # connection whose server was killed: "cannot switch to state 15; another operation is in
+    # progress"); not a PostgresError, so it would otherwise escape every handler.
+    asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
     ConnectionError,
     OSError,

@@ -186,7 +186,11 @@ class Browser:
 
     async def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element (it must be visible and on top)."""
-        box = await self.eval(
+        await self.release(await self.press(selector))
+
+    async def press(self, selector: str) -> dict[str, Any]:
+        """Press the left button in the middle of the element; ``release`` ends the click."""
+        box: dict[str, Any] | None = await self.eval(
             f"""(() => {{
                 const el = document.querySelector({json.dumps(selector)});
                 if (!el) return null;
@@ -199,11 +203,17 @@ class Browser:
         )
         assert box is not None, f"no element {selector}"
         assert box["onTop"], f"{selector} is covered by another element"
-        for kind in ("mousePressed", "mouseReleased"):
-            await self.send(
-                "Input.dispatchMouseEvent",
-                {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1},
-            )
+        await self._mouse("mousePressed", box)
+        return box
+
+    async def release(self, box: dict[str, Any]) -> None:
+        await self._mouse("mouseReleased", box)
+
+    async def _mouse(self, kind: str, box: dict[str, Any]) -> None:
+        await self.send(
+            "Input.dispatchMouseEvent",
+            {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1},
+        )
 
     async def type(self, selector: str, text: str) -> None:
         await self.eval(f"document.querySelector({json.dumps(selector)}).focus()")

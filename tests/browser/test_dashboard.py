@@ -28,6 +28,7 @@ from hlcopy.api.dashboard import CSP
 from hlcopy.app import App
 from hlcopy.config import DatabaseConfig
 from hlcopy.credentials import load_secrets
+from hlcopy.events import Event
 from hlcopy.follow.follows import FollowRecord
 from hlcopy.follow.opportunities import Opportunity, Outcome
 from hlcopy.sim import SimConfig, Simulator
@@ -279,7 +280,12 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
 
         # The follow's own controls: pause and unpause it, edit a limit.
         card = '[data-follow="dash"]'
-        await b.click(f"{card} button[data-action='pause']")
+        # A redraw the feed asks for while the button is held down waits for the release:
+        # replacing the button between press and release would lose the click.
+        box = await b.press(f"{card} button[data-action='pause']")
+        app.bus.publish(Event("risk", {"scope": "follow:dash"}, 0, None))  # redraw in 0.3 s
+        await asyncio.sleep(1.0)
+        await b.release(box)
         await b.wait_for(q(f"{card} button[data-action='unpause']"), what="paused")
         assert followed(app).paused
         await b.click(f"{card} button[data-action='unpause']")

@@ -145,6 +145,15 @@ async def test_a_backend_shut_down_under_a_query_is_transient(dsn: str) -> None:
         victim.terminate()
 
 
+def test_asyncpgs_own_state_error_is_the_database_gone_for_a_moment() -> None:
+    """What a pool raised in CI when it reset a connection of a killed server: the tracker
+    stopped the daemon with it, because nothing translated it."""
+    with pytest.raises(StoreUnavailable, match="save positions"), translate("save positions"):
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+
+
 async def test_unreachable_database_is_transient(tmp_path: Path) -> None:
     cfg = DatabaseConfig(dsn=f"postgresql://nobody@/x?host={tmp_path}&port=1", command_timeout_s=2)
     store = Store(cfg, tmp_path)

@@ -600,9 +600,23 @@
     scheduleRefresh(Math.max(300, due));
   }
 
+  // A redraw while a pointer is pressed would replace the button under it between press and
+  // release, and the browser then fires no click (a lost Pause or Halt): redraws wait for the
+  // release.
+  let pointerHeld = false;
+  let redrawHeld = false;
+  document.addEventListener('pointerdown', () => { pointerHeld = true; }, true);
+  const pointerReleased = () => {
+    pointerHeld = false;
+    if (redrawHeld) { redrawHeld = false; scheduleRefresh(50); }
+  };
+  document.addEventListener('pointerup', pointerReleased, true);
+  document.addEventListener('pointercancel', pointerReleased, true);
+
   async function runRefresh() {
     const ctx = current;
     if (!ctx || !ctx.refresh) return;
+    if (pointerHeld) { redrawHeld = true; return; }
     if (ctx.busy) { ctx.again = true; return; }
     ctx.busy = true;
     lastRefreshMs = Date.now();
@@ -626,6 +640,7 @@
   // Replace a region's content only when the view is still the one shown.
   function fill(ctx, region, ...children) {
     if (ctx !== current) return;
+    if (pointerHeld) { redrawHeld = true; return; } // drawn again after the release
     region.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
   }
 

@@ -1,4 +1,5 @@
-"""What ``hlcopy demo`` tells its user while it runs: the leaderboard as it fills.
+"""What ``hlcopy demo`` tells its user while it runs: the leaderboard as it fills, whom the
+account copies and fades, and a backtest of the top trader.
 
 Read from the daemon's own public API, as any client would, so the demo shows what a user of
 the API sees and nothing the API does not serve.
@@ -90,6 +91,42 @@ def render_backtest(job: Mapping[str, Any]) -> str:
     )
 
 
+def _signed(value: Any) -> str:
+    return "-" if value is None else f"{Decimal(value):+,.2f}"
+
+
+def _money(value: Any) -> str:
+    return "-" if value is None else f"{Decimal(value):,.2f}"
+
+
+def render_copying(follows: Mapping[str, Any], positions: Mapping[str, Any]) -> str:
+    """One line: whom the account copies or fades (the auto-follow rules' picks), its paper
+    equity and PnL, and what it holds."""
+    rows: Sequence[Mapping[str, Any]] = follows.get("follows", ())
+    if not rows:
+        return (
+            "hlcopy demo: no follow yet: the auto-follow rules pick leaders once the board has "
+            "them; /api/v1/follows"
+        )
+    who = []
+    for f in rows:
+        inverse = f.get("spec", {}).get("mode") == "inverse"
+        state = "paused" if f.get("paused") else "winding down" if f.get("winding_down") else ""
+        label = f"{'fading' if inverse else 'copying'} {_short(str(f.get('leader', '')))}"
+        who.append(f"{label} ({state})" if state else label)
+    held = [
+        f"{p['coin']} {Decimal(p['szi']):+f}"
+        for p in positions.get("positions", ())
+        if Decimal(p.get("szi", 0)) != 0
+    ]
+    return (
+        f"hlcopy demo: {positions.get('mode', 'paper')}: {', '.join(who)}; equity "
+        f"{_usd(positions.get('equity'))} USD, realised {_signed(positions.get('realized_pnl'))}, "
+        f"fees {_money(positions.get('fees'))}; holds {', '.join(held) or 'nothing yet'}; "
+        "/api/v1/positions"
+    )
+
+
 async def narrate(
     api_url: str,
     token: str | None,
@@ -113,6 +150,13 @@ async def narrate(
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue  # starting, stopping or busy: the next round will tell
             print(render_board(clock.monotonic() - started, stats, board, losers), flush=True)
+            try:
+                follows = await _get(http, "/api/v1/follows")
+                positions = await _get(http, "/api/v1/positions")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass  # loading: the next round will tell
+            else:
+                print(render_copying(follows, positions), flush=True)
             backtest = await _backtest_top(http, board, backtest)
 
 

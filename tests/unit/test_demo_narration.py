@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hlcopy.demo import render_backtest, render_board
+from hlcopy.demo import render_backtest, render_board, render_copying
 
 ROW = {
     "address": "0x" + "ab" * 19 + "cd",
@@ -63,3 +63,25 @@ def test_a_finished_backtest_is_one_line_with_its_gap_and_parts() -> None:
     assert "gap -3218.04 (latency_slippage -2.01, limits -3216.03)" in line  # zero parts left out
     failed = render_backtest({**job, "state": "failed", "result": None, "error": "no fills"})
     assert failed.endswith("failed no fills")
+
+
+def test_the_copying_line_names_who_is_copied_and_faded_and_what_is_held() -> None:
+    follows = {
+        "follows": [
+            {"leader": "0x" + "ad" * 20, "spec": {"mode": "copy"}, "paused": False},
+            {"leader": "0x" + "e9" * 20, "spec": {"mode": "inverse"}, "winding_down": True},
+        ]
+    }
+    positions = {
+        "mode": "paper",
+        "equity": "9987.4",
+        "realized_pnl": "-3.2",
+        "fees": "1.1",
+        "positions": [{"coin": "ETH", "szi": "0.1462"}, {"coin": "BTC", "szi": "0"}],
+    }
+    line = render_copying(follows, positions)
+    assert line.startswith("hlcopy demo: paper: copying 0xadad…adad, fading 0xe9e9…e9e9 (winding")
+    assert "equity 9,987 USD, realised -3.20, fees 1.10" in line
+    assert "holds ETH +0.1462;" in line  # a flat coin is not listed
+    empty = render_copying({"follows": []}, positions)
+    assert "no follow yet" in empty

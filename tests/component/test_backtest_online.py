@@ -29,6 +29,15 @@ from tests.unit.test_backtest import our_fills_as_exchange_fills
 D = Decimal
 CENT = D("0.01")
 DAY_MS = 86_400_000
+# A copy without costs or limits, and blind to what the leader held before the window.
+COSTLESS = {
+    "latency_ms": 0,
+    "slippage_bps": 0,
+    "fee_bps": 0,
+    "min_notional": False,
+    "risk": False,
+    "initial": "ignore",
+}
 WEIGHT = 1_000_000  # the budget is checked, not waited for: a generous one on both sides
 
 
@@ -128,17 +137,7 @@ def test_a_costless_copy_realises_the_exchanges_closed_pnl_on_every_round_trip(
         fetched.leader,
         fetched.market,
     )
-    options = build_options(
-        [address],
-        {
-            "latency_ms": 0,
-            "slippage_bps": 0,
-            "fee_bps": 0,
-            "min_notional": False,
-            "risk": False,
-            "initial": "ignore",
-        },
-    )
+    options = build_options([address], COSTLESS)
     result = run_backtest([leader], market, options, since, now)
     theirs = round_trips(leader.fills)
     ours = {
@@ -162,23 +161,13 @@ def test_a_costless_copy_realises_the_exchanges_closed_pnl_on_every_round_trip(
 def test_a_window_opening_on_a_leaders_position_puts_its_move_in_entry(
     fetched: Fetched,
 ) -> None:
-    """Ignored, what the leader held at the window's start is the gap's "entry" part, and the
-    round trips after it still match to the cent."""
+    """Ignored, what the leader held at the window's start is the gap's "entry" part; with no
+    costs, nothing else but funding stands between the copy and the leader."""
     leader, now = fetched.leader, fetched.until
     since = next(
         f.time_ms for f in leader.fills if any(prepare([leader], f.time_ms, now).initial.values())
     )
-    options = build_options(
-        [fetched.address],
-        {
-            "latency_ms": 0,
-            "slippage_bps": 0,
-            "fee_bps": 0,
-            "min_notional": False,
-            "risk": False,
-            "initial": "ignore",
-        },
-    )
+    options = build_options([fetched.address], COSTLESS)
     result = run_backtest([leader], fetched.market, options, since, now)
     parts = result.parts
     assert parts["entry"] != 0

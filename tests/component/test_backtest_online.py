@@ -24,20 +24,14 @@ from hlcopy.hl import InfoClient, new_session
 from hlcopy.scout.analytics import round_trips
 from hlcopy.sim import SimConfig, Simulator
 
+from tests.unit.test_backtest import COSTLESS as UNIT_COSTLESS
 from tests.unit.test_backtest import our_fills_as_exchange_fills
 
 D = Decimal
 CENT = D("0.01")
 DAY_MS = 86_400_000
-# A copy without costs or limits, and blind to what the leader held before the window.
-COSTLESS = {
-    "latency_ms": 0,
-    "slippage_bps": 0,
-    "fee_bps": 0,
-    "min_notional": False,
-    "risk": False,
-    "initial": "ignore",
-}
+# The unit tests' costless copy, blind to what the leader held before the window.
+COSTLESS = {**UNIT_COSTLESS, "initial": "ignore"}
 WEIGHT = 1_000_000  # the budget is checked, not waited for: a generous one on both sides
 
 

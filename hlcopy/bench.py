@@ -1591,10 +1591,12 @@ class _Wire:
         self.committed.setdefault(row.cloid, time.perf_counter_ns())
         return stored
 
-    async def send(self, conn: Any, message: dict[str, Any], *, urgent: bool = False) -> None:
+    async def send(self, conn: Any, message: dict[str, Any] | str, *, urgent: bool = False) -> None:
         await self._send(conn, message, urgent=urgent)
         at_ns = time.perf_counter_ns()  # first thing: the bytes are on the socket
-        request = message.get("request")
+        import orjson
+
+        request = (orjson.loads(message) if isinstance(message, str) else message).get("request")
         if isinstance(request, dict) and request.get("type") == "action":
             for cloid in _cloids(request["payload"]):
                 self.written.setdefault(cloid, at_ns)

@@ -612,14 +612,16 @@ class StreamPool(Component):
         sub.sent_epoch = conn.epoch
         await self._send(conn, {"method": "subscribe", "subscription": sub._spec.wire})
 
-    async def _send(self, conn: _Conn, message: dict[str, Any], *, urgent: bool = False) -> None:
-        """Send one message within the outbound pace; ``urgent`` ones (action posts, pings)
-        go before routine ones."""
+    async def _send(
+        self, conn: _Conn, message: dict[str, Any] | str, *, urgent: bool = False
+    ) -> None:
+        """Send one message (a mapping, or its JSON text) within the outbound pace;
+        ``urgent`` ones (action posts, pings) go before routine ones."""
         await self._outbound.acquire(urgent)
         ws = conn.ws
         if ws is None:
             raise ConnectionClosed(None, None)
-        await ws.send(orjson.dumps(message).decode())
+        await ws.send(message if isinstance(message, str) else orjson.dumps(message).decode())
 
     async def _heartbeat(self, conn: _Conn, ws: ClientConnection) -> None:
         tick = min(self._ping_s, self._silence_s) / 4
@@ -747,11 +749,15 @@ class StreamPool(Component):
         (``status`` and ``response``), read by the exchange client. Raises AmbiguousOutcome
         when the socket closes after sending or the reply does not come in time, StreamError
         when the pool is not running."""
-        reply: object = await self._post("action", orjson.loads(body))
+        reply: object = await self._post("action", body)
         return reply
 
-    async def _post(self, kind: Literal["info", "action"], payload: Mapping[str, Any]) -> Any:
+    async def _post(
+        self, kind: Literal["info", "action"], payload: Mapping[str, Any] | bytes
+    ) -> Any:
         """A request over the socket: ``info`` returns the data; ``action`` the exchange's reply.
+        ``payload`` as a mapping, or as the JSON bytes of one (a signed action's REST body goes
+        into the message as it is: no parsing it back on an order's way out).
 
         A lost or late reply to an action raises AmbiguousOutcome (it may have landed)."""
         if self._tg is None:
@@ -762,11 +768,15 @@ class StreamPool(Component):
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             conn.posts[post_id] = (kind, future)
             self.counters["posts"] += 1
-            message = {
-                "method": "post",
-                "id": post_id,
-                "request": {"type": kind, "payload": dict(payload)},
-            }
+            message: dict[str, Any] | str
+            if isinstance(payload, bytes):
+                message = _post_text(post_id, kind, payload)
+            else:
+                message = {
+                    "method": "post",
+                    "id": post_id,
+                    "request": {"type": kind, "payload": dict(payload)},
+                }
             try:
                 try:
                     await self._send(conn, message, urgent=kind == "action")
@@ -822,6 +832,12 @@ class StreamPool(Component):
             "posts_in_flight": sum(len(c.posts) for c in self._conns),
             **self.counters,
         }
+
+
+def _post_text(post_id: int, kind: str, payload: bytes) -> str:
+    """The text of a ``post`` message around ``payload``, JSON bytes spliced in unparsed."""
+    head = f'{{"method":"post","id":{post_id},"request":{{"type":"{kind}","payload":'
+    return head + payload.decode() + "}}"
 
 
 # -- decoders: wire data of one message to the feed's record ----------------------------------

@@ -256,8 +256,11 @@ def _sign(x: Decimal) -> int:
     return (x > 0) - (x < 0)
 
 
+_LOTS = tuple(Decimal(1).scaleb(-d) for d in range(16))
+
+
 def _lot(sz_decimals: int) -> Decimal:
-    return Decimal(1).scaleb(-sz_decimals)
+    return _LOTS[sz_decimals] if 0 <= sz_decimals < len(_LOTS) else Decimal(1).scaleb(-sz_decimals)
 
 
 def _down(sz: Decimal, sz_decimals: int) -> Decimal:
@@ -806,7 +809,7 @@ def _intent(
 
 
 def _check_grid(name: str, value: Decimal, sz_decimals: int, key: str | None = None) -> None:
-    if value != 0 and value.copy_abs() != round_size(value.copy_abs(), sz_decimals):
+    if value and (not value.is_finite() or value != value.quantize(_lot(sz_decimals))):
         where = name if key is None else f"{name}[{key}]"
         raise ValueError(
             f"{where} = {value} is not a multiple of the lot (szDecimals {sz_decimals})"
@@ -841,15 +844,14 @@ def decide(
     lot = _lot(szd)
     limits = account_limits or AccountLimits()
     risk = risk or {}
-    ordered = sorted(follows, key=lambda f: f.id)
-    ids = [f.id for f in ordered]
-    if len(set(ids)) != len(ids):
+    ordered = sorted(follows, key=lambda f: f.id) if len(follows) > 1 else list(follows)
+    if len({f.id for f in ordered}) != len(ordered):
         raise ValueError("follow ids must be unique")
     if trigger is not None and trigger.coin != coin:
         raise ValueError(f"trigger is for {trigger.coin}, decision for {coin}")
     _check_grid("follower.szi", follower.szi, szd)
     for book, what in ((follower.attributed, "attributed"), (follower.pending, "pending")):
-        for key in sorted(book):
+        for key in sorted(book) if len(book) > 1 else book:
             _check_grid(what, book[key], szd, key)
 
     plans = [
@@ -882,7 +884,10 @@ def decide(
 
     shares: dict[str, Decimal] = {}
     received: dict[str, Decimal] = {}
-    if (ups or downs) and mid is not None:
+    if (ups or downs) and mid is not None and not (ups and downs):
+        # All moves one way: nothing nets, every move is the order's.
+        shares = {k: v for k, v in (ups or downs) if v > 0}
+    elif ups and downs and mid is not None:
         # Opposite moves net internally; the majority side's netted part is in proportion.
         if direction > 0:
             netted = allocate(total_down, ups, lot)

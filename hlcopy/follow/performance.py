@@ -343,24 +343,35 @@ class _Gap:
         self.parts = _zero_parts()
 
     def change(self, delta: Decimal, px: Decimal, own: Part) -> None:
-        """The deficit (ideal - ours) changes by ``delta`` at ``px``."""
+        """The deficit (ideal - ours) changes by ``delta`` at ``px``.
+
+        The lots are all on one side (a change against them uses them up, oldest first, before
+        any of it is left to open a lot), so a change on their side only adds to the newest
+        lot or opens one: a deficit that keeps growing (a limit cutting every copy) costs the
+        same per change however many lots it has."""
         if delta == 0:
             return
         move = self.mark - px
+        lots = self.lots
         rest = delta
-        for lot in self.lots:
-            if rest == 0:
-                break
-            if lot.szi == 0 or _sign(lot.szi) == _sign(rest):
-                continue
-            take = _sign(rest) * min(abs(rest), abs(lot.szi))
-            self.parts[lot.part] -= take * move
-            lot.szi += take
-            rest -= take
-        self.lots = [lot for lot in self.lots if lot.szi != 0]
+        if lots and _sign(lots[0].szi) != _sign(rest):
+            used = 0
+            for lot in lots:
+                take = _sign(rest) * min(abs(rest), abs(lot.szi))
+                self.parts[lot.part] -= take * move
+                lot.szi += take
+                rest -= take
+                if lot.szi == 0:
+                    used += 1
+                if rest == 0:
+                    break
+            del lots[:used]
         if rest != 0:
             self.parts[own] -= rest * move
-            self.lots.append(_Lot(own, rest))
+            if lots and lots[-1].part == own:
+                lots[-1].szi += rest  # one lot of one part: used up as one, in the same order
+            else:
+                lots.append(_Lot(own, rest))
 
     def copied(self, szi: Decimal, leader_px: Decimal, px: Decimal) -> None:
         """A leader change copied directly: ``szi`` at ``px`` for the leader's ``leader_px``."""

@@ -182,6 +182,9 @@ class _Conn:
     id: int
     subs: dict[tuple[Any, ...], Subscription[Any]] = field(default_factory=dict)
     routes: dict[str, dict[Any, Subscription[Any]]] = field(default_factory=dict)
+    # Every (channel, route) this connection has carried: a message for one no longer
+    # subscribed was on its way when we unsubscribed, not garbage.
+    routed: set[tuple[str, Any]] = field(default_factory=set)
     ws: ClientConnection | None = None
     epoch: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -194,6 +197,7 @@ class _Conn:
     def add(self, sub: Subscription[Any]) -> None:
         self.subs[sub._spec.key] = sub
         self.routes.setdefault(sub._spec.channel, {})[sub._spec.route] = sub
+        self.routed.add((sub._spec.channel, sub._spec.route))
         sub.conn = self
 
     def remove(self, sub: Subscription[Any]) -> None:
@@ -282,6 +286,7 @@ class StreamPool(Component):
             "reconnects": 0,
             "messages": 0,
             "malformed": 0,
+            "after_unsubscribe": 0,
             "sink_dropped": 0,
             "server_errors": 0,
             "ack_timeouts": 0,
@@ -675,16 +680,20 @@ class StreamPool(Component):
                 log.warning("stream server error", conn=conn.id, error=str(data)[:300])
                 continue
             by_route = conn.routes.get(channel)
-            if not by_route:
+            if by_route is None:
                 self._malformed(conn, raw)
                 continue
+            route = _route_value(channel, data) if channel in _ROUTE_PARAM else None
             if channel in _ROUTE_PARAM:
-                sub = by_route.get(_route_value(channel, data))
+                sub = by_route.get(route)
             else:  # messages that do not say whose they are: one such subscription per connection
                 sub = next(iter(by_route.values())) if len(by_route) == 1 else None
             if sub is None:
                 if isinstance(data, list) and not data:
                     continue  # an empty trades batch names no coin
+                if route not in by_route and (channel, route) in conn.routed:
+                    self.counters["after_unsubscribe"] += 1  # sent before it heard us
+                    continue
                 self._malformed(conn, raw)
                 continue
             try:

@@ -191,6 +191,26 @@ async def test_garbage_is_counted_never_fatal(server: WsServer) -> None:
         assert stats["reconnects"] == 0
 
 
+async def test_what_was_on_its_way_after_an_unsubscribe_is_not_garbage(server: WsServer) -> None:
+    """The server keeps sending until it reads our unsubscribe: a daemon stopping its tracker
+    logged the last mids as malformed. Late messages are counted apart; a coin never
+    subscribed on the connection is still garbage."""
+    async with running_pool(server.url) as pool:
+        btc, eth = inbox(Trades), inbox(Trades)
+        sub = await pool.trades("BTC", btc)
+        await pool.trades("ETH", eth)
+        await pool.unsubscribe(sub)
+        await server.publish("trades", [trade("BTC", 1)])  # already on its way
+        await server.send_raw('{"channel": "trades", "data": [{"coin": "DOGE"}]}')
+        await server.publish("trades", [trade("ETH", 2)])
+        (msg,) = await receive(eth, 1)
+        assert [t.tid for t in msg.trades] == [2]
+        assert btc.empty()
+        stats = pool.stats()
+        assert stats["after_unsubscribe"] == 1
+        assert stats["malformed"] == 1  # DOGE
+
+
 async def test_snapshots_are_replayed_on_resubscription_and_flagged(server: WsServer) -> None:
     history = [fill(1), fill(2)]
     server.snapshot = lambda sub: (

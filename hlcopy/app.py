@@ -234,7 +234,7 @@ class App:
         daemon.add(AutoFollower(self.follows, self.leaderboard, self.executor, cfg, clock))
         daemon.add(self.opportunities)
         # Backtests over the API read through the daemon's budget, on its lowest lane.
-        backtests = BacktestJobs(info, cfg, clock)
+        backtests = BacktestJobs(info, lambda: daemon.config, clock)
         daemon.add_stats("backtests", backtests.stats)
         if cfg.api.enabled:
             daemon.add(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -117,7 +118,7 @@ class BacktestJobs:
     def __init__(
         self,
         info: InfoClient | None,
-        config: HlcopyConfig,
+        config: HlcopyConfig | Callable[[], HlcopyConfig],
         clock: Clock = SYSTEM,
         *,
         kept: int = KEPT,
@@ -152,7 +153,9 @@ class BacktestJobs:
                 running=running.id,
             )
         addresses, given, window, sweep = _parse_body(body)
-        picked, variants = check_request(addresses, given, self._config, sweep)
+        # The config as it is now: a reload (SIGHUP) since the daemon started counts.
+        config = self._config() if callable(self._config) else self._config
+        picked, variants = check_request(addresses, given, config, sweep)
         now = self._clock.time_ms()
         span = resolve_window(
             days=window.get("days"),

@@ -19,7 +19,7 @@ from hlcopy.api.app import build_app
 from hlcopy.api.backtest import BacktestJobs
 from hlcopy.budget import WeightBudget
 from hlcopy.component import MetricFamily, ReloadResult
-from hlcopy.config import ApiConfig, HlcopyConfig
+from hlcopy.config import ApiConfig, HlcopyConfig, parse_config
 from hlcopy.credentials import Secret
 from hlcopy.hl import InfoClient, new_session
 from hlcopy.sim import SimConfig, Simulator
@@ -191,3 +191,30 @@ async def test_a_token_is_needed_and_unknown_ids_are_404(api: Api) -> None:
         status, answer = await api.call(method, "/api/v1/backtest/bt-99")
         assert status == 404
         assert answer["error"]["code"] == "not_found"
+
+
+async def test_a_backtest_takes_the_config_as_it_is_now_not_as_it_was_at_start() -> None:
+    """A follow's rules edited in the TOML and reloaded apply to the next backtest of its
+    leader: the jobs read the daemon's config at each start."""
+    async with (
+        Simulator(SimConfig(port=0, realtime=False, traders=20, weight_per_minute=WEIGHT)) as sim,
+        new_session() as rest,
+    ):
+        leader = busiest(sim, 3)
+
+        def config(ratio: str) -> HlcopyConfig:
+            return parse_config({"follow": [{"name": "a", "leader": leader, "ratio": ratio}]})
+
+        current = config("0.1")
+        jobs = BacktestJobs(InfoClient(rest, sim.url, WeightBudget(WEIGHT)), lambda: current)
+        described = []
+        for ratio in ("0.1", "0.3"):
+            current = config(ratio)  # as a reload swaps the daemon's config
+            job = jobs.start({"addresses": [leader], "days": 3, "latency_ms": 0, "risk": False})
+            assert job.task is not None
+            await asyncio.wait_for(job.task, 30)
+            assert job.state == "done", job.error
+            assert job.result is not None
+            described.append(job.result["results"][0]["options"])
+        assert "ratio 0.1" in described[0]
+        assert "ratio 0.3" in described[1]

@@ -210,3 +210,34 @@ async def test_a_requested_trader_becomes_position_events(rig: Rig, sim: Simulat
     assert [r["kind"] for r in rows] == ["open", "flip"]
     stored = await rig.store.pool.fetchval("SELECT positions FROM traders WHERE address = $1", me)
     assert [p["coin"] for p in stored] == ["ETH"]
+
+
+async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settles(
+    tmp_path: Path,
+) -> None:
+    """Once enough provisional scores are in, the candidates are the best of them; a month of
+    luck among dozens explored outranks the public leaderboard's consistent winners on that
+    alone, and they were never completed. They stay candidates: their fills come first."""
+    from hlcopy.scout.tracker import Tracked
+
+    cfg = make_config(tmp_path, tracking={"scoring_top_n": 2})
+    async with new_session(1) as session:
+        info = InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200))
+        tracker = Tracker(
+            info=info,
+            store=Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/x"), tmp_path),
+            stream=StreamPool("ws://127.0.0.1:9"),
+            universe=UniverseService(info),
+            registry=ListRegistry([]),
+            metrics=Board(),
+            bus=EventBus(),
+            config=cfg,
+        )
+        lucky = [Tracked(f"0x{i:040x}", provisional_score=1.0 + i) for i in range(1, 6)]
+        seeded = Tracked("0x" + "5e" * 20, provisional_score=0.5)
+        for t in (*lucky, seeded):
+            tracker._traders[t.address] = t
+        tracker._seed_best = {seeded.address}
+        tracker._mark_candidates()  # five scores and more: settled, for the top two
+        assert [t.candidate for t in lucky] == [False, False, False, True, True]
+        assert seeded.candidate

@@ -139,9 +139,11 @@ def test_a_candidate_is_completed_first_fills_then_for_a_contender_its_role() ->
     t.fills_s = 10.0
     assert next_job([t], 10.0, 60.0, 3600.0) is None  # a loser's role does not matter
     t.contender = True  # near the top of the winners: a vault or an agent must not rank there
-    job = next_job([t], 10.0, 60.0, 3600.0)
+    # Another candidate's fills wait (short of ten times t's priority): t is on the board.
+    other.candidate, other.scored_s, other.priority = True, 0.0, 5.0
+    job = next_job([other, t], 10.0, 60.0, 3600.0)
     assert job is not None
-    assert job.kind == "role"
+    assert (job.trader, job.kind) == (t, "role")
     t.role_s = 10.0
     assert next_job([t], 11.0, 60.0, 3600.0) is None  # once
 
@@ -166,24 +168,28 @@ def test_a_requested_traders_positions_are_left_to_the_truth_worker() -> None:
     assert next_job([watched], 61.0, 60.0, 3600.0) is None
 
 
-def test_seeds_are_the_best_and_worst_months_whose_whole_history_agrees() -> None:
+def test_seeds_are_the_best_by_their_weakest_window_and_the_worst_months_history_agrees() -> None:
     from hlcopy.model import SeedTrader, WindowPerformance
     from hlcopy.scout.tracker import _seed_lists
 
-    def row(name: str, month: str, all_time: str) -> SeedTrader:
+    def row(name: str, month: str, all_time: str, week: str | None = None) -> SeedTrader:
         def perf(roi: str) -> WindowPerformance:
             return WindowPerformance(D(0), D(roi), D(0))
 
-        return SeedTrader(name, D(1000), {"month": perf(month), "allTime": perf(all_time)})
+        windows = {"month": perf(month), "allTime": perf(all_time)}
+        if week is not None:
+            windows["week"] = perf(week)
+        return SeedTrader(name, D(1000), windows)
 
     rows = [
         row("steady", "0.4", "2.0"),
         row("lucky", "0.9", "-0.5"),  # a great month after losing over all time
-        row("good", "0.2", "0.1"),
+        row("one trade", "1.5", "1.2", week="-0.1"),  # a month made by one lucky week
+        row("good", "0.2", "0.1", week="0.05"),
         row("bleeder", "-0.6", "-0.9"),
         row("unlucky", "-0.8", "1.5"),  # a bad month after winning over all time
         row("flat", "0.0", "0.0"),
     ]
     best, worst = _seed_lists(rows, 2)
-    assert [r.address for r in best] == ["steady", "good"]
+    assert [r.address for r in best] == ["steady", "good"]  # weakest windows 0.4 and 0.05
     assert [r.address for r in worst] == ["bleeder"]

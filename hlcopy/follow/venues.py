@@ -2,20 +2,23 @@
 
 Per intent (its copy row already committed as ``sending`` by the shell, ``follow/executor.py``):
 
-1. **Check once more.** The risk state is read again right before signing: HALTED sends nothing,
+1. **Check once more**, once the order's weight fits in the IP budget's order lane (a burst of
+   orders can wait there behind reads already in the window; signed first, one arrived
+   expired). The risk state is read again right before signing: HALTED sends nothing,
    REDUCING only an order that ``permits`` (it shrinks the position without crossing zero), and
    then as reduce-only, so the exchange refuses it too if our view of the position is stale.
 2. **Sign.** The cloid is the intent's (derived by the copier), the nonce comes from the
    signer's ``NonceSource``, ``expiresAfter`` = now + ``expires_after_s``; an IOC limit at the
    intent's limit price, rounded in the safe direction inside ``hl/``.
-3. **Send** through ``send`` (the exchange client's REST post unless told otherwise) and read
-   the answer: ``filled`` (size, average price; the fee from our own fills seen on the stream,
-   else the taker rate), ``rejected`` with the exchange's message (the order's own error, or the
-   whole action refused), ``never_arrived`` when it certainly never left (the connection was
-   refused), and anything ambiguous — a timeout, a 5xx, a lost or unreadable reply, a 429 — is
-   ``unknown``: its row says so, and it is settled by ``orderStatus(cloid)`` on the account
-   once ``expiresAfter`` has passed, never by sending again. Unknown to the exchange then means
-   it never arrived, so the copier may decide again with a new attempt (a new cloid).
+3. **Send** through the exchange client (a WebSocket post when a connection is up, REST
+   otherwise) and read the answer: ``filled`` (size, average price; the fee from our own fills
+   seen on the stream, else the taker rate), ``rejected`` with the exchange's message (the
+   order's own error, or the whole action refused), ``never_arrived`` when it certainly never
+   left (the connection was refused), and anything ambiguous — a timeout, a 5xx, a lost or
+   unreadable reply, a 429 — is ``unknown``: its row says so, and it is settled by
+   ``orderStatus(cloid)`` on the account once ``expiresAfter`` has passed, never by sending
+   again. Unknown to the exchange then means it never arrived, so the copier may decide again
+   with a new attempt (a new cloid).
 4. The shell books what comes back (shielded) and hands the outcome to the engine, whose risk
    breakers count permanent rejections.
 
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
@@ -67,14 +70,13 @@ from hlcopy.follow.executor import (
     VenueResult,
 )
 from hlcopy.follow.risk import REFUSED_BEFORE_SENDING, TradingState, permits
-from hlcopy.hl import ExchangeClient, InfoClient, PreparedAction, StreamPool, Subscription
+from hlcopy.hl import ExchangeClient, InfoClient, StreamPool, Subscription
 from hlcopy.model import (
     AccountRead,
     Asset,
     Fill,
     OrderIntent,
     OrderSpec,
-    OrderStatus,
     UserFills,
     UserRateLimit,
 )
@@ -86,7 +88,6 @@ FEE_QUANTUM: Final = Decimal("0.000001")
 #: orderStatus states of an order that ended without (more) filling.
 _UNFILLED_ENDS: Final = frozenset({"canceled", "iocCancelRejected", "filled"})
 
-Send = Callable[[PreparedAction], Awaitable[list[OrderStatus]]]
 #: The start of every refusal the venue makes without sending anything.
 REFUSED: Final = REFUSED_BEFORE_SENDING
 
@@ -120,7 +121,6 @@ class LiveVenue:
         stream: StreamPool | None = None,
         risk: Callable[[OrderIntent], TradingState] | None = None,
         follower_state: Callable[[], AccountRead | None] | None = None,
-        send: Send | None = None,
         clock: Clock = SYSTEM,
         expires_after_s: float = 5.0,
         settle_margin_s: float = 0.5,
@@ -141,7 +141,6 @@ class LiveVenue:
         self._stream = stream
         self._risk = risk
         self._follower_state = follower_state
-        self._send: Send = send or exchange.send_orders
         self._clock = clock
         self.expires_after_ms = int(expires_after_s * 1000)
         self._settle_margin_s = settle_margin_s
@@ -176,6 +175,7 @@ class LiveVenue:
             "leverage_set": 0,
             "leverage_errors": 0,
             "refused_by_rate_limit": 0,
+            "waited_for_weight": 0,  # orders that waited a second or more for the IP's weight
             "rate_limit_reads": 0,
             "rate_limit_errors": 0,
         }
@@ -352,6 +352,14 @@ class LiveVenue:
             return self._rejected(now, f"{intent.coin} is not in the exchange's universe")
         if intent.tif != "Ioc":
             return self._rejected(now, f"copies are IOC orders, not {intent.tif}")
+        # The order's weight first, then the checks, its time, nonce and signature: a burst
+        # of orders can wait behind reads already in the IP's window (signed first, one
+        # arrived expired), and the risk state is read after that wait, right before signing.
+        asked = self._clock.monotonic()
+        await self._exchange.admit(1)
+        if self._clock.monotonic() - asked >= 1.0:
+            self.counters["waited_for_weight"] += 1
+        now = self._clock.time_ms()
         reduce_only = intent.reduce_only
         if self._risk is not None:
             state = self._risk(intent)
@@ -391,7 +399,7 @@ class LiveVenue:
         self.counters["sent"] += 1
         self._sent_since_read += 1
         try:
-            (status,) = await self._send(prepared)
+            (status,) = await self._exchange.send_orders(prepared, admitted=True)
         except (Rejected, BadRequest) as exc:
             # The whole action was refused, with the exchange's message: definite.
             return self._rejected(self._clock.time_ms(), str(exc))

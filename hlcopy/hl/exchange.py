@@ -270,11 +270,21 @@ class ExchangeClient:
 
     # -- actions --------------------------------------------------------------------------
 
-    async def send_orders(self, prepared: PreparedAction) -> list[OrderStatus]:
-        """Send a prepared order action; one status per order, in order."""
+    async def admit(self, n_items: int) -> None:
+        """Wait for an action of ``n_items`` to fit in the weight budget's order lane, and spend
+        its weight. Called before the action is stamped and signed (then sent with
+        ``admitted=True``): a wait for weight behind reads already in the window (up to a
+        minute) must not leave it expired on arrival, as it did when signed first."""
+        await self._budget.acquire(action_weight(n_items), Lane.ORDER, action=True)
+
+    async def send_orders(
+        self, prepared: PreparedAction, *, admitted: bool = False
+    ) -> list[OrderStatus]:
+        """Send a prepared order action; one status per order, in order. ``admitted``: its
+        weight was spent already (``admit``)."""
         n = prepared.n_items
         statuses: list[OrderStatus] = await self._send(
-            prepared, lambda r: parse.parse_order_statuses(_data(r), n)
+            prepared, lambda r: parse.parse_order_statuses(_data(r), n), admitted=admitted
         )
         return statuses
 
@@ -363,11 +373,18 @@ class ExchangeClient:
         )
         return statuses
 
-    async def _send(self, prepared: PreparedAction, read: Callable[[Any], T] | None = None) -> Any:
-        """Post a prepared action, charged to the order lane. Returns the ``response`` of a
-        ``status: ok`` reply, or what ``read`` makes of it (a reply ``read`` cannot make sense
-        of is ambiguous)."""
-        await self._budget.acquire(action_weight(prepared.n_items), Lane.ORDER, action=True)
+    async def _send(
+        self,
+        prepared: PreparedAction,
+        read: Callable[[Any], T] | None = None,
+        *,
+        admitted: bool = False,
+    ) -> Any:
+        """Post a prepared action, charged to the order lane (unless ``admitted``). Returns the
+        ``response`` of a ``status: ok`` reply, or what ``read`` makes of it (a reply ``read``
+        cannot make sense of is ambiguous)."""
+        if not admitted:
+            await self.admit(prepared.n_items)
         poster = self._poster
         if poster is not None and poster.post_ready:
             try:

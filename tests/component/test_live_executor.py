@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from hlcopy.budget import WeightBudget
+from hlcopy.budget import Lane, WeightBudget
 from hlcopy.component import Ready
 from hlcopy.config import parse_config
 from hlcopy.events import EventBus
@@ -89,6 +89,7 @@ async def live_on(
     ws: bool = False,
     before: Callable[[ExchangeClient, str], Awaitable[None]] | None = None,
     risk_of: Callable[[OrderIntent], TradingState] | None = None,
+    budget: WeightBudget | None = None,
     **venue_kwargs: Any,
 ) -> AsyncIterator[Env]:
     master_key, agent_key = "0x" + secrets.token_hex(32), "0x" + secrets.token_hex(32)
@@ -99,7 +100,12 @@ async def live_on(
         await by_master.approve_agent(master, agent.address, "hlcopy")
         info = InfoClient(session, sim.url, WeightBudget())
         exchange = ExchangeClient(
-            session, sim.url, agent, WeightBudget(), is_mainnet=False, poster=pool if ws else None
+            session,
+            sim.url,
+            agent,
+            budget or WeightBudget(),
+            is_mainnet=False,
+            poster=pool if ws else None,
         )
         if before is not None:  # what a previous run left behind
             await before(exchange, master.address)
@@ -228,6 +234,25 @@ async def test_an_intent_fills_on_the_exchange_and_is_booked_once(
         assert env.executor.counters["filled"] == 1
         assert env.outcomes.qsize() == 0
         assert not env.seen
+
+
+async def test_an_order_waiting_for_the_ips_weight_is_signed_after_the_wait(store: Store) -> None:
+    """A burst of orders can wait for weight behind reads already in the window. Signed before
+    the wait, an order arrived with its expiresAfter (1 s here) gone and was refused; signed
+    after it, it fills. (A simulator in real time: expiresAfter is judged on its clock.)"""
+    budget = WeightBudget(1200, window_s=2.5)
+    async with (
+        Simulator(SimConfig(port=0, realtime=True, traders=20)) as live,
+        live_on(live, store, budget=budget) as env,
+    ):
+        await budget.acquire(budget.read_limit, Lane.LEADER)  # the reads of the window
+        await budget.acquire(budget.limit - budget.read_limit, Lane.ORDER, action=True)
+        order = intent(live, True, "0.01")
+        env.executor.submit(order)
+        out = await outcome_of(env, order)
+        assert out.status == "filled", out
+        assert env.venue.counters["waited_for_weight"] == 1
+        assert sim_szi(env) == D("0.01")
 
 
 async def test_orders_go_over_a_websocket_post_when_a_connection_is_up(

@@ -711,10 +711,7 @@ class Tracker(Component):
             self.counters["positions"] += 1
             await self._absorb(t.address, state, t, t.positions)
         elif job.kind == "role":
-            role = await self._info.user_role(t.address, lane=Lane.SCORING)
-            t.role = role
-            self.counters["roles"] += 1
-            await self._db.save_role(t.address, role, self._clock.time_ms())
+            await self._read_role(t)
             if t.portfolio is not None:
                 await self._publish_metrics(t, t.portfolio, await self._stored_fills(t))
         elif job.kind == "fills":
@@ -776,6 +773,18 @@ class Tracker(Component):
         fills = await self._stored_fills(t) if t.candidate and t.fills_s > -math.inf else None
         await self._publish_metrics(t, portfolio, fills)
 
+    async def _read_role(self, t: Tracked) -> None:
+        t.role = await self._info.user_role(t.address, lane=Lane.SCORING)
+        t.role_s = self._clock.monotonic()
+        self.counters["roles"] += 1
+        await self._db.save_role(t.address, t.role, self._clock.time_ms())
+
+    def _would_lead(self, t: Tracked, score: float) -> bool:
+        """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them."""
+        others = [x.score for x in self._traders.values() if x.score is not None and x is not t]
+        best = heapq.nlargest(self._cfg.scoring_top_n, others)
+        return len(best) < self._cfg.scoring_top_n or score > best[-1]
+
     async def _publish_metrics(
         self, t: Tracked, portfolio: Portfolio, fills: list[Fill] | None
     ) -> None:
@@ -785,16 +794,28 @@ class Tracker(Component):
             AccountState((), MarginSummary(av, margin, ntl, ZERO), None, None, None, ms)
             for ms, av, margin, ntl in t.summaries
         ]
-        metrics = analytics.analyze(
-            portfolio,
-            now_ms=now_ms,
-            fills=fills,
-            snapshots=snapshots,
-            role=t.role,
-            follower_equity=self._follower_equity,
-            sz_decimals=sz_decimals,
-        )
+
+        def analyze() -> dict[str, analytics.TraderMetrics]:
+            return analytics.analyze(
+                portfolio,
+                now_ms=now_ms,
+                fills=fills,
+                snapshots=snapshots,
+                role=t.role,
+                follower_equity=self._follower_equity,
+                sz_decimals=sz_decimals,
+            )
+
+        metrics = analyze()
         month = metrics.get("month")
+        score = None if month is None else month.score
+        if t.role is None and score is not None and self._would_lead(t, score):
+            # Near the top of the winners, where a vault or an agent must not rank even for a
+            # moment (one did, its role read in flight, at the scout acceptance's two
+            # minutes): its role first, then its score.
+            await self._read_role(t)
+            metrics = analyze()
+            month = metrics.get("month")
         t.provisional_score = month.provisional_score if month else None
         t.provisional_badness = month.provisional_badness if month else None
         t.score = month.score if month else None

@@ -148,6 +148,9 @@ async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Si
     for address in watched:  # requested traders are candidates: fills, not just a portfolio
         rig.tracker.request_track(address)
     await until(lambda: len(rig.board.metrics) >= 6)
+    # Stored before published: whatever the board holds now is in the table (a trader
+    # published while the table is read comes after this snapshot).
+    published = set(rig.board.metrics)
     address, metrics = next(iter(rig.board.metrics.items()))
     assert set(metrics) == {"day", "week", "month", "allTime"}
     assert metrics["month"].return_ is not None
@@ -156,7 +159,7 @@ async def test_traders_are_scored_and_stored_within_the_budget(rig: Rig, sim: Si
         " WHERE stats IS NOT NULL"
     )
     stored = {r["address"]: r for r in rows}
-    assert set(rig.board.metrics) <= set(stored)
+    assert published <= set(stored)
     row = stored[address]
     assert TraderMetrics.from_dict(row["stats"]["month"]) == metrics["month"]
     # With the leaderboard's packed form of the same figures, for a fast restart.
@@ -241,3 +244,50 @@ async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settl
         tracker._mark_candidates()  # five scores and more: settled, for the top two
         assert [t.candidate for t in lucky] == [False, False, False, True, True]
         assert seeded.candidate
+
+
+async def test_a_score_that_would_lead_is_published_with_its_role_known(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    """A complete score near the top of the winners waits for the trader's role (a vault or an
+    agent must not rank there even while its role is being read); one that would not lead is
+    published at once, its role left unread (60 weight)."""
+    from hlcopy.scout.tracker import Tracked
+
+    cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 1})
+    async with (
+        Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
+        new_session(10) as session,
+    ):
+        await store.migrate()
+        info = InfoClient(session, sim.url, WeightBudget(1200))
+        universe = UniverseService(info)
+        board = Board()
+        tracker = Tracker(
+            info=info,
+            store=store,
+            stream=StreamPool(sim.ws_url),
+            universe=universe,
+            registry=ListRegistry([]),
+            metrics=board,
+            bus=EventBus(),
+            config=cfg,
+        )
+        await universe.refresh()
+        archetypes: dict[str, str] = await sim_get(sim, "/_sim/archetypes")
+        skilled = sorted(a for a, kind in archetypes.items() if kind == "skilled")[0]
+        t = Tracked(skilled)
+        tracker._traders[skilled] = t
+        portfolio = await info.portfolio(skilled)
+        fills = await info.user_fills_by_time(skilled, sim.engine.now_ms - 30 * 86_400_000)
+        champion = Tracked("0x" + "c4" * 20, score=1e9)  # the one leading score (top 1)
+        tracker._traders[champion.address] = champion
+        await tracker._publish_metrics(t, portfolio, list(fills))
+        assert skilled in board.metrics
+        assert (t.role, tracker.counters["roles"]) == (None, 0)  # it would not lead
+        champion.score = None
+        await tracker._publish_metrics(t, portfolio, list(fills))
+        assert t.role is not None
+        assert t.role.role == "user"
+        assert tracker.counters["roles"] == 1
+        assert t.score is not None  # a user's complete score, published with its role known

@@ -375,6 +375,7 @@ class Tracker(Component):
         self._draining = asyncio.Event()
         self._in_flight: dict[asyncio.Task[Any] | None, tuple[str, float]] = {}
         self._loaded = False
+        self._settled = False  # enough provisional scores for "near the top" to mean something
         self.counters: dict[str, int] = {
             "positions": 0,
             "scored": 0,
@@ -566,7 +567,7 @@ class Tracker(Component):
         ]
         # "Near the top" means something only once there is a field to be near the top of;
         # until then, only the public leaderboard's best are worth completing.
-        settled = len(with_score) >= 2 * n
+        settled = self._settled = len(with_score) >= 2 * n
         # The public leaderboard's best stay candidates once the field is settled: a month of
         # luck among dozens explored outranks them on the provisional score alone, and the
         # consistent winners were then never completed.
@@ -780,7 +781,11 @@ class Tracker(Component):
         await self._db.save_role(t.address, t.role, self._clock.time_ms())
 
     def _would_lead(self, t: Tracked, score: float) -> bool:
-        """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them."""
+        """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them, once
+        the field is settled (as for contenders: before, every early score would lead, and
+        reading all their roles first left too few ranked at two minutes)."""
+        if not self._settled:
+            return False
         others = [x.score for x in self._traders.values() if x.score is not None and x is not t]
         best = heapq.nlargest(self._cfg.scoring_top_n, others)
         return len(best) < self._cfg.scoring_top_n or score > best[-1]

@@ -282,10 +282,15 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
         fills = await info.user_fills_by_time(skilled, sim.engine.now_ms - 30 * 86_400_000)
         champion = Tracked("0x" + "c4" * 20, score=1e9)  # the one leading score (top 1)
         tracker._traders[champion.address] = champion
+        tracker._settled = True
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert skilled in board.metrics
         assert (t.role, tracker.counters["roles"]) == (None, 0)  # it would not lead
         champion.score = None
+        tracker._settled = False  # too few provisional scores yet: published, role unread
+        await tracker._publish_metrics(t, portfolio, list(fills))
+        assert (t.role, tracker.counters["roles"]) == (None, 0)
+        tracker._settled = True  # a settled field: near the top now means something
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert t.role is not None
         assert t.role.role == "user"

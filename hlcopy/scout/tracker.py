@@ -777,8 +777,8 @@ class Tracker(Component):
     async def _read_role(self, t: Tracked) -> None:
         t.role = await self._info.user_role(t.address, lane=Lane.SCORING)
         t.role_s = self._clock.monotonic()
-        self.counters["roles"] += 1
         await self._db.save_role(t.address, t.role, self._clock.time_ms())
+        self.counters["roles"] += 1  # counted once stored: a reader of the count finds the row
 
     def _would_lead(self, t: Tracked, score: float) -> bool:
         """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them, once

@@ -844,14 +844,14 @@ def decide(
     lot = _lot(szd)
     limits = account_limits or AccountLimits()
     risk = risk or {}
-    ordered = sorted(follows, key=lambda f: f.id) if len(follows) > 1 else list(follows)
+    ordered = sorted(follows, key=lambda f: f.id)
     if len({f.id for f in ordered}) != len(ordered):
         raise ValueError("follow ids must be unique")
     if trigger is not None and trigger.coin != coin:
         raise ValueError(f"trigger is for {trigger.coin}, decision for {coin}")
     _check_grid("follower.szi", follower.szi, szd)
     for book, what in ((follower.attributed, "attributed"), (follower.pending, "pending")):
-        for key in sorted(book) if len(book) > 1 else book:
+        for key in sorted(book):
             _check_grid(what, book[key], szd, key)
 
     plans = [

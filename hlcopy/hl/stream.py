@@ -683,10 +683,11 @@ class StreamPool(Component):
             if by_route is None:
                 self._malformed(conn, raw)
                 continue
-            route = _route_value(channel, data) if channel in _ROUTE_PARAM else None
             if channel in _ROUTE_PARAM:
+                route = _route_value(channel, data)
                 sub = by_route.get(route)
             else:  # messages that do not say whose they are: one such subscription per connection
+                route = None
                 sub = next(iter(by_route.values())) if len(by_route) == 1 else None
             if sub is None:
                 if isinstance(data, list) and not data:

@@ -246,6 +246,9 @@ class Tracked:
 
 
 _LAST = {"positions": "positions_s", "score": "scored_s", "fills": "fills_s", "role": "role_s"}
+# Never-done work by kind (others 1e12), times the trader's weight: a contender's role before a
+# candidate's fills before anything else.
+_FIRST_URGENCY = {"role": 1e16, "fills": 1e15}
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +301,7 @@ def next_job(
                 # A contender's role ten times as urgent as a candidate's fills: it is on the
                 # board's top now, and a vault must not stay there while other scores are
                 # completed (it did, at two minutes, in a third of the scout acceptance runs).
-                urgency = {"role": 1e16, "fills": 1e15}.get(kind, 1e12) * weight
+                urgency = _FIRST_URGENCY.get(kind, 1e12) * weight
             else:
                 urgency = (now_s - last) * weight  # the longer overdue, the more urgent
             order += 1

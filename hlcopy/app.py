@@ -106,7 +106,14 @@ class App:
         cfg, clock, daemon = self.config, self.clock, self.daemon
         net = cfg.network
         session = await stack.enter_async_context(new_session(net.request_timeout_s))
-        budget = WeightBudget(cfg.budget.weight_per_minute, cfg.budget.headroom_pct, clock=clock)
+        budget = WeightBudget(
+            cfg.budget.weight_per_minute,
+            cfg.budget.headroom_pct,
+            clock=clock,
+            # Paper mode sends no orders, so there is nothing to pace the reads for: discovery
+            # starts with the whole window.
+            read_burst_pct=cfg.budget.read_burst_pct if cfg.account.mode == "live" else 100,
+        )
         info = InfoClient(
             session, net.rest, budget, batch_clearinghouse_states=net.batch_clearinghouse_states
         )

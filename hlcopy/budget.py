@@ -8,11 +8,17 @@ it when we send it, and a later request may travel faster than an earlier one.
 Lanes are served in priority order: orders and cancels, follower truth, leader truth, gap-fill,
 scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
 requests behind it go first only within the room its own admission will leave (backfilling), so a
-large read waiting for weight to expire does not leave the window idle. The read lanes stop at
-``limit x (1 - headroom)`` less what exchange actions spent in the current window (up to half the
-read limit): the headroom is kept for orders, and while orders flow, the room they took is kept for
-the next ones too, so reads can never starve orders. Only a burst of orders beyond the headroom
-waits, for the window's first reads to expire. Two reserves keep the lower lanes from filling the
+large read waiting for weight to expire does not leave the window idle.
+
+Orders never wait behind reads. The read lanes stop at ``limit x (1 - headroom)``; the headroom is
+kept for orders. While orders flow, the reads also leave room for the orders of a whole window at
+their pace: twice what exchange actions spent in the window, or their pace of the last
+``PACE_HORIZON_S`` seconds over a whole window, whichever is more (at most half the read limit).
+Reads are paced too (``read_burst_pct``): they spend at most the read limit over a window, evenly,
+after a burst of that share. A window full of reads bunched together would otherwise free nothing
+for up to a minute, and a burst of orders beyond the headroom would wait that long; paced, the
+reads' weight comes back evenly, faster than a burst of orders takes it. Two reserves keep the
+lower lanes from filling the
 window to the brim, since weight spent stays spent for a whole window: the truth reserve
 (``reserve_for_truth``) is out of reach of scoring and enrichment, and the scoring reserve
 (``reserve_for_scoring``) out of reach of enrichment, so the read that completes a candidate's
@@ -36,6 +42,10 @@ from hlcopy.clock import SYSTEM, TIMER_SLACK_S, Clock, Timer
 
 BULK_PATIENCE_S = 30.0
 """How long a bulk request that does not fit lets smaller ones that do go first."""
+
+PACE_HORIZON_S = 5.0
+"""How far back the orders' pace is read: a burst of orders makes the reads leave room for a
+whole window of orders at that pace until it is this old."""
 
 
 class Lane(IntEnum):
@@ -76,13 +86,22 @@ class WeightBudget:
         clock: Clock | None = None,
         backoff_base_s: float = 5.0,
         backoff_cap_s: float = 60.0,
+        read_burst_pct: float = 100.0,
     ) -> None:
         if weight_per_minute <= 0 or not 0 <= headroom_pct < 100:
             raise ValueError("weight_per_minute must be positive and headroom_pct in [0, 100)")
+        if not 0 < read_burst_pct <= 100:
+            raise ValueError("read_burst_pct must be in (0, 100]")
         self.limit = weight_per_minute
         self.read_limit = max(1, math.floor(weight_per_minute * (1 - headroom_pct / 100)))
         self.window_s = window_s
         self._clock: Clock = clock or SYSTEM
+        # The reads' pace: a bucket of ``read_burst`` refilled at the read limit per window (at
+        # 100% it never binds before the window does).
+        self.read_burst = max(1, math.floor(self.read_limit * read_burst_pct / 100))
+        self._refill_per_s = self.read_limit / window_s
+        self._tokens = float(self.read_burst)
+        self._tokens_at = self._clock.monotonic()
         self._backoff = (backoff_base_s, backoff_cap_s)
         # (time, weight, lane, ticket): what was spent, oldest first.
         self._spent: deque[tuple[float, int, Lane, int]] = deque()
@@ -165,6 +184,8 @@ class WeightBudget:
             spent[i] = (t, w - back, lane, entry_ticket)
             if entry_ticket in self._actions:
                 self._actions_used -= back
+            if lane != Lane.ORDER:
+                self._pace(self._clock.monotonic(), back)
             self._used -= back
             self._used_by_lane[lane] -= back
             self._weight_total[lane] -= back
@@ -186,19 +207,38 @@ class WeightBudget:
         self._scoring_reserve = max(0, min(weight, (self.read_limit - self._bulk_reserve) // 4))
         self._dispatch()
 
-    def _reads_cap(self) -> int:
-        """The read lanes' ceiling: the read limit less what exchange actions spent in the
-        window (the order lane's reads, a paper fill's book, do not count)."""
-        return self.read_limit - min(self._actions_used, self.read_limit // 2)
+    def _order_reserve(self, now: float) -> int:
+        """Weight the reads leave for orders (see the module docstring). Exchange actions
+        only: the order lane's reads (a paper fill's book) keep no room."""
+        recent = 0
+        horizon = now - PACE_HORIZON_S
+        for t, w, _, ticket in reversed(self._spent):
+            if t <= horizon:
+                break
+            if ticket in self._actions:
+                recent += w
+        paced = math.ceil(recent * self.window_s / PACE_HORIZON_S)
+        held = 2 * self._actions_used
+        return min(max(held, paced), self.read_limit // 2)
 
     def _cap(self, lane: Lane) -> int:
         if lane == Lane.ORDER:
             return self.limit
         if lane == Lane.SCORING:
-            return self._reads_cap() - self._bulk_reserve
+            return self.read_limit - self._bulk_reserve
         if lane > Lane.SCORING:
-            return self._reads_cap() - self._bulk_reserve - self._scoring_reserve
-        return self._reads_cap()
+            return self.read_limit - self._bulk_reserve - self._scoring_reserve
+        return self.read_limit
+
+    def _pace(self, now: float, weight: float = 0.0) -> float:
+        """The reads' bucket now, after adding ``weight`` (negative: spending it; a refund
+        never fills it past the burst)."""
+        if now > self._tokens_at:
+            self._tokens += (now - self._tokens_at) * self._refill_per_s
+            self._tokens_at = now
+        self._tokens = min(float(self.read_burst), self._tokens + max(weight, 0.0))
+        self._tokens += min(weight, 0.0)
+        return self._tokens
 
     def rate_limited(self) -> None:
         """The exchange answered 429: our count and its differ. Back the read lanes off."""
@@ -221,6 +261,8 @@ class WeightBudget:
         if action:
             self._actions.add(self._tickets)
             self._actions_used += weight
+        if lane != Lane.ORDER:
+            self._pace(now, -weight)
         self._used += weight
         self._used_by_lane[lane] += weight
         return self._tickets
@@ -238,34 +280,65 @@ class WeightBudget:
 
     def _delay(self, weight: int, lane: Lane, now: float, likely: int | None = None) -> float:
         """Seconds until ``weight`` fits in ``lane`` (0: it fits now): its ``likely`` cost
-        within the lane's cap, and all of it within the exchange's limit."""
-        delay = 0.0
-        if lane != Lane.ORDER and now < self._reads_blocked_until:
-            delay = self._reads_blocked_until - now
+        within the lane's cap and its pace, and all of it within the exchange's limit."""
+        if lane == Lane.ORDER:
+            return self._until(weight, self.limit, now)
+        need = weight if likely is None else likely
+        delay = max(0.0, self._reads_blocked_until - now)
         cap = self._cap(lane)
         if weight > cap:  # too big for what the reserve leaves: it may use the reserve too
-            cap = self._reads_cap() if lane != Lane.ORDER else self.limit
-        for need, limit in ((weight if likely is None else likely, cap), (weight, self.limit)):
-            excess = self._used + need - limit
-            if excess > 0:
-                for t, w, _, _ in self._spent:
-                    excess -= w
-                    if excess <= 0:
-                        delay = max(delay, t + self.window_s - now)
-                        break
-        return delay
+            cap = self.read_limit
+        reserve = self._order_reserve(now)
+        if reserve:
+            # It fits as reads expire, or sooner as the reserve falls: looked at again by then.
+            wait = self._until(need, cap - reserve, now, reads_only=True)
+            delay = max(delay, min(wait, PACE_HORIZON_S))
+        if self.read_burst < self.read_limit:  # a full bucket never binds before the window
+            pace = min(need, self.read_burst)  # a read larger than the burst waits for a full one
+            short = pace - self._pace(now)
+            if short > 1e-9:
+                delay = max(delay, short / self._refill_per_s)
+        return max(delay, self._until(need, cap, now), self._until(weight, self.limit, now))
+
+    def _until(self, need: int, limit: int, now: float, *, reads_only: bool = False) -> float:
+        """Seconds until ``need`` more fits under ``limit`` as the window's spends expire
+        (``reads_only``: counting only what is not an exchange action)."""
+        used = self._used - self._actions_used if reads_only else self._used
+        excess = used + need - limit
+        if excess <= 0:
+            return 0.0
+        for t, w, _, ticket in self._spent:
+            if reads_only and ticket in self._actions:
+                continue
+            excess -= w
+            if excess <= 0:
+                return max(0.0, t + self.window_s - now)
+        return self.window_s  # more than the limit itself: never by expiry (refused earlier)
 
     def _slack(self, weight: int, lane: Lane, at: float) -> int:
         """Weight that may be spent now without delaying ``weight`` in ``lane`` past ``at``:
-        what will still be unused in the window at ``at`` once that request is admitted."""
+        what will still be unused in the window at ``at`` once that request is admitted (for a
+        read, also within the reads' room and pace then)."""
         cap = self._cap(lane)
         horizon = at + TIMER_SLACK_S - self.window_s
-        expired = 0
-        for t, w, _, _ in self._spent:
+        expired = expired_reads = 0
+        for t, w, _, ticket in self._spent:
             if t > horizon:
                 break
             expired += w
-        return max(0, cap - (self._used - expired) - weight)
+            if ticket not in self._actions:
+                expired_reads += w
+        slack = cap - (self._used - expired) - weight
+        if lane != Lane.ORDER:
+            now = self._clock.monotonic()
+            reserve = self._order_reserve(now)
+            if reserve:
+                reads = self._used - self._actions_used - expired_reads
+                slack = min(slack, cap - reserve - reads - weight)
+            if self.read_burst < self.read_limit:  # a full bucket never binds before the window
+                tokens = self._pace(now) + max(0.0, at - now) * self._refill_per_s
+                slack = min(slack, math.floor(min(float(self.read_burst), tokens)) - weight)
+        return max(0, slack)
 
     def _dispatch(self) -> None:
         """Admit waiters in lane order while they fit; arm one timer for the next.
@@ -371,4 +444,7 @@ class WeightBudget:
             "wait_s_max": round(self._max_wait_s, 3),
             "rate_limited": self._rate_limited,
             "read_backoff_s": round(max(0.0, self._reads_blocked_until - now), 3),
+            "order_reserve": self._order_reserve(now),
+            "read_burst": self.read_burst,
+            "read_pace_left": max(0, math.floor(self._pace(now))),
         }

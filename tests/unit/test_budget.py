@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import pytest
-from hlcopy.budget import Lane, WeightBudget, extra_weight
+from hlcopy.budget import PACE_HORIZON_S, Lane, WeightBudget, extra_weight
 from hlcopy.clock import VirtualClock
 
 READS = [lane for lane in Lane if lane is not Lane.ORDER]
@@ -136,10 +137,15 @@ async def test_while_orders_flow_reads_leave_their_room_free_for_the_next_ones()
     await asyncio.wait_for(b.acquire(30, Lane.ORDER), 0.1)  # a read of the order path: no room
     for _ in range(30):
         await asyncio.wait_for(b.acquire(1, Lane.ORDER, action=True), 0.1)  # orders: the headroom
-    # Reads now stop 30 lower: the 30 the orders took stay free for the orders to come (the
-    # order path's read of 30 does not count: only exchange actions keep room).
+    # 30 orders at once: for a few seconds the reads leave room for a whole window of orders at
+    # that pace (360, at most half the read limit): 810 for the reads.
     reads = [asyncio.create_task(b.acquire(20, Lane.SCORING)) for _ in range(60)]
     await clock.settle()
+    assert sum(r.done() for r in reads) == 39
+    assert b.used() == 60 + 780
+    # Then they stop 30 lower than the headroom alone: the 30 the orders took stay free for the
+    # orders to come (the order path's read of 30 does not count: only exchange actions keep room).
+    await clock.advance(PACE_HORIZON_S + 0.01)
     assert sum(r.done() for r in reads) == 54
     assert b.used() == 60 + 1080
     for _ in range(60):
@@ -379,3 +385,64 @@ async def test_a_scoring_reserve_keeps_room_that_enrichment_cannot_take() -> Non
     bulk.cancel()
     with pytest.raises(asyncio.CancelledError):
         await bulk
+
+
+async def test_reads_are_paced_after_a_burst() -> None:
+    clock = VirtualClock()
+    b = WeightBudget(1200, 2.5, clock=clock, window_s=60.0, read_burst_pct=25)
+    assert (b.read_limit, b.read_burst) == (1170, 292)
+    reads = [asyncio.create_task(b.acquire(20, Lane.SCORING)) for _ in range(40)]
+    await clock.settle()
+    assert sum(r.done() for r in reads) == 14  # the burst: 280 of 292
+    await clock.advance(10.3)  # then 1170 a minute, evenly: 19.5 a second
+    assert sum(r.done() for r in reads) == 24
+    await asyncio.wait_for(b.acquire(1, Lane.ORDER, action=True), 0.1)  # orders are not paced
+    for r in reads:
+        r.cancel()
+
+
+async def _saturating_reads(
+    b: WeightBudget, clock: VirtualClock, rng: random.Random, admitted: list[float]
+) -> None:
+    """Always eight reads waiting, of the tracker's usual weights."""
+
+    async def reader() -> None:
+        while True:
+            weight = rng.choice([2, 20, 20, 20, 60, 120])
+            await b.acquire(weight, rng.choice([Lane.SCORING, Lane.LEADER]))
+            admitted.append(clock.monotonic())
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(8):
+            tg.create_task(reader())
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_burst_of_orders_into_a_window_full_of_reads_never_waits(seed: int) -> None:
+    # The latency bench's load: the tracker keeps the reads at their limit, then copies go out
+    # at 10 a second for a minute and a half. Unpaced, the window's reads came back in lumps and
+    # a copy waited up to a minute for one; leaving room only for the orders already in the
+    # window, reads admitted early in the burst took what its later orders needed.
+    clock = VirtualClock()
+    b = WeightBudget(1200, 2.5, clock=clock, window_s=61.0, read_burst_pct=10)
+    reads: list[float] = []
+    feeder = asyncio.create_task(_saturating_reads(b, clock, random.Random(seed), reads))
+    await clock.advance(90)  # the reads at their limit
+    assert b.used() >= 1050
+
+    async def order() -> float:
+        await b.acquire(1, Lane.ORDER, action=True)
+        return clock.monotonic()
+
+    orders: list[tuple[float, asyncio.Task[float]]] = []
+    for _ in range(900):
+        orders.append((clock.monotonic(), asyncio.create_task(order())))
+        await clock.advance(0.1)
+    await clock.advance(61)  # whatever still waits gets in
+    waits = [task.result() - sent for sent, task in orders]
+    during = sum(1 for t in reads if 90 < t < 180)
+    feeder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feeder
+    assert max(waits) == 0
+    assert during > 10  # the reads go on beside the orders, in what the orders leave

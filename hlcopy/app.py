@@ -24,7 +24,7 @@ from hlcopy.api.backtest import BacktestJobs
 from hlcopy.api.close import CloseAll
 from hlcopy.api.performance import PerformanceReport
 from hlcopy.api.server import ApiServer
-from hlcopy.budget import WeightBudget
+from hlcopy.budget import LIVE_READ_BURST_PCT, WeightBudget
 from hlcopy.clock import SYSTEM, Clock
 from hlcopy.config import HlcopyConfig
 from hlcopy.credentials import Secrets
@@ -112,7 +112,7 @@ class App:
             clock=clock,
             # Paper mode sends no orders, so there is nothing to pace the reads for: discovery
             # starts with the whole window.
-            read_burst_pct=cfg.budget.read_burst_pct if cfg.account.mode == "live" else 100,
+            read_burst_pct=LIVE_READ_BURST_PCT if cfg.account.mode == "live" else 100,
         )
         info = InfoClient(
             session, net.rest, budget, batch_clearinghouse_states=net.batch_clearinghouse_states

@@ -14,17 +14,18 @@ Orders never wait behind reads. The read lanes stop at ``limit x (1 - headroom)`
 kept for orders. While orders flow, the reads also leave room for the orders of a whole window at
 their pace: twice what exchange actions spent in the window, or their pace of the last
 ``PACE_HORIZON_S`` seconds over a whole window, whichever is more (at most half the read limit).
-Reads are paced too (``read_burst_pct``): they spend at most the read limit over a window, evenly,
-after a burst of that share. A window full of reads bunched together would otherwise free nothing
-for up to a minute, and a burst of orders beyond the headroom would wait that long; paced, the
-reads' weight comes back evenly, faster than a burst of orders takes it. Two reserves keep the
-lower lanes from filling the
-window to the brim, since weight spent stays spent for a whole window: the truth reserve
-(``reserve_for_truth``) is out of reach of scoring and enrichment, and the scoring reserve
-(``reserve_for_scoring``) out of reach of enrichment, so the read that completes a candidate's
-score finds room at once instead of waiting up to a minute behind exploration. A request whose
-weight depends on the size of its answer reserves the most it can cost and is refunded the rest
-(``refund``). An HTTP 429 sends the read lanes into back-off.
+Reads can be paced too (``read_burst_pct``; live, ``LIVE_READ_BURST_PCT``): they spend at most
+the read limit over a window, evenly, after a burst of that share. A window full of reads bunched
+together would otherwise free nothing for up to a minute, and a burst of orders beyond the
+headroom would wait that long; paced, the reads' weight comes back evenly, faster than a burst of
+orders takes it.
+
+Two reserves keep the lower lanes from filling the window to the brim, since weight spent stays
+spent for a whole window: the truth reserve (``reserve_for_truth``) is out of reach of scoring and
+enrichment, and the scoring reserve (``reserve_for_scoring``) out of reach of enrichment, so the
+read that completes a candidate's score finds room at once instead of waiting up to a minute
+behind exploration. A request whose weight depends on the size of its answer reserves the most it
+can cost and is refunded the rest (``refund``). An HTTP 429 sends the read lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """
@@ -42,6 +43,10 @@ from hlcopy.clock import SYSTEM, TIMER_SLACK_S, Clock, Timer
 
 BULK_PATIENCE_S = 30.0
 """How long a bulk request that does not fit lets smaller ones that do go first."""
+
+LIVE_READ_BURST_PCT = 10.0
+"""The share of the read limit a live daemon spends at once after a quiet spell; beyond it the
+reads are paced (see the module docstring). Paper mode sends no orders and does not pace."""
 
 PACE_HORIZON_S = 5.0
 """How far back the orders' pace is read: a burst of orders makes the reads leave room for a

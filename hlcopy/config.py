@@ -184,11 +184,6 @@ class BudgetConfig(_Section):
     """Share of the budget reads never use, kept for orders and cancels, in percent (one order
     action costs 1 weight: 2.5% of 1200 is 30 actions a minute that never wait for a read;
     orders go before every read in any case)."""
-    read_burst_pct: Finite = Field(default=10, gt=0, le=100)
-    """Live mode: share of the read budget spent at once after a quiet spell; beyond it reads
-    are paced evenly over the minute, in percent. Bunched reads would come back bunched a minute
-    later, and a burst of orders beyond the headroom would wait for them (100: no pacing; paper
-    mode sends no orders and never paces)."""
 
 
 class DiscoveryConfig(_Section):

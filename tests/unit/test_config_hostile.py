@@ -68,7 +68,6 @@ def test_numbers_that_toml_gives_as_int_or_float_are_fine() -> None:
         "network.request_timeout_s",
         "tracking.reconcile_interval_s",
         "budget.headroom_pct",
-        "budget.read_burst_pct",
         "risk.max_daily_loss_usd",
         "risk.max_leverage",
     ],

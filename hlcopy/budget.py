@@ -189,8 +189,9 @@ class WeightBudget:
             spent[i] = (t, w - back, lane, entry_ticket)
             if entry_ticket in self._actions:
                 self._actions_used -= back
-            if lane != Lane.ORDER:
-                self._pace(self._clock.monotonic(), back)
+            if lane != Lane.ORDER:  # the bucket takes it back too, never past the burst
+                level = self._pace(self._clock.monotonic()) + back
+                self._tokens = min(float(self.read_burst), level)
             self._used -= back
             self._used_by_lane[lane] -= back
             self._weight_total[lane] -= back
@@ -235,14 +236,12 @@ class WeightBudget:
             return self.read_limit - self._bulk_reserve - self._scoring_reserve
         return self.read_limit
 
-    def _pace(self, now: float, weight: float = 0.0) -> float:
-        """The reads' bucket now, after adding ``weight`` (negative: spending it; a refund
-        never fills it past the burst)."""
+    def _pace(self, now: float) -> float:
+        """The reads' bucket, refilled up to ``now`` (never past the burst)."""
         if now > self._tokens_at:
-            self._tokens += (now - self._tokens_at) * self._refill_per_s
+            refilled = self._tokens + (now - self._tokens_at) * self._refill_per_s
+            self._tokens = min(float(self.read_burst), refilled)
             self._tokens_at = now
-        self._tokens = min(float(self.read_burst), self._tokens + max(weight, 0.0))
-        self._tokens += min(weight, 0.0)
         return self._tokens
 
     def rate_limited(self) -> None:
@@ -267,7 +266,7 @@ class WeightBudget:
             self._actions.add(self._tickets)
             self._actions_used += weight
         if lane != Lane.ORDER:
-            self._pace(now, -weight)
+            self._tokens = self._pace(now) - weight
         self._used += weight
         self._used_by_lane[lane] += weight
         return self._tickets

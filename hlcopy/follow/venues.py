@@ -3,7 +3,7 @@
 Per intent (its copy row already committed as ``sending`` by the shell, ``follow/executor.py``):
 
 1. **Check once more**, once the order's weight fits in the IP budget's order lane (a burst of
-   orders can wait there behind reads already in the window; signed first, one arrived
+   orders beyond the room the reads leave for them waits there; signed first, one arrived
    expired). The risk state is read again right before signing: HALTED sends nothing,
    REDUCING only an order that ``permits`` (it shrinks the position without crossing zero), and
    then as reduce-only, so the exchange refuses it too if our view of the position is stale.

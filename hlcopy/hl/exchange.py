@@ -273,8 +273,8 @@ class ExchangeClient:
     async def admit(self, n_items: int) -> None:
         """Wait for an action of ``n_items`` to fit in the weight budget's order lane, and spend
         its weight. Called before the action is stamped and signed (then sent with
-        ``admitted=True``): a wait for weight behind reads already in the window (up to a
-        minute) must not leave it expired on arrival, as it did when signed first."""
+        ``admitted=True``): a wait for weight (a burst beyond the room the reads leave for
+        orders) must not leave it expired on arrival, as it did when signed first."""
         await self._budget.acquire(action_weight(n_items), Lane.ORDER, action=True)
 
     async def send_orders(

@@ -18,8 +18,11 @@ queue, which is what keeps the budget full without ever going over it.
 Completing the top (candidates' fills and roles, promising traders' portfolios) goes in the
 scoring lane; exploring everyone else (their portfolios and positions) in the lowest lane, on
 at most all workers but two, so a candidate's read always has a worker. The budget keeps a
-scoring reserve exploration cannot take, and exploration never overtakes a waiting scoring
-read: it spends what completing leaves, and the budget stays full while the top completes.
+scoring reserve exploration cannot take, sized to the candidates' reads still to come, and
+exploration never overtakes a waiting scoring read: it spends what completing leaves, and the
+budget stays full while the top completes. Candidates are completed the public leaderboard's
+best first, then those near the top by provisional score, then the traders the user asked to
+watch.
 
 Snapshots become position events (opened, increased, decreased, closed, flipped, liquidated),
 stored and published on the event bus. Metrics go to PostgreSQL and to the leaderboard. Prices
@@ -77,7 +80,8 @@ INDEX_POINTS_KEPT = 200  # equity index points stored per window for charts
 SELECT_EVERY_S = 30.0  # how often the tracked set is chosen again
 LOOKBACK_MS = 31 * DAY_MS  # fills kept in view for scoring (the month window)
 FAILURE_RETRY_S = 60.0  # a trader whose request failed waits this long before the next try
-# Weight exploration leaves for completing the top: one fills read's likely cost, or a role.
+# Weight exploration leaves for completing the top, per read still to come: one fills read's
+# likely cost, or a role (the budget caps the sum).
 SCORING_RESERVE = 60
 FREE_FOR_COMPLETING = 2  # scoring workers never taken by exploring jobs
 FILLS_IN_FLIGHT = 2  # candidates' fills reads at once
@@ -241,14 +245,17 @@ class Tracked:
     requested: bool = False  # asked for by the user: the truth worker reads its positions
     promising: bool = False  # seeded, requested or a candidate: worth the scoring lane
     candidate: bool = False  # near the top of either list: its fills are worth their weight
+    # Why a candidate: 2 the public leaderboard's best, 1 near the top by provisional score,
+    # 0 only asked for by the user (its fills wait, and its role is never worth 60 on that).
+    merit: int = 0
     contender: bool = False  # its complete score ranks near the top: its role is worth 60 too
     score: float | None = None  # the complete (fills-based) month score, once known
 
 
 _LAST = {"positions": "positions_s", "score": "scored_s", "fills": "fills_s", "role": "role_s"}
-# Never-done work by kind (others 1e12), times the trader's weight: a contender's role before a
-# candidate's fills before anything else.
-_FIRST_URGENCY = {"role": 1e16, "fills": 1e15}
+# Never-done work comes in tiers: a contender's role, then a candidate's fills, then any other
+# first read, then what is overdue.
+_TIER = {"role": 3, "fills": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,10 +276,13 @@ def next_job(
     """The most urgent job that is due: staleness x priority, never-done work first.
 
     Completing a candidate's score (its fills, then its role) comes before anything else: a
-    trader who may rank near the top is worth more than one more provisional figure. Without
-    ``explore``, only promising traders' work is chosen (the workers for exploring are all
-    busy)."""
-    best: tuple[float, int, Job] | None = None
+    trader who may rank near the top is worth more than one more provisional figure. Among
+    candidates, the most promising first: the public leaderboard's best, then those near the
+    top by provisional score, then those the user only asked to watch, each by provisional
+    score (a watched trader's positions are read on time by the truth worker; its fills decide
+    nothing at the top). Roles by complete score, the best first. Without ``explore``, only
+    promising traders' work is chosen (the workers for exploring are all busy)."""
+    best: tuple[tuple[float, float], int, Job] | None = None
     order = 0
     for t in traders:
         if now_s < t.retry_after_s or not (explore or t.promising):
@@ -296,18 +306,26 @@ def next_job(
                 continue
             if now_s - last < interval:
                 continue
-            if last == -math.inf:
-                # Never done: most urgent, by priority; a candidate's fills first of all.
-                # A contender's role ten times as urgent as a candidate's fills: it is on the
-                # board's top now, and a vault must not stay there while other scores are
-                # completed (it did, at two minutes, in a third of the scout acceptance runs).
-                urgency = _FIRST_URGENCY.get(kind, 1e12) * weight
+            urgency: tuple[float, float]
+            if last > -math.inf:
+                urgency = (0, (now_s - last) * weight)  # the longer overdue, the more urgent
+            elif kind == "role":
+                # A contender is on the board's top now, and a vault must not stay there while
+                # other scores are completed (it did, at two minutes, in a third of the scout
+                # acceptance runs).
+                urgency = (_TIER[kind], _or_lowest(t.score))
+            elif kind == "fills":
+                urgency = (_TIER[kind] + t.merit / 4, _or_lowest(t.provisional_score))
             else:
-                urgency = (now_s - last) * weight  # the longer overdue, the more urgent
+                urgency = (1, weight)  # never done: by priority
             order += 1
             if best is None or urgency > best[0]:
                 best = (urgency, -order, Job(kind, t))
     return None if best is None else best[2]
+
+
+def _or_lowest(score: float | None) -> float:
+    return -math.inf if score is None else score
 
 
 def priority(
@@ -405,6 +423,7 @@ class Tracker(Component):
         self._follower = config.account.address if config.account.mode == "live" else None
         board = config.leaderboard
         self._follower_equity = board.follower_equity_usd or config.account.paper_equity_usd
+        self._scoring_reserve = -1  # none set yet
         self._reserve_truth()
 
     # -- what others ask of it ------------------------------------------------------------
@@ -438,7 +457,23 @@ class Tracker(Component):
             reads += window / cfg.follower_poll_interval_s
         # What they read on average: a reserve they would not use leaves the window idle.
         self._info.reserve_state_reads(math.ceil(reads))
-        self._info.reserve_scoring_weight(SCORING_RESERVE)
+        self._reserve_scoring()
+
+    def _reserve_scoring(self) -> None:
+        """Room for completing the top: for each candidate's fills and contender's role still
+        to be read. Weight spent stays spent for a whole window, and the tracker spends a
+        window in a second when it comes free: exploration took most of each one while the
+        top was completed a read at a time, and two minutes in, the board held 8 to 11 traders.
+        None once all are read, or the reserve would only leave the window idle (it cost the
+        scout acceptance's five-minute budget its margin over 90%)."""
+        pending = sum(
+            (t.candidate and t.fills_s == -math.inf) + (t.contender and t.role_s == -math.inf)
+            for t in self._traders.values()
+        )
+        weight = SCORING_RESERVE * pending
+        if weight != self._scoring_reserve:
+            self._scoring_reserve = weight
+            self._info.reserve_scoring_weight(weight)
 
     def share_mids(self, sink: Sink[AllMids]) -> None:
         """Hand every allMids update on to ``sink`` too (the stream allows one subscription
@@ -574,22 +609,33 @@ class Tracker(Component):
         # The public leaderboard's best stay candidates once the field is settled: a month of
         # luck among dozens explored outranks them on the provisional score alone, and the
         # consistent winners were then never completed.
-        best = {
+        near_top = {
             t.address
             for t in heapq.nlargest(n, with_score, key=lambda t: t.provisional_score or 0.0)
             if settled
-        } | {t.address for t in with_score if t.address in self._seed_best}
+        }
+        seeded = {t.address for t in with_score if t.address in self._seed_best}
         # A role (60 weight) only where it can change what the board shows: among the best
-        # complete scores, where a vault or an agent must not rank.
+        # complete scores, where a vault or an agent must not rank. Not for a trader only the
+        # user asked for: while few scores are complete, a watched trader's would lead however
+        # bad, and reading roles for the user's picks cost the board a third of its traders at
+        # two minutes in the scout acceptance. Once the field fills, such a trader is near the
+        # top by its provisional score if it can lead at all.
         complete = [t for t in self._traders.values() if t.score is not None]
         leading = {t.address for t in heapq.nlargest(n, complete, key=lambda t: t.score or 0.0)}
         for t in self._traders.values():
-            requested = t.requested = t.address in self._requested
-            t.candidate = requested or t.address in best
-            t.promising = t.candidate or requested or t.address in self._seed_ranks
-            t.contender = settled and t.address in leading
+            address = t.address
+            requested = t.requested = address in self._requested
+            t.merit = 2 if address in seeded else 1 if address in near_top else 0
+            # The user's picks once the field is settled: at the start, they took the first
+            # window's room for completing while the public leaderboard's best were still
+            # having their portfolios read.
+            t.candidate = t.merit > 0 or (requested and settled)
+            t.promising = requested or t.candidate or address in self._seed_ranks
+            t.contender = settled and t.merit > 0 and address in leading
             if not t.candidate:
                 t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
+        self._reserve_scoring()
 
     def _looks_like_market_maker(self, address: str) -> bool:
         seen = self._registry.get(address)
@@ -787,7 +833,7 @@ class Tracker(Component):
         """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them, once
         the field is settled (as for contenders: before, every early score would lead, and
         reading all their roles first left too few ranked at two minutes)."""
-        if not self._settled:
+        if not self._settled or t.merit == 0:
             return False
         others = [x.score for x in self._traders.values() if x.score is not None and x is not t]
         best = heapq.nlargest(self._cfg.scoring_top_n, others)

@@ -250,8 +250,9 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
     tmp_path: Path, sim: Simulator, dsn: str
 ) -> None:
     """A complete score near the top of the winners waits for the trader's role (a vault or an
-    agent must not rank there even while its role is being read); one that would not lead is
-    published at once, its role left unread (60 weight)."""
+    agent must not rank there even while its role is being read); one that would not lead, or
+    that is a candidate only because the user asked for it, is published at once, its role left
+    unread (60 weight)."""
     from hlcopy.scout.tracker import Tracked
 
     cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 1})
@@ -290,9 +291,61 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
         tracker._settled = False  # too few provisional scores yet: published, role unread
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert (t.role, tracker.counters["roles"]) == (None, 0)
-        tracker._settled = True  # a settled field: near the top now means something
+        tracker._settled = True  # a settled field: near the top now means something...
+        await tracker._publish_metrics(t, portfolio, list(fills))
+        assert (t.role, tracker.counters["roles"]) == (None, 0)  # ...but not on its record
+        tracker._settled, t.merit = True, 1  # near the top by its provisional score
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert t.role is not None
         assert t.role.role == "user"
         assert tracker.counters["roles"] == 1
         assert t.score is not None  # a user's complete score, published with its role known
+
+
+async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_complete(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    """The scoring reserve keeps exploration out of room a candidate's fills or a contender's
+    role will need; with nothing left to complete it would only leave the window idle."""
+    from hlcopy.scout.tracker import SCORING_RESERVE, Tracked
+
+    cfg = make_config(tmp_path, dsn)
+    budget = WeightBudget(1200)
+    async with (
+        Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
+        new_session(10) as session,
+    ):
+        info = InfoClient(session, sim.url, budget)
+        tracker = Tracker(
+            info=info,
+            store=store,
+            stream=StreamPool(sim.ws_url),
+            universe=UniverseService(info),
+            registry=ListRegistry([]),
+            metrics=Board(),
+            bus=EventBus(),
+            config=cfg,
+        )
+        assert budget.stats()["scoring_reserve"] == 0  # nobody to complete yet
+        seed = Tracked("0x" + "5e" * 20, provisional_score=0.4)
+        tracker._traders[seed.address] = seed
+        tracker._seed_best = {seed.address}
+        tracker._mark_candidates()
+        assert seed.candidate
+        assert budget.stats()["scoring_reserve"] == SCORING_RESERVE  # its fills are to come
+        seed.fills_s = 1.0  # claimed: its read takes its own room
+        tracker._mark_candidates()
+        assert budget.stats()["scoring_reserve"] == 0
+        seed.contender = True  # now its role is to come (as _mark_candidates would say)
+        tracker._reserve_scoring()
+        assert budget.stats()["scoring_reserve"] == SCORING_RESERVE
+        # Room for each read to come, within what the budget allows the scoring lane to keep.
+        others = [Tracked(f"0x{i:040x}", provisional_score=0.1) for i in range(1, 10)]
+        for t in others:
+            tracker._traders[t.address] = t
+        tracker._seed_best |= {t.address for t in others[:2]}
+        tracker._mark_candidates()  # (too few scores for contenders: no role is to come)
+        assert budget.stats()["scoring_reserve"] == 2 * SCORING_RESERVE
+        tracker._seed_best |= {t.address for t in others}
+        tracker._mark_candidates()
+        assert budget.stats()["scoring_reserve"] == budget.read_limit // 4  # no truth reserve

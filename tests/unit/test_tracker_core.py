@@ -139,13 +139,39 @@ def test_a_candidate_is_completed_first_fills_then_for_a_contender_its_role() ->
     t.fills_s = 10.0
     assert next_job([t], 10.0, 60.0, 3600.0) is None  # a loser's role does not matter
     t.contender = True  # near the top of the winners: a vault or an agent must not rank there
-    # Another candidate's fills wait (short of ten times t's priority): t is on the board.
-    other.candidate, other.scored_s, other.priority = True, 0.0, 5.0
+    # Another candidate's fills wait, whatever its priority: t is on the board.
+    other.candidate, other.scored_s, other.priority = True, 0.0, 500.0
     job = next_job([other, t], 10.0, 60.0, 3600.0)
     assert job is not None
     assert (job.trader, job.kind) == (t, "role")
     t.role_s = 10.0
     assert next_job([t], 11.0, 60.0, 3600.0) is None  # once
+
+
+def test_the_most_promising_candidate_is_completed_first_whoever_asked_for_it() -> None:
+    def candidate(n: int, merit: int, provisional: float | None, priority: float) -> Tracked:
+        t = Tracked("0x" + f"{n:02x}" * 20, priority=priority, positions_s=0.0, scored_s=0.0)
+        t.candidate, t.merit, t.provisional_score = True, merit, provisional
+        return t
+
+    watched = candidate(1, 0, -7.5, priority=130.0)  # only asked for by the user
+    unknown = candidate(2, 0, None, priority=200.0)  # asked for, too few returns to tell
+    seed = candidate(3, 2, -0.4, priority=31.0)  # among the public leaderboard's best
+    explored = candidate(4, 1, 0.9, priority=2.0)  # near the top by provisional score
+    later_seed = candidate(5, 2, -0.9, priority=40.0)
+    order = []
+    traders = [watched, unknown, seed, explored, later_seed]
+    while (job := next_job(traders, 10.0, 60.0, 3600.0)) is not None:
+        assert job.kind == "fills"
+        order.append(job.trader)
+        job.trader.fills_s = 10.0
+    assert order == [seed, later_seed, explored, watched, unknown]
+    # Roles by complete score: the best first, the one most likely to show at the top.
+    for t, score in ((seed, -1.0), (later_seed, 0.1), (explored, 0.3)):
+        t.contender, t.score = True, score
+    job = next_job(traders, 11.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (explored, "role")
 
 
 def test_priority_rises_with_volume_recency_seed_and_request() -> None:

@@ -282,7 +282,7 @@ def next_job(
     score (a watched trader's positions are read on time by the truth worker; its fills decide
     nothing at the top). Roles by complete score, the best first. Without ``explore``, only
     promising traders' work is chosen (the workers for exploring are all busy)."""
-    best: tuple[tuple[float, float], int, Job] | None = None
+    best: tuple[tuple[int, int, float], int, Job] | None = None
     order = 0
     for t in traders:
         if now_s < t.retry_after_s or not (explore or t.promising):
@@ -306,18 +306,18 @@ def next_job(
                 continue
             if now_s - last < interval:
                 continue
-            urgency: tuple[float, float]
+            urgency: tuple[int, int, float]  # (tier, merit, then by score or staleness)
             if last > -math.inf:
-                urgency = (0, (now_s - last) * weight)  # the longer overdue, the more urgent
+                urgency = (0, 0, (now_s - last) * weight)  # the longer overdue, the more urgent
             elif kind == "role":
                 # A contender is on the board's top now, and a vault must not stay there while
                 # other scores are completed (it did, at two minutes, in a third of the scout
                 # acceptance runs).
-                urgency = (_TIER[kind], _or_lowest(t.score))
+                urgency = (_TIER[kind], 0, _or_lowest(t.score))
             elif kind == "fills":
-                urgency = (_TIER[kind] + t.merit / 4, _or_lowest(t.provisional_score))
+                urgency = (_TIER[kind], t.merit, _or_lowest(t.provisional_score))
             else:
-                urgency = (1, weight)  # never done: by priority
+                urgency = (1, 0, weight)  # never done: by priority
             order += 1
             if best is None or urgency > best[0]:
                 best = (urgency, -order, Job(kind, t))
@@ -461,13 +461,14 @@ class Tracker(Component):
 
     def _reserve_scoring(self) -> None:
         """Room for completing the top: for each candidate's fills and contender's role still
-        to be read. Weight spent stays spent for a whole window, and the tracker spends a
-        window in a second when it comes free: exploration took most of each one while the
-        top was completed a read at a time, and two minutes in, the board held 8 to 11 traders.
-        None once all are read, or the reserve would only leave the window idle (it cost the
-        scout acceptance's five-minute budget its margin over 90%)."""
+        to be read (not for the traders the user only asked to watch: they are no part of the
+        top). Weight spent stays spent for a whole window, and the tracker spends a window
+        within a second of it coming free: exploration took most of each while the top was
+        completed a read at a time. None once all are read, or the reserve would only leave
+        the window idle (it cost the scout acceptance's five-minute budget its margin over
+        90%)."""
         pending = sum(
-            (t.candidate and t.fills_s == -math.inf) + (t.contender and t.role_s == -math.inf)
+            (t.merit > 0 and t.fills_s == -math.inf) + (t.contender and t.role_s == -math.inf)
             for t in self._traders.values()
         )
         weight = SCORING_RESERVE * pending
@@ -618,9 +619,10 @@ class Tracker(Component):
         # A role (60 weight) only where it can change what the board shows: among the best
         # complete scores, where a vault or an agent must not rank. Not for a trader only the
         # user asked for: while few scores are complete, a watched trader's would lead however
-        # bad, and reading roles for the user's picks cost the board a third of its traders at
-        # two minutes in the scout acceptance. Once the field fills, such a trader is near the
-        # top by its provisional score if it can lead at all.
+        # bad (in the scout acceptance, the fills and roles of the six it watches took about 500
+        # of the first two minutes' 2,400 weight, ahead of the public leaderboard's best). Once
+        # the field fills, such a trader is near the top by its provisional score if it can
+        # lead at all.
         complete = [t for t in self._traders.values() if t.score is not None]
         leading = {t.address for t in heapq.nlargest(n, complete, key=lambda t: t.score or 0.0)}
         for t in self._traders.values():

@@ -309,7 +309,7 @@ async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_c
     role will need; with nothing left to complete it would only leave the window idle."""
     from hlcopy.scout.tracker import SCORING_RESERVE, Tracked
 
-    cfg = make_config(tmp_path, dsn)
+    cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 2})  # settled from 4 scores
     budget = WeightBudget(1200)
     async with (
         Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
@@ -349,3 +349,14 @@ async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_c
         tracker._seed_best |= {t.address for t in others}
         tracker._mark_candidates()
         assert budget.stats()["scoring_reserve"] == budget.read_limit // 4  # no truth reserve
+        # A trader the user only asked to watch is a candidate once the field is settled, but
+        # no part of the top: its fills keep no room.
+        for t in [seed, *others]:
+            t.fills_s = 1.0
+        watched = Tracked("0x" + "3a" * 20, provisional_score=-5.0)
+        tracker._traders[watched.address] = watched
+        tracker._requested.add(watched.address)
+        tracker._mark_candidates()
+        assert watched.candidate
+        assert watched.merit == 0
+        assert budget.stats()["scoring_reserve"] == 0

@@ -119,7 +119,7 @@ class WeightBudget:
         self._timer: Timer | None = None
         self._reads_blocked_until = 0.0
         self._bulk_reserve = 0  # kept free of the scoring and enrichment lanes for truth reads
-        self._scoring_reserve = 0  # kept free of the enrichment lane for scoring reads
+        self._scoring_wanted = 0  # asked to keep free of the enrichment lane for scoring reads
         self._backoff_step = 0
         self._last_429 = -math.inf
         # Cumulative figures for stats.
@@ -210,8 +210,14 @@ class WeightBudget:
     def reserve_for_scoring(self, weight: int) -> None:
         """Keep ``weight`` of every window out of reach of the enrichment lane, for the scoring
         reads to come (at most a quarter of what the truth reserve leaves the bulk lanes)."""
-        self._scoring_reserve = max(0, min(weight, (self.read_limit - self._bulk_reserve) // 4))
+        self._scoring_wanted = max(0, weight)
         self._dispatch()
+
+    @property
+    def _scoring_reserve(self) -> int:
+        """What is kept for scoring: as asked, within a quarter of what the truth reserve
+        leaves the bulk lanes now (the truth reserve may grow after it was asked)."""
+        return min(self._scoring_wanted, (self.read_limit - self._bulk_reserve) // 4)
 
     def _order_reserve(self, now: float) -> int:
         """Weight the reads leave for orders (see the module docstring). Exchange actions
@@ -319,7 +325,7 @@ class WeightBudget:
                 return max(0.0, t + self.window_s - now)
         return self.window_s  # more than the limit itself: never by expiry (refused earlier)
 
-    def _slack(self, weight: int, lane: Lane, at: float) -> int:
+    def _slack(self, weight: int, lane: Lane, at: float, now: float) -> int:
         """Weight that may be spent now without delaying ``weight`` in ``lane`` past ``at``:
         what will still be unused in the window at ``at`` once that request is admitted (for a
         read, also within the reads' room and pace then)."""
@@ -334,7 +340,6 @@ class WeightBudget:
                 expired_reads += w
         slack = cap - (self._used - expired) - weight
         if lane != Lane.ORDER:
-            now = self._clock.monotonic()
             reserve = self._order_reserve(now)
             if reserve:
                 reads = self._used - self._actions_used - expired_reads
@@ -371,7 +376,7 @@ class WeightBudget:
                 # A patient request of a higher lane was passed over: from here on it blocks
                 # like any other (lower lanes only backfill within its slack).
                 blocked_delay, waiting = patient
-                slack = self._slack(waiting.weight, waiting_lane, now + blocked_delay)
+                slack = self._slack(waiting.weight, waiting_lane, now + blocked_delay, now)
             patient = None
             queue = self._queues[lane]
             i = 0
@@ -392,7 +397,7 @@ class WeightBudget:
                         i += 1
                         continue
                     blocked_delay = delay
-                    slack = self._slack(waiter.weight, lane, now + delay)
+                    slack = self._slack(waiter.weight, lane, now + delay, now)
                     i += 1
                     continue
                 if blocked_delay is not None and (delay > 0 or waiter.weight > slack):

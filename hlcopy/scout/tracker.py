@@ -423,7 +423,7 @@ class Tracker(Component):
         self._follower = config.account.address if config.account.mode == "live" else None
         board = config.leaderboard
         self._follower_equity = board.follower_equity_usd or config.account.paper_equity_usd
-        self._scoring_reserve = -1  # none set yet
+        self._scoring_reserve = 0  # as the budget starts
         self._reserve_truth()
 
     # -- what others ask of it ------------------------------------------------------------
@@ -447,8 +447,7 @@ class Tracker(Component):
         self._wake.set()
 
     def _reserve_truth(self) -> None:
-        """Keep room in every budget window for the truth reads to come, and for completing
-        the top (see the budget)."""
+        """Keep room in every budget window for the truth reads to come (see the budget)."""
         cfg = self._cfg
         window = self._info.budget_window_s
         reads = len(self._leaders) * window / cfg.leader_poll_interval_s
@@ -457,7 +456,6 @@ class Tracker(Component):
             reads += window / cfg.follower_poll_interval_s
         # What they read on average: a reserve they would not use leaves the window idle.
         self._info.reserve_state_reads(math.ceil(reads))
-        self._reserve_scoring()
 
     def _reserve_scoring(self) -> None:
         """Room for completing the top: for each candidate's fills and contender's role still

@@ -446,3 +446,11 @@ async def test_a_burst_of_orders_into_a_window_full_of_reads_never_waits(seed: i
         await feeder
     assert max(waits) == 0
     assert during > 10  # the reads go on beside the orders, in what the orders leave
+
+
+def test_the_scoring_reserve_stays_within_what_the_truth_reserve_leaves() -> None:
+    budget = WeightBudget(1200, 10)
+    budget.reserve_for_scoring(600)
+    assert budget.stats()["scoring_reserve"] == budget.read_limit // 4
+    budget.reserve_for_truth(400)  # asked for later: the scoring reserve shrinks with it
+    assert budget.stats()["scoring_reserve"] == (budget.read_limit - 400) // 4

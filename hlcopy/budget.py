@@ -24,8 +24,11 @@ Two reserves keep the lower lanes from filling the window to the brim, since wei
 spent for a whole window: the truth reserve (``reserve_for_truth``) is out of reach of scoring and
 enrichment, and the scoring reserve (``reserve_for_scoring``) out of reach of enrichment, so the
 read that completes a candidate's score finds room at once instead of waiting up to a minute
-behind exploration. A request whose weight depends on the size of its answer reserves the most it
-can cost and is refunded the rest (``refund``). An HTTP 429 sends the read lanes into back-off.
+behind exploration. The truth reserve is a window's worth of truth reads, so what the truth lanes
+already spent in the window comes off it (as with the order reserve): kept whole, it would stand
+idle beside the reads it was kept for. A request whose weight depends on the size of its answer
+reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends the read
+lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """
@@ -201,9 +204,10 @@ class WeightBudget:
 
     def reserve_for_truth(self, weight: int) -> None:
         """Keep ``weight`` of every window out of reach of the bulk lanes (scoring,
-        enrichment), for the follower's, leaders' and watched traders' reads to come. Without
-        it, tracking spends a whole window in a burst and a leader's next read waits for it to
-        expire (up to a minute). At most half the read budget: scoring never stops."""
+        enrichment), for the follower's, leaders' and watched traders' reads (their weight in a
+        window; what they spent in it comes off). Without it, tracking spends a whole window in
+        a burst and a leader's next read waits for it to expire (up to a minute). At most half
+        the read budget: scoring never stops."""
         self._bulk_reserve = max(0, min(weight, self.read_limit // 2))
         self._dispatch()
 
@@ -214,10 +218,18 @@ class WeightBudget:
         self._dispatch()
 
     @property
+    def _truth_reserve(self) -> int:
+        """What is kept for truth reads now: the reserve less what the truth lanes spent in the
+        window. The reserve counts the reads of a 61-second window and they come every 60 (or
+        oftener), so a read's own twin of a window ago has left it by the time it is due."""
+        spent = self._used_by_lane[Lane.FOLLOWER] + self._used_by_lane[Lane.LEADER]
+        return max(0, self._bulk_reserve - spent)
+
+    @property
     def _scoring_reserve(self) -> int:
         """What is kept for scoring: as asked, within a quarter of what the truth reserve
         leaves the bulk lanes now (the truth reserve may grow after it was asked)."""
-        return min(self._scoring_wanted, (self.read_limit - self._bulk_reserve) // 4)
+        return min(self._scoring_wanted, (self.read_limit - self._truth_reserve) // 4)
 
     def _order_reserve(self, now: float) -> int:
         """Weight the reads leave for orders (see the module docstring). Exchange actions
@@ -237,9 +249,9 @@ class WeightBudget:
         if lane == Lane.ORDER:
             return self.limit
         if lane == Lane.SCORING:
-            return self.read_limit - self._bulk_reserve
+            return self.read_limit - self._truth_reserve
         if lane > Lane.SCORING:
-            return self.read_limit - self._bulk_reserve - self._scoring_reserve
+            return self.read_limit - self._truth_reserve - self._scoring_reserve
         return self.read_limit
 
     def _pace(self, now: float) -> float:
@@ -436,6 +448,7 @@ class WeightBudget:
             "limit_per_minute": self.limit,
             "read_limit_per_minute": self.read_limit,
             "truth_reserve": self._bulk_reserve,
+            "truth_reserve_left": self._truth_reserve,
             "scoring_reserve": self._scoring_reserve,
             "used_last_window": self._used,
             "utilization": round(self._used / self.limit, 4),

@@ -286,6 +286,38 @@ async def test_a_truth_reserve_keeps_room_for_leader_reads_while_scoring_is_satu
         await bulk
 
 
+async def test_the_truth_reads_spend_comes_off_their_reserve_and_their_room_comes_back() -> None:
+    clock = VirtualClock()
+    b = budget(clock, limit=1000, headroom=0)
+    b.reserve_for_truth(100)  # a window's worth of truth reads
+    for _ in range(3):  # spent early in the window: 60 of the 100 are used already
+        await b.acquire(20, Lane.LEADER)
+    await clock.advance(30)
+    scored = 0
+
+    async def scoring() -> None:
+        nonlocal scored
+        while True:
+            await b.acquire(20, Lane.SCORING)
+            scored += 20
+
+    bulk = asyncio.create_task(scoring())
+    await clock.advance(1)
+    # Kept whole, the reserve would stop scoring at 840 and leave 100 idle beside the 60 spent.
+    assert scored == 900
+    assert b.stats()["truth_reserve_left"] == 40
+    await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)  # the truth reads still to come fit
+    await asyncio.wait_for(b.acquire(20, Lane.FOLLOWER), 0.1)
+    assert b.used() == 1000
+    await clock.advance(30.5)  # the first truth reads leave the window: their room is truth's
+    assert scored == 900
+    assert b.stats()["truth_reserve_left"] == 60
+    await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)
+    bulk.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bulk
+
+
 async def test_small_bulk_reads_pass_a_big_one_only_while_it_is_patient() -> None:
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)

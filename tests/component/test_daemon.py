@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import socket
@@ -105,6 +106,19 @@ async def test_components_start_in_order_each_after_the_previous_is_ready(tmp_pa
         ]
     assert await task == 0
     assert events[6:] == ["drain api", "drain stream", "drain store"]
+
+
+async def test_what_start_up_built_is_out_of_the_collectors_way_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    d = daemon_for(tmp_path)
+    d.add(Probe("store", []))
+    async with running(d) as task:
+        async with asyncio.timeout(5):
+            while gc.get_freeze_count() == 0:  # frozen once everything is ready
+                await asyncio.sleep(0.005)
+    assert await task == 0
+    assert gc.get_freeze_count() == 0  # and handed back when it stops
 
 
 async def test_transient_failures_restart_only_that_component(tmp_path: Path) -> None:

@@ -584,11 +584,14 @@ class LeaderBooks(Component):
         level = seen.get(f.tid, 0)
         if snapshot:
             # History: recorded, never a change (gap-fill makes the missed ones changes); its
-            # newest fill per coin says when a position a state shows first was last changed.
-            book.history_ms[f.coin] = max(book.history_ms.get(f.coin, f.time_ms), f.time_ms)
+            # newest fill per coin says when a position a state shows first was last changed,
+            # in whatever order the snapshot lists them (the simulator's is oldest first).
+            newest = max(book.history_ms.get(f.coin, f.time_ms), f.time_ms)
+            book.history_ms[f.coin] = newest
             c = book.coins.get(f.coin)
-            if c is not None and c.known and c.szi != 0 and c.last_change_ms is None:
-                c.last_change_ms = book.history_ms[f.coin]
+            if c is not None and c.known and c.szi != 0:
+                last = c.last_change_ms
+                c.last_change_ms = newest if last is None else max(last, newest)
             if level == 0:
                 self._remember(book, f.tid, _RECORDED)
                 self._record(f, snapshot=True, changed=False)

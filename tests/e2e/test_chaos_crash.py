@@ -130,7 +130,8 @@ async def test_sigkill_anywhere_on_the_order_path_never_doubles_and_converges(
 ) -> None:
     await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "5000000"})
     config, account = await live_config(tmp_path, sim, dsn)
-    base = random.randrange(1 << 30)
+    # The base seed a failure names replays its choices of crash points and trades.
+    base = int(os.environ.get("HLCOPY_CHAOS_BASE", random.randrange(1 << 30)))
     kills: Counter[str] = Counter()
     # What the reconciler says when the books and the exchange disagree at a start: after a
     # kill the books must still be exact, every order settled from the exchange's own record.
@@ -170,8 +171,16 @@ async def test_sigkill_anywhere_on_the_order_path_never_doubles_and_converges(
                 while abs(szi(sim, account) - target) > 2 * LOT:
                     await asyncio.sleep(0.2)
         except TimeoutError:
+            # Why it holds still: the follow's target beside the position, the last decisions.
+            url = next(ln["url"] for ln in p.lines if ln.get("event") == "api listening")
+            seen = []
+            async with aiohttp.ClientSession() as http:
+                for path in ("/api/v1/positions", "/api/v1/copies?limit=4"):
+                    async with http.get(url + path) as r:
+                        seen.append(f"{path}: {(await r.text())[:2000]}")
             raise AssertionError(
-                f"base seed {base}: wanted {target} ETH, holds {szi(sim, account)}; kills {kills}"
+                f"base seed {base}: wanted {target} ETH, holds {szi(sim, account)}; kills {kills}\n"
+                + "\n".join(seen)
             ) from None
         p.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(p.proc.wait(), 15) == 0

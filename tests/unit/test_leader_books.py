@@ -205,6 +205,13 @@ async def test_a_position_first_seen_takes_its_change_time_from_the_fills_histor
     btc = books.view(L, "BTC")
     assert btc is not None
     assert btc.last_change_ms == 3_000
+    # Found by chaos (d) again: a snapshot listed oldest first (the simulator's order) dated the
+    # position by its oldest fill, so a copy lost to a kill two seconds before was "stale".
+    assert not books.ingest(fill("A", "1", 3_500, "1", coin="BTC"), snapshot=True)
+    assert not books.ingest(fill("B", "1", 3_200, "0", coin="BTC"), snapshot=True)
+    btc = books.view(L, "BTC")
+    assert btc is not None
+    assert btc.last_change_ms == 3_500  # the newest, in either order
     books.snapshot(L, state(7_000, ETH="2", BTC="1", SOL="5"))
     sol = books.view(L, "SOL")
     assert sol is not None

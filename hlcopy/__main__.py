@@ -1,5 +1,17 @@
-"""``python -m hlcopy``."""
+"""``python -m hlcopy`` and the ``hlcopy`` command: a daemon's signals are remembered before
+the CLI's imports (``signals.py``), then the CLI runs."""
 
-from hlcopy.cli import main
+import sys
 
-raise SystemExit(main())
+from hlcopy import signals
+
+
+def run() -> int:
+    signals.capture_for(sys.argv[1:])
+    from hlcopy.cli import main
+
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from hlcopy.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-LONG_RUNNING = frozenset({"run", "demo"})
 DEMO_ACCOUNT = "0x" + "de30" * 10  # the demo's paper account on the simulated exchange
 
 
@@ -725,6 +724,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if args.command in LONG_RUNNING:
+    if args.command in signals.LONG_RUNNING:
         signals.capture()
     return func(args)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 CAUGHT = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: The commands that run a daemon: only they remember signals (a short command stops at once).
+LONG_RUNNING = frozenset({"run", "demo"})
 _pending: list[signal.Signals] = []
 _guard = threading.Lock()
 _installed = False
@@ -29,6 +32,14 @@ def capture() -> None:
     for sig in CAUGHT:
         signal.signal(sig, _remember)
     _installed = True
+
+
+def capture_for(argv: Sequence[str]) -> None:
+    """``capture`` when ``argv`` (without the program name) runs a daemon: called before the
+    CLI's own imports, which take a tenth of a second or more, so a stop asked meanwhile is
+    remembered."""
+    if argv and argv[0] in LONG_RUNNING:
+        capture()
 
 
 def captured() -> bool:

@@ -724,6 +724,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if args.command in signals.LONG_RUNNING:
-        signals.capture()
+    signals.capture_for([args.command])  # if the entry point has not already
     return func(args)

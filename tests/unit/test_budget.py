@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import pytest
 from hlcopy.budget import PACE_HORIZON_S, Lane, WeightBudget, extra_weight
@@ -16,6 +17,25 @@ READS = [lane for lane in Lane if lane is not Lane.ORDER]
 def budget(clock: VirtualClock, limit: int = 1200, headroom: float = 10.0) -> WeightBudget:
     # The mechanics on the exchange's own 60-s window; the default adds a second (see below).
     return WeightBudget(limit, headroom, clock=clock, window_s=60.0)
+
+
+@contextlib.asynccontextmanager
+async def saturated(b: WeightBudget, lane: Lane, weight: int = 20) -> AsyncIterator[list[int]]:
+    """A lane that asks for ``weight`` again as soon as it gets it; yields ``[weight got]``."""
+    got = [0]
+
+    async def take() -> None:
+        while True:
+            await b.acquire(weight, lane)
+            got[0] += weight
+
+    task = asyncio.create_task(take())
+    try:
+        yield got
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):  # still asking: it never failed
+            await task
 
 
 async def test_the_default_window_keeps_a_second_for_the_road() -> None:
@@ -265,25 +285,14 @@ async def test_a_truth_reserve_keeps_room_for_leader_reads_while_scoring_is_satu
     clock = VirtualClock()
     b = budget(clock, limit=1000, headroom=0)
     b.reserve_for_truth(100)
-    scored = 0
-
-    async def scoring() -> None:
-        nonlocal scored
-        while True:
-            await b.acquire(20, Lane.SCORING)
-            scored += 20
-
-    bulk = asyncio.create_task(scoring())
-    await clock.advance(1)
-    assert scored == 900  # the bulk lanes stop short of the reserve...
-    await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)  # ...so a leader read goes at once
-    await asyncio.wait_for(b.acquire(2, Lane.FOLLOWER), 0.1)
-    assert b.stats()["truth_reserve"] == 100
-    b.reserve_for_truth(10_000)
-    assert b.stats()["truth_reserve"] == 500  # never more than half: scoring never stops
-    bulk.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await bulk
+    async with saturated(b, Lane.SCORING) as scored:
+        await clock.advance(1)
+        assert scored[0] == 900  # the bulk lanes stop short of the reserve...
+        await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)  # ...so a leader read goes at once
+        await asyncio.wait_for(b.acquire(2, Lane.FOLLOWER), 0.1)
+        assert b.stats()["truth_reserve"] == 100
+        b.reserve_for_truth(10_000)
+        assert b.stats()["truth_reserve"] == 500  # never more than half: scoring never stops
 
 
 async def test_the_truth_reads_spend_comes_off_their_reserve_and_their_room_comes_back() -> None:
@@ -293,29 +302,18 @@ async def test_the_truth_reads_spend_comes_off_their_reserve_and_their_room_come
     for _ in range(3):  # spent early in the window: 60 of the 100 are used already
         await b.acquire(20, Lane.LEADER)
     await clock.advance(30)
-    scored = 0
-
-    async def scoring() -> None:
-        nonlocal scored
-        while True:
-            await b.acquire(20, Lane.SCORING)
-            scored += 20
-
-    bulk = asyncio.create_task(scoring())
-    await clock.advance(1)
-    # Kept whole, the reserve would stop scoring at 840 and leave 100 idle beside the 60 spent.
-    assert scored == 900
-    assert b.stats()["truth_reserve_left"] == 40
-    await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)  # the truth reads still to come fit
-    await asyncio.wait_for(b.acquire(20, Lane.FOLLOWER), 0.1)
-    assert b.used() == 1000
-    await clock.advance(30.5)  # the first truth reads leave the window: their room is truth's
-    assert scored == 900
-    assert b.stats()["truth_reserve_left"] == 60
-    await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)
-    bulk.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await bulk
+    async with saturated(b, Lane.SCORING) as scored:
+        await clock.advance(1)
+        # Kept whole, the reserve would stop scoring at 840 and leave 100 idle beside the 60.
+        assert scored[0] == 900
+        assert b.stats()["truth_reserve_left"] == 40
+        await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)  # the truth reads to come fit
+        await asyncio.wait_for(b.acquire(20, Lane.FOLLOWER), 0.1)
+        assert b.used() == 1000
+        await clock.advance(30.5)  # the first truth reads leave the window: truth's room again
+        assert scored[0] == 900
+        assert b.stats()["truth_reserve_left"] == 60
+        await asyncio.wait_for(b.acquire(20, Lane.LEADER), 0.1)
 
 
 async def test_small_bulk_reads_pass_a_big_one_only_while_it_is_patient() -> None:
@@ -398,25 +396,14 @@ async def test_a_scoring_reserve_keeps_room_that_enrichment_cannot_take() -> Non
     b = budget(clock, limit=1000, headroom=0)
     b.reserve_for_truth(100)
     b.reserve_for_scoring(80)
-    explored = 0
-
-    async def exploring() -> None:
-        nonlocal explored
-        while True:
-            await b.acquire(20, Lane.ENRICHMENT)
-            explored += 20
-
-    bulk = asyncio.create_task(exploring())
-    await clock.advance(1)
-    assert explored == 820  # 1000 - 100 (truth) - 80 (scoring)
-    await asyncio.wait_for(b.acquire(80, Lane.SCORING), 0.1)  # a candidate's read: at once
-    await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)
-    assert b.stats()["scoring_reserve"] == 80
-    b.reserve_for_scoring(10_000)
-    assert b.stats()["scoring_reserve"] == 225  # at most a quarter of the bulk lanes' room
-    bulk.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await bulk
+    async with saturated(b, Lane.ENRICHMENT) as explored:
+        await clock.advance(1)
+        assert explored[0] == 820  # 1000 - 100 (truth) - 80 (scoring)
+        await asyncio.wait_for(b.acquire(80, Lane.SCORING), 0.1)  # a candidate's read: at once
+        await asyncio.wait_for(b.acquire(2, Lane.LEADER), 0.1)
+        assert b.stats()["scoring_reserve"] == 80
+        b.reserve_for_scoring(10_000)
+        assert b.stats()["scoring_reserve"] == 225  # at most a quarter of the bulk lanes' room
 
 
 async def test_reads_are_paced_after_a_burst() -> None:

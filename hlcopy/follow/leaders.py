@@ -142,6 +142,7 @@ class _Book:
     __slots__ = (
         "coins",
         "equity",
+        "fills_live",
         "gap_epoch",
         "history_ms",
         "notional",
@@ -161,6 +162,7 @@ class _Book:
         self.snapshot_ms: int | None = None  # a full state was applied: absent coins are flat
         self.sub: Subscription[UserFills] | None = None
         self.gap_epoch = -1  # the subscription epoch last gap-filled
+        self.fills_live = False  # the userFills subscription's snapshot came: fills now are news
         self.watermark_ms: int | None = None  # newest fill time seen from an exact live source
         # Per coin, the newest fill time the userFills snapshot (history) showed: when the
         # leader last changed its position there, for a position a state shows first.
@@ -320,6 +322,13 @@ class LeaderBooks(Component):
         """Leaders with a userFills subscription."""
         return frozenset(a for a, b in self._books.items() if b.sub is not None)
 
+    def synced(self, leader: str) -> bool:
+        """Whether ``leader``'s book is live: a clearinghouseState applied and its userFills
+        snapshot in, so a fill from now on is a change to a known position (a fill before the
+        snapshot is history, and a position first seen in a state is not a fresh trade)."""
+        book = self._books.get(leader.lower())
+        return book is not None and book.snapshot_ms is not None and book.fills_live
+
     def snapshot(self, leader: str, state: AccountState) -> None:
         """A clearinghouseState of ``leader``: set its book, correcting any drift. Never waits.
 
@@ -460,6 +469,7 @@ class LeaderBooks(Component):
             return
         sub, book.sub = book.sub, None
         book.gap_epoch = -1
+        book.fills_live = False
         await self._stream.unsubscribe(sub)
         log.info("leaders: userFills slot released", leader=leader)
 
@@ -518,6 +528,7 @@ class LeaderBooks(Component):
                 if lf is not None:
                     self._ingest(book, lf, snapshot=msg.is_snapshot)
         if msg.is_snapshot:
+            book.fills_live = True
             # A (re)subscription: what the stream missed while it was away comes from REST,
             # once per acknowledged epoch (the watcher may have seen the epoch first).
             sub = book.sub

@@ -693,51 +693,55 @@ def _coin(
     def catch_up(c: _Ours, szi: Decimal, own: Part) -> None:
         gap.change(-szi, c.px, own)
 
-    # One timeline: leader fills, then (at equal times) our loose changes.
-    events: list[tuple[int, int, int, LeaderTrade | _Ours]] = [
-        (f.time_ms, 0, i, f) for i, f in enumerate(fills)
+    # One timeline: the leader's orders, then (at equal times) our loose changes. The fills of
+    # one order (same time and side, in the order they filled) are one sweep: one decision
+    # copies it, triggered by whichever of its fills the books saw first.
+    sweeps: list[list[LeaderTrade]] = []
+    for f in fills:
+        if sweeps and (sweeps[-1][0].time_ms, sweeps[-1][0].is_buy) == (f.time_ms, f.is_buy):
+            sweeps[-1].append(f)
+        else:
+            sweeps.append([f])
+    events: list[tuple[int, int, int, list[LeaderTrade] | _Ours]] = [
+        (s[0].time_ms, 0, i, s) for i, s in enumerate(sweeps)
     ] + [(c.time_ms, 1, c.seq, c) for c in loose]
-    # The fills of one leader order (same time and side) share their copy rows: one decision
-    # orders a whole sweep, triggered by its first fill.
-    order: tuple[int, bool] | None = None
-    order_rows: list[CopyRecord] = []
     for *_, event in sorted(events, key=lambda e: e[:3]):
         if isinstance(event, _Ours):
             catch_up(event, event.szi, "entry")
             continue
-        f = event
-        if (f.time_ms, f.is_buy) != order:
-            order, order_rows = (f.time_ms, f.is_buy), []
-        own_rows = [r for r in by_tid.get(f.tid, []) if r.coin == coin]
-        if own_rows and not order_rows:
-            order_rows = own_rows
-        if f.start_position is not None and f.start_position != szi_leader:
-            # A change the books never saw as a fill: the ideal follows it at this price.
-            unseen = f.start_position - szi_leader
-            leader_pnl += unseen * (mark - f.px)
-            new = sizing.target(target, f.start_position, f.px)
-            ideal_pnl += (new - target) * (mark - f.px)
-            gap.change(new - target, f.px, "skipped")
+        sweep_rows = [r for f in event for r in by_tid.get(f.tid, ()) if r.coin == coin]
+        copies = [c for f in event for c in triggered.get(f.tid, ())]
+        unmatched = [c.szi for c in copies]
+        for f in event:
+            if f.start_position is not None and f.start_position != szi_leader:
+                # A change the books never saw as a fill: the ideal follows it at this price.
+                unseen = f.start_position - szi_leader
+                leader_pnl += unseen * (mark - f.px)
+                new = sizing.target(target, f.start_position, f.px)
+                ideal_pnl += (new - target) * (mark - f.px)
+                gap.change(new - target, f.px, "skipped")
+                target = new
+                szi_leader = f.start_position
+            szi_leader += f.delta
+            leader_pnl += f.delta * (mark - f.px)
+            new = sizing.target(target, szi_leader, f.px)
+            wanted = new - target
+            ideal_pnl += wanted * (mark - f.px)
             target = new
-            szi_leader = f.start_position
-        szi_leader += f.delta
-        leader_pnl += f.delta * (mark - f.px)
-        new = sizing.target(target, szi_leader, f.px)
-        wanted = new - target
-        ideal_pnl += wanted * (mark - f.px)
-        target = new
-        left = wanted
-        for c in triggered.get(f.tid, ()):
-            direct = ZERO
-            if left != 0 and _sign(c.szi) == _sign(left):
-                direct = _sign(left) * min(abs(c.szi), abs(left))
-                gap.copied(direct, f.px, c.px)
-                left -= direct
-            extra = c.szi - direct
+            left = wanted
+            for k, c in enumerate(copies):
+                rest = unmatched[k]
+                if left != 0 and rest != 0 and _sign(rest) == _sign(left):
+                    direct = _sign(left) * min(abs(rest), abs(left))
+                    gap.copied(direct, f.px, c.px)
+                    left -= direct
+                    unmatched[k] = rest - direct
+            if left:
+                own_rows = [r for r in by_tid.get(f.tid, ()) if r.coin == coin]
+                gap.change(left, f.px, _skip_part(own_rows or sweep_rows, follow_id))
+        for c, extra in zip(copies, unmatched, strict=True):
             if extra:
                 catch_up(c, extra, "skipped" if c.round_up else "latency_slippage")
-        if left:
-            gap.change(left, f.px, _skip_part(own_rows or order_rows, follow_id))
 
     # Ours: the start position bought at P0, every change at its price, fees and funding.
     trading = a0 * (mark - p0) + sum((c.szi * (mark - c.px) for c in ours), ZERO)

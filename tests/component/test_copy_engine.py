@@ -90,6 +90,17 @@ async def running_app(
                 await asyncio.wait_for(task, 30)
 
 
+async def synced(app: App, *leaders: str, timeout: float = 30) -> None:
+    """Until each leader's book is live (its state and userFills snapshot in): a trade made
+    before then is history in that snapshot, never a change to copy."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not all(app.books.synced(a) for a in leaders):
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"leaders not synced: {app.books.describe()}") from None
+
+
 async def converged(app: App, want: dict[str, Decimal], timeout: float = 20) -> None:
     """Until the paper account holds ``want`` per follow in ETH (within one lot)."""
     try:
@@ -117,7 +128,7 @@ async def test_ratio_and_inverse_follows_hold_their_targets_and_a_halt_stops_the
     for address in (LEADER, FADED):
         await sim_post(sim, "/_sim/fund", {"address": address, "usdc": "1000000"})
     async with running_app(tmp_path, sim, dsn) as app:
-        await asyncio.sleep(3)  # the leaders' first snapshots (flat) and subscriptions
+        await synced(app, LEADER, FADED)
         for step, (usd, fade_usd) in enumerate(((20_000, 8_000), (-5_000, 4_000), (-30_000, 0))):
             await sim_post(
                 sim,
@@ -173,7 +184,7 @@ async def test_a_leader_whose_leverage_leaves_its_norm_puts_its_follow_in_reduci
         await store.migrate()
         await NormStore(store).add([(LEADER, today - d, 10.0, 200, 0.07) for d in range(1, 11)])
     async with running_app(tmp_path, sim, dsn) as app:
-        await asyncio.sleep(3)
+        await synced(app, LEADER)
         assert app.norms.stats()["with_norm"] == 1
         await sim_post(
             sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 50_000}
@@ -228,7 +239,7 @@ async def test_a_halt_survives_a_restart_and_a_resume_catches_up(
 ) -> None:
     await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
     async with running_app(tmp_path, sim, dsn) as app:
-        await asyncio.sleep(3)
+        await synced(app, LEADER)
         await sim_post(
             sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 10_000}
         )
@@ -244,7 +255,7 @@ async def test_a_halt_survives_a_restart_and_a_resume_catches_up(
         state = app.risk.state(GLOBAL)
         assert state is not None
         assert [(t.cause.value, t.detail) for t in state.trips] == [("api", "before the restart")]
-        await asyncio.sleep(3)
+        await synced(app, LEADER)
         await sim_post(
             sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
         )

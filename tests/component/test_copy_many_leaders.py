@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from hlcopy.sim import Simulator
 
-from tests.component.test_copy_engine import converged, leader_szi, running_app, sim_post
+from tests.component.test_copy_engine import (
+    converged,
+    leader_szi,
+    running_app,
+    sim_post,
+    synced,
+)
 
 LEADERS = [f"0x{i + 0x40:02x}" + "5a" * 19 for i in range(12)]
 RATIO = Decimal("0.5")
@@ -37,7 +43,10 @@ async def test_twelve_leaders_the_ones_beyond_the_slots_through_the_firehose(
         for i, address in enumerate(LEADERS)
     ]
     async with running_app(tmp_path, sim, dsn, follows=follows) as app:
-        await asyncio.sleep(3)  # first snapshots and subscriptions
+        await synced(app, *LEADERS[:8])  # the userFills slots; the other four read by polls
+        async with asyncio.timeout(30):
+            while any(b["equity"] is None for b in app.books.describe(LEADERS).values()):
+                await asyncio.sleep(0.1)
         # Firehose fills are hints the copier does not act on until discovery has calibrated
         # who is who in a trade (one lookup at start; slower on a busy machine).
         assert app.discovery is not None

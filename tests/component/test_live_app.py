@@ -16,6 +16,7 @@ from hlcopy.hl import InfoClient
 from hlcopy.sim import Simulator
 from hlcopy.store.copies import CopyStore
 
+from tests.component.test_copy_engine import synced
 from tests.live_env import FADED, LEADER, LOT, held_on_exchange, live_app, sim_post, szi
 
 
@@ -26,7 +27,7 @@ async def test_live_follows_hold_their_targets_on_the_exchange_with_a_protective
     for address in (LEADER, FADED):
         await sim_post(sim, "/_sim/fund", {"address": address, "usdc": "1000000"})
     async with live_app(tmp_path, sim, dsn) as (app, account):
-        await asyncio.sleep(3)  # the leaders' first snapshots (flat) and subscriptions
+        await synced(app, LEADER, FADED)
         for usd, fade_usd in ((20_000, 8_000), (-5_000, 4_000)):
             await sim_post(
                 sim,

@@ -28,7 +28,7 @@ from hlcopy.store.leaders import LeaderFillRow, LeaderFillStore
 from hlcopy.store.performance import PerformanceStore
 
 from tests.component.test_api_fuzz import check
-from tests.component.test_copy_engine import leader_szi, running_app, sim_post
+from tests.component.test_copy_engine import leader_szi, running_app, sim_post, synced
 
 D = Decimal
 LEADER = "0x" + "3e" * 20
@@ -79,7 +79,7 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
 ) -> None:
     await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
     async with running_app(tmp_path, sim, dsn, follows=FOLLOWS) as app:
-        await asyncio.sleep(3)  # the leader's first snapshot (flat) and subscription
+        await synced(app, LEADER)
         # 1. Buy $20k: the follow wants $10k, the cap holds it at $8k (limit_reached).
         await sim_post(
             sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
@@ -120,7 +120,17 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
 
         (perf,) = body["follows"]
         (eth,) = perf["coins"]
+        # What a failure needs to be explained (pytest shows it only then): the figures, our
+        # copy rows and the leader's recorded fills.
         print({k: perf[k] for k in ("ours", "leader_scaled", "gap", "gap_parts", "counts")})
+        rows = await CopyStore(app.store).copies("copy", None, 1000)
+        print(
+            [
+                (r["status"], r["skip_reason"], r["intent"], r["leader_fill"], r["fill"])
+                for r in rows
+            ]
+        )
+        print(await LeaderFillStore(app.store).fills(LEADER))
         parts = {k: D(v) for k, v in perf["gap_parts"].items()}
         assert set(parts) == set(GAP_PARTS)
         # The parts add up to the gap, and the gap is ours - the leader scaled, exactly.
@@ -134,7 +144,6 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
 
         # Ours, recomputed from the copy rows (the follow owns every fill; it began flat).
         mark = D(eth["mark"])
-        rows = await CopyStore(app.store).copies("copy", None, 1000)
         fills = [r for r in rows if r["status"] in ("filled", "partial")]
         assert fills, rows
         trading = exact(

@@ -276,3 +276,17 @@ async def test_a_message_of_several_fills_is_one_change_per_coin(books: LeaderBo
     # Outside a message each fill is its own change, as before.
     books.ingest(fill("B", "1", 60, "3.5", tid=905))
     assert [c.szi for c in changes(books)] == [D("4.5")]
+
+
+async def test_a_book_is_synced_once_its_state_and_its_fills_snapshot_are_in(
+    books: LeaderBooks,
+) -> None:
+    """Before its userFills snapshot, a leader's trade would arrive inside that snapshot as
+    history: a caller waiting for the book to be live waits for both reads."""
+    assert not books.synced(L)
+    books.snapshot(L, state(10))
+    assert not books.synced(L)
+    books.user_fills.offer(UserFills(L, True, (_wire_fill(950, "B", "1", "0"),)))
+    assert books.synced(L)
+    assert books.synced(L.upper().replace("0X", "0x"))
+    assert not books.synced("0x" + "cd" * 20)  # not followed

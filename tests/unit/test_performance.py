@@ -192,6 +192,30 @@ def test_one_decision_for_two_leader_fills_is_slippage_not_entry() -> None:
     assert all(v == 0 for v in p.parts.values())
 
 
+@pytest.mark.parametrize("trigger", [1, 2])
+def test_a_sweep_s_copy_is_one_copy_whichever_of_its_fills_triggered_it(trigger: int) -> None:
+    """The leader buys 2 @100 (tid 1) and 2 @101 (tid 2) in one order; the follow (x0.5) wants
+    2, a limit holds it at 1.6 @101; marked at 110. The copy is matched to the sweep in the
+    order it filled, whichever fill the books saw first: latency 1 x (100 - 101) = -1, and
+    the 0.4 held back of the 101 fill is the limits' -0.4 x 9 = -3.6 (not a skipped trade)."""
+    p = run(
+        copies=[order("ETH", 1_100, "1.6", "101", tid=trigger, reason="open;limit_reached")],
+        leader_fills=[
+            fill(1, "ETH", 1_000, "2", "100", start="0"),
+            fill(2, "ETH", 1_000, "2", "101", start="2"),
+        ],
+        marks={"ETH": D("110")},
+    )
+    assert (p.ours, p.leader_scaled, p.gap) == (D("14.4"), D("19"), D("-4.6"))
+    assert p.parts == {
+        "latency_slippage": D("-1"),
+        "fees_funding": D("0"),
+        "skipped": D("0"),
+        "limits": D("-3.6"),
+        "entry": D("0"),
+    }
+
+
 def test_the_start_position_comes_from_before_the_period() -> None:
     """Bought 1 @100 before ``since``; the price at the start is the last known (100 here, the
     leader's fill at 90 being older); the leader's position then was 2. Marked at 130."""

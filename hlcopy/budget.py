@@ -2,8 +2,9 @@
 
 Weight spent at time t comes back at t + 61 s, so no 60-second window ever holds more than the
 limit (a plain token bucket, capacity N refilled at N/60 per second, could admit 2N in its first
-minute). The extra second is for the road: the exchange counts a request when it arrives, we count
-it when we send it, and a later request may travel faster than an earlier one.
+minute). The exchange counts a request when it arrives. A read counts here from its answer
+(``settle``), which comes after that whatever the road; an order counts from its send, and the
+extra second is for its road, where a later request may travel faster than an earlier one.
 
 Lanes are served in priority order: orders and cancels, follower truth, leader truth, gap-fill,
 scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
@@ -27,7 +28,7 @@ read that completes a candidate's score finds room at once instead of waiting up
 behind exploration. The truth reserve is a window's worth of truth reads, so what the truth lanes
 already spent in the window comes off it (as with the order reserve): kept whole, it would stand
 idle beside the reads it was kept for. A request whose weight depends on the size of its answer
-reserves the most it can cost and is refunded the rest (``refund``). An HTTP 429 sends the read
+reserves the most it can cost and is refunded the rest (``settle``). An HTTP 429 sends the read
 lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
@@ -139,7 +140,7 @@ class WeightBudget:
         self, weight: int, lane: Lane, *, likely: int | None = None, action: bool = False
     ) -> int:
         """Wait until ``weight`` may be spent in ``lane``, then spend it; the ticket returned
-        names this spend for ``refund``. ``action``: an exchange action (an order, a cancel),
+        names this spend for ``settle``. ``action``: an exchange action (an order, a cancel),
         whose weight the read lanes leave free while it is in the window.
 
         ``likely`` (a reservation's probable cost, refunded down to it within moments) lets a
@@ -175,30 +176,36 @@ class WeightBudget:
             self._spend(weight, lane, self._clock.monotonic())
             self._weight_total[lane] += weight
 
-    def refund(self, ticket: int, weight: int) -> None:
-        """Give back ``weight`` of the spend ``ticket`` names, reserved but not used.
+    def settle(self, ticket: int, unused: int = 0) -> None:
+        """The answer to the spend ``ticket`` names came (or the request failed): give back
+        ``unused`` of it, reserved but not charged, and count the rest from now.
 
-        A request whose weight depends on the size of the answer reserves the most it can cost
-        and refunds the difference: debiting afterwards instead could push a full window past
-        the limit and draw a 429. The refund comes off that spend's own entry, at its own time,
-        so every later window still counts exactly what was used.
+        The exchange counted the request when it arrived, somewhere between our acquire and its
+        answer, and a per-item charge once it knew the answer's size: counted from the answer,
+        a spend never leaves our window before it leaves the exchange's, however long the road
+        or the exchange's work took (a simulator answering large reads on a loaded machine took
+        over a second: one 429, CI on 8f808e1). A request whose weight depends on the size of
+        its answer reserves the most it can cost and settles the difference: debiting
+        afterwards instead could push a full window past the limit and draw a 429.
         """
         spent = self._spent
         for i in range(len(spent) - 1, -1, -1):  # it is recent: search from the newest
-            t, w, lane, entry_ticket = spent[i]
+            _, w, lane, entry_ticket = spent[i]
             if entry_ticket != ticket:
                 continue
-            back = min(w, max(0, weight))
-            spent[i] = (t, w - back, lane, entry_ticket)
-            if entry_ticket in self._actions:
-                self._actions_used -= back
-            if lane != Lane.ORDER:  # the bucket takes it back too, never past the burst
-                level = self._pace(self._clock.monotonic()) + back
-                self._tokens = min(float(self.read_burst), level)
-            self._used -= back
-            self._used_by_lane[lane] -= back
-            self._weight_total[lane] -= back
-            self._dispatch()
+            back = min(w, max(0, unused))
+            del spent[i]
+            spent.append((self._clock.monotonic(), w - back, lane, entry_ticket))
+            if back:
+                if entry_ticket in self._actions:
+                    self._actions_used -= back
+                if lane != Lane.ORDER:  # the bucket takes it back too, never past the burst
+                    level = self._pace(self._clock.monotonic()) + back
+                    self._tokens = min(float(self.read_burst), level)
+                self._used -= back
+                self._used_by_lane[lane] -= back
+                self._weight_total[lane] -= back
+                self._dispatch()
             return
         # Already outside the window: it no longer counts, nothing to give back.
 

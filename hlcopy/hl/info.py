@@ -171,15 +171,14 @@ class InfoClient:
             data = await self._post(body)
         except BaseException:
             # The exchange charges per item returned: with nothing returned, nothing extra.
-            self._budget.refund(ticket, reserved)
+            self._budget.settle(ticket, reserved)
             raise
         per = request_weight(body)[1]
         used = extra_weight(len(data), per) if per is not None and isinstance(data, list) else 0
         if reserved:
             self._typical_extra[kind] = 0.8 * self._typical_extra.get(kind, used) + 0.2 * used
-        if used < reserved:
-            self._budget.refund(ticket, reserved - used)
-        elif used > reserved:
+        self._budget.settle(ticket, max(0, reserved - used))
+        if used > reserved:
             self._budget.debit(used - reserved, lane)
         return data
 

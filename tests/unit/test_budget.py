@@ -261,23 +261,28 @@ async def test_a_reservation_refunded_leaves_only_what_was_used_and_lets_others_
     waiting = asyncio.create_task(b.acquire(90, Lane.SCORING))
     await clock.settle()
     assert not waiting.done()
-    b.refund(ticket, 95)  # the answer held 100 items: 5 of the 100 were used
+    b.settle(ticket, 95)  # the answer held 100 items: 5 of the 100 were used
     await clock.settle()
     assert waiting.done()
     assert b.used() == 25 + 90
     assert b.stats()["lanes"]["scoring"]["weight_total"] == 115
 
 
-async def test_a_refund_comes_off_its_own_spend_so_later_windows_stay_exact() -> None:
+async def test_a_read_counts_from_its_answer_and_its_refund_comes_off_its_own_spend() -> None:
+    """The exchange counted a read when it arrived, before its answer: counted from the
+    answer, it never leaves our window before the exchange's, however slow the answer."""
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     first = await b.acquire(60, Lane.SCORING)
-    await clock.advance(30)
+    await clock.advance(2)  # the answer took two seconds (the exchange may have counted at 1.9)
+    b.settle(first, 50)  # its 100 items: 10 of the 60 used, counted from now
+    await clock.advance(28)
     await b.acquire(30, Lane.SCORING)
-    b.refund(first, 50)  # the older spend shrinks to 10...
-    await clock.advance(30.001)  # ...and leaves the window at t=60: the newer 30 remains
+    await clock.advance(31.5)  # 61.5 s after the acquire: the first still counts
+    assert b.used() == 40
+    await clock.advance(1)  # 61 s after its answer: gone; the newer 30 remains
     assert b.used() == 30
-    b.refund(first, 10)  # already outside the window: nothing to give back
+    b.settle(first, 10)  # already outside the window: nothing to give back or count again
     assert b.used() == 30
 
 
@@ -350,7 +355,7 @@ async def test_a_large_reservation_goes_in_on_its_likely_cost_but_never_past_the
     # borrowing the headroom for the moment until its refund, still within the limit (920).
     ticket = await asyncio.wait_for(b.acquire(120, Lane.SCORING, likely=40), 0.1)
     assert b.used() == 920
-    b.refund(ticket, 80)
+    b.settle(ticket, 80)
     assert b.used() == 840
     # Whatever it is likely to cost, the whole of it must fit the exchange's limit.
     await b.acquire(100, Lane.ORDER)  # 940

@@ -333,11 +333,13 @@ class LeaderBooks(Component):
         """A clearinghouseState of ``leader``: set its book, correcting any drift. Never waits.
 
         A coin whose book already holds an exact fill newer than the state keeps it (the state
-        was read before that fill). A position seen for the first time (at start, or in a coin
-        the book did not know) is no change now: its ``last_change_ms`` is the leader's newest
-        fill in the coin the userFills snapshot showed, or unknown (so entry "wait" never takes
-        a position that predates the follow for a fresh change, and one opened after the follow
-        began, while hlcopy was down, is still copied)."""
+        was read before that fill). A position in the book's first state is no change now: its
+        ``last_change_ms`` is the leader's newest fill in the coin the userFills snapshot showed,
+        or unknown (so entry "wait" never takes a position that predates the follow for a fresh
+        change, and one opened after the follow began, while hlcopy was down, is still copied).
+        After that, a coin a state leaves out is flat, so a position a later state shows in a
+        coin the book did not know is a change between the two reads, dated by this one (the
+        state may come before the fills' message, and those are then inside it)."""
         leader = leader.lower()
         book = self._books.get(leader)
         if book is None:
@@ -354,12 +356,15 @@ class LeaderBooks(Component):
             ),
             ZERO,
         )
-        book.snapshot_ms = t if book.snapshot_ms is None else max(book.snapshot_ms, t)
+        flat_since = book.snapshot_ms  # every coin a state left out was flat then
+        book.snapshot_ms = t if flat_since is None else max(flat_since, t)
         positions = {p.coin: p for p in state.positions}
         for coin in sorted(set(book.coins) | set(positions)):
             c = book.coins.get(coin)
             if c is None:
                 c = book.coins[coin] = _CoinBook()
+                if flat_since is not None:
+                    c.reanchor(ZERO, flat_since, from_fill=False)
             if t < c.anchor_ms:
                 continue
             before = (c.szi, c.confirmed) if c.known else None

@@ -14,6 +14,7 @@ from hlcopy.follow.protect import STOP_TAG
 from hlcopy.sim import Simulator
 from hlcopy.sim.engine import REC_CLOID
 
+from tests.component.test_copy_engine import synced
 from tests.live_env import LEADER, LOT, held_on_exchange, live_app, sim_post, szi
 
 INTERVAL_S = 5.0
@@ -47,7 +48,7 @@ async def test_drift_is_corrected_once_per_coin_and_never_while_the_account_is_u
     }
     async with live_app(tmp_path, sim, dsn, follows=follows, tracking=tracking) as (app, account):
         assert app.reconciler is not None
-        await asyncio.sleep(3)  # the leader's first snapshot (flat) and subscription
+        await synced(app, LEADER)
         await sim_post(
             sim, "/_sim/trade", {"address": LEADER, "coin": "ETH", "is_buy": True, "usd": 20_000}
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -199,23 +200,48 @@ async def test_a_position_first_seen_takes_its_change_time_from_the_fills_histor
     view = books.view(L, "ETH")
     assert view is not None
     assert (view.szi, view.last_change_ms) == (D(2), 4_500)
-    # History arriving after the state dates it too; a coin without history stays undated.
-    books.snapshot(L, state(6_000, ETH="2", BTC="1"))
-    assert not books.ingest(fill("B", "1", 3_000, "0", coin="BTC"), snapshot=True)
-    btc = books.view(L, "BTC")
+    # History arriving after the first state dates it too; a coin without history stays
+    # undated.
+    other = "0x" + "cd" * 20
+    books.set_leaders({L: 1, other: 1})
+    books.snapshot(other, state(6_000, BTC="1", SOL="5"))
+
+    def history(side: Side, time_ms: int, start: str) -> None:
+        old = replace(fill(side, "1", time_ms, start, coin="BTC"), leader=other)
+        assert not books.ingest(old, snapshot=True)
+
+    history("B", 3_000, "0")
+    btc = books.view(other, "BTC")
     assert btc is not None
     assert btc.last_change_ms == 3_000
     # Found by chaos (d) again: a snapshot listed oldest first (the simulator's order) dated the
     # position by its oldest fill, so a copy lost to a kill two seconds before was "stale".
-    assert not books.ingest(fill("A", "1", 3_500, "1", coin="BTC"), snapshot=True)
-    assert not books.ingest(fill("B", "1", 3_200, "0", coin="BTC"), snapshot=True)
-    btc = books.view(L, "BTC")
+    history("A", 3_500, "1")
+    history("B", 3_200, "0")
+    btc = books.view(other, "BTC")
     assert btc is not None
     assert btc.last_change_ms == 3_500  # the newest, in either order
-    books.snapshot(L, state(7_000, ETH="2", BTC="1", SOL="5"))
-    sol = books.view(L, "SOL")
+    sol = books.view(other, "SOL")
     assert sol is not None
     assert sol.last_change_ms is None
+
+
+async def test_a_coin_a_later_state_shows_first_moved_between_the_two_reads(
+    books: LeaderBooks,
+) -> None:
+    """Found by CI (the norm test on 06d504b): the leader's state was read after its trade but
+    before the userFills message came. The leader was known flat, so the new position is a
+    change dated by the read (taken for one that predated the follow, entry "wait" never
+    copied it), and the fills coming after are inside it."""
+    books.snapshot(L, state(5_000))  # flat
+    changes(books)
+    books.snapshot(L, state(8_000, ETH="2"))
+    view = books.view(L, "ETH")
+    assert view is not None
+    assert (view.szi, view.last_change_ms) == (D(2), 8_000)
+    assert [(c.fill, c.szi) for c in changes(books)] == [(None, D(2))]
+    assert not books.ingest(fill("B", "2", 7_000, "0"))  # its fill, late: inside the state
+    assert not changes(books)
 
 
 async def test_a_hint_older_than_the_snapshot_is_inside_it(books: LeaderBooks) -> None:

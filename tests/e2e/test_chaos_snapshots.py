@@ -110,7 +110,19 @@ async def test_history_replayed_by_snapshots_is_recorded_and_never_copied(
             await converged(sim, account, target, RECONCILE_S + SLACK_S)
             await asyncio.sleep(1)
             copied = accepted_cloids(sim, account)
-            assert 1 <= len(copied) <= LIVE
+            rows = await copy_rows(dsn)
+            # One decision at most for each live trade: one order, or the two legs of a flip
+            # (a reduce-only close, then the open; seed 431169407 flips).
+            decisions: dict[tuple[int, int], list[bool]] = {}
+            for cloid in copied:
+                r = rows[cloid]
+                decisions.setdefault((r["leader_tid"], r["decided_ms"]), []).append(
+                    r["reduce_only"]
+                )
+            assert 1 <= len(decisions) <= LIVE, decisions
+            assert all(
+                sorted(legs) in ([False], [True], [False, True]) for legs in decisions.values()
+            )
 
             # Every resubscription now replays fills already copied: still nothing is sent.
             duplicates = app.books.counters["duplicates"]

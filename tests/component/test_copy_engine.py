@@ -45,7 +45,11 @@ def leader_szi(sim: Simulator, address: str, coin: str) -> Decimal:
 
 @contextlib.asynccontextmanager
 async def running_app(
-    tmp_path: Path, sim: Simulator, dsn: str, follows: list[dict[str, Any]] | None = None
+    tmp_path: Path,
+    sim: Simulator,
+    dsn: str,
+    follows: list[dict[str, Any]] | None = None,
+    leader_poll_interval_s: float = 2,
 ) -> AsyncIterator[App]:
     cfg = make_config(
         tmp_path,
@@ -57,7 +61,11 @@ async def running_app(
             "chain": "testnet",
         },
         discovery={"enabled": True},
-        tracking={"leader_poll_interval_s": 2, "reconcile_interval_s": 5, "workers": 2},
+        tracking={
+            "leader_poll_interval_s": leader_poll_interval_s,
+            "reconcile_interval_s": 5,
+            "workers": 2,
+        },
         follow=follows
         or [
             {"name": "copy", "leader": LEADER, "ratio": "0.5", "max_fill_age_ms": 60_000},

@@ -48,9 +48,13 @@ async def test_a_second_daemon_on_the_same_state_dir_exits_1_at_once(
             took = time.monotonic() - t0
             await second._reader
         assert code == 1
-        assert took < 2
         text = "".join(second.raw)
         assert f"another hlcopy (pid {first.proc.pid})" in text
+        # At once: before it starts anything (the time is a process start, 2.3 s once on CI's
+        # loaded machine, so what it did is the check, not how long it took).
+        assert "store ready" not in text, text
+        assert "component ready" not in text, text
+        print(f"the second daemon exited in {took:.2f} s")
         assert first.proc.returncode is None  # the first keeps running
         port = (await first.wait_for("api listening"))["port"]
         assert (await get(f"http://127.0.0.1:{port}/health"))[0] == 200

@@ -390,6 +390,7 @@ class _Ours:
     fee: Decimal
     tid: int | None
     round_up: bool
+    order: bool = True  # a fill of a copy order (False: a transfer)
 
 
 def _skip_part(rows: Sequence[CopyRecord], follow_id: str) -> Part:
@@ -485,6 +486,7 @@ def _performance(
     last_px: dict[str, tuple[int, Decimal]] = {}  # the latest price before since, per coin
     changes: list[_Ours] = []
     by_tid: dict[int, list[CopyRecord]] = defaultdict(list)
+    untriggered: dict[str, list[CopyRecord]] = defaultdict(list)  # decided with no leader fill
     seq = 0
 
     def seen_px(coin: str, time_ms: int, px: Decimal) -> None:
@@ -502,6 +504,8 @@ def _performance(
         counts["skips" if r.status == "skipped" else "orders"] += 1
         if r.leader_tid is not None and r.leader == leader:
             by_tid[r.leader_tid].append(r)
+        elif r.leader_tid is None:
+            untriggered[r.coin].append(r)
         if szi:
             assert r.avg_px is not None
             counts["fills"] += 1
@@ -518,7 +522,7 @@ def _performance(
             seen_px(t.coin, t.time_ms, t.px)
             continue
         counts["transfers"] += 1
-        changes.append(_Ours(t.time_ms, seq, t.coin, szi, t.px, ZERO, None, False))
+        changes.append(_Ours(t.time_ms, seq, t.coin, szi, t.px, ZERO, None, False, order=False))
         seq += 1
     for coin, start in leader_start.items():
         if start.px is not None:
@@ -546,6 +550,7 @@ def _performance(
             [c for c in changes if c.coin == coin],
             [f for f in fills if f.coin == coin],
             by_tid,
+            untriggered[coin],
             leader_start.get(coin, LeaderStart()),
             None if leader_now is None else leader_now.get(coin),
             last_px.get(coin),
@@ -650,6 +655,7 @@ def _coin(
     ours: list[_Ours],
     fills: list[LeaderTrade],
     by_tid: Mapping[int, list[CopyRecord]],
+    untriggered: Sequence[CopyRecord],
     start: LeaderStart,
     leader_now: Decimal | None,
     before: tuple[int, Decimal] | None,
@@ -705,13 +711,16 @@ def _coin(
     events: list[tuple[int, int, int, list[LeaderTrade] | _Ours]] = [
         (s[0].time_ms, 0, i, s) for i, s in enumerate(sweeps)
     ] + [(c.time_ms, 1, c.seq, c) for c in loose]
-    for *_, event in sorted(events, key=lambda e: e[:3]):
+    ends = [s[0].time_ms for s in sweeps[1:]] + [None]
+    claimed: set[int] = set()  # loose changes taken as a sweep's late copy
+    for _, _, i, event in sorted(events, key=lambda e: e[:3]):
         if isinstance(event, _Ours):
-            catch_up(event, event.szi, "entry")
+            if event.seq not in claimed:
+                catch_up(event, event.szi, "entry")
             continue
         sweep_rows = [r for f in event for r in by_tid.get(f.tid, ()) if r.coin == coin]
         copies = [c for f in event for c in triggered.get(f.tid, ())]
-        unmatched = [c.szi for c in copies]
+        wants: list[Decimal] = []
         for f in event:
             if f.start_position is not None and f.start_position != szi_leader:
                 # A change the books never saw as a fill: the ideal follows it at this price.
@@ -725,9 +734,31 @@ def _coin(
             szi_leader += f.delta
             leader_pnl += f.delta * (mark - f.px)
             new = sizing.target(target, szi_leader, f.px)
-            wanted = new - target
-            ideal_pnl += wanted * (mark - f.px)
+            wants.append(new - target)
+            ideal_pnl += (new - target) * (mark - f.px)
             target = new
+        if not sweep_rows and not copies:
+            # No decision of its own (a state read saw the trade before its fills came, or the
+            # daemon was down): the follow's decisions without a leader fill, up to the next
+            # sweep, are its late copy, and their reasons say what they left out.
+            since, until = event[0].time_ms, ends[i]
+            late = [
+                r for r in untriggered if since < r.time_ms and (until is None or r.time_ms < until)
+            ]
+            direction = _sign(sum(wants, ZERO))
+            copies = [
+                c
+                for c in loose
+                if c.order
+                and c.seq not in claimed
+                and since < c.time_ms
+                and (until is None or c.time_ms < until)
+                and _sign(c.szi) == direction
+            ]
+            claimed.update(c.seq for c in copies)
+            sweep_rows = late
+        unmatched = [c.szi for c in copies]
+        for f, wanted in zip(event, wants, strict=True):
             left = wanted
             for k, c in enumerate(copies):
                 rest = unmatched[k]

@@ -78,9 +78,9 @@ async def test_a_ratio_follow_s_performance_adds_up_and_matches_its_copies(
     tmp_path: Path, sim: Simulator, dsn: str
 ) -> None:
     await sim_post(sim, "/_sim/fund", {"address": LEADER, "usdc": "1000000"})
-    # The leader's state is read once, at start: a later read landing between a trade and its
-    # fills' message makes the copy a correction's, with no leader fill to set it against (the
-    # report then calls the fill skipped and the copy a catch-up; CI on be2e88b).
+    # The leader's state is read once, at start, so every copy here is a fill's: a later read
+    # landing between a trade and its fills' message makes the copy a state read's, a late
+    # copy with no leader fill (CI on be2e88b; the unit tests cover that case exactly).
     async with running_app(tmp_path, sim, dsn, follows=FOLLOWS, leader_poll_interval_s=600) as app:
         await synced(app, LEADER)
         # 1. Buy $20k: the follow wants $10k, the cap holds it at $8k (limit_reached).

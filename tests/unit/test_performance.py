@@ -216,6 +216,36 @@ def test_a_sweep_s_copy_is_one_copy_whichever_of_its_fills_triggered_it(trigger:
     }
 
 
+def test_a_sweep_copied_from_a_state_read_is_a_late_copy_with_its_reasons() -> None:
+    """The same sweep, but the leader's state was read before its fills came: the copy was
+    decided from the read, with no leader fill (tid None). It is still the sweep's copy, late:
+    the same parts as when a fill triggered it. A later reconcile is no copy of the sweep."""
+    sweep = [
+        fill(1, "ETH", 1_000, "2", "100", start="0"),
+        fill(2, "ETH", 1_000, "2", "101", start="2"),
+        fill(3, "ETH", 9_000, "-1", "108", start="4"),
+    ]
+    p = run(
+        copies=[
+            order("ETH", 1_100, "1.6", "101", reason="open;limit_reached"),
+            order("ETH", 9_100, "-0.5", "108", tid=3, reason="reduce"),
+        ],
+        leader_fills=sweep,
+        marks={"ETH": D("110")},
+    )
+    assert p.parts["latency_slippage"] == D("-1")
+    assert p.parts["limits"] == D("-3.6")
+    assert p.parts["skipped"] == p.parts["entry"] == 0
+    # Decided from a read while waiting for an entry: nothing copied, and the parts say why.
+    p = run(
+        copies=[skip("ETH", 1_100, "2", "waiting_entry", None)],
+        leader_fills=sweep[:2],
+        marks={"ETH": D("110")},
+    )
+    assert p.parts["skipped"] == -(D(1) * 10 + D(1) * 9)
+    assert p.parts["limits"] == 0
+
+
 def test_the_start_position_comes_from_before_the_period() -> None:
     """Bought 1 @100 before ``since``; the price at the start is the last known (100 here, the
     leader's fill at 90 being older); the leader's position then was 2. Marked at 130."""

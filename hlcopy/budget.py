@@ -2,9 +2,10 @@
 
 Weight spent at time t comes back at t + 61 s, so no 60-second window ever holds more than the
 limit (a plain token bucket, capacity N refilled at N/60 per second, could admit 2N in its first
-minute). The exchange counts a request when it arrives. A read counts here from its answer
-(``settle``), which comes after that whatever the road; an order counts from its send, and the
-extra second is for its road, where a later request may travel faster than an earlier one.
+minute). The extra second is for the road: the exchange counts a request when it arrives, we
+count it when we send it, and a later request may travel faster than an earlier one. A read is
+also kept a minute past its answer (``settle``), which comes after the exchange counted it
+however long the road or the exchange's work took.
 
 Lanes are served in priority order: orders and cancels, follower truth, leader truth, gap-fill,
 scoring, enrichment. A request that does not fit yet is never delayed by a lower one; smaller
@@ -44,6 +45,9 @@ from enum import IntEnum
 from typing import Any
 
 from hlcopy.clock import SYSTEM, TIMER_SLACK_S, Clock, Timer
+
+EXCHANGE_WINDOW_S = 60.0
+"""The exchange's window: what it counted leaves it this long after it counted it."""
 
 BULK_PATIENCE_S = 30.0
 """How long a bulk request that does not fit lets smaller ones that do go first."""
@@ -178,24 +182,31 @@ class WeightBudget:
 
     def settle(self, ticket: int, unused: int = 0) -> None:
         """The answer to the spend ``ticket`` names came (or the request failed): give back
-        ``unused`` of it, reserved but not charged, and count the rest from now.
+        ``unused`` of it, reserved but not charged, and keep the rest at least a minute from
+        now.
 
         The exchange counted the request when it arrived, somewhere between our acquire and its
-        answer, and a per-item charge once it knew the answer's size: counted from the answer,
-        a spend never leaves our window before it leaves the exchange's, however long the road
-        or the exchange's work took (a simulator answering large reads on a loaded machine took
-        over a second: one 429, CI on 8f808e1). A request whose weight depends on the size of
-        its answer reserves the most it can cost and settles the difference: debiting
-        afterwards instead could push a full window past the limit and draw a 429.
+        answer, and a per-item charge once it knew the answer's size. Kept until a minute after
+        the answer (and at least a window after the acquire), a spend never leaves our window
+        before it leaves the exchange's, however long the road or the exchange's work took (a
+        simulator answering large reads on a loaded machine took over a second: one 429, CI on
+        8f808e1). A request whose weight depends on the size of its answer reserves the most
+        it can cost and settles the difference: debiting afterwards instead could push a full
+        window past the limit and draw a 429.
         """
         spent = self._spent
         for i in range(len(spent) - 1, -1, -1):  # it is recent: search from the newest
-            _, w, lane, entry_ticket = spent[i]
+            t, w, lane, entry_ticket = spent[i]
             if entry_ticket != ticket:
                 continue
             back = min(w, max(0, unused))
+            # Counted from a minute before its expiry: its answer's, or its acquire's window.
+            at = max(t, self._clock.monotonic() - (self.window_s - EXCHANGE_WINDOW_S))
             del spent[i]
-            spent.append((self._clock.monotonic(), w - back, lane, entry_ticket))
+            j = len(spent)
+            while j > 0 and spent[j - 1][0] > at:  # the spends stay in time order
+                j -= 1
+            spent.insert(j, (at, w - back, lane, entry_ticket))
             if back:
                 if entry_ticket in self._actions:
                     self._actions_used -= back

@@ -268,22 +268,27 @@ async def test_a_reservation_refunded_leaves_only_what_was_used_and_lets_others_
     assert b.stats()["lanes"]["scoring"]["weight_total"] == 115
 
 
-async def test_a_read_counts_from_its_answer_and_its_refund_comes_off_its_own_spend() -> None:
-    """The exchange counted a read when it arrived, before its answer: counted from the
-    answer, it never leaves our window before the exchange's, however slow the answer."""
+async def test_a_read_stays_a_minute_past_its_answer_and_its_refund_comes_off_its_spend() -> None:
+    """The exchange counted a read when it arrived, before its answer: kept a minute past the
+    answer, it never leaves our window before the exchange's, however slow the answer. A quick
+    answer changes nothing: the window's extra second already covers it."""
     clock = VirtualClock()
     b = budget(clock, limit=100, headroom=0)
     first = await b.acquire(60, Lane.SCORING)
     await clock.advance(2)  # the answer took two seconds (the exchange may have counted at 1.9)
-    b.settle(first, 50)  # its 100 items: 10 of the 60 used, counted from now
+    b.settle(first, 50)  # its 100 items: 10 of the 60 used
     await clock.advance(28)
-    await b.acquire(30, Lane.SCORING)
-    await clock.advance(31.5)  # 61.5 s after the acquire: the first still counts
+    second = await b.acquire(30, Lane.SCORING)
+    await clock.advance(0.5)
+    b.settle(second)  # answered in half a second
+    await clock.advance(31)  # 61.5 s after the first's acquire: it still counts
     assert b.used() == 40
-    await clock.advance(1)  # 61 s after its answer: gone; the newer 30 remains
+    await clock.advance(0.6)  # a minute after its answer: gone; the second remains
     assert b.used() == 30
     b.settle(first, 10)  # already outside the window: nothing to give back or count again
     assert b.used() == 30
+    await clock.advance(29)  # 61.1 s after the second's acquire: gone, as if never settled
+    assert b.used() == 0
 
 
 async def test_a_truth_reserve_keeps_room_for_leader_reads_while_scoring_is_saturated() -> None:

@@ -393,6 +393,11 @@ class _Ours:
     order: bool = True  # a fill of a copy order (False: a transfer)
 
 
+def _between(t: int, since: int, until: int | None) -> bool:
+    """``since < t < until`` (no ``until``: open)."""
+    return since < t and (until is None or t < until)
+
+
 def _skip_part(rows: Sequence[CopyRecord], follow_id: str) -> Part:
     skips = [r for r in rows if r.status == "skipped"]
     if not skips:
@@ -742,21 +747,17 @@ def _coin(
             # daemon was down): the follow's decisions without a leader fill, up to the next
             # sweep, are its late copy, and their reasons say what they left out.
             since, until = event[0].time_ms, ends[i]
-            late = [
-                r for r in untriggered if since < r.time_ms and (until is None or r.time_ms < until)
-            ]
             direction = _sign(sum(wants, ZERO))
+            sweep_rows = [r for r in untriggered if _between(r.time_ms, since, until)]
             copies = [
                 c
                 for c in loose
                 if c.order
                 and c.seq not in claimed
-                and since < c.time_ms
-                and (until is None or c.time_ms < until)
+                and _between(c.time_ms, since, until)
                 and _sign(c.szi) == direction
             ]
             claimed.update(c.seq for c in copies)
-            sweep_rows = late
         unmatched = [c.szi for c in copies]
         for f, wanted in zip(event, wants, strict=True):
             left = wanted

@@ -9,7 +9,8 @@ Work, in the budget's lane order (``budget.py`` serves lanes strictly):
   a seed rank and a request; their positions are read round-robin by staleness x priority;
 * **scoring** — ``portfolio`` for every tracked trader, and fills for the ones near the top of
   the winners or the losers (by the provisional score, which needs no fills), so their score
-  is complete; ``userRole`` for those too, since vaults, sub-accounts and agents are no leaders.
+  is complete; ``userRole`` for those too, since vaults, sub-accounts and agents are no leaders
+  (for the public leaderboard's best before their fills: vaults and sub-accounts crowd it).
 
 Truth has a worker of its own, so a crowd of scoring requests can never make it wait for a
 worker; scoring has ``[tracking] workers``. With work waiting, every worker sits in the budget's
@@ -289,31 +290,37 @@ def next_job(
             continue
         weight = 1.0 + max(t.priority, 0.0)
         for kind, last, interval in (
-            ("fills", t.fills_s, scoring_interval_s),
             ("role", t.role_s, 0.0),
+            ("fills", t.fills_s, scoring_interval_s),
             ("score", t.scored_s, scoring_interval_s),
             ("positions", t.positions_s, positions_interval_s),
         ):
             if kind == "positions" and t.requested:
                 continue  # the truth worker reads a watched trader's positions, on time
-            if kind == "fills" and (not fills or not t.candidate or t.scored_s == -math.inf):
-                continue  # fills complete a score: for candidates, after their portfolio
-            if kind == "role" and (
-                t.role is not None or not t.contender or t.fills_s == -math.inf or last > -math.inf
+            if kind == "fills" and (
+                not fills
+                or not t.candidate
+                or t.scored_s == -math.inf
+                or (t.merit == 2 and t.role is None)
+                or (t.role is not None and t.role.role != "user")
             ):
-                # Once, for a fully scored trader near the top of the winners, where a vault or
-                # an agent must not rank: it costs 60 weight.
+                # Fills complete a score: for candidates, after their portfolio, and for the
+                # public leaderboard's best after their role too; never for a vault or an agent.
                 continue
+            if kind == "role" and (not role_wanted(t) or last > -math.inf):
+                continue  # once, and only where a vault or an agent must not rank: 60 weight
             if now_s - last < interval:
                 continue
             urgency: tuple[int, int, float]  # (tier, merit, then by score or staleness)
             if last > -math.inf:
                 urgency = (0, 0, (now_s - last) * weight)  # the longer overdue, the more urgent
-            elif kind == "role":
+            elif kind == "role" and t.contender:
                 # A contender is on the board's top now, and a vault must not stay there while
                 # other scores are completed (it did, at two minutes, in a third of the scout
                 # acceptance runs).
                 urgency = (_TIER[kind], 0, _or_lowest(t.score))
+            elif kind == "role":  # one of the public leaderboard's best: in its fills' turn
+                urgency = (_TIER["fills"], t.merit, _or_lowest(t.provisional_score))
             elif kind == "fills":
                 urgency = (_TIER[kind], t.merit, _or_lowest(t.provisional_score))
             else:
@@ -322,6 +329,16 @@ def next_job(
             if best is None or urgency > best[0]:
                 best = (urgency, -order, Job(kind, t))
     return None if best is None else best[2]
+
+
+def role_wanted(t: Tracked) -> bool:
+    """Whether a trader's role (60 weight) is worth reading, once: a contender's, whose
+    complete score is near the top of the winners, where a vault or an agent must not rank;
+    and, before its fills, that of a trader among the public leaderboard's best. That top holds
+    vaults and sub-accounts (in the demo's market, up to 7 of the 12), and a role known first
+    spares their fills, which cannot rank them (the scout acceptance ranked 8 at two minutes in
+    CI, its fills and roles spent on 7 such traders)."""
+    return t.role is None and (t.contender or t.merit == 2)
 
 
 def _or_lowest(score: float | None) -> float:
@@ -458,7 +475,7 @@ class Tracker(Component):
         self._info.reserve_state_reads(math.ceil(reads))
 
     def _reserve_scoring(self) -> None:
-        """Room for completing the top: for each candidate's fills and contender's role still
+        """Room for completing the top: for each candidate's fills and each wanted role still
         to be read (not for the traders the user only asked to watch: they are no part of the
         top). Weight spent stays spent for a whole window, and the tracker spends a window
         within a second of it coming free: exploration took most of each while the top was
@@ -466,7 +483,7 @@ class Tracker(Component):
         the window idle (it cost the scout acceptance's five-minute budget its margin over
         90%)."""
         pending = sum(
-            (t.merit > 0 and t.fills_s == -math.inf) + (t.contender and t.role_s == -math.inf)
+            (t.merit > 0 and t.fills_s == -math.inf) + (role_wanted(t) and t.role_s == -math.inf)
             for t in self._traders.values()
         )
         weight = SCORING_RESERVE * pending
@@ -589,7 +606,7 @@ class Tracker(Component):
 
     def _mark_candidates(self) -> None:
         """Traders near the top of the winners (by provisional score) get fills; those whose
-        complete score then leads, a role.
+        complete score then leads, a role (the public leaderboard's best, a role first).
 
         By rank: the provisional score is a lower bound, and a good month can still have a
         negative one. Losers need no fills (their badness is a bound on returns alone), so the
@@ -762,8 +779,9 @@ class Tracker(Component):
             await self._absorb(t.address, state, t, t.positions)
         elif job.kind == "role":
             await self._read_role(t)
-            if t.portfolio is not None:
-                await self._publish_metrics(t, t.portfolio, await self._stored_fills(t))
+            if t.portfolio is not None:  # its figures again, with the role (and fills, if read)
+                fills = await self._stored_fills(t) if t.fills_s > -math.inf else None
+                await self._publish_metrics(t, t.portfolio, fills)
         elif job.kind == "fills":
             await self._fetch_fills(t)
             portfolio = t.portfolio

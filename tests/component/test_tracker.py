@@ -332,27 +332,35 @@ async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_c
         tracker._seed_best = {seed.address}
         tracker._mark_candidates()
         assert seed.candidate
-        assert budget.stats()["scoring_reserve"] == SCORING_RESERVE  # its fills are to come
-        seed.fills_s = 1.0  # claimed: its read takes its own room
+        # Its role, then its fills, are to come (the public leaderboard's top holds vaults).
+        assert budget.stats()["scoring_reserve"] == 2 * SCORING_RESERVE
+        seed.role_s = 1.0  # claimed: its read takes its own room
+        tracker._mark_candidates()
+        assert budget.stats()["scoring_reserve"] == SCORING_RESERVE
+        seed.fills_s = 1.0
         tracker._mark_candidates()
         assert budget.stats()["scoring_reserve"] == 0
-        seed.contender = True  # now its role is to come (as _mark_candidates would say)
+        # A complete score near the top: its role is to come (as _mark_candidates would say).
+        leading = Tracked("0x" + "1e" * 20, merit=1, contender=True, fills_s=1.0)
+        tracker._traders[leading.address] = leading
         tracker._reserve_scoring()
         assert budget.stats()["scoring_reserve"] == SCORING_RESERVE
+        del tracker._traders[leading.address]
         # Room for each read to come, within what the budget allows the scoring lane to keep.
         others = [Tracked(f"0x{i:040x}", provisional_score=0.1) for i in range(1, 10)]
         for t in others:
             tracker._traders[t.address] = t
         tracker._seed_best |= {t.address for t in others[:2]}
-        tracker._mark_candidates()  # (too few scores for contenders: no role is to come)
-        assert budget.stats()["scoring_reserve"] == 2 * SCORING_RESERVE
+        tracker._mark_candidates()  # (too few scores for contenders: only the seeds' roles)
+        # The two new seeds' roles and fills (the first seed's are claimed).
+        assert budget.stats()["scoring_reserve"] == 4 * SCORING_RESERVE
         tracker._seed_best |= {t.address for t in others}
         tracker._mark_candidates()
         assert budget.stats()["scoring_reserve"] == budget.read_limit // 4  # no truth reserve
         # A trader the user only asked to watch is a candidate once the field is settled, but
         # no part of the top: its fills keep no room.
         for t in [seed, *others]:
-            t.fills_s = 1.0
+            t.fills_s = t.role_s = 1.0
         watched = Tracked("0x" + "3a" * 20, provisional_score=-5.0)
         tracker._traders[watched.address] = watched
         tracker._requested.add(watched.address)

@@ -179,6 +179,13 @@ async def test_the_leaderboard_a_new_user_sees(
                     "SELECT address, positions, positions_at_ms FROM traders "
                     "WHERE positions IS NOT NULL"
                 )
+                # Where completing the top went: every trader whose role or fills were read.
+                completed = await db.fetch(
+                    "SELECT t.address, t.role, t.stats->'month'->>'excluded' AS excluded,"
+                    " (SELECT count(*) FROM fills f WHERE f.address = t.address) AS fills"
+                    " FROM traders t WHERE t.role IS NOT NULL"
+                    " OR EXISTS (SELECT 1 FROM fills f WHERE f.address = t.address)"
+                )
             finally:
                 await db.close()
             event_truths = [
@@ -216,6 +223,13 @@ async def test_the_leaderboard_a_new_user_sees(
                 f" {len(events)} position events, {len(snapshots)} snapshots;"
                 f"\ntracker {tracker}\nbudget {stats['budget']}"
             )
+            ranks = {r["address"]: i for i, r in enumerate(board["rows"])}
+            for c in sorted(completed, key=lambda c: ranks.get(c["address"], len(ranks))):
+                print(
+                    f"  completing: rank {ranks.get(c['address'])} {archetypes.get(c['address'])}"
+                    f" {c['address']}: role {c['role']}, {c['fills']} fills stored,"
+                    f" excluded {c['excluded']}{' (watched)' if c['address'] in busy else ''}"
+                )
             for r in losers["rows"]:
                 month = month_truth[r["address"]]
                 print(

@@ -6,8 +6,8 @@ import math
 from decimal import Decimal
 
 import pytest
-from hlcopy.model import AccountState, Leverage, MarginSummary, Position
-from hlcopy.scout.tracker import Tracked, next_job, position_events, priority
+from hlcopy.model import AccountState, Leverage, MarginSummary, Position, UserRole
+from hlcopy.scout.tracker import Tracked, next_job, position_events, priority, role_wanted
 
 D = Decimal
 A = "0x" + "ab" * 20
@@ -162,16 +162,50 @@ def test_the_most_promising_candidate_is_completed_first_whoever_asked_for_it() 
     order = []
     traders = [watched, unknown, seed, explored, later_seed]
     while (job := next_job(traders, 10.0, 60.0, 3600.0)) is not None:
-        assert job.kind == "fills"
-        order.append(job.trader)
-        job.trader.fills_s = 10.0
-    assert order == [seed, later_seed, explored, watched, unknown]
+        order.append((job.kind, job.trader))
+        if job.kind == "role":
+            job.trader.role_s, job.trader.role = 10.0, UserRole("user", None)
+        else:
+            job.trader.fills_s = 10.0
+    # The public leaderboard's best, each its role first (that top holds vaults).
+    assert order == [
+        ("role", seed),
+        ("fills", seed),
+        ("role", later_seed),
+        ("fills", later_seed),
+        ("fills", explored),
+        ("fills", watched),
+        ("fills", unknown),
+    ]
     # Roles by complete score: the best first, the one most likely to show at the top.
     for t, score in ((seed, -1.0), (later_seed, 0.1), (explored, 0.3)):
         t.contender, t.score = True, score
     job = next_job(traders, 11.0, 60.0, 3600.0)
     assert job is not None
     assert (job.trader, job.kind) == (explored, "role")
+
+
+def test_the_public_leaderboards_best_are_read_their_role_first_and_no_fills_for_a_vault() -> None:
+    seed = Tracked("0x" + "01" * 20, positions_s=0.0, scored_s=0.0, provisional_score=0.2)
+    seed.candidate, seed.merit = True, 2
+    other = Tracked("0x" + "02" * 20, positions_s=0.0, scored_s=0.0, provisional_score=0.1)
+    other.candidate, other.merit = True, 1  # near the top by its provisional score only
+    job = next_job([other, seed], 10.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (seed, "role")
+    seed.role_s = 10.0  # its role in flight: its fills wait for it, the next candidate's don't
+    job = next_job([other, seed], 10.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (other, "fills")
+    other.fills_s = 10.0
+    assert next_job([other, seed], 10.0, 60.0, 3600.0) is None
+    seed.role = UserRole("vault", None)  # it can never rank: its fills are never read
+    assert next_job([other, seed], 11.0, 60.0, 3600.0) is None
+    seed.role = UserRole("user", None)
+    job = next_job([other, seed], 11.0, 60.0, 3600.0)
+    assert job is not None
+    assert (job.trader, job.kind) == (seed, "fills")
+    assert not role_wanted(other)  # its complete score does not lead (yet): no role
 
 
 def test_priority_rises_with_volume_recency_seed_and_request() -> None:

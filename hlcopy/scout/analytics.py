@@ -79,6 +79,11 @@ MM_RATE_MIN_SPAN_MS = 3_600_000
 MM_MIN_TRIPS_FOR_HOLD = 20  # with this many trips ...
 MM_MAX_MEDIAN_HOLD_S = 60.0  # ... back to flat within a minute: near-zero net position
 MM_HINT_MIN_TRADES = 30  # public trades seen before their maker share hints at a market maker
+# ... or their rate: per day over at least ten minutes, twice the order rate above (one order
+# sweeping the book is several trades), across several books (a whale's sweep is in one).
+MM_HINT_TRADES_PER_DAY = 2 * MM_ORDERS_PER_DAY
+MM_HINT_MIN_SPAN_MS = 600_000
+MM_HINT_MIN_COINS = 5
 
 # Risk level: the highest level any of leverage (max), drawdown and liquidations reaches.
 MEDIUM_LEVERAGE, HIGH_LEVERAGE, EXTREME_LEVERAGE = 3.0, 10.0, 25.0
@@ -514,11 +519,19 @@ def is_market_maker(stats: FillStats) -> bool:
     )
 
 
-def looks_like_market_maker(taker: int, maker: int) -> bool:
+def looks_like_market_maker(taker: int, maker: int, *, span_ms: int = 0, coins: int = 0) -> bool:
     """A hint from the public trades alone (no fills read): mostly the resting side of enough
-    trades. The tracker spends no fills on such a trader; only its fills can rule it out."""
+    trades, or enough of them at a high-frequency rate across several coins (``span_ms`` from
+    the first seen to the last). The tracker spends no fills on such a trader; only its fills
+    can rule it out. (The demo's market makers take 40% of their public trades, and reading
+    their fills cost the scout acceptance a third of its fills weight at two minutes.)"""
     trades = taker + maker
-    return trades >= MM_HINT_MIN_TRADES and maker >= MM_MAKER_SHARE * trades
+    if trades < MM_HINT_MIN_TRADES:
+        return False
+    if maker >= MM_MAKER_SHARE * trades:
+        return True
+    per_day = trades * DAY_MS / max(span_ms, MM_HINT_MIN_SPAN_MS)
+    return coins >= MM_HINT_MIN_COINS and per_day >= MM_HINT_TRADES_PER_DAY
 
 
 def copyable_share(

@@ -95,6 +95,9 @@ class ActivityView(Protocol):
     def address(self) -> str: ...
 
     @property
+    def first_seen_ms(self) -> int: ...
+
+    @property
     def last_seen_ms(self) -> int: ...
 
     @property
@@ -102,6 +105,9 @@ class ActivityView(Protocol):
 
     @property
     def taker(self) -> int: ...
+
+    @property
+    def coins(self) -> tuple[str, ...]: ...
 
     @property
     def maker(self) -> int: ...
@@ -656,7 +662,12 @@ class Tracker(Component):
 
     def _looks_like_market_maker(self, address: str) -> bool:
         seen = self._registry.get(address)
-        return seen is not None and analytics.looks_like_market_maker(seen.taker, seen.maker)
+        return seen is not None and analytics.looks_like_market_maker(
+            seen.taker,
+            seen.maker,
+            span_ms=seen.last_seen_ms - seen.first_seen_ms,
+            coins=len(seen.coins),
+        )
 
     # -- truth: the follower, the leaders and the watched ------------------------------------
 

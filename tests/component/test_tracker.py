@@ -40,6 +40,8 @@ class Seen:
     volume_usd: Decimal
     taker: int = 0
     maker: int = 0
+    first_seen_ms: int = 0
+    coins: tuple[str, ...] = ()
 
 
 class ListRegistry:
@@ -244,6 +246,42 @@ async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settl
         tracker._mark_candidates()  # five scores and more: settled, for the top two
         assert [t.candidate for t in lucky] == [False, False, False, True, True]
         assert seeded.candidate
+
+
+async def test_a_trader_quoting_at_a_high_rate_across_books_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """Its fills (the most expensive of all) would only say it cannot rank: a trader whose
+    public trades look like market making is never a candidate, whatever its provisional
+    score."""
+    from hlcopy.scout.tracker import Tracked
+
+    minute = 60_000
+    quoter = Seen(
+        "0x" + "4a" * 20, 10 * minute, 40, Decimal(10**6), 16, 24, 9 * minute, ("A",) * 12
+    )
+    sweeper = Seen("0x" + "5b" * 20, 10 * minute, 40, Decimal(10**6), 16, 24, 9 * minute, ("BTC",))
+    cfg = make_config(tmp_path, tracking={"scoring_top_n": 2})
+    async with new_session(1) as session:
+        info = InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200))
+        tracker = Tracker(
+            info=info,
+            store=Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/x"), tmp_path),
+            stream=StreamPool("ws://127.0.0.1:9"),
+            universe=UniverseService(info),
+            registry=ListRegistry([quoter, sweeper]),
+            metrics=Board(),
+            bus=EventBus(),
+            config=cfg,
+        )
+        field = [Tracked(f"0x{i:040x}", provisional_score=0.1 * i) for i in range(1, 5)]
+        for t in (*field, Tracked(quoter.address, provisional_score=9.0)):
+            tracker._traders[t.address] = t
+        tracker._traders[sweeper.address] = Tracked(sweeper.address, provisional_score=8.0)
+        tracker._mark_candidates()  # settled: the top two by provisional score
+        assert not tracker._traders[quoter.address].candidate
+        assert tracker._traders[sweeper.address].candidate  # one book: a whale's sweep
+        assert [t.candidate for t in field] == [False, False, False, True]
 
 
 async def test_a_score_that_would_lead_is_published_with_its_role_known(

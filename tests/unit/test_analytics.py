@@ -1036,3 +1036,16 @@ def test_public_trades_hint_at_a_market_maker_only_with_enough_of_them() -> None
     assert not an.looks_like_market_maker(taker=7, maker=23)
     assert not an.looks_like_market_maker(taker=0, maker=29)  # too few to tell
     assert not an.looks_like_market_maker(taker=40, maker=60)  # a patient trader, not a quoter
+
+
+def test_public_trades_hint_at_a_market_maker_by_their_rate_across_coins() -> None:
+    minute = 60_000
+    # 40 trades in a minute across 12 coins: 5,760 a day over the ten-minute floor.
+    assert an.looks_like_market_maker(taker=16, maker=24, span_ms=minute, coins=12)
+    # The same in one coin is a sweep of the book, not quoting.
+    assert not an.looks_like_market_maker(taker=16, maker=24, span_ms=minute, coins=1)
+    # 40 trades over a day is an active trader (the rate, not the count, tells).
+    assert not an.looks_like_market_maker(taker=16, maker=24, span_ms=1440 * minute, coins=12)
+    # 27 in ten minutes is under 4,000 a day; 28 would be over, but 30 are needed to tell.
+    assert not an.looks_like_market_maker(taker=15, maker=12, span_ms=10 * minute, coins=9)
+    assert an.looks_like_market_maker(taker=15, maker=15, span_ms=10 * minute, coins=9)

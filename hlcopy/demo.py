@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from hlcopy.api.backtest import follow_body
 from hlcopy.clock import SYSTEM, Clock
 
 EVERY_S = 30.0
@@ -76,16 +77,17 @@ def render_board(
 
 
 def render_backtest(job: Mapping[str, Any]) -> str:
-    """One line for a finished backtest of the demo's top trader."""
+    """One line for a finished backtest of the leader the demo copies (see ``backtest_body``)."""
     who = ", ".join(_short(a) for a in job.get("addresses", ()))
     if job.get("state") != "done" or not job.get("result"):
         return f"hlcopy demo: backtest of {who}: {job.get('state')} {job.get('error') or ''}"
     r = job["result"]["results"][0]
     parts = ", ".join(f"{k} {float(v):+.2f}" for k, v in r["parts"].items() if float(v))
     return (
-        f"hlcopy demo: backtest of copying {who} over its last day (GET /api/v1/backtest/"
-        f"{job['id']}, or the dashboard's Backtest): our PnL {float(r['pnl']):+.2f} USD "
-        f"({_pct(r['return'])}) against the leader's {float(r['leader_scaled_pnl']):+.2f} "
+        f"hlcopy demo: backtest of copying {who} over its last day by its follow's rules"
+        f" ({r.get('options', '')}; GET /api/v1/backtest/{job['id']}, or the dashboard's"
+        f" Backtest): our PnL {float(r['pnl']):+.2f} USD ({_pct(r['return'])}) against the"
+        f" leader's {float(r['leader_scaled_pnl']):+.2f} "
         f"scaled; {r['orders']} orders, gap {float(r['gap']):+.2f}"
         + (f" ({parts})" if parts else "")
     )
@@ -154,21 +156,38 @@ async def narrate(
                 follows = await _get(http, "/api/v1/follows")
                 positions = await _get(http, "/api/v1/positions")
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass  # loading: the next round will tell
-            else:
-                print(render_copying(follows, positions), flush=True)
-            backtest = await _backtest_top(http, board, backtest)
+                continue  # loading: the next round will tell
+            print(render_copying(follows, positions), flush=True)
+            backtest = await _backtest_top(http, board, follows, backtest)
+
+
+def backtest_body(board: Mapping[str, Any], follows: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The demo's one backtest: the best-ranked leader it copies, over its last day, by that
+    follow's rules (an address's defaults would copy it at its own size: a ratio of 1); None
+    while it copies nobody on the board."""
+    copied = {
+        f["leader"]: f["spec"]
+        for f in follows.get("follows", ())
+        if f.get("active") and f.get("spec", {}).get("mode") == "copy"
+    }
+    for row in board.get("rows", ()):
+        spec = copied.get(row["address"])
+        if spec is not None:
+            return {"addresses": [row["address"]], "days": 1, **follow_body(spec)}
+    return None
 
 
 async def _backtest_top(
-    http: aiohttp.ClientSession, board: Mapping[str, Any], job_id: str | None
+    http: aiohttp.ClientSession,
+    board: Mapping[str, Any],
+    follows: Mapping[str, Any],
+    job_id: str | None,
 ) -> str | None:
-    """Once the board has a leader: backtest copying it over its last day through the API, and
-    print the result when it is done (an empty string once printed)."""
-    rows: Sequence[Mapping[str, Any]] = board.get("rows", ())
+    """Once the demo copies a leader on the board: backtest copying it over its last day
+    through the API, and print the result when it is done (an empty string once printed)."""
     try:
-        if job_id is None and rows:
-            body = {"addresses": [rows[0]["address"]], "days": 1}
+        body = backtest_body(board, follows) if job_id is None else None
+        if body is not None:
             async with http.post("/api/v1/backtest", json=body) as r:
                 if r.status != 202:
                     return None  # another one runs, or none can: try again next round

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -66,6 +66,17 @@ BODY_KEYS: Final = frozenset(
 )
 _ID: Final = re.compile(r"[^/]{1,64}")
 _KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")
+
+
+def follow_body(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A follow's rules (its ``spec`` as GET /api/v1/follows shows it) as a backtest body's
+    keys: a backtest of its leader by them says what this follow would have earned."""
+    body = {}
+    for key, value in spec.items():
+        name = "ioc_slippage_bps" if key == "slippage_bps" else key
+        if name in FOLLOW_KEYS and value is not None:
+            body[name] = value
+    return body
 
 
 @dataclass(slots=True)

@@ -218,3 +218,46 @@ async def test_a_backtest_takes_the_config_as_it_is_now_not_as_it_was_at_start()
             described.append(job.result["results"][0]["options"])
         assert "ratio 0.1" in described[0]
         assert "ratio 0.3" in described[1]
+
+
+async def test_a_follows_rules_as_the_api_shows_them_make_a_backtest_body() -> None:
+    """``follow_body``: a follow's spec (GET /api/v1/follows) is a valid backtest body, by the
+    follow's own rules (the demo backtests the leader it copies this way: without them, the
+    address's defaults copied it at its own size)."""
+    from hlcopy.api.backtest import follow_body
+
+    async with (
+        Simulator(SimConfig(port=0, realtime=False, traders=20, weight_per_minute=WEIGHT)) as sim,
+        new_session() as rest,
+    ):
+        leader = busiest(sim, 3)
+        spec = parse_config(
+            {
+                "follow": [
+                    {
+                        "name": "x",
+                        "leader": leader,
+                        "sizing": "equity",
+                        "ratio": "0.5",
+                        "slippage_bps": 40,
+                        "priority": 3,
+                        "protective_stop_pct": 20,
+                        "entry": "adopt",
+                    }
+                ]
+            }
+        ).follow[0]
+        body = follow_body(spec.model_dump(mode="json"))  # as follow_json shows its spec
+        assert body["sizing"] == "equity"
+        assert body["ioc_slippage_bps"] == 40
+        assert not {"priority", "protective_stop_pct", "entry", "leader", "name"} & set(body)
+        # No [[follow]] of this address in the daemon's config: the body alone says how.
+        jobs = BacktestJobs(InfoClient(rest, sim.url, WeightBudget(WEIGHT)), HlcopyConfig())
+        job = jobs.start({"addresses": [leader], "days": 3, "risk": False, **body})
+        assert job.task is not None
+        await asyncio.wait_for(job.task, 30)
+        assert job.state == "done", job.error
+        assert job.result is not None
+        options = job.result["results"][0]["options"]
+        assert "equity x 0.5" in options
+        assert "IOC cap 40 bps" in options

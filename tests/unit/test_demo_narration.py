@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hlcopy.demo import render_backtest, render_board, render_copying
+from typing import Any
+
+from hlcopy.demo import backtest_body, render_backtest, render_board, render_copying
 
 ROW = {
     "address": "0x" + "ab" * 19 + "cd",
@@ -85,3 +87,27 @@ def test_the_copying_line_names_who_is_copied_and_faded_and_what_is_held() -> No
     assert "holds ETH +0.1462;" in line  # a flat coin is not listed
     empty = render_copying({"follows": []}, positions)
     assert "no follow yet" in empty
+
+
+def test_the_backtest_is_of_the_best_ranked_leader_copied_by_its_follows_rules() -> None:
+    a, b, c = ("0x" + x * 40 for x in "abc")
+    board = {"rows": [{"address": a}, {"address": b}, {"address": c}]}
+
+    def follow(leader: str, mode: str, active: bool = True) -> dict[str, Any]:
+        spec: dict[str, Any] = {"leader": leader, "name": "n", "mode": mode, "ratio": "1"}
+        spec["sizing"] = "equity"
+        spec |= {"slippage_bps": 50, "priority": 0, "entry": "adopt", "allow_coins": None}
+        return {"leader": leader, "active": active, "spec": spec}
+
+    assert backtest_body(board, {"follows": []}) is None  # nobody copied yet
+    faded = {"follows": [follow(a, "inverse"), follow(b, "copy", active=False)]}
+    assert backtest_body(board, faded) is None  # a faded or a paused leader is not "copying"
+    both = {"follows": [follow(c, "copy"), follow(b, "copy")]}
+    assert backtest_body(board, both) == {
+        "addresses": [b],  # the better ranked of the two
+        "days": 1,
+        "mode": "copy",
+        "sizing": "equity",
+        "ratio": "1",
+        "ioc_slippage_bps": 50,  # the follow's IOC slippage, by the body's name
+    }

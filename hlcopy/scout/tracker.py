@@ -325,10 +325,8 @@ def next_job(
                 # other scores are completed (it did, at two minutes, in a third of the scout
                 # acceptance runs).
                 urgency = (_TIER[kind], 0, _or_lowest(t.score))
-            elif kind == "role":  # one of the public leaderboard's best: in its fills' turn
+            elif kind in ("role", "fills"):  # a seed's role comes in its fills' turn
                 urgency = (_TIER["fills"], t.merit, _or_lowest(t.provisional_score))
-            elif kind == "fills":
-                urgency = (_TIER[kind], t.merit, _or_lowest(t.provisional_score))
             else:
                 urgency = (1, 0, weight)  # never done: by priority
             order += 1

@@ -4,6 +4,7 @@ turns position changes into events, stores what it learns and picks it up after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -217,6 +218,25 @@ async def test_a_requested_trader_becomes_position_events(rig: Rig, sim: Simulat
     assert [p["coin"] for p in stored] == ["ETH"]
 
 
+@contextlib.asynccontextmanager
+async def offline_tracker(tmp_path: Path, seen: list[Seen]) -> AsyncIterator[Tracker]:
+    """A tracker for its choices alone (its exchange and database are never reached), with
+    ``seen`` in the registry and the top two complete first."""
+    cfg = make_config(tmp_path, tracking={"scoring_top_n": 2})
+    async with new_session(1) as session:
+        info = InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200))
+        yield Tracker(
+            info=info,
+            store=Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/x"), tmp_path),
+            stream=StreamPool("ws://127.0.0.1:9"),
+            universe=UniverseService(info),
+            registry=ListRegistry(seen),
+            metrics=Board(),
+            bus=EventBus(),
+            config=cfg,
+        )
+
+
 async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settles(
     tmp_path: Path,
 ) -> None:
@@ -225,19 +245,7 @@ async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settl
     alone, and they were never completed. They stay candidates: their fills come first."""
     from hlcopy.scout.tracker import Tracked
 
-    cfg = make_config(tmp_path, tracking={"scoring_top_n": 2})
-    async with new_session(1) as session:
-        info = InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200))
-        tracker = Tracker(
-            info=info,
-            store=Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/x"), tmp_path),
-            stream=StreamPool("ws://127.0.0.1:9"),
-            universe=UniverseService(info),
-            registry=ListRegistry([]),
-            metrics=Board(),
-            bus=EventBus(),
-            config=cfg,
-        )
+    async with offline_tracker(tmp_path, []) as tracker:
         lucky = [Tracked(f"0x{i:040x}", provisional_score=1.0 + i) for i in range(1, 6)]
         seeded = Tracked("0x" + "5e" * 20, provisional_score=0.5)
         for t in (*lucky, seeded):
@@ -261,19 +269,7 @@ async def test_a_trader_quoting_at_a_high_rate_across_books_is_passed_over(
         "0x" + "4a" * 20, 10 * minute, 40, Decimal(10**6), 16, 24, 9 * minute, ("A",) * 12
     )
     sweeper = Seen("0x" + "5b" * 20, 10 * minute, 40, Decimal(10**6), 16, 24, 9 * minute, ("BTC",))
-    cfg = make_config(tmp_path, tracking={"scoring_top_n": 2})
-    async with new_session(1) as session:
-        info = InfoClient(session, "http://127.0.0.1:9", WeightBudget(1200))
-        tracker = Tracker(
-            info=info,
-            store=Store(DatabaseConfig(dsn="postgresql://127.0.0.1:9/x"), tmp_path),
-            stream=StreamPool("ws://127.0.0.1:9"),
-            universe=UniverseService(info),
-            registry=ListRegistry([quoter, sweeper]),
-            metrics=Board(),
-            bus=EventBus(),
-            config=cfg,
-        )
+    async with offline_tracker(tmp_path, [quoter, sweeper]) as tracker:
         field = [Tracked(f"0x{i:040x}", provisional_score=0.1 * i) for i in range(1, 5)]
         for t in (*field, Tracked(quoter.address, provisional_score=9.0)):
             tracker._traders[t.address] = t

@@ -636,12 +636,12 @@ class Tracker(Component):
         }
         seeded = {t.address for t in with_score if t.address in self._seed_best}
         # A role (60 weight) only where it can change what the board shows: among the best
-        # complete scores, where a vault or an agent must not rank. Not for a trader only the
-        # user asked for: while few scores are complete, a watched trader's would lead however
-        # bad (in the scout acceptance, the fills and roles of the six it watches took about 500
-        # of the first two minutes' 2,400 weight, ahead of the public leaderboard's best). Once
-        # the field fills, such a trader is near the top by its provisional score if it can
-        # lead at all.
+        # complete scores, where a vault or an agent must not rank; and only once the field is
+        # settled: while few scores are complete, any would lead however bad (in the scout
+        # acceptance, the fills and roles of the six traders it watches took about 500 of the
+        # first two minutes' 2,400 weight, ahead of the public leaderboard's best). A trader
+        # the user asked to watch is completed then too, and its role is read like anyone's
+        # if its complete score leads: a watched sub-account must not rank either.
         complete = [t for t in self._traders.values() if t.score is not None]
         leading = {t.address for t in heapq.nlargest(n, complete, key=lambda t: t.score or 0.0)}
         for t in self._traders.values():
@@ -653,7 +653,7 @@ class Tracker(Component):
             # having their portfolios read.
             t.candidate = t.merit > 0 or (requested and settled)
             t.promising = requested or t.candidate or address in self._seed_ranks
-            t.contender = settled and t.merit > 0 and address in leading
+            t.contender = settled and (t.merit > 0 or requested) and address in leading
             if not t.candidate:
                 t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
         self._reserve_scoring()
@@ -859,8 +859,9 @@ class Tracker(Component):
     def _would_lead(self, t: Tracked, score: float) -> bool:
         """Whether a complete ``score`` would be among the best ``scoring_top_n`` of them, once
         the field is settled (as for contenders: before, every early score would lead, and
-        reading all their roles first left too few ranked at two minutes)."""
-        if not self._settled or t.merit == 0:
+        reading all their roles first left too few ranked at two minutes), for a trader that
+        is near the top by its provisional score or that the user asked to watch."""
+        if not self._settled or not (t.merit > 0 or t.requested):
             return False
         others = [x.score for x in self._traders.values() if x.score is not None and x is not t]
         best = heapq.nlargest(self._cfg.scoring_top_n, others)

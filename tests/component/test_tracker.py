@@ -256,6 +256,29 @@ async def test_the_public_leaderboards_best_stay_candidates_once_the_field_settl
         assert seeded.candidate
 
 
+async def test_a_watched_trader_whose_complete_score_leads_has_its_role_read(
+    tmp_path: Path,
+) -> None:
+    """A trader the user asked to watch is completed once the field settles; if its complete
+    score then leads, its role is read like a contender's (a watched sub-account must not rank
+    in the top unchecked). Watched or not, a trader whose complete score does not lead waits."""
+    from hlcopy.scout.tracker import Tracked, role_wanted
+
+    async with offline_tracker(tmp_path, []) as tracker:
+        field = [Tracked(f"0x{i:040x}", provisional_score=1.0 + i) for i in range(1, 6)]
+        watched = Tracked("0x" + "3a" * 20, provisional_score=0.1, score=5.0)
+        unwatched = Tracked("0x" + "4b" * 20, provisional_score=0.2, score=6.0)
+        trailing = Tracked("0x" + "5c" * 20, provisional_score=0.3, score=-1.0)
+        for t in (*field, watched, unwatched, trailing):
+            tracker._traders[t.address] = t
+        tracker._requested = {watched.address, trailing.address}
+        tracker._mark_candidates()  # settled: the top two by provisional score are candidates
+        assert (watched.merit, watched.candidate, watched.contender) == (0, True, True)
+        assert role_wanted(watched)
+        assert (unwatched.candidate, role_wanted(unwatched)) == (False, False)  # not completed
+        assert (trailing.candidate, role_wanted(trailing)) == (True, False)  # not leading
+
+
 async def test_a_trader_quoting_at_a_high_rate_across_books_is_passed_over(
     tmp_path: Path,
 ) -> None:
@@ -284,9 +307,9 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
     tmp_path: Path, sim: Simulator, dsn: str
 ) -> None:
     """A complete score near the top of the winners waits for the trader's role (a vault or an
-    agent must not rank there even while its role is being read); one that would not lead, or
-    that is a candidate only because the user asked for it, is published at once, its role left
-    unread (60 weight)."""
+    agent must not rank there even while its role is being read), whether the trader is near
+    the top by its provisional score or the user asked to watch it; one that would not lead is
+    published at once, its role left unread (60 weight)."""
     from hlcopy.scout.tracker import Tracked
 
     cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 1})
@@ -328,11 +351,18 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
         tracker._settled = True  # a settled field: near the top now means something...
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert (t.role, tracker.counters["roles"]) == (None, 0)  # ...but not on its record
+        tracker._requested.add(skilled)  # watched: it may lead like any other
+        tracker._settled = t.requested = True
+        await tracker._publish_metrics(t, portfolio, list(fills))
+        assert t.role is not None
+        assert (t.role.role, tracker.counters["roles"]) == ("user", 1)
+        tracker._requested.discard(skilled)
+        t.requested, t.role = False, None
         tracker._settled, t.merit = True, 1  # near the top by its provisional score
         await tracker._publish_metrics(t, portfolio, list(fills))
         assert t.role is not None
         assert t.role.role == "user"
-        assert tracker.counters["roles"] == 1
+        assert tracker.counters["roles"] == 2
         assert t.score is not None  # a user's complete score, published with its role known
 
 

@@ -29,8 +29,9 @@ read that completes a candidate's score finds room at once instead of waiting up
 behind exploration. The truth reserve is a window's worth of truth reads, so what the truth lanes
 already spent in the window comes off it (as with the order reserve): kept whole, it would stand
 idle beside the reads it was kept for. A request whose weight depends on the size of its answer
-reserves the most it can cost and is refunded the rest (``settle``). An HTTP 429 sends the read
-lanes into back-off.
+reserves the most it can cost and is refunded the rest (``settle``); one whose answer did not
+reach us (timed out, cut off) keeps it all, since the exchange may have answered and charged it.
+An HTTP 429 sends the read lanes into back-off.
 
 Time comes from the injected clock (``clock.py``), so tests drive it without sleeping.
 """

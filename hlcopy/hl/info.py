@@ -169,9 +169,15 @@ class InfoClient:
         self.requests += 1
         try:
             data = await self._post(body)
-        except BaseException:
-            # The exchange charges per item returned: with nothing returned, nothing extra.
+        except (RateLimited, BadRequest):
+            # Refused with a status and no items: nothing charged for an answer's size.
             self._budget.settle(ticket, reserved)
+            raise
+        except BaseException:
+            # Timed out, cut off or cancelled: the exchange may still have answered and charged
+            # per item returned. The whole reservation stays for a minute: refunded, the
+            # exchange's window could hold more than ours, and the next full window draw a 429.
+            self._budget.settle(ticket, 0)
             raise
         per = request_weight(body)[1]
         used = extra_weight(len(data), per) if per is not None and isinstance(data, list) else 0

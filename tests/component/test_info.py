@@ -153,6 +153,26 @@ async def test_timeouts_and_garbage(server: ScriptedServer, session: aiohttp.Cli
         await info.all_mids()
 
 
+async def test_a_read_whose_answer_may_have_come_keeps_its_whole_reservation(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    """A fills read reserves 20 + 100 (2,000 fills at 1 per 20). Refused (429, 4xx), nothing
+    was charged for an answer's size: only the 20 stays. Timed out or cut off, the exchange may
+    still have answered and charged for it: all 120 stay in the window."""
+    outcomes: list[tuple[Any, type[Exception], int]] = [
+        ((429, b"null"), RateLimited, 20),
+        ((422, b"bad"), BadRequest, 20),
+        ("timeout", Timeout, 120),
+        ("disconnect", Unavailable, 120),
+    ]
+    for reply, error, kept in outcomes:
+        info, budget = client(server, session, attempts=1)
+        server.then(reply)
+        with pytest.raises(error):
+            await info.user_fills_by_time(USER, 0, lane=Lane.SCORING)
+        assert budget.stats()["lanes"]["scoring"]["used_last_window"] == kept, reply
+
+
 async def test_4xx_is_not_retried(server: ScriptedServer, session: aiohttp.ClientSession) -> None:
     info, _ = client(server, session)
     server.then((422, b"Failed to deserialize the JSON body into the target type"))

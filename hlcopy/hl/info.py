@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+import structlog
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -53,6 +54,7 @@ from hlcopy.model import (
     UserRole,
 )
 
+log = structlog.get_logger()
 T = TypeVar("T")
 FILLS_PAGE = 2000  # userFillsByTime returns at most this many fills per response
 FUNDING_PAGE = 500  # fundingHistory (a time-range endpoint) pages at 500
@@ -140,6 +142,7 @@ class InfoClient:
         self._retry_max_wait_s = retry_max_wait_s
         self.requests = 0
         self.failures = 0
+        self.timeouts = 0
         self._typical_extra: dict[str, float] = {}  # per request kind: recent per-item weight
 
     async def _request(self, body: dict[str, Any], lane: Lane) -> Any:
@@ -196,12 +199,20 @@ class InfoClient:
                 status = r.status
         except TimeoutError as exc:
             self.failures += 1
+            self.timeouts += 1
             raise Timeout(f"info {what} timed out", request=what) from exc
         except aiohttp.ClientError as exc:
             self.failures += 1
             raise Unavailable(f"info {what}: {exc}", request=what) from exc
         if status == 429:
             self.failures += 1
+            # The budget should never let this happen: the exchange's count and ours differ.
+            log.warning(
+                "exchange answered 429",
+                request=what,
+                our_window=self._budget.stats()["used_last_window"],
+                timeouts=self.timeouts,
+            )
             self._budget.rate_limited()
             raise RateLimited(f"info {what}: HTTP 429", status=429, request=what)
         if status >= 500:
@@ -460,4 +471,4 @@ class InfoClient:
         self._budget.reserve_for_scoring(weight)
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "failures": self.failures}
+        return {"requests": self.requests, "failures": self.failures, "timeouts": self.timeouts}

@@ -12,6 +12,7 @@ from hlcopy.budget import Lane, WeightBudget
 from hlcopy.errors import BadRequest, RateLimited, Timeout, Unavailable, WireError
 from hlcopy.hl import InfoClient, Universe, load_universe
 from hlcopy.hl.parse import parse_spot_meta
+from structlog.testing import capture_logs
 
 from tests.scripted_server import ScriptedServer, fixture, scripted_server
 
@@ -115,8 +116,12 @@ async def test_429_backs_off_and_retries(
 ) -> None:
     info, budget = client(server, session)
     server.then((429, b"null"))
-    assert (await info.user_role(USER)).role == "vault"
+    with capture_logs() as logs:
+        assert (await info.user_role(USER)).role == "vault"
     assert budget.stats()["rate_limited"] == 1
+    # Never expected within the budget: said, with what was asked and the window then.
+    warned = [e for e in logs if e["event"] == "exchange answered 429"]
+    assert [(e["request"], e["our_window"], e["timeouts"]) for e in warned] == [("userRole", 60, 0)]
     assert len(server.requests) == 2
 
     server.then((429, b""), (429, b""), (429, b""))
@@ -142,6 +147,7 @@ async def test_timeouts_and_garbage(server: ScriptedServer, session: aiohttp.Cli
     server.then("timeout")
     with pytest.raises(Timeout):
         await info.all_mids()
+    assert info.stats()["timeouts"] == 1
     server.then((200, b"<html>not json"))
     with pytest.raises(Unavailable, match="not JSON"):
         await info.all_mids()

@@ -60,17 +60,26 @@ def free_port() -> int:
 
 
 async def start_daemon(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hlcopy",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=hlcopy_env(),
-    )
+    """The daemon, its log appended to ``daemon.log`` beside its config."""
+    with (config.parent / "daemon.log").open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hlcopy",
+            "run",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+            env=hlcopy_env(),
+        )
+
+
+def print_429s(tmp_path: Path) -> None:
+    """Each 429 the daemon met, as it logged it: what it asked, its own window then."""
+    logged = (tmp_path / "daemon.log").read_text(errors="replace").splitlines()
+    for line in [x for x in logged if "429" in x][:10]:
+        print(f"  daemon: {line[:300]}")
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> Any:
@@ -221,8 +230,9 @@ async def test_the_leaderboard_a_new_user_sees(
                 f" 429s ours {stats['budget']['rate_limited']} sim {sim_stats['rate_limited']};"
                 f" return/drawdown gap max {max(gaps)[0] * 100:.4f} pp over {len(gaps)};"
                 f" {len(events)} position events, {len(snapshots)} snapshots;"
-                f"\ntracker {tracker}\nbudget {stats['budget']}"
+                f"\ntracker {tracker}\nbudget {stats['budget']}\ninfo {stats['info']}"
             )
+            print_429s(tmp_path)
             ranks = {r["address"]: i for i, r in enumerate(board["rows"])}
             for c in sorted(completed, key=lambda c: ranks.get(c["address"], len(ranks))):
                 print(
@@ -284,8 +294,9 @@ async def test_the_leaderboard_a_new_user_sees(
                 f" {min(utilization):.3f}-{max(utilization):.3f} (mean"
                 f" {sum(utilization) / len(utilization):.3f}); 429s ours"
                 f" {stats['budget']['rate_limited']} sim {sim_stats['rate_limited']}"
-                f"\nbudget {stats['budget']}"
+                f"\nbudget {stats['budget']}\ninfo {stats['info']}"
             )
+            print_429s(tmp_path)
             assert sim_share >= 0.90, sim_share
             assert stats["budget"]["rate_limited"] == 0
             assert sim_stats["rate_limited"] == 0

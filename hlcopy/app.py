@@ -12,7 +12,6 @@ comes back without restarting the process.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from decimal import Decimal
 from pathlib import Path
@@ -384,10 +383,8 @@ class App:
         return ours / state.margin_summary.account_value
 
     async def run(self, stop_after_s: float | None = None) -> int:
-        """Run the daemon until stopped; the process exit code."""
-        if stop_after_s is not None:
-            asyncio.get_running_loop().call_later(stop_after_s, self.daemon.request_stop)
-        return await self.daemon.run()
+        """Run the daemon until stopped (or for ``stop_after_s``); the process exit code."""
+        return await self.daemon.run(stop_after_s)
 
 
 async def serve(

@@ -133,10 +133,12 @@ class Daemon:
 
     # -- running --------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Run until stopped; return the process exit code (0 clean, 1 a component failed)."""
+    async def run(self, stop_after_s: float | None = None) -> int:
+        """Run until stopped (or for ``stop_after_s`` from now); return the process exit code
+        (0 clean, 1 a component failed)."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        timer = None if stop_after_s is None else loop.call_later(stop_after_s, self.request_stop)
         self.notifier.status("starting")
         log.info(
             "hlcopy starting",
@@ -168,6 +170,8 @@ class Daemon:
                 log.error("hlcopy stopping after a fatal error", error=str(exc))
             self.notifier.stopping()
         finally:
+            if timer is not None:
+                timer.cancel()
             gc.unfreeze()  # a process that runs the daemon again (tests) collects it as usual
             self._remove_signals(loop)
             self._tg = None

@@ -199,6 +199,15 @@ async def test_stop_during_startup(tmp_path: Path) -> None:
     assert await asyncio.wait_for(task, 5) == 0
 
 
+async def test_a_run_for_a_while_stops_on_its_own_and_cleanly(tmp_path: Path) -> None:
+    """``--duration``: the daemon stops by itself after that long, draining as on a signal."""
+    events: list[str] = []
+    d = daemon_for(tmp_path)
+    d.add(Probe("store", events))
+    assert await asyncio.wait_for(d.run(stop_after_s=0.2), 5) == 0
+    assert events == ["start store", "ready store", "drain store"]
+
+
 async def test_reload_applies_a_valid_file_and_keeps_restart_sections(
     tmp_path: Path, log_stream: io.StringIO
 ) -> None:

@@ -653,7 +653,7 @@ class Tracker(Component):
             # having their portfolios read.
             t.candidate = t.merit > 0 or (requested and settled)
             t.promising = requested or t.candidate or address in self._seed_ranks
-            t.contender = settled and (t.merit > 0 or requested) and address in leading
+            t.contender = settled and t.candidate and address in leading
             if not t.candidate:
                 t.portfolio = None  # only candidates keep one (a portfolio is tens of kB)
         self._reserve_scoring()

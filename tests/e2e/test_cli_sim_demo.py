@@ -182,7 +182,7 @@ async def test_hlcopy_demo_runs_the_whole_thing_for_a_while(tmp_path: Path) -> N
         assert int(told[1]) > 0
         # Ctrl-C, not a short --duration: a duration counts from the daemon's start, and on a
         # loaded host it could end before the daemon is healthy and the test has looked (the
-        # test once timed out waiting for /health that way, under xdist beside heavy tests).
+        # likely reason the test once timed out waiting for /health, beside heavy tests).
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 60) == 0  # a clean stop
         assert (tmp_path / "state" / "pg" / "PG_VERSION").exists()

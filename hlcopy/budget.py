@@ -137,6 +137,7 @@ class WeightBudget:
         self._waits = 0
         self._wait_s = 0.0
         self._max_wait_s = 0.0
+        self._max_wait_by_lane = [0.0] * len(Lane)  # orders never wait behind reads: shown here
         self._rate_limited = 0
 
     # -- the budget -----------------------------------------------------------------------
@@ -453,6 +454,7 @@ class WeightBudget:
             self._waits += 1
             self._wait_s += waited
             self._max_wait_s = max(self._max_wait_s, waited)
+            self._max_wait_by_lane[lane] = max(self._max_wait_by_lane[lane], waited)
         waiter.future.set_result(ticket)
 
     def used(self) -> int:
@@ -477,6 +479,7 @@ class WeightBudget:
                     "requests": self._admitted[lane],
                     "weight_total": self._weight_total[lane],
                     "waiting": sum(1 for w in self._queues[lane] if not w.future.done()),
+                    "wait_s_max": round(self._max_wait_by_lane[lane], 3),
                 }
                 for lane in Lane
             },

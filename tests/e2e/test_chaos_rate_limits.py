@@ -44,6 +44,7 @@ SHARE = 0.1
 TRADES_PER_S = 3.0
 RECONCILE_S = 5.0
 SLACK_S = 3.0
+BACKOFF_MS = 5_000  # the budget's first read back-off after a 429
 
 
 async def _trade(session: aiohttp.ClientSession, sim: Simulator, body: dict[str, Any]) -> None:
@@ -70,6 +71,18 @@ async def _leader_for(sim: Simulator, rng: Random, seconds: float) -> int:
             n += 1
             await asyncio.sleep(rng.expovariate(TRADES_PER_S))
     return n
+
+
+def _storm_seed(rng: Random) -> int:
+    """A seed for the simulator's draws of which requests the storm refuses, whose first 429
+    comes within the storm's first ten requests. The daemon makes only a few dozen in the storm
+    (fewer once it backs off), so an unlucky seed's first hit could come after them all (CI drew
+    one whose first hit was the 52nd): a storm that refuses nothing proves nothing."""
+    while True:
+        seed = rng.getrandbits(31)
+        draws = Random(seed)  # the simulator draws ``random() < fraction`` per request
+        if any(draws.random() < SHARE for _ in range(10)):
+            return seed
 
 
 def _p99(values: list[int]) -> float:
@@ -111,7 +124,7 @@ async def test_a_storm_of_429s_never_exceeds_the_budget_nor_stops_or_repeats_ord
             # The storm: 10% of /info and /exchange answer 429, drawn from the seed.
             storm_ms = sim.engine.now_ms  # the exchange's records are stamped in its time
             storm_local_ms = sim.clock.time_ms()  # the copy log in ours
-            spec = {"status": 429, "seconds": STORM_S, "fraction": SHARE, "seed": seed}
+            spec = {"status": 429, "seconds": STORM_S, "fraction": SHARE, "seed": _storm_seed(rng)}
             await sim_post(sim, "/_sim/faults", {"http_error": spec})
             # One order's reply is lost early in the storm (a SOL copy, so ETH keeps flowing
             # while it waits): it is settled by orderStatus, under the storm.
@@ -145,8 +158,11 @@ async def test_a_storm_of_429s_never_exceeds_the_budget_nor_stops_or_repeats_ord
             assert len(eth) >= storm_trades // 3, (len(eth), storm_trades)
             times = sorted(r[REC_TIME] for r in eth)
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            # Decided -> booked (the write-ahead, the order lane of the budget, the round trip):
-            # a read backoff (5 s and up) holding orders would show here.
+            # No order waited in the budget: the read lanes' back-off (5 s and doubling) is theirs.
+            assert app.daemon.stats()["budget"]["lanes"]["order"]["wait_s_max"] == 0
+            # End to end, decided -> booked (the write-ahead, the budget, the round trip): a
+            # back-off holding orders would show as 5 s and up. CI's busiest runs took up to
+            # 1.1 s before the storm as well as in it, so the bound is the back-off, not a speed.
             delays = {
                 phase: [
                     int(r["settled_ms"]) - int(r["decided_ms"])
@@ -158,7 +174,7 @@ async def test_a_storm_of_429s_never_exceeds_the_budget_nor_stops_or_repeats_ord
                 for phase in ("baseline", "storm")
             }
             assert delays["storm"], rows
-            assert _p99(delays["storm"]) <= 1_000, delays
+            assert _p99(delays["storm"]) < BACKOFF_MS, delays
             # The lost reply: settled by cloid, one record on the exchange, never resent.
             (sol,) = [c for c, r in rows.items() if r["coin"] == "SOL"]
             assert rows[sol]["status"] == "filled"

@@ -186,6 +186,9 @@ async def test_429_backs_off_the_read_lanes_only() -> None:
     assert not read.done()
     await clock.advance(0.2)
     assert read.done()
+    lanes = b.stats()["lanes"]
+    assert lanes["order"]["wait_s_max"] == 0  # the order went through the back-off at once
+    assert lanes["leader"]["wait_s_max"] == pytest.approx(5, abs=0.01)
 
     b.rate_limited()  # a second 429 soon after: the back-off doubles
     b.rate_limited()
@@ -251,6 +254,8 @@ async def test_stats_report_use_and_waits() -> None:
     assert stats["lanes"]["gapfill"]["used_last_window"] == 10
     assert stats["waits"] == 1
     assert stats["wait_s_max"] == pytest.approx(60)
+    assert stats["lanes"]["gapfill"]["wait_s_max"] == pytest.approx(60)
+    assert stats["lanes"]["order"]["wait_s_max"] == 0
     assert stats["utilization"] == 0.1
 
 

@@ -33,15 +33,38 @@ ROUTES: Final = (
         "copy",
         response={
             "type": "object",
-            "required": ["mode", "positions"],
+            "required": ["mode", "positions", "leaders"],
             "properties": {
                 "mode": {"type": "string", "enum": ["paper", "live"]},
                 "positions": {"type": "array", "items": {"type": "object"}},
+                "leaders": {
+                    "type": "object",
+                    "description": "each followed leader's address -> how it is followed",
+                    "additionalProperties": {
+                        "oneOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "required": ["via", "live", "state_ms", "last_change_ms"],
+                                "properties": {
+                                    "via": {"type": "string", "enum": ["userFills", "firehose"]},
+                                    "live": {"type": "boolean"},
+                                    "state_ms": {"type": ["integer", "null"]},
+                                    "last_change_ms": {"type": ["integer", "null"]},
+                                    "equity": {"type": ["string", "null"]},
+                                },
+                            },
+                        ]
+                    },
+                },
             },
         },
         errors=(503,),
         description="Paper mode: the paper account. A follow's target is where the copier last "
         "decided it should be; its part (attributed_szi) is what it holds. Live, outside_szi is "
-        "the part of the position opened outside hlcopy (left alone).",
+        "the part of the position opened outside hlcopy (left alone). leaders: each followed "
+        "leader, via its own userFills stream (the highest-priority ones, up to the stream's "
+        "slots) or the public trades firehose, and live once its state is read (and, via "
+        "userFills, the stream's snapshot is in), from when its fills are changes to copy.",
     ),
 )

@@ -490,6 +490,7 @@ class CopyEngine(Component):
             "fees": account.fees,
             "funding": account.funding,
             "positions": rows,
+            "leaders": {leader: self._books.status(leader) for leader in sorted(self._leaders)},
         }
 
     # -- figures for risk --------------------------------------------------------------------

@@ -396,6 +396,25 @@ class LeaderBooks(Component):
             return LeaderView(ZERO, True, None, book.equity, None)
         return LeaderView(c.szi, c.confirmed, c.entry_px, book.equity, c.last_change_ms)
 
+    def status(self, leader: str) -> dict[str, Any] | None:
+        """How ``leader`` is followed now, for the API: ``via`` its own userFills stream or the
+        public trades firehose (beyond the stream's slots, or until its subscription is made),
+        and whether its book is ``live``: a state applied and, through userFills, the stream's
+        snapshot in (before that, a fill is history, not a change to copy). None when the
+        leader has no book."""
+        book = self._books.get(leader.lower())
+        if book is None:
+            return None
+        changes = [c.last_change_ms for c in book.coins.values() if c.last_change_ms is not None]
+        via = "userFills" if book.sub is not None else "firehose"
+        return {
+            "via": via,
+            "live": book.snapshot_ms is not None and (via == "firehose" or book.fills_live),
+            "state_ms": book.snapshot_ms,
+            "last_change_ms": max(changes, default=None),
+            "equity": book.equity,
+        }
+
     def coins(self, leader: str) -> set[str]:
         """The coins in which ``leader`` holds a position, as far as the book knows."""
         book = self._books.get(leader.lower())

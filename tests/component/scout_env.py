@@ -128,6 +128,16 @@ class Positions:
                     "follows": [{"follow": "one", "attributed_szi": Decimal("0.01")}],
                 }
             ],
+            "leaders": {
+                "0x" + "a1" * 20: {
+                    "via": "userFills",
+                    "live": True,
+                    "state_ms": NOW - 2_000,
+                    "last_change_ms": NOW - 60_000,
+                    "equity": Decimal("250000"),
+                },
+                "0x" + "b2" * 20: None,  # followed, no book yet
+            },
         }
 
 

@@ -58,6 +58,11 @@ async def test_twelve_leaders_the_ones_beyond_the_slots_through_the_firehose(
         firehose = set(LEADERS) - on_stream
         assert len(on_stream) == 8, books
         assert len(firehose) == 4
+        # The positions view says how each leader is followed, and that each one's book is live.
+        status = app.copier.positions()["leaders"]
+        assert {a for a, s in status.items() if s["via"] == "firehose"} == firehose, status
+        assert set(status) == set(LEADERS)
+        assert all(s["live"] for s in status.values()), status
         for usd in (6_000, -2_500):
             for address in LEADERS:
                 await sim_post(

@@ -168,6 +168,16 @@ async def test_the_book_follows_a_leaders_trades_exactly(one: Rig, sim: Simulato
     assert eth.equity is not None
     assert eth.equity > 0
     assert one.books.coins(leader) == {"ETH"}
+    status = one.books.status(leader)
+    assert status is not None
+    assert (status["via"], status["live"]) == ("userFills", True)
+    assert status["state_ms"] is not None
+    btc = one.books.view(leader, "BTC")  # flat again, closed last
+    assert btc is not None
+    assert btc.last_change_ms is not None
+    assert status["last_change_ms"] == max(eth.last_change_ms, btc.last_change_ms)
+    assert status["equity"] == eth.equity
+    assert one.books.status(address(5)) is None  # not followed
     # Every change came from a fill of this leader; the last exact one ends where the book is.
     assert all(c.fill is not None and c.leader == leader for c in one.seen)
     exact = [c for c in one.seen if c.fill is not None and c.fill.source == "userFills"]
@@ -306,6 +316,9 @@ async def test_leaders_beyond_the_slots_follow_through_the_firehose(
         eth = rig.books.view(leader, "ETH")
         assert eth is not None
         assert eth.confirmed
+    via = {leader: rig.books.status(leader) for leader in ranked}
+    assert all(v is not None and v["live"] for v in via.values()), via
+    assert {a for a, v in via.items() if v is not None and v["via"] == "firehose"} == set(outside)
     # More firehose-only trades, one at a time, to measure the detection delay.
     sent: list[tuple[str, int]] = []
     for i in range(30):

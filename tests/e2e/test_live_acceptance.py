@@ -151,7 +151,17 @@ async def test_three_live_follows_hold_their_targets_with_every_order_known_once
         account = master.address.lower()
         async with hlcopy_run(cfg) as p:
             await p.wait_for("hlcopy ready", timeout=60)
-            await asyncio.sleep(3)  # the leaders' first snapshots and subscriptions
+            # Every leader's book live (its state read, its userFills snapshot in): a trade
+            # before then would be history, not a change to copy.
+            async with asyncio.timeout(30):
+                while True:
+                    async with http.get(f"http://127.0.0.1:{api}/api/v1/positions") as r:
+                        books = (await r.json())["leaders"] if r.status == 200 else {}
+                    if len(books) == len(LEADERS) and all(
+                        b is not None and b["live"] for b in books.values()
+                    ):
+                        break
+                    await asyncio.sleep(0.1)
             trades: Counter[str] = Counter()
             end = time.monotonic() + SECONDS
             while time.monotonic() < end:

@@ -64,7 +64,7 @@ ROUTES: Final = (
         "decided it should be; its part (attributed_szi) is what it holds. Live, outside_szi is "
         "the part of the position opened outside hlcopy (left alone). leaders: each followed "
         "leader, via its own userFills stream (the highest-priority ones, up to the stream's "
-        "slots) or the public trades firehose, and live once its state is read (and, via "
-        "userFills, the stream's snapshot is in), from when its fills are changes to copy.",
+        "slots) or the public trades firehose; live once its state is read and, via userFills, "
+        "the stream's snapshot is in (a fill before that snapshot is history, never copied).",
     ),
 )

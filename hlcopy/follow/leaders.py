@@ -400,8 +400,8 @@ class LeaderBooks(Component):
         """How ``leader`` is followed now, for the API: ``via`` its own userFills stream or the
         public trades firehose (beyond the stream's slots, or until its subscription is made),
         and whether its book is ``live``: a state applied and, through userFills, the stream's
-        snapshot in (before that, a fill is history, not a change to copy). None when the
-        leader has no book."""
+        snapshot in (a fill before the snapshot is history, never a change to copy). None when
+        the leader has no book."""
         book = self._books.get(leader.lower())
         if book is None:
             return None

@@ -404,6 +404,7 @@ class Tracker(Component):
         self._seed_best: set[str] = set()  # the public leaderboard's best by month ROI
         self._leaders: set[str] = set()
         self._leader_states: dict[str, AccountState] = {}
+        self._first_read: set[str] = set()  # leaders whose first state read was sent
         self._truth_due: dict[str, float] = {}  # leaders and watched traders: next read
         self._on_leader_state: list[Callable[[str, AccountState], None]] = []
         self._mids_sinks: list[Sink[AllMids]] = []
@@ -708,7 +709,14 @@ class Tracker(Component):
         self._truth_due[address] = now + (
             cfg.leader_poll_interval_s if leader else cfg.positions_interval_s
         )
-        state = await self._read_state(address, Lane.LEADER)
+        # A newly followed leader's first state goes in the order lane: its follow's first
+        # orders wait on it, and weight spent stays a whole window, so in the leader lane it could
+        # wait up to a minute for what scoring spent before the follow came (a dashboard test
+        # saw over 30 s). One read of weight 2 per leader followed; a second try is a leader read.
+        first = leader and address not in self._first_read
+        if first:
+            self._first_read.add(address)
+        state = await self._read_state(address, Lane.ORDER if first else Lane.LEADER)
         if state is None:
             return
         self.counters["leader_reads" if leader else "positions"] += 1

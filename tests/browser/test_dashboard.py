@@ -244,7 +244,20 @@ async def test_a_user_follows_a_trader_from_the_leaderboard_then_halts_and_resum
 
         # The leader opens a position on the exchange: the follow's card shows ours beside the
         # target, the account holds it, and the copy log lists the copy.
-        await asyncio.sleep(1.5)  # the leader's book subscribes and takes its first snapshot
+        # The card says how the leader is followed; a trade counts once its book is live.
+        try:
+            feed = await b.wait_for(
+                'document.querySelector(\'[data-follow="dash"] .leader-feed[data-live="yes"]\')'
+                "?.textContent",
+                timeout=30,
+                what="the leader's book live",
+            )
+        except AssertionError as exc:  # why not: the book and the budget now
+            stats = app.daemon.stats()
+            raise AssertionError(
+                f"{exc}; book {app.books.describe([leader])}; budget {stats.get('budget')}"
+            ) from None
+        assert re.search(r"via (userFills|firehose), live", feed), feed
         await sim_post(sim, "/_sim/fund", {"address": leader, "usdc": "100000"})  # the margin
         coin = await leader_opens(sim, leader)
         held = await b.wait_for(

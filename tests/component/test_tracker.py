@@ -432,3 +432,45 @@ async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_c
         assert watched.candidate
         assert watched.merit == 0
         assert budget.stats()["scoring_reserve"] == 0
+
+
+async def test_a_leader_followed_while_scoring_fills_the_window_has_its_state_read_at_once(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    """Weight spent stays a whole window: a follow added after scoring filled it would wait up
+    to a minute for its leader's first state in the leader lane. That read goes in the order
+    lane (the follow's first orders wait on it); the next ones are leader reads."""
+    from hlcopy.budget import Lane
+    from hlcopy.clock import SYSTEM
+
+    leader = "0x" + "1e" * 20
+    await sim_post(sim, "/_sim/fund", {"address": leader, "usdc": "1000"})
+    budget = WeightBudget(1200)
+    async with (
+        Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
+        new_session(10) as session,
+    ):
+        await store.migrate()
+        info = InfoClient(session, sim.url, budget)
+        tracker = Tracker(
+            info=info,
+            store=store,
+            stream=StreamPool(sim.ws_url),
+            universe=UniverseService(info),
+            registry=ListRegistry([]),
+            metrics=Board(),
+            bus=EventBus(),
+            config=make_config(tmp_path, dsn),
+        )
+        while budget.used() + 20 <= budget.read_limit:  # scoring takes all the window it may
+            await budget.acquire(20, Lane.SCORING)
+        tracker.set_leaders([leader])
+        async with asyncio.timeout(5):  # not the minute the window's weight takes to expire
+            await tracker._read_truth(leader, SYSTEM.monotonic())
+        assert tracker.leader_state(leader) is not None
+        assert budget.stats()["lanes"]["order"]["requests"] == 1
+        second = asyncio.create_task(tracker._read_truth(leader, SYSTEM.monotonic()))
+        await asyncio.sleep(0.5)
+        assert not second.done()  # a leader read: it waits for room like the others
+        assert budget.stats()["lanes"]["leader"]["waiting"] == 1
+        second.cancel()

@@ -1181,6 +1181,12 @@
     for (const p of (pos && pos.positions) || []) {
       for (const part of p.follows || []) if (part.follow === f.id) rows.push({ coin: p.coin, mid: p.mid, ...part });
     }
+    // How the copier sees the leader: its own userFills stream or the trades firehose, and
+    // whether its book is live (its state read and, via userFills, the stream's snapshot in).
+    const book = pos && pos.leaders ? pos.leaders[f.leader] : null;
+    const feed = book ? h('span', { class: 'muted leader-feed', 'data-live': book.live ? 'yes' : 'no' },
+      ` \u00B7 via ${book.via}` + (book.live ? ', live'
+        : book.state_ms == null ? ', waiting for its first state' : ', waiting for the stream\u2019s snapshot')) : null;
     const paused = f.paused;
     const scope = 'follow:' + f.id;
     const followHalted = scopes[scope] && scopes[scope].state !== 'active';
@@ -1241,7 +1247,7 @@
         badge(spec.mode === 'inverse' ? 'fade' : 'copy'), badge(f.source)),
       h('p', { class: 'small' }, 'leader ', traderLink(f.leader), h('span', { class: 'muted' }, ' \u00B7 ' + sizing
         + (spec.max_notional_per_coin_usd ? ` \u00B7 max ${fmtUsd(spec.max_notional_per_coin_usd)}/coin` : '')
-        + (spec.max_total_notional_usd ? ` \u00B7 max ${fmtUsd(spec.max_total_notional_usd)} total` : ''))),
+        + (spec.max_total_notional_usd ? ` \u00B7 max ${fmtUsd(spec.max_total_notional_usd)} total` : '')), feed),
       eff.why.length ? h('ul', { class: 'why' }, eff.why.map((w) => h('li', null,
         `${w.scope}: ${w.cause}` + (lastDetail[w.scope] ? ` \u2014 ${lastDetail[w.scope]}` : '')))) : null,
       buttons,

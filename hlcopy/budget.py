@@ -136,7 +136,6 @@ class WeightBudget:
         self._weight_total = [0] * len(Lane)
         self._waits = 0
         self._wait_s = 0.0
-        self._max_wait_s = 0.0
         self._max_wait_by_lane = [0.0] * len(Lane)  # orders never wait behind reads: shown here
         self._rate_limited = 0
 
@@ -453,7 +452,6 @@ class WeightBudget:
         if waited > 0:
             self._waits += 1
             self._wait_s += waited
-            self._max_wait_s = max(self._max_wait_s, waited)
             self._max_wait_by_lane[lane] = max(self._max_wait_by_lane[lane], waited)
         waiter.future.set_result(ticket)
 
@@ -485,7 +483,7 @@ class WeightBudget:
             },
             "waits": self._waits,
             "wait_s_total": round(self._wait_s, 3),
-            "wait_s_max": round(self._max_wait_s, 3),
+            "wait_s_max": round(max(self._max_wait_by_lane), 3),
             "rate_limited": self._rate_limited,
             "read_backoff_s": round(max(0.0, self._reads_blocked_until - now), 3),
             "order_reserve": self._order_reserve(now),

@@ -366,21 +366,19 @@ async def test_a_score_that_would_lead_is_published_with_its_role_known(
         assert t.score is not None  # a user's complete score, published with its role known
 
 
-async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_complete(
-    tmp_path: Path, sim: Simulator, dsn: str
-) -> None:
-    """The scoring reserve keeps exploration out of room a candidate's fills or a contender's
-    role will need; with nothing left to complete it would only leave the window idle."""
-    from hlcopy.scout.tracker import SCORING_RESERVE, Tracked
-
-    cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 2})  # settled from 4 scores
-    budget = WeightBudget(1200)
+@contextlib.asynccontextmanager
+async def sim_tracker(
+    tmp_path: Path, sim: Simulator, dsn: str, budget: WeightBudget, cfg: HlcopyConfig
+) -> AsyncIterator[Tracker]:
+    """A tracker on the simulator and a migrated database, outside any daemon: the test drives
+    its choices and reads itself."""
     async with (
         Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
         new_session(10) as session,
     ):
+        await store.migrate()
         info = InfoClient(session, sim.url, budget)
-        tracker = Tracker(
+        yield Tracker(
             info=info,
             store=store,
             stream=StreamPool(sim.ws_url),
@@ -390,6 +388,18 @@ async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_c
             bus=EventBus(),
             config=cfg,
         )
+
+
+async def test_room_for_completing_the_top_is_kept_only_while_there_is_some_to_complete(
+    tmp_path: Path, sim: Simulator, dsn: str
+) -> None:
+    """The scoring reserve keeps exploration out of room a candidate's fills or a contender's
+    role will need; with nothing left to complete it would only leave the window idle."""
+    from hlcopy.scout.tracker import SCORING_RESERVE, Tracked
+
+    cfg = make_config(tmp_path, dsn, tracking={"scoring_top_n": 2})  # settled from 4 scores
+    budget = WeightBudget(1200)
+    async with sim_tracker(tmp_path, sim, dsn, budget, cfg) as tracker:
         assert budget.stats()["scoring_reserve"] == 0  # nobody to complete yet
         seed = Tracked("0x" + "5e" * 20, provisional_score=0.4)
         tracker._traders[seed.address] = seed
@@ -446,22 +456,7 @@ async def test_a_leader_followed_while_scoring_fills_the_window_has_its_state_re
     leader = "0x" + "1e" * 20
     await sim_post(sim, "/_sim/fund", {"address": leader, "usdc": "1000"})
     budget = WeightBudget(1200)
-    async with (
-        Store(DatabaseConfig(dsn=dsn), tmp_path, exclusive=False) as store,
-        new_session(10) as session,
-    ):
-        await store.migrate()
-        info = InfoClient(session, sim.url, budget)
-        tracker = Tracker(
-            info=info,
-            store=store,
-            stream=StreamPool(sim.ws_url),
-            universe=UniverseService(info),
-            registry=ListRegistry([]),
-            metrics=Board(),
-            bus=EventBus(),
-            config=make_config(tmp_path, dsn),
-        )
+    async with sim_tracker(tmp_path, sim, dsn, budget, make_config(tmp_path, dsn)) as tracker:
         while budget.used() + 20 <= budget.read_limit:  # scoring takes all the window it may
             await budget.acquire(20, Lane.SCORING)
         tracker.set_leaders([leader])

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import structlog
@@ -56,6 +57,7 @@ from hlcopy.queues import BoundedQueue
 log = structlog.get_logger(__name__)
 
 SENT_KEPT = 10_000  # orders awaiting their outcome, remembered for their follows' risk
+_NONE: Mapping[str, Decimal] = MappingProxyType({})  # a follow that holds nothing
 
 
 class _Drained(Exception):
@@ -146,6 +148,9 @@ class CopyEngine(Component):
         self._reconciler = reconciler
         self._clock = clock
         self._sent: dict[str, tuple[str, ...]] = {}  # cloid -> the follows that caused it
+        self._live_version = -1
+        self._live_follows: tuple[FollowRecord, ...] = ()
+        self._delays: dict[str, int] = {}  # leader -> the longest delay_ms of its live follows
         self.reconfigure(config)
         self._coin_locks: dict[str, asyncio.Lock] = {}
         self._epoch = 0
@@ -190,9 +195,18 @@ class CopyEngine(Component):
 
     # -- the followed leaders ---------------------------------------------------------------
 
-    def _live(self) -> list[FollowRecord]:
-        """The follows that trade: active ones, and dropped ones winding down."""
-        return [f for f in self._follows.follows() if f.active or f.winding_down]
+    def _live(self) -> tuple[FollowRecord, ...]:
+        """The follows that trade: active ones, and dropped ones winding down (kept with their
+        delays per leader until the registry changes)."""
+        if self._live_version != self._follows.version:
+            live = tuple(f for f in self._follows.follows() if f.active or f.winding_down)
+            delays: dict[str, int] = {}
+            for f in live:
+                if f.spec.delay_ms:
+                    delays[f.leader] = max(delays.get(f.leader, 0), f.spec.delay_ms)
+            self._live_follows, self._delays = live, delays
+            self._live_version = self._follows.version
+        return self._live_follows
 
     def _follows_changed(self) -> None:
         leaders: dict[str, int] = {}
@@ -238,11 +252,8 @@ class CopyEngine(Component):
         self._draining.set()
 
     def _delay_ms(self, change: LeaderChange) -> int:
-        delay = 0
-        for f in self._follows.follows():
-            if f.leader == change.leader and (f.active or f.winding_down) and f.spec.delay_ms:
-                delay = max(delay, f.spec.delay_ms)
-        return delay
+        self._live()
+        return self._delays.get(change.leader, 0)
 
     def _decide_direct(self, change: LeaderChange) -> bool:
         """Decide ``change`` now, in the caller's turn; False when it must take the queued path
@@ -342,16 +353,14 @@ class CopyEngine(Component):
         asset = self._universe.universe.get(coin)
         if asset is None:
             return None
-        attributed = self._executor.attributed()
-        pending = self._executor.pending()
-        live = self._live()
+        attributed = self._executor.attributed_view()
         follows = []
         cores = []
         leaders: dict[str, LeaderView] = {}
         gates = self._reconciler.gates if self._reconciler is not None else None
-        for f in live:
+        for f in self._live():
             view = self._books.view(f.leader, coin)
-            holds = attributed.get(f.id, {}).get(coin, ZERO) != 0
+            holds = attributed.get(f.id, _NONE).get(coin, ZERO) != 0
             triggered = trigger is not None and trigger.leader == f.leader
             if (view is None or view.szi == 0) and not holds and not triggered:
                 continue  # nothing of this follow's is in play in this coin
@@ -366,15 +375,16 @@ class CopyEngine(Component):
                 leaders[f.leader] = view
         if not follows:
             return None
+        pending = self._executor.pending_in(coin)
         mids = self._executor.mids()
         positions = self._executor.positions()
         follower = FollowerView(
             szi=positions.get(coin, ZERO),
-            attributed={f.id: attributed.get(f.id, {}).get(coin, ZERO) for f in follows},
-            pending={f.id: pending.get((f.id, coin), ZERO) for f in follows},
+            attributed={f.id: attributed.get(f.id, _NONE).get(coin, ZERO) for f in follows},
+            pending={f.id: pending.get(f.id, ZERO) for f in follows},
             equity=self._equity(mids),
             other_notional={
-                f.id: _notional(attributed.get(f.id, {}), mids, but=coin) for f in follows
+                f.id: _notional(attributed.get(f.id, _NONE), mids, but=coin) for f in follows
             },
             other_notional_total=_notional(positions, mids, but=coin),
         )

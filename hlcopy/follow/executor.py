@@ -455,6 +455,17 @@ class PaperExecutor(Component):
                 out[key] = out.get(key, ZERO) + sign * share
         return out
 
+    def pending_in(self, coin: str) -> dict[str, Decimal]:
+        """``pending()`` of one coin, per follow (a copy decision's share of it)."""
+        out: dict[str, Decimal] = {}
+        for entry in self._in_flight.values():
+            intent = entry.intent
+            if intent.coin == coin:
+                sign = 1 if intent.is_buy else -1
+                for follow, share in intent.attribution:
+                    out[follow] = out.get(follow, ZERO) + sign * share
+        return out
+
     async def transfer(self, moves: Sequence[Transfer]) -> None:
         """Move attribution between follows without a trade (the copier netted their opposite
         wishes inside the account), stored before it counts."""
@@ -530,6 +541,11 @@ class PaperExecutor(Component):
     def attributed(self) -> dict[str, dict[str, Decimal]]:
         """Each follow's part of the paper positions: {follow_id: {coin: szi}}."""
         return {f: dict(coins) for f, coins in self._attributed.items()}
+
+    def attributed_view(self) -> Mapping[str, Mapping[str, Decimal]]:
+        """``attributed()`` without the copy, for a reader that does not await while it reads:
+        the books are replaced whole on every change, never edited in place."""
+        return self._attributed
 
     def account(self) -> PaperAccount:
         """The account now (immutable): the paper account, or live the exchange's view of the

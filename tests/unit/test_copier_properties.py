@@ -21,12 +21,14 @@ from hlcopy.follow.copier import (
     Mode,
     Sizing,
     SkipReason,
+    _decide_all,
+    _decide_one,
     decide,
 )
 from hlcopy.follow.risk import TradingState, most_severe, permits
 from hlcopy.hl import MIN_NOTIONAL, is_valid_price, is_valid_size
 from hlcopy.model import Asset, LeaderFill
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 D = Decimal
@@ -67,6 +69,41 @@ class Case:
             account_limits=self.limits,
         )
 
+    def general(self, epoch: int = 0) -> Decision:
+        """The general path alone, without the single-follow one."""
+        return _decide_all(
+            sorted(self.follows, key=lambda f: f.id),
+            self.leaders,
+            self.follower,
+            self.market,
+            NOW,
+            self.risk,
+            self.global_risk,
+            self.trigger,
+            0,
+            epoch,
+            self.limits or AccountLimits(),
+            MIN_NOTIONAL,
+        )
+
+    def single(self, epoch: int = 0) -> Decision | None:
+        """The single-follow path alone (None where it leaves the case to the general one)."""
+        f = self.follows[0]
+        return _decide_one(
+            f,
+            self.leaders.get(f.leader),
+            self.follower,
+            self.market,
+            NOW,
+            self.risk.get(f.id, TradingState.ACTIVE),
+            self.global_risk,
+            self.trigger,
+            0,
+            epoch,
+            self.limits or AccountLimits(),
+            MIN_NOTIONAL,
+        )
+
     def state(self, f: Follow) -> TradingState:
         return most_severe(self.global_risk, self.risk.get(f.id, TradingState.ACTIVE))
 
@@ -102,13 +139,17 @@ def follows_(draw: st.DrawFn, fid: str, calm: bool) -> Follow:
 
 
 @st.composite
-def cases(draw: st.DrawFn, calm: bool = False, in_flight: bool = True) -> Case:
+def cases(
+    draw: st.DrawFn, calm: bool = False, in_flight: bool = True, n: int | None = None
+) -> Case:
     """Any start: positions attributed or not, orders in flight, limits, filters, risk states.
-    ``calm``: everyone ACTIVE, confirmed, fresh and without filters."""
+    ``calm``: everyone ACTIVE, confirmed, fresh and without filters. ``n``: that many follows
+    (default: one to four)."""
     szd = draw(st.integers(0, 4))
     lot = D(1).scaleb(-szd)
     mid = draw(st.decimals(min_value=D("0.5"), max_value=D(60_000), places=2))
-    n = draw(st.integers(1, 4))
+    if n is None:
+        n = draw(st.integers(1, 4))
     ids = draw(st.lists(st.sampled_from("abcdefg"), min_size=n, max_size=n, unique=True))
     follows = tuple(draw(follows_(i, calm)) for i in ids)
 
@@ -398,3 +439,83 @@ def test_a_global_reducing_or_halt_never_grows_the_account(case: Case, state: Tr
         position += intent.sz if intent.is_buy else -intent.sz
     if state == TradingState.HALTED:
         assert (d.intents, d.transfers) == ((), ())
+
+
+def _loosened(case: Case, how: int) -> Case:
+    """Most drawn cases bind somewhere; some without the follow's or the account's limits, so
+    the plain case is drawn often too."""
+    f = case.follows[0]
+    if how & 1:
+        f = replace(f, max_notional_per_coin_usd=None, max_total_notional_usd=None)
+    if how & 2:
+        f = replace(f, max_leverage=None, started_ms=0)
+    return replace(case, follows=(f,), limits=None if how & 4 else case.limits)
+
+
+@settings(max_examples=600)
+@given(cases(calm=True, n=1) | cases(n=1), st.integers(0, 7))
+def test_the_single_follow_path_decides_as_the_general_one(case: Case, how: int) -> None:
+    """``decide`` takes a shorter path for one follow in the common case (one order, nothing
+    filtered or binding). Wherever it does, the general path decides exactly the same: the same
+    intents, cloids, reasons and targets, the same Decimals down to their exponents."""
+    case = _loosened(case, how)
+    one = case.single(epoch=3)
+    event("single-follow path" if one is not None else "general path")
+    if one is not None:
+        assert repr(one) == repr(case.general(epoch=3))
+
+
+def _plain(**kw: object) -> Case:
+    """One ratio follow of a leader 1 long, nothing binding; ``kw`` replaces parts of it."""
+    f = Follow(id="a", leader=LEADERS[0])
+    parts: dict[str, object] = {
+        "follows": (f,),
+        "leaders": {LEADERS[0]: LeaderView(D(1), last_change_ms=NOW - 500)},
+        "follower": FollowerView(ZERO),
+        "market": Market(Asset("X", 7, 0, 20), D(20)),
+        "risk": {},
+        "global_risk": TradingState.ACTIVE,
+        "limits": None,
+        "trigger": LeaderFill(LEADERS[0], "X", "B", D(1), D(20), NOW - 200, 1234, "userFills"),
+    }
+    parts.update(kw)
+    return Case(**parts)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _plain(),  # an open
+        _plain(market=Market(Asset("X", 7, 0, 20), D(2))),  # an open under $10
+        _plain(market=Market(Asset("X", 7, 0, 20), D("10.05"))),  # its limit price at $10
+        # The whole position closed, under $10: exempt, unless an order is in flight.
+        _plain(
+            leaders={LEADERS[0]: LeaderView(ZERO, last_change_ms=NOW - 500)},
+            follower=FollowerView(D(2), {"a": D(2)}),
+            market=Market(Asset("X", 7, 0, 20), D(2)),
+        ),
+        _plain(
+            leaders={LEADERS[0]: LeaderView(ZERO, last_change_ms=NOW - 500)},
+            follower=FollowerView(D(1), {"a": D(1)}, {"a": D(1)}),
+            market=Market(Asset("X", 7, 0, 20), D(2)),
+        ),
+        # A flip, and a reduction of a position partly opened outside hlcopy.
+        _plain(follower=FollowerView(D(-2), {"a": D(-2)})),
+        _plain(
+            leaders={LEADERS[0]: LeaderView(ZERO, last_change_ms=NOW - 500)},
+            follower=FollowerView(D(3), {"a": D(1)}),
+        ),
+        # An account's order cap met exactly, and exceeded by a lot.
+        _plain(limits=AccountLimits(max_order_notional_usd=D("20.1"))),
+        _plain(limits=AccountLimits(max_order_notional_usd=D("20.09"))),
+    ],
+)
+def test_the_single_follow_path_leaves_the_edges_to_the_general_one(case: Case) -> None:
+    assert repr(case.run()) == repr(case.general())
+
+
+def test_a_plain_copy_takes_the_single_follow_path() -> None:
+    """So the equivalence above is about the path the copy engine takes for most fills."""
+    one = _plain().single()
+    assert one is not None
+    assert one.intents[0].reason == "open"

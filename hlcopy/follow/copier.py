@@ -872,8 +872,12 @@ def _decide_one(
     direction = _sign(move)
     share = move if direction > 0 else -move
     sz = ZERO + share  # as the general path sums a leg's shares
-    in_flight = any(v != 0 for v in follower.pending.values())
-    position = follower.szi + sum(follower.pending.values(), ZERO)
+    in_flight = False
+    pending = ZERO
+    for v in follower.pending.values():  # as sum() adds them, in order
+        pending += v
+        in_flight = in_flight or v != 0
+    position = follower.szi + pending
     size = abs(position)
     kind: Literal["open", "add", "reduce", "close"]
     if position == 0 or _sign(position) == direction:

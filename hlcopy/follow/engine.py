@@ -79,7 +79,7 @@ class ChangeInbox:
 
     def offer(self, change: LeaderChange) -> bool:
         direct = self.direct
-        if direct is not None and not self._queued[change.coin] and direct(change):
+        if direct is not None and change.coin not in self._queued and direct(change):
             self.direct_count += 1
             return True
         if not self.queue.offer(change):

@@ -118,11 +118,15 @@ class _CoinBook:
     @property
     def szi(self) -> Decimal:
         base = self.anchor_szi if self.anchor_szi is not None else ZERO
+        if not self.hints:  # a leader followed through userFills: read on every change
+            return base + ZERO  # as the sum below would (no -0)
         return base + sum((h.delta for h in self.hints), ZERO)
 
     @property
     def confirmed(self) -> bool:
-        return self.anchor_szi is not None and all(h.confirmed for h in self.hints)
+        return self.anchor_szi is not None and (
+            not self.hints or all(h.confirmed for h in self.hints)
+        )
 
     @property
     def known(self) -> bool:
@@ -133,7 +137,8 @@ class _CoinBook:
         self.anchor_ms = time_ms
         self.anchor_fill = from_fill
         # Hints up to the anchor's time are inside it.
-        self.hints = [h for h in self.hints if h.time_ms > time_ms]
+        if self.hints:
+            self.hints = [h for h in self.hints if h.time_ms > time_ms]
 
 
 class _Book:
@@ -645,8 +650,8 @@ class LeaderBooks(Component):
             c = book.coins[f.coin] = _CoinBook()
             if book.snapshot_ms is not None:  # flat as of the last snapshot
                 c.reanchor(ZERO, book.snapshot_ms, from_fill=False)
-        before = (c.szi, c.confirmed) if c.known else None
         prev_szi = c.szi
+        before = (prev_szi, c.confirmed) if c.known else None
         if exact:
             if level == _HINT:
                 self.counters["upgraded"] += 1
@@ -656,10 +661,10 @@ class LeaderBooks(Component):
                 f.time_ms == c.anchor_ms and f.start_position == c.anchor_szi
             )
             if c.anchor_szi is None or newer:
-                end = f.start_position + f.delta
-                c.reanchor(end, f.time_ms, from_fill=True)
+                delta = f.delta
+                c.reanchor(f.start_position + delta, f.time_ms, from_fill=True)
                 if level != _HINT:
-                    c.entry_px = _entry(f.start_position, c.entry_px, f.delta, f.px)
+                    c.entry_px = _entry(f.start_position, c.entry_px, delta, f.px)
             else:
                 self.counters["stale"] += 1
         elif c.anchor_szi is not None and (

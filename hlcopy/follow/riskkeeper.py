@@ -99,7 +99,12 @@ class RiskKeeper(Component):
 
     def trading_state(self, *scopes: str) -> TradingState:
         """The most severe state of ``scopes`` and of the global scope."""
-        return most_severe(*(self._states[s].state for s in (GLOBAL, *scopes) if s in self._states))
+        worst = TradingState.ACTIVE
+        for scope in (GLOBAL, *scopes):  # a plain loop: every copy decision asks
+            state = self._states.get(scope)
+            if state is not None and state.trips:  # no trips: ACTIVE
+                worst = most_severe(worst, state.state)
+        return worst
 
     def state(self, scope: str) -> RiskState | None:
         return self._states.get(scope)

@@ -1810,19 +1810,17 @@ async def _live_account(url: str, root: Path) -> tuple[str, Path]:
     return master.address, key_file
 
 
-def _pin_postgres(pid: int | None, cpus: set[int]) -> None:
-    """The embedded PostgreSQL (its postmaster, and so every backend forked from now on, and
-    those already running) on the daemon's cores: on a VPS it shares the daemon's machine, not
-    the exchange's."""
+def _postgres_cpus(store: Any) -> list[int] | None:
+    """Where the embedded PostgreSQL's postmaster may run (None: not embedded, or gone)."""
     import psutil
 
+    pid = store.embedded_pid
     if pid is None:
-        return
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for proc in (root, *root.children(recursive=True)):
-            with contextlib.suppress(psutil.Error):
-                proc.cpu_affinity(sorted(cpus))
+        return None
+    try:
+        return sorted(psutil.Process(pid).cpu_affinity())
+    except psutil.Error:
+        return None
 
 
 def _free_port() -> int:
@@ -1877,8 +1875,9 @@ async def _bench_decide(
     load_start = os.getloadavg()
     # The load (the simulator and the leader's driver) on a core of its own, the daemon on the
     # others: on a VPS the exchange is not on the daemon's machine. The embedded PostgreSQL is
-    # on the daemon's machine, so it joins the daemon's cores once started (left anywhere, it
-    # waited behind the simulator's busy core: write-ahead commits of 66-145 ms at p99).
+    # on the daemon's machine: started by the daemon's run, after the daemon's cores are set,
+    # it inherits them (the result says where it ran; left anywhere, it waited behind the
+    # simulator's busy core: write-ahead commits of 66-145 ms at p99).
     mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     load_cpus = {mine[-1]} if isolate and len(mine) >= 2 else None
     daemon_cpus = set(mine[:-1]) if load_cpus else None
@@ -1897,7 +1896,6 @@ async def _bench_decide(
             discovery = app.discovery
             if daemon_cpus:
                 os.sched_setaffinity(0, daemon_cpus)
-                _pin_postgres(app.store.embedded_pid, daemon_cpus)
             timer = _Stopwatch(app.executor.submit, core, leader)
             # The bench's hooks: the executor the daemon built, seen by its copy engine, times
             # each hand-over before submitting; the engine's name for the copier's core times
@@ -2004,6 +2002,7 @@ async def _bench_decide(
                 frames_dropped = discovery.frames.dropped - dropped0
                 rejections = dict(app.executor.rejections)
                 risk_state = str(app.risk.trading_state())
+                pg_cpus = _postgres_cpus(app.store)
             finally:
                 app.daemon.request_stop()
                 exit_code = await asyncio.wait_for(task, 60)
@@ -2100,6 +2099,7 @@ async def _bench_decide(
         "cpus": {
             "daemon": sorted(daemon_cpus) if daemon_cpus else mine,
             "simulator_and_driver": sorted(load_cpus) if load_cpus else mine,
+            "postgres": pg_cpus,
         },
         "coins": list(coins),
         "target_p99_ms": 1.0 if live else 0.5,
@@ -2226,7 +2226,8 @@ def format_latency(result: dict[str, Any]) -> str:
         f"  daemon            {result['cpu_s']} CPU s over {result['seconds']} s "
         f"({result['cpu_share']:.0%} of a core); exit {result['exit_code']}",
         f"  cpus              daemon {result['cpus']['daemon']}, simulator, leader's driver "
-        f"and API clients {result['cpus']['simulator_and_driver']}",
+        f"and API clients {result['cpus']['simulator_and_driver']}, "
+        f"PostgreSQL {result['cpus']['postgres'] or 'not embedded'}",
         f"  machine           {m['cpu']}, {m['cores']} cores, load "
         f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
         f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",
@@ -2276,7 +2277,8 @@ def format_decide(result: dict[str, Any]) -> str:
         f"  simulator         rate {result['sim_rate']:,.0f} actions/s, "
         f"{result['sim_traders']} traders",
         f"  cpus              daemon {result['cpus']['daemon']}, simulator and leader's driver "
-        f"{result['cpus']['simulator_and_driver']}",
+        f"{result['cpus']['simulator_and_driver']}, "
+        f"PostgreSQL {result['cpus']['postgres'] or 'not embedded'}",
         f"  machine           {m['cpu']}, {m['cores']} cores, load "
         f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
         f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",

@@ -4,6 +4,7 @@ the real daemon, with an embedded PostgreSQL, in this one."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import orjson
@@ -55,6 +56,9 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     assert result["exit_code"] == 0
     assert len(result["loadavg_start"]) == len(result["loadavg_end"]) == 3
     assert {"cpu", "cores", "python"} <= set(result["machine"])
+    # The embedded PostgreSQL ran on the daemon's cores, as it would on the daemon's machine.
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert result["cpus"]["postgres"] == result["cpus"]["daemon"]
     text = format_decide(result)
     assert "p99" in text
     assert "trades/s delivered" in text

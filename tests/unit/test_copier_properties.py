@@ -508,6 +508,19 @@ def _plain(**kw: object) -> Case:
         # An account's order cap met exactly, and exceeded by a lot.
         _plain(limits=AccountLimits(max_order_notional_usd=D("20.1"))),
         _plain(limits=AccountLimits(max_order_notional_usd=D("20.09"))),
+        # Each filter and risk state on an open (growth, which each of them stops).
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], winding_down=True),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], coins=frozenset({"Y"})),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], exclude_coins=frozenset({"X"})),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], active_hours_utc=(0, 1)),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], started_ms=NOW),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], max_fill_age_ms=100),)),
+        _plain(follows=(Follow(id="a", leader=LEADERS[0], max_notional_per_coin_usd=D(15)),)),
+        _plain(leaders={LEADERS[0]: LeaderView(D(1), confirmed=False, last_change_ms=NOW)}),
+        _plain(market=Market(Asset("X", 7, 0, 20, delisted=True), D(20))),
+        _plain(risk={"a": TradingState.REDUCING}),
+        _plain(risk={"a": TradingState.HALTED}),
+        _plain(global_risk=TradingState.REDUCING),
     ],
 )
 def test_the_single_follow_path_leaves_the_edges_to_the_general_one(case: Case) -> None:

@@ -252,7 +252,7 @@ class CopyEngine(Component):
         self._draining.set()
 
     def _delay_ms(self, change: LeaderChange) -> int:
-        self._live()
+        self._live()  # refreshes the delays with the live follows
         return self._delays.get(change.leader, 0)
 
     def _decide_direct(self, change: LeaderChange) -> bool:

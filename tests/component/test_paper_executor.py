@@ -190,6 +190,8 @@ async def test_an_intent_fills_at_the_books_prices_within_its_limit(
         order = intent("ETH", True, sz, limit, decided_ms=now - 400, tid=77)
         env.executor.submit(order, trigger)
         assert env.executor.pending() == {("f1", "ETH"): sz}
+        assert env.executor.pending_in("ETH") == {"f1": sz}
+        assert env.executor.pending_in("BTC") == {}
         out = await outcome_of(env, order)
 
         notional = asks[0].sz * asks[0].px + asks[1].sz / 2 * asks[1].px

@@ -66,6 +66,11 @@ def render_board(
             f"{r.get('risk_level') or '-':<8}  {r.get('style') or '-':<8}  "
             f"{float(r['score']):6.2f}"
         )
+    if any(float(r["score"]) < 0 for r in rows):
+        lines.append(
+            "  (a score below 0: a record still too short or erratic to be sure of; the score is "
+            "a lower bound, see the README's 'The score')"
+        )
     worst: Sequence[Mapping[str, Any]] = losers.get("rows", ())
     if worst:
         fade = ", ".join(

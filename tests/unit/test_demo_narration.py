@@ -34,6 +34,15 @@ def test_the_board_shows_the_top_traders_and_the_worst_losers() -> None:
     assert "0x1111…1111 -99.0% on 21,726 USD" in losers  # rounded to the dollar
 
 
+def test_a_negative_score_is_explained_once_under_the_board() -> None:
+    rows = [ROW, {**ROW, "score": -1.8}, {**ROW, "score": -1.9}]
+    text = render_board(60, STATS, {"total": 3, "rows": rows}, {"rows": []})
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(rows) + 1
+    assert lines[-1].strip().startswith("(a score below 0:")
+    assert "below 0" not in render_board(60, STATS, {"total": 1, "rows": [ROW]}, {"rows": []})
+
+
 def test_before_any_complete_score_it_says_why_the_board_is_empty() -> None:
     text = render_board(30, STATS, {"total": 0, "rows": []}, {"rows": []})
     assert "0 ranked" in text

@@ -412,17 +412,24 @@ async def test_funding_follows_the_exchanges_sign(stepped: Simulator, store: Sto
         meta, ctxs = await env.info.meta_and_asset_ctxs()
         ctx = {a.name: c for a, c in zip(meta.universe, ctxs, strict=False)}
         hour = SYSTEM.time_ms() // HOUR_MS * HOUR_MS + HOUR_MS
+        # The hours since the account was loaded: one, or two when the test crossed an hour.
+        loaded = await env.copies.load_paper()
+        assert loaded is not None
+        assert loaded.funded_hour_ms is not None
+        hours = (hour - loaded.funded_hour_ms) // HOUR_MS
+        assert hours in (1, 2)
         rows = await env.executor.fund(hour)
 
-        expected = {}
+        per_hour = {}
         for coin, szi in (("ETH", D("0.5")), ("BTC", D("-0.02"))):
             rate, oracle = ctx[coin].funding, ctx[coin].oracle_px
             assert rate is not None
             assert oracle is not None
             # Longs pay shorts when the rate is positive: the cash change is -szi x oracle x rate.
-            expected[coin] = -szi * oracle * rate
+            per_hour[coin] = -szi * oracle * rate
             assert rate != 0
-            assert (expected[coin] < 0) == ((szi > 0) == (rate > 0))
+            assert (per_hour[coin] < 0) == ((szi > 0) == (rate > 0))
+        expected = {c: hours * v for c, v in per_hour.items()}
         assert {r.coin: r.usdc for r in rows} == expected
         after = env.executor.account()
         assert after.funding == sum(expected.values())
@@ -437,7 +444,7 @@ async def test_funding_follows_the_exchanges_sign(stepped: Simulator, store: Sto
         assert await env.executor.fund(hour) == []
         # Two hours later (the daemon was down for one): both are paid, at the current rate.
         rows = await env.executor.fund(hour + 2 * HOUR_MS)
-        assert {r.coin: r.usdc for r in rows} == {c: 2 * v for c, v in expected.items()}
+        assert {r.coin: r.usdc for r in rows} == {c: 2 * v for c, v in per_hour.items()}
         assert all(r.hours == 2 for r in rows)
 
 

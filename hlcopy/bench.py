@@ -19,9 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hlcopy.clock import thread_cpu_ns
 from hlcopy.hl import ActionSigner, NonceSource, Signer
 from hlcopy.hl.signing import l1_digest
-from hlcopy.model import Asset, LeaderFill, OrderIntent, OrderSpec
+from hlcopy.model import Asset, LeaderFill, OrderIntent, OrderSpec, UserFills
 
 if TYPE_CHECKING:
     from hlcopy.config import HlcopyConfig
@@ -1643,6 +1644,10 @@ class _Stopwatch:
         # (leader fill tid, frame received) -> (core called, core returned) in ns.
         self.cores: dict[tuple[int, int], tuple[int, int]] = {}
         self.skips: dict[str, int] = {}  # the core's skips by reason, whatever triggered them
+        # frame received -> (the userFills handler began, this thread's CPU time then) in ns;
+        # (leader fill tid, frame received) -> this thread's CPU time at the first hand-over.
+        self.handled: dict[int, tuple[int, int]] = {}
+        self.cpu_at: dict[tuple[int, int], int] = {}
         self.untriggered = 0  # intents of reconcile passes and snapshots (no leader fill)
         self.other = 0  # intents triggered by another leader's fill, or without a frame time
 
@@ -1656,7 +1661,21 @@ class _Stopwatch:
             else:
                 self.samples.append((trigger.tid, trigger.source, trigger.recv_ns, at_ns))
                 self.cloids[intent.cloid] = (trigger.tid, trigger.recv_ns)
+                self.cpu_at.setdefault((trigger.tid, trigger.recv_ns), thread_cpu_ns())
         self._submit(intent, trigger)
+
+    def handler(self, handle: Callable[[UserFills], None]) -> Callable[[UserFills], None]:
+        """Stands in front of the leader books' userFills handler: when it began, on the wall
+        and in this thread's CPU time, so the bench can tell the time the handler spent working
+        from the time its thread was off the CPU (other processes, the host)."""
+
+        def timed(msg: UserFills) -> None:
+            if self.measuring and msg.user == self._leader and not msg.is_snapshot:
+                began = (time.perf_counter_ns(), thread_cpu_ns())
+                self.handled.setdefault(msg.recv_ns, began)
+            handle(msg)
+
+        return timed
 
     def decide(self, **inputs: Any) -> Decision:
         t0 = time.perf_counter_ns()
@@ -1902,6 +1921,8 @@ async def _bench_decide(
             # the core. Nothing else of the daemon changes.
             app.executor.submit = timer.submit  # type: ignore[method-assign]
             setattr(engine_module, core_name, timer.decide)
+            user_fills = app.books.user_fills
+            user_fills._handle = timer.handler(user_fills._handle)
             # Live: the stream pool's socket send and action post, timed the same way.
             wire = _Wire(app.stream, app.executor._copies) if live else None
             if wire is not None:
@@ -2032,6 +2053,14 @@ async def _bench_decide(
             legs["to_core"].append(core[0] - recv_ns)
             legs["core"].append(core[1] - core[0])
             legs["after_core"].append(at_ns - core[1])
+    # From the userFills handler's start to the hand-over: the wall time, and this thread's
+    # CPU time (the difference: the thread was off the CPU).
+    for (tid, recv_ns), (_, at_ns) in first.items():
+        began = timer.handled.get(recv_ns)
+        cpu_at = timer.cpu_at.get((tid, recv_ns))
+        if began is not None and cpu_at is not None:
+            legs.setdefault("handler_wall", []).append(at_ns - began[0])
+            legs.setdefault("handler_cpu", []).append(cpu_at - began[1])
     sent = sum(driven["statuses"].values())
     wire_figures: dict[str, Any] = {}
     if wire is not None:
@@ -2183,6 +2212,18 @@ def bench_latency(
     )
 
 
+def _handler_line(legs: Mapping[str, Any]) -> list[str]:
+    """The userFills handler's wall time to the intent's hand-over beside its CPU time."""
+    if "handler_wall" not in legs:
+        return []
+    wall, cpu = legs["handler_wall"], legs["handler_cpu"]
+    return [
+        f"  handler on CPU    userFills handler -> intent handed over: wall {wall['p50_ms']} / "
+        f"{wall['p99_ms']}, the thread's CPU time {cpu['p50_ms']} / {cpu['p99_ms']} ms "
+        "(p50 / p99; the rest, off the CPU)"
+    ]
+
+
 def format_latency(result: dict[str, Any]) -> str:
     m, wire, decide, api = result["machine"], result["wire"], result["decide"], result["api"]
     lines = [
@@ -2209,6 +2250,7 @@ def format_latency(result: dict[str, Any]) -> str:
         f"  steps, p50 / p99  write-ahead commit (durable) {wire['commit']['p50_ms']} / "
         f"{wire['commit']['p99_ms']}; commit to bytes written "
         f"{wire['commit_to_written']['p50_ms']} / {wire['commit_to_written']['p99_ms']} ms",
+        *_handler_line(result["legs"]),
     ]
     if api is not None:
         lines.append(
@@ -2267,6 +2309,7 @@ def format_decide(result: dict[str, Any]) -> str:
         )
         + " ms"
     )
+    lines += _handler_line(legs)
     lines += [
         f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "
         f"{result['target_trades_per_s']:,}; slowest second {result['trades_per_s_1s_min']}), "

@@ -45,10 +45,16 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     assert set(result["by_source"]) <= {"userFills", "firehose"}
     # The figures have their shapes: ordered percentiles, the legs measured for each fill.
     assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
-    for leg in ("to_core", "core", "after_core"):
+    for leg in ("to_core", "core", "after_core", "handler_wall", "handler_cpu"):
         figures = result["legs"][leg]
-        assert figures["n"] == result["intents"]
+        # The handler's figures are of the intents its userFills frames triggered.
+        by = "userFills" if leg.startswith("handler") else None
+        assert figures["n"] == (result["by_source"][by]["n"] if by else result["intents"])
         assert 0 <= figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    # The handler's CPU time is part of its wall time (a little slack: two clocks).
+    wall, cpu = result["legs"]["handler_wall"], result["legs"]["handler_cpu"]
+    assert 0 < cpu["p50_ms"] <= wall["p50_ms"] * 1.05
+    assert wall["p50_ms"] < result["p50_ms"]  # it starts after the frame arrived
     # The background firehose was measured as delivered, not assumed; the daemon stopped clean.
     assert result["trades_per_s"] > 0
     assert result["messages_per_s"] > 0
@@ -62,6 +68,7 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     text = format_decide(result)
     assert "p99" in text
     assert "trades/s delivered" in text
+    assert "the thread's CPU time" in text
     # The simulator and the leader's driver are gone.
     assert psutil.Process().children() == []
 
@@ -98,6 +105,7 @@ def test_bench_latency_times_live_orders_to_the_socket_and_the_reply(
     assert result["exit_code"] == 0
     assert "bytes written" in format_latency(result)
     assert "write-ahead commit (durable)" in format_latency(result)
+    assert "the thread's CPU time" in format_latency(result)
     assert psutil.Process().children() == []
 
 

@@ -14,7 +14,6 @@ a ``ConfigError`` (``SecretError`` for key files) with one line per problem.
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
 from pathlib import Path
 
 from hlcopy.budget import WeightBudget
@@ -30,6 +29,7 @@ from hlcopy.credentials import (
 from hlcopy.errors import AmbiguousOutcome, ConfigError, ExchangeTransient, SecretError
 from hlcopy.hl import ExchangeClient, InfoClient, Signer, new_session
 from hlcopy.keys import key_address, new_private_key, parse_address, parse_private_key
+from hlcopy.record import record
 
 MAX_NAME_CHARS = 64
 CONFIRM_WAIT_S = 30.0
@@ -80,7 +80,7 @@ def read_master_key(path: Path | None) -> Secret:
     return normalise_private_key(raw.reveal(), "master key")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApprovalRequest:
     """What ``hlcopy agent approve`` was asked to do, its inputs checked."""
 
@@ -127,7 +127,7 @@ def prepare_approval(
     return ApprovalRequest(agent, name, master, master_key)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Approval:
     """What the exchange says after an approval was sent."""
 

@@ -134,6 +134,7 @@ from hlcopy.model import (
     OutcomeStatus,
     PortfolioPeriod,
 )
+from hlcopy.record import record
 from hlcopy.scout.analytics import is_perp, portfolio_stats
 
 ZERO: Final = Decimal(0)
@@ -195,7 +196,7 @@ MODEL_KEYS: Final = frozenset(
 _NOT_FOR_BACKTESTS: Final = frozenset({"protective_stop_pct", "priority", "enabled"})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Options:
     """One backtest's rules. ``follows``: one validated follow per address (the TOML's rules;
     its ``slippage_bps`` is the IOC limit's distance from the mid, called ``ioc_slippage_bps``
@@ -382,7 +383,7 @@ def sweep_variants(
 # -- the data ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderHistory:
     """One address's fills in the window, oldest first."""
 
@@ -425,7 +426,7 @@ class PricePath:
         return self.pxs[i - 1] if i else None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MarketData:
     """What the fill model knows besides the leaders' fills. ``paths`` empty: offline, the
     leaders' own fills are the prices. ``funding``: coin -> hour -> rate. ``leader_equity``:
@@ -483,7 +484,7 @@ def infer_assets(fills: Iterable[Fill]) -> dict[str, Asset]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Group:
     """One leader's change in one coin in one millisecond."""
 
@@ -503,7 +504,7 @@ class _Group:
         return next(iter(buys)) if len(buys) == 1 else None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Prepared:
     """The leaders' fills as the engine uses them."""
 
@@ -659,7 +660,7 @@ def check_one_account(address: str, prepared: Prepared) -> None:
 # -- results -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OurFill:
     """One of the follower's paper fills, with the fields a real fill has."""
 
@@ -677,7 +678,7 @@ class OurFill:
     leader_tid: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CurvePoint:
     """The follower's PnL and the leaders' scaled PnL (summed over the follows) at a time."""
 
@@ -686,7 +687,7 @@ class CurvePoint:
     leader_scaled: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderResult:
     """One address: its follow's performance and what happened to its copies."""
 
@@ -699,7 +700,7 @@ class LeaderResult:
     fills: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BacktestResult:
     options: Options
     since_ms: int
@@ -760,7 +761,7 @@ class _Levels:
     worst: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Order:
     intent: OrderIntent
     trigger: LeaderFill | None
@@ -2125,7 +2126,7 @@ def parse_time(text: str, what: str) -> int:
     return int(when.timestamp() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Window:
     since_ms: int
     until_ms: int
@@ -2193,7 +2194,7 @@ class ProgressBar:
             self._last = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """A backtest as asked (the CLI's arguments, the API's body), before anything is read."""
 

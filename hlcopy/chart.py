@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
+
+from hlcopy.record import record
 
 #: The colours series take in turn: the leader's curve first, then ours, then sweep variants.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Series:
     """One line: (time ms, value) points in time order."""
 

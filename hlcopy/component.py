@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal, Protocol
 
 from hlcopy.config import HlcopyConfig
+from hlcopy.record import record
 
 
 class Ready:
@@ -75,7 +76,7 @@ class Component:
         return []
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReloadResult:
     """What a configuration reload did."""
 
@@ -85,7 +86,7 @@ class ReloadResult:
     restart_required: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MetricFamily:
     """One metric and its samples, independent of any exposition library.
 

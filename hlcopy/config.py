@@ -350,8 +350,10 @@ class FollowTemplate(_Section):
     max_fill_age_ms: int = Field(default=30_000, ge=1, le=86_400_000)
     """A leader fill older than this never opens or adds (reductions still go)."""
     entry: Literal["wait", "adopt"] = "wait"
-    """At the start: "wait" for the leader's next change, or "adopt" its current positions
-    when the price is within adopt_max_deviation_bps of the leader's entry."""
+    """At the start: "wait" for the leader's next change (a fill streamed once the follow is on
+    counts even if stamped up to 0.5 s before it: the exchange stamps fills with its block's
+    time), or "adopt" its current positions when the price is within adopt_max_deviation_bps of
+    the leader's entry."""
     adopt_max_deviation_bps: int = Field(default=50, ge=0, le=10_000)
     """With entry = "adopt": how far the price may be from the leader's entry, in basis points."""
     delay_ms: int = Field(default=0, ge=0, le=600_000)

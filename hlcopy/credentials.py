@@ -12,12 +12,12 @@ import re
 import secrets
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from hlcopy.config import HlcopyConfig
 from hlcopy.errors import SecretError
 from hlcopy.keys import key_address, parse_private_key
+from hlcopy.record import record
 
 AGENT_KEY_CREDENTIAL = "hl-agent"
 API_TOKEN_CREDENTIAL = "api-token"  # noqa: S105 - a credential's name, not its value
@@ -50,7 +50,7 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Secrets:
     """Everything secret the daemon needs, loaded once at start."""
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from hlcopy.errors import HlcopyError
+from hlcopy.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """One update: ``type`` ("position", "copy", ...), JSON-ready ``data``, and the address it
     concerns, when it concerns one."""

@@ -9,9 +9,11 @@ pipeline (``LeaderFill`` -> ``TargetPosition`` -> ``OrderIntent`` -> ``OrderOutc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 from typing import Literal
+
+from hlcopy.record import record
 
 Side = Literal["B", "A"]  # bid (buy) / ask (sell), as on the wire
 Tif = Literal["Gtc", "Ioc", "Alo"]
@@ -19,7 +21,7 @@ Tpsl = Literal["tp", "sl"]
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Asset:
     """What an order needs to know about a market (see ``hl/universe.py`` for the ids)."""
 
@@ -37,7 +39,7 @@ class Asset:
         return not self.delisted
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AssetMeta:
     """One perp in a dex's universe; its index there is its asset id (plus the dex offset)."""
 
@@ -49,12 +51,12 @@ class AssetMeta:
     only_isolated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Meta:
     universe: tuple[AssetMeta, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpotToken:
     name: str
     index: int
@@ -63,7 +65,7 @@ class SpotToken:
     token_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpotPair:
     """A spot market: ``name`` is "PURR/USDC" or "@<index>"; asset id is 10000 + index."""
 
@@ -74,13 +76,13 @@ class SpotPair:
     canonical: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpotMeta:
     tokens: tuple[SpotToken, ...]
     universe: tuple[SpotPair, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PerpDex:
     """A builder-deployed (HIP-3) dex; ``index`` is its position in perpDexs (0: the first dex)."""
 
@@ -90,7 +92,7 @@ class PerpDex:
     deployer: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AssetCtx:
     mark_px: Decimal | None
     mid_px: Decimal | None
@@ -102,14 +104,14 @@ class AssetCtx:
     premium: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BookLevel:
     px: Decimal
     sz: Decimal
     n: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class L2Book:
     coin: str
     time_ms: int
@@ -117,14 +119,14 @@ class L2Book:
     asks: tuple[BookLevel, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Leverage:
     type: str  # "cross" | "isolated"
     value: int
     raw_usd: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Position:
     coin: str
     szi: Decimal
@@ -139,7 +141,7 @@ class Position:
     cum_funding_all_time: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MarginSummary:
     account_value: Decimal
     total_margin_used: Decimal
@@ -147,7 +149,7 @@ class MarginSummary:
     total_raw_usd: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccountState:
     """clearinghouseState: positions and margin of one account on one dex."""
 
@@ -166,7 +168,7 @@ class AccountState:
         return Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccountRead:
     """An ``AccountState`` with when we asked for it and when it came, on our own clock: the
     exchange's ``time`` in it is another clock, useless for telling whether a fill of ours was
@@ -177,7 +179,7 @@ class AccountRead:
     done_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpotBalance:
     coin: str
     token: int
@@ -186,7 +188,7 @@ class SpotBalance:
     entry_ntl: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Order:
     """An order as openOrders / frontendOpenOrders / orderStatus describe it."""
 
@@ -208,7 +210,7 @@ class Order:
     children: tuple[Order, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderRecord:
     """orderStatus / historicalOrders: the order and its status (None: unknown to the exchange)."""
 
@@ -217,7 +219,7 @@ class OrderRecord:
     status_timestamp_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fill:
     """One fill of one user (userFills, userFillsByTime, the userFills stream)."""
 
@@ -241,7 +243,7 @@ class Fill:
     twap_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trade:
     """A public trade. ``users`` is (buyer, seller) per the docs; calibrated before relied on."""
 
@@ -255,7 +257,7 @@ class Trade:
     users: tuple[str, str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Funding:
     time_ms: int
     coin: str
@@ -266,7 +268,7 @@ class Funding:
     hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FundingRate:
     """One hour of a coin's funding (``fundingHistory``): the rate paid at ``time_ms``."""
 
@@ -276,7 +278,7 @@ class FundingRate:
     premium: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FillsDocument:
     """Fills saved from the exchange (a file): the fills, oldest first, and every account the
     document names (an envelope's ``user``, or a ``user`` field on the fills)."""
@@ -285,27 +287,27 @@ class FillsDocument:
     users: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PortfolioPeriod:
     account_value_history: tuple[tuple[int, Decimal], ...]
     pnl_history: tuple[tuple[int, Decimal], ...]
     vlm: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Portfolio:
     """Account value and PnL histories per period ("day", "week", "month", "allTime", "perp…")."""
 
     periods: dict[str, PortfolioPeriod] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UserRole:
     role: str  # user | agent | vault | subAccount | missing
     master: str | None = None  # the owner of an agent or sub-account
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UserRateLimit:
     cum_vlm: Decimal
     n_requests_used: int
@@ -313,14 +315,14 @@ class UserRateLimit:
     n_requests_surplus: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExtraAgent:
     name: str
     address: str
     valid_until_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Candle:
     open_ms: int
     close_ms: int
@@ -339,7 +341,7 @@ class Candle:
 # ``recv_ms`` is the wall clock at that moment, comparable with exchange timestamps.
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trades:
     """One frame of a coin's public trades."""
 
@@ -349,7 +351,7 @@ class Trades:
     recv_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UserFills:
     """One message of a user's fills; a snapshot (``is_snapshot``) replays history."""
 
@@ -360,14 +362,14 @@ class UserFills:
     recv_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderUpdate:
     order: Order
     status: str
     status_timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderUpdates:
     """One message of a user's order status changes."""
 
@@ -377,7 +379,7 @@ class OrderUpdates:
     recv_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AllMids:
     """Mid prices by coin; a mid may be half a tick and is then not a valid order price."""
 
@@ -389,7 +391,7 @@ class AllMids:
 # --- /exchange: what we send and what comes back -----------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderSpec:
     """An order in domain terms; ``hl/`` rounds it and puts it on the wire.
 
@@ -413,7 +415,7 @@ class OrderSpec:
 OrderStatusKind = Literal["resting", "filled", "error", "waitingForFill", "waitingForTrigger"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderStatus:
     """What the exchange said about one order of an order action."""
 
@@ -430,7 +432,7 @@ class OrderStatus:
         return self.outcome != "error"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CancelStatus:
     ok: bool
     error: str | None = None
@@ -441,7 +443,7 @@ class CancelStatus:
 FillSource = Literal["userFills", "firehose", "rest"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderFill:
     """A fill of a followed leader, from whichever source saw it first.
 
@@ -472,7 +474,7 @@ class LeaderFill:
         return None if self.start_position is None else self.start_position + self.delta
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TargetPosition:
     """Where one follow wants the follower to be in one coin (signed size)."""
 
@@ -483,7 +485,7 @@ class TargetPosition:
     time_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderIntent:
     """One order the copier decided on, before anything is sent.
 
@@ -521,7 +523,7 @@ OutcomeStatus = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderOutcome:
     """What became of an intent."""
 
@@ -540,7 +542,7 @@ class OrderOutcome:
 PositionEventKind = Literal["open", "increase", "decrease", "close", "flip", "liquidated"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PositionEvent:
     """A change of one trader's position in one coin, seen between two snapshots (or fills)."""
 
@@ -556,14 +558,14 @@ class PositionEvent:
     leverage: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowPerformance:
     pnl: Decimal
     roi: Decimal
     vlm: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SeedTrader:
     """One row of the exchange's public leaderboard document (survivors only, self-reported
     windows): a seed for tracking priorities, never a ranking of its own."""

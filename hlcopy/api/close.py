@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Protocol
 
@@ -48,6 +47,7 @@ from hlcopy.follow.risk import TradingState
 from hlcopy.follow.riskkeeper import GLOBAL, RiskKeeper, follow_scope
 from hlcopy.hl import derive_cloid
 from hlcopy.model import Asset, L2Book, LeaderFill, OrderIntent
+from hlcopy.record import record
 
 log = structlog.get_logger()
 
@@ -73,7 +73,7 @@ class Closable(Protocol):
     def submit(self, intent: OrderIntent, trigger: LeaderFill | None = None) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClosePlan:
     """What close-all does in one coin: transfers that net opposite follows, then one
     reduce-only close of ``sz`` (zero: nothing to send, ``why`` says why)."""

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
 from aiohttp import web
 
 from hlcopy.api.params import Args, Route, RouteHandler
+from hlcopy.record import record
 
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -42,7 +42,7 @@ FILES: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Asset:
     body: bytes
     content_type: str

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from aiohttp import web
+
+from hlcopy.record import record
 
 Args = dict[str, Any]
 RouteHandler = Callable[[web.Request, Args], Awaitable[web.StreamResponse]]
@@ -50,7 +51,7 @@ def invalid(name: str, message: str, **extra: Any) -> ApiError:
     return ApiError(400, message, "invalid_parameter", parameter=name, **extra)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Param:
     """One query or path parameter: how it parses, and how the OpenAPI document shows it."""
 
@@ -212,7 +213,7 @@ def address_prefix(name: str, description: str) -> Param:
     return Param(name, description, schema, parse, "")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Route:
     """One operation of the API, as served and as documented."""
 

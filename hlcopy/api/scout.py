@@ -31,6 +31,7 @@ from hlcopy.api.ports import RegistryView, TrackRequests, TraderReads, activity_
 from hlcopy.api.responses import dumps, json_response
 from hlcopy.clock import SYSTEM, Clock
 from hlcopy.events import EventBus
+from hlcopy.record import record
 from hlcopy.scout.analytics import WINDOWS, RiskLevel, Style
 from hlcopy.scout.leaderboard import DEFAULT_WINDOW, SORT_KEYS, Filters, Leaderboard
 
@@ -38,7 +39,7 @@ MAX_PAGE: Final = 1000
 LAST_EVENTS: Final = 20
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FeedSettings:
     """The live feed's limits."""
 

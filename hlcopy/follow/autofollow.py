@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -23,13 +22,14 @@ from hlcopy.component import Component, Ready
 from hlcopy.config import AutoFollowConfig, HlcopyConfig
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.follow.follows import FollowError, FollowRegistry, auto_follow_id
+from hlcopy.record import record
 from hlcopy.scout.analytics import RiskLevel, Style
 from hlcopy.scout.leaderboard import Filters, Leaderboard
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Plan:
     """What a rule does now: follow ``add``, wind down ``drop``; ``out_since`` is the updated
     memory of when each followed leader fell out of the selection."""

@@ -22,10 +22,13 @@ Per follow, in this order:
    flip — so reducing exposure is always allowed and anything else is a skip with its reason.
    HALTED (follow or global) freezes the follow entirely (``halted``), reductions included.
    Entry: with ``wait`` a leader position that predates the follow (its last change is before
-   ``started_ms``) is not copied until the leader changes it; with ``adopt`` it is copied if the
-   mid is within ``adopt_max_deviation_bps`` of the leader's entry. ``max_fill_age_ms`` applies to
-   the freshest known change (the trigger or the book's last change), so reconciliation never
-   chases an old move and a reordered old fill does not block a fresh position.
+   ``started_ms``) is not copied until the leader changes it (a fill the streams bring while the
+   follow is on is such a change even when stamped up to ``EXCHANGE_TIME_LAG_MS`` before it
+   began: the exchange stamps a fill with its block's time, which trails the host's clock); with
+   ``adopt`` it is copied if the mid is within ``adopt_max_deviation_bps`` of the leader's entry.
+   ``max_fill_age_ms`` applies to the freshest known change (the trigger or the book's last
+   change), so reconciliation never chases an old move and a reordered old fill does not block a
+   fresh position.
 4. **Rounding.** The follow's new position is its target rounded toward zero to the lot: an
    increase is rounded down, a reduction up, never past zero. So the follower may end below a
    target but never above a limit, and once traded it is within one lot of the target.
@@ -73,10 +76,16 @@ from hlcopy.follow.fills import fill_shares
 from hlcopy.follow.risk import TradingState, most_severe
 from hlcopy.hl import MIN_NOTIONAL, Rounding, derive_cloid, round_price, round_size
 from hlcopy.model import Asset, LeaderFill, OrderIntent, TargetPosition
+from hlcopy.record import record
 
 ZERO = Decimal(0)
 BPS = Decimal(10_000)
 HOUR_MS = 3_600_000
+# A fill's time is its block's, which trails the moment the order landed (by up to a block, more
+# when the exchange is busy), and the host's clock may differ a little: a fill the streams bring
+# while a follow is on, stamped up to this much before it began, is a change after it (entry
+# "wait"). History (a snapshot, a REST gap-fill, a state read) gets no such allowance.
+EXCHANGE_TIME_LAG_MS = 500
 
 Mode = Literal["copy", "inverse"]
 Sizing = Literal["ratio", "equity", "fixed_notional"]
@@ -118,7 +127,7 @@ _CLIPS = (
 _RANK = {reason: i for i, reason in enumerate(SkipReason)}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Follow:
     """One follow's rules (the shell maps the TOML and API configuration onto it)."""
 
@@ -169,7 +178,7 @@ class Follow:
                 raise ValueError("active_hours_utc must be (start 0-23, end 0-24), start != end")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderView:
     """What the leader book knows of one leader in this coin.
 
@@ -185,7 +194,7 @@ class LeaderView:
     last_change_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FollowerView:
     """The follower account in this coin: exchange truth (or paper) and our bookkeeping.
 
@@ -203,7 +212,7 @@ class FollowerView:
     other_notional_total: Decimal = ZERO
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccountLimits:
     """Limits on the follower account as a whole (the TOML's risk section); None: no limit."""
 
@@ -213,13 +222,13 @@ class AccountLimits:
     max_order_notional_usd: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Market:
     asset: Asset
     mid: Decimal | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Skip:
     """A follow's wish that was not traded: ``szi`` is the signed size left out (0 when the
     copier could not even compute one, e.g. an unknown leader). ``detail`` says where it was
@@ -233,7 +242,7 @@ class Skip:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Transfer:
     """``from_follow`` hands ``sz`` (> 0) of long exposure to ``to_follow`` at ``px``, no trade:
     attributed[from_follow] -= sz, attributed[to_follow] += sz."""
@@ -245,7 +254,7 @@ class Transfer:
     px: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     coin: str
     intents: tuple[OrderIntent, ...] = ()
@@ -492,9 +501,13 @@ def _entry_filter(
     if lead.szi == 0:
         return None
     ref = lead.last_change_ms
+    news = False  # a fill the streams brought while the follow was on
     if trigger is not None and trigger.leader == f.leader:
         ref = trigger.time_ms if ref is None else max(ref, trigger.time_ms)
-    if ref is None or ref < f.started_ms:  # the leader's position predates the follow
+        # Its block's time may trail the follow's start a little; a REST gap-fill may bring
+        # history, so it is not news by this rule.
+        news = trigger.source != "rest" and trigger.time_ms >= f.started_ms - EXCHANGE_TIME_LAG_MS
+    if ref is None or (ref < f.started_ms and not news):  # the position predates the follow
         if f.entry == "wait":
             return SkipReason.WAITING_ENTRY
         entry = lead.entry_px
@@ -950,9 +963,12 @@ def decide(
     szd = asset.sz_decimals
     limits = account_limits or AccountLimits()
     risk = risk or {}
-    ordered = sorted(follows, key=lambda f: f.id)
-    if len({f.id for f in ordered}) != len(ordered):
-        raise ValueError("follow ids must be unique")
+    if len(follows) == 1:  # the common case, without a sort and a set per leader fill
+        ordered: Sequence[Follow] = follows
+    else:
+        ordered = sorted(follows, key=lambda f: f.id)
+        if len({f.id for f in ordered}) != len(ordered):
+            raise ValueError("follow ids must be unique")
     if trigger is not None and trigger.coin != coin:
         raise ValueError(f"trigger is for {trigger.coin}, decision for {coin}")
     _check_grid("follower.szi", follower.szi, szd)

@@ -25,16 +25,17 @@ smaller one, or one on the other side, as drift.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Final, Literal
+
+from hlcopy.record import record
 
 ZERO: Final = Decimal(0)
 
 Kind = Literal["drift", "outside"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CoinDrift:
     """What the exchange showed in one coin and what hlcopy makes of it.
 

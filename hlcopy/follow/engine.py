@@ -354,17 +354,21 @@ class CopyEngine(Component):
         if asset is None:
             return None
         attributed = self._executor.attributed_view()
-        follows = []
+        mids = self._executor.mids()
         cores = []
         leaders: dict[str, LeaderView] = {}
+        # The follows' figures, filled in one loop (a comprehension each is a call each).
+        held: dict[str, Decimal] = {}
+        other: dict[str, Decimal] = {}
+        risk: dict[str, TradingState] = {}
         gates = self._reconciler.gates if self._reconciler is not None else None
         for f in self._live():
             view = self._books.view(f.leader, coin)
-            holds = attributed.get(f.id, _NONE).get(coin, ZERO) != 0
+            parts = attributed.get(f.id, _NONE)
+            part = parts.get(coin, ZERO)
             triggered = trigger is not None and trigger.leader == f.leader
-            if (view is None or view.szi == 0) and not holds and not triggered:
+            if (view is None or view.szi == 0) and part == 0 and not triggered:
                 continue  # nothing of this follow's is in play in this coin
-            follows.append(f)
             core = f.core
             if gates and (gate := gates.get((f.id, coin))) is not None and gate > core.started_ms:
                 # The reconciler saw this part shrink under a stop or while hlcopy was away:
@@ -373,25 +377,21 @@ class CopyEngine(Component):
             cores.append(core)
             if view is not None:
                 leaders[f.leader] = view
-        if not follows:
+            held[f.id] = part
+            other[f.id] = _notional(parts, mids, but=coin)
+            risk[f.id] = self._risk.trading_state(follow_scope(f.id), leader_scope(f.leader))
+        if not cores:
             return None
         pending = self._executor.pending_in(coin)
-        mids = self._executor.mids()
         positions = self._executor.positions()
         follower = FollowerView(
             szi=positions.get(coin, ZERO),
-            attributed={f.id: attributed.get(f.id, _NONE).get(coin, ZERO) for f in follows},
-            pending={f.id: pending.get(f.id, ZERO) for f in follows},
+            attributed=held,
+            pending={fid: pending.get(fid, ZERO) for fid in held},
             equity=self._equity(mids),
-            other_notional={
-                f.id: _notional(attributed.get(f.id, _NONE), mids, but=coin) for f in follows
-            },
+            other_notional=other,
             other_notional_total=_notional(positions, mids, but=coin),
         )
-        risk = {
-            f.id: self._risk.trading_state(follow_scope(f.id), leader_scope(f.leader))
-            for f in follows
-        }
         return decide(
             follows=cores,
             leaders=leaders,

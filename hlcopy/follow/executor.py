@@ -72,6 +72,7 @@ from hlcopy.model import (
     UserFills,
 )
 from hlcopy.queues import BoundedQueue, QueueClosed, Sink
+from hlcopy.record import record
 from hlcopy.store import Store
 from hlcopy.store.copies import (
     CopyRow,
@@ -158,7 +159,7 @@ class NoMarketData(ExchangeError):
 VenueStatus = Literal["filled", "rejected", "never_arrived", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VenueResult:
     """What a venue made of one order: ``filled`` (all or part: ``filled_sz`` > 0), ``rejected``
     (definite, with the exchange's message), ``never_arrived`` (settled: the exchange never saw
@@ -287,7 +288,7 @@ def account_from_state(state: AccountState) -> PaperAccount:
     return account
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _BookedFill:
     """A live fill booked by the shell, kept until an exchange snapshot surely includes it
     (``_sync_live``): ``sent_ms`` when its order was sent, ``time_ms`` when the reply came."""
@@ -363,6 +364,8 @@ class PaperExecutor(Component):
         self._own_mids = subscribe_mids
         self._initial_cash = config.account.paper_equity_usd
         self._account = PaperAccount(cash=self._initial_cash)
+        # positions() of one account (immutable, replaced whole on every change), kept with it.
+        self._sizes: tuple[PaperAccount | None, Mapping[str, Decimal]] = (None, {})
         self._attributed: dict[str, dict[str, Decimal]] = {}
         self._funded_hour_ms: int | None = None
         self._loaded = False
@@ -534,9 +537,15 @@ class PaperExecutor(Component):
 
     def positions(self) -> Mapping[str, Decimal]:
         """The account's signed size per coin (open positions only). Live: the exchange's
-        latest snapshot plus the fills booked since; orders in flight are in ``pending()``."""
+        latest snapshot plus the fills booked since; orders in flight are in ``pending()``. Read
+        only, and made once per account: a change of the account makes a new one."""
         self._sync_live()
-        return {coin: p.szi for coin, p in self._account.positions.items()}
+        account, sizes = self._sizes
+        if account is not self._account:
+            account = self._account
+            sizes = MappingProxyType({coin: p.szi for coin, p in account.positions.items()})
+            self._sizes = account, sizes
+        return sizes
 
     def attributed(self) -> dict[str, dict[str, Decimal]]:
         """Each follow's part of the paper positions: {follow_id: {coin: szi}}."""

@@ -19,12 +19,13 @@ fill's ``closed_pnl``, ``start_position`` and ``dir``, the same fields a real fi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from decimal import Context, Decimal, localcontext
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from hlcopy.model import BookLevel, L2Book
+from hlcopy.record import record
 
 ZERO = Decimal(0)
 
@@ -33,7 +34,7 @@ Direction = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PaperFill:
     """What an IOC got: ``avg_px`` is None when nothing filled; ``levels_used`` counts the book
     levels it touched."""
@@ -87,13 +88,13 @@ def funding_payment(szi: Decimal, mark_px: Decimal, rate: Decimal) -> Decimal:
     return -(szi * mark_px * rate)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PaperPosition:
     szi: Decimal
     entry_px: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Booked:
     """A fill booked into a paper account: the new account and the fill's exchange fields."""
 
@@ -111,7 +112,7 @@ def _freeze(positions: Mapping[str, PaperPosition]) -> Mapping[str, PaperPositio
     return MappingProxyType({k: positions[k] for k in sorted(positions)})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PaperAccount:
     """A paper perp account. ``cash`` = deposits + realised PnL - fees + funding."""
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import structlog
@@ -33,6 +32,7 @@ from hlcopy.component import Component, Ready
 from hlcopy.config import FollowConfig, HlcopyConfig, check_follow
 from hlcopy.errors import HlcopyError, TransientError
 from hlcopy.follow.copier import Follow
+from hlcopy.record import record
 from hlcopy.store import Store
 from hlcopy.store.follows import FollowStore, Source, StoredFollow
 
@@ -104,7 +104,7 @@ def auto_follow_id(rule: str, leader: str) -> str:
     return f"{rule}.{leader}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FollowRecord:
     """One follow as the registry holds it: where it came from, its flags, its spec as
     validated, and the copier's ``Follow`` made from them."""

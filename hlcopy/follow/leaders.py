@@ -59,6 +59,7 @@ from hlcopy.follow.copier import LeaderView
 from hlcopy.hl import InfoClient, StreamPool, Subscription
 from hlcopy.model import AccountState, Fill, LeaderFill, UserFills
 from hlcopy.queues import BoundedQueue, Handler, QueueClosed, Sink
+from hlcopy.record import record
 from hlcopy.store import Store
 from hlcopy.store.leaders import LeaderFillRow, LeaderFillStore
 
@@ -71,7 +72,7 @@ _RECORDED, _HINT, _EXACT = 1, 2, 3
 _SNAPSHOT_FIRST = -2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderChange:
     """A leader's book moved in ``coin``: by ``fill`` (None: a snapshot corrected it).
 
@@ -115,18 +116,24 @@ class _CoinBook:
         self.entry_px: Decimal | None = None
         self.last_change_ms: int | None = None
 
+    def state(self) -> tuple[Decimal, bool] | None:
+        """(size, confirmed) in one read (a leader's fill reads it twice); None: not known."""
+        anchor = self.anchor_szi
+        hints = self.hints
+        if not hints:  # a leader followed through userFills
+            return None if anchor is None else (anchor + ZERO, True)  # + 0: as a sum, no -0
+        szi = (anchor if anchor is not None else ZERO) + sum((h.delta for h in hints), ZERO)
+        return szi, anchor is not None and all(h.confirmed for h in hints)
+
     @property
     def szi(self) -> Decimal:
-        base = self.anchor_szi if self.anchor_szi is not None else ZERO
-        if not self.hints:  # a leader followed through userFills: read on every change
-            return base + ZERO  # as the sum below would (no -0)
-        return base + sum((h.delta for h in self.hints), ZERO)
+        state = self.state()
+        return ZERO if state is None else state[0]
 
     @property
     def confirmed(self) -> bool:
-        return self.anchor_szi is not None and (
-            not self.hints or all(h.confirmed for h in self.hints)
-        )
+        state = self.state()
+        return state is not None and state[1]
 
     @property
     def known(self) -> bool:
@@ -372,15 +379,15 @@ class LeaderBooks(Component):
                     c.reanchor(ZERO, flat_since, from_fill=False)
             if t < c.anchor_ms:
                 continue
-            before = (c.szi, c.confirmed) if c.known else None
+            before = c.state()
             p = positions.get(coin)
             c.reanchor(p.szi if p is not None else ZERO, t, from_fill=False)
             if p is not None and p.entry_px is not None:
                 c.entry_px = p.entry_px
             elif p is None:
                 c.entry_px = None
-            after = (c.szi, c.confirmed)
-            if before != after and not (before is None and after[0] == 0):
+            after = c.state()
+            if after is not None and before != after and not (before is None and after[0] == 0):
                 if before is not None:
                     # A position the book already knew moved between two reads.
                     c.last_change_ms = t
@@ -395,11 +402,13 @@ class LeaderBooks(Component):
         if book is None:
             return None
         c = book.coins.get(coin)
-        if c is None or not c.known:
+        state = None if c is None else c.state()
+        if state is None:
             if book.snapshot_ms is None:
                 return None
             return LeaderView(ZERO, True, None, book.equity, None)
-        return LeaderView(c.szi, c.confirmed, c.entry_px, book.equity, c.last_change_ms)
+        assert c is not None
+        return LeaderView(state[0], state[1], c.entry_px, book.equity, c.last_change_ms)
 
     def status(self, leader: str) -> dict[str, Any] | None:
         """How ``leader`` is followed now, for the API: ``via`` its own userFills stream or the
@@ -650,8 +659,8 @@ class LeaderBooks(Component):
             c = book.coins[f.coin] = _CoinBook()
             if book.snapshot_ms is not None:  # flat as of the last snapshot
                 c.reanchor(ZERO, book.snapshot_ms, from_fill=False)
-        prev_szi = c.szi
-        before = (prev_szi, c.confirmed) if c.known else None
+        before = c.state()
+        prev_szi = ZERO if before is None else before[0]
         if exact:
             if level == _HINT:
                 self.counters["upgraded"] += 1
@@ -676,9 +685,10 @@ class LeaderBooks(Component):
         else:
             c.hints.append(_Hint(f.tid, f.time_ms, f.delta, f.confirmed))
             c.entry_px = _entry(prev_szi, c.entry_px, f.delta, f.px)
-        after = (c.szi, c.confirmed)
-        moved = before != after and not (before is None and after[0] == 0)
-        if moved:
+        after = c.state()
+        moved = False
+        if after is not None and before != after and not (before is None and after[0] == 0):
+            moved = True
             c.last_change_ms = f.time_ms
             self._emit(LeaderChange(f.leader, f.coin, f, self._clock.time_ms(), *after))
         self._record(f, snapshot=False, changed=moved)

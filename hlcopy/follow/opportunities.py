@@ -20,12 +20,12 @@ leaderboard and the prices off the mids or the candles; everything here is plain
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
 from hlcopy.keys import parse_address
 from hlcopy.model import Candle, PositionEvent
+from hlcopy.record import record
 
 Side = Literal["long", "short"]
 PriceSource = Literal["mid", "candle_1m", "candle_1h"]
@@ -46,7 +46,7 @@ SKIP_REASONS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Opportunity:
     """The opposite of a top loser's open or add, as first recorded."""
 
@@ -67,14 +67,14 @@ class Opportunity:
         return self.size * self.price
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Skip:
     """A position event that is no opportunity, and why (one of ``SKIP_REASONS``)."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     """One horizon's result: the price then and what the opposite position made."""
 
@@ -92,7 +92,7 @@ class Outcome:
         return self.pnl_usd > 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Tally:
     """Sums over one horizon's outcomes (what the store adds up in SQL, too)."""
 
@@ -104,7 +104,7 @@ class Tally:
     return_bps: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HorizonSummary:
     horizon_s: int
     count: int

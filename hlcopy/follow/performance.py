@@ -70,6 +70,7 @@ from decimal import Context, Decimal, localcontext
 from typing import Final, Literal
 
 from hlcopy.follow.copier import attribute_fill
+from hlcopy.record import record
 
 ZERO: Final = Decimal(0)
 #: Where derived sizes (fixed-notional targets, fee shares) are cut: far below any lot or cent,
@@ -106,7 +107,7 @@ def part_of(reason: str | None) -> Part:
 # -- records ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderTrade:
     """One leader fill (a ``leader_fills`` row)."""
 
@@ -123,7 +124,7 @@ class LeaderTrade:
         return self.sz if self.is_buy else -self.sz
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CopyRecord:
     """One copy row, account-wide: an order (``is_buy``, ``sz`` its size, ``filled_sz`` at
     ``avg_px`` with ``fee``) or a skip (status ``skipped``, ``sz`` the size not sent).
@@ -185,7 +186,7 @@ class CopyRecord:
         return self.reason is not None and "round_up" in self.reason.split(";")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TransferRecord:
     """``from_follow`` handed ``sz`` of long exposure to ``to_follow`` at ``px`` (no trade)."""
 
@@ -204,7 +205,7 @@ class TransferRecord:
         return ZERO
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FundingRecord:
     """One funding booked on the paper account (a ``paper_funding`` row): each follow pays or
     receives ``-szi x px x rate x hours`` on its attributed size."""
@@ -220,7 +221,7 @@ class FundingRecord:
             return -(szi * self.px * self.rate * self.hours)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderStart:
     """What is known of the leader in a coin at the period start: its position from the last
     fill before it with a ``startPosition`` (None: unknown) and the last traded price."""
@@ -230,7 +231,7 @@ class LeaderStart:
     px_time_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IdealSizing:
     """How the ideal copy sizes the leader's position (see the module docstring)."""
 
@@ -277,7 +278,7 @@ def _zero_parts() -> dict[Part, Decimal]:
     return dict.fromkeys(GAP_PARTS, ZERO)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CoinPerformance:
     coin: str
     ours: Decimal
@@ -300,7 +301,7 @@ class CoinPerformance:
     stale_mark: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Performance:
     """One follow over [since_ms, until_ms]; ``parts`` add up to ``gap`` exactly."""
 
@@ -378,7 +379,7 @@ class _Gap:
         self.parts["latency_slippage"] += szi * (leader_px - px)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Ours:
     """One change of the follow's attributed position: a fill part or a transfer."""
 
@@ -851,7 +852,7 @@ class _Totals:
     funding: Decimal = ZERO
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FollowFigures:
     """A follow's cumulative figures: ``pnl`` = realized + unrealized - fees + funding."""
 

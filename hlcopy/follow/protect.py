@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
@@ -66,6 +65,7 @@ from hlcopy.events import EventBus, Overflowed, Subscriber
 from hlcopy.follow.executor import PaperExecutor
 from hlcopy.hl import ExchangeClient, InfoClient, Rounding, derive_cloid, round_price, round_size
 from hlcopy.model import Asset, Order, OrderSpec, OrderStatus
+from hlcopy.record import record
 
 log = structlog.get_logger()
 
@@ -107,7 +107,7 @@ def stop_generation(cloid: str | None, coin: str) -> int | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StopPlan:
     """The stop a coin should have: ``is_buy`` is the stop's side (a long's stop sells)."""
 
@@ -118,7 +118,7 @@ class StopPlan:
     pct: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RestingStop:
     """A protective stop of ours on the exchange, as we placed or found it."""
 

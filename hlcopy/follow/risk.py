@@ -41,12 +41,13 @@ change, so a restart keeps a halt.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
 from hlcopy.model import OrderOutcome
+from hlcopy.record import record
 
 DAY_MS = 86_400_000
 STATE_VERSION = 1
@@ -110,7 +111,7 @@ STICKY = frozenset(
 LIVE = frozenset({Cause.EXPOSURE, Cause.LEADER_LEVERAGE, Cause.LEADER_DRAWDOWN})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trip:
     """One active condition of a scope."""
 
@@ -120,7 +121,7 @@ class Trip:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RiskEvent:
     """A trip fired (``kind="trip"``) or cleared (``"clear"``), with the state around it."""
 
@@ -141,7 +142,7 @@ class RiskEvent:
 OrderResultKind = Literal["accepted", "unfilled", "rejected", "error"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderResult:
     """What became of one order, for the error breakers.
 
@@ -171,7 +172,7 @@ def result_of(outcome: OrderOutcome) -> OrderResult:
     return OrderResult(outcome.time_ms, "error")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RiskLimits:
     """A scope's thresholds; None disables a trigger."""
 
@@ -208,7 +209,7 @@ class RiskLimits:
             raise ValueError("clear_fraction must be in (0, 1]")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RiskInputs:
     """The scope's latest figures; None means unknown (judges nothing).
 
@@ -229,7 +230,7 @@ class RiskInputs:
     leader_drawdown_norm_pct: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RiskState:
     """One scope's persisted risk state. ``scope`` names it ("global", "follow:<id>", ...)."""
 

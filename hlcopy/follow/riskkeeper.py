@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -33,6 +33,7 @@ from hlcopy.follow.risk import (
     most_severe,
     resume,
 )
+from hlcopy.record import record
 from hlcopy.store import Store
 from hlcopy.store.risk import RiskStore
 
@@ -58,7 +59,7 @@ class UnknownScope(ValueError):
     """A halt or resume named a scope that is neither global nor a known follow or leader."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Transition:
     """What a halt or resume changed, for the API's answer."""
 

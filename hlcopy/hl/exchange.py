@@ -21,7 +21,6 @@ reply that does not come in time, is ambiguous like its REST counterpart.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -42,6 +41,7 @@ from hlcopy.hl.info import HEADERS
 from hlcopy.hl.signing import NonceSource, Signer
 from hlcopy.hl.wire import Rounding
 from hlcopy.model import Asset, CancelStatus, OrderSpec, OrderStatus
+from hlcopy.record import record
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ def _order_wire(spec: OrderSpec) -> dict[str, Any]:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PreparedAction:
     """A signed action ready to go: built first, sent later.
 

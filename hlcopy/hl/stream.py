@@ -49,6 +49,7 @@ from hlcopy.hl import parse
 from hlcopy.hl.pacer import Pacer
 from hlcopy.model import AllMids, L2Book, OrderUpdates, Trades, UserFills
 from hlcopy.queues import QueueClosed, Sink
+from hlcopy.record import record
 
 T = TypeVar("T")
 # How a raw message's data becomes a record: (data, recv_ns, recv_ms) -> record.
@@ -123,7 +124,7 @@ def _route_value(channel: str, data: Any) -> Any:
     return value.lower() if param == "user" and isinstance(value, str) else value
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Spec(Generic[T]):
     """What a subscription is on the wire, and where its messages go."""
 

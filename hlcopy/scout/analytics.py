@@ -47,6 +47,7 @@ from typing import Any
 
 from hlcopy.hl import MIN_NOTIONAL, round_size
 from hlcopy.model import AccountState, Fill, Portfolio, PortfolioPeriod, UserRole
+from hlcopy.record import record
 
 DAY_MS = 86_400_000
 WINDOWS: tuple[str, ...] = ("day", "week", "month", "allTime")
@@ -115,7 +116,7 @@ class Style(StrEnum):
 # --- portfolio -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PortfolioStats:
     """One portfolio window: PnL, the deposit-independent index and what derives from it."""
 
@@ -217,7 +218,7 @@ def account_age_days(portfolio: Portfolio, now_ms: int) -> float | None:
 # --- round trips ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RoundTrip:
     """A position in one coin from flat to flat (or to a flip)."""
 
@@ -389,7 +390,7 @@ def _steps(run: list[Fill], pos: Decimal | None) -> list[_Step]:
 # --- fills ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FillStats:
     """Round-trip and fill metrics over one window."""
 
@@ -573,7 +574,7 @@ def copyable_share(
 # --- positions -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PositionStats:
     snapshots: int
     avg_risk_ratio: float | None  # margin used / account value
@@ -688,7 +689,7 @@ def badness_of(returns: Sequence[float]) -> float | None:
 # --- the leaderboard row -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TraderMetrics:
     """Everything the leaderboard needs about one trader in one window (address-free).
 

@@ -45,6 +45,7 @@ from hlcopy.clock import SYSTEM, Clock, sleep_unless
 from hlcopy.component import Component, Ready
 from hlcopy.config import HlcopyConfig, LeaderboardConfig
 from hlcopy.errors import StoreError
+from hlcopy.record import record
 from hlcopy.scout.analytics import WINDOWS, RiskLevel, Style, TraderMetrics
 from hlcopy.store import Store
 from hlcopy.store.board import BoardQueries, StoredBoard, StoredFigures
@@ -316,7 +317,7 @@ def _unpacked(
     }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Filters:
     """Which traders a query keeps. A missing figure fails a minimum (as zero would) and any
     set of risk levels or styles."""
@@ -331,7 +332,7 @@ class Filters:
 NO_FILTERS: Final = Filters()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Page:
     """One page of a ranking: how many traders match, and the rows asked for."""
 

@@ -67,6 +67,7 @@ from hlcopy.model import (
     UserRole,
 )
 from hlcopy.queues import BoundedQueue, Sink
+from hlcopy.record import record
 from hlcopy.scout import analytics
 from hlcopy.scout.analytics import TraderMetrics
 from hlcopy.scout.leaderboard import pack_metrics
@@ -265,7 +266,7 @@ _LAST = {"positions": "positions_s", "score": "scored_s", "fills": "fills_s", "r
 _TIER = {"role": 3, "fills": 2}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Job:
     kind: str  # "positions" | "score" | "role"
     trader: Tracked

@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+
+from hlcopy.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Archetype:
     name: str
     share: float  # of the population
@@ -184,7 +185,7 @@ def seed_for(seed: int, label: str) -> int:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Profile:
     """One trader's habits, drawn from its archetype."""
 
@@ -226,7 +227,7 @@ def draw_profile(kind: Archetype, rng: random.Random, coins: list[str]) -> Profi
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Plan:
     """How one position will be traded."""
 

@@ -47,6 +47,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
 from hlcopy.hl.wire import Rounding, is_valid_price, is_valid_size, round_price
+from hlcopy.record import record
 from hlcopy.sim.book import Book, Resting
 from hlcopy.sim.candles import LiveCandles
 from hlcopy.sim.fmt import USD, num, to_micro, usd
@@ -395,7 +396,7 @@ def _trigger_index(asset: Asset, r: Resting) -> list[tuple[Decimal, int]]:
     return asset.fires_below if (r.trigger["tpsl"] == "sl") != r.is_buy else asset.fires_above
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OrderRequest:
     """An order as parsed from the wire (Decimal price and size)."""
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from hlcopy.record import record
 from hlcopy.sim.archetypes import (
     REACTION_MS,
     Plan,
@@ -62,7 +63,7 @@ LUCKY_LEVERAGE = 3
 OID_BASE = 10**12  # past order ids sit far below nothing and above the live ones' range
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CoinSpec:
     name: str
     sz_decimals: int

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from hlcopy.hl.wire import Rounding, price_decimals, round_price
+from hlcopy.record import record
 
 D = Decimal
 ZERO = D(0)
@@ -38,7 +39,7 @@ LEVEL_USD = 10_000.0  # size of the best level; deeper levels grow by 35% each
 LEVELS = 20  # per side, as l2Book returns
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PerpSpec:
     name: str
     sz_decimals: int

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
 from hlcopy.model import OrderIntent
+from hlcopy.record import record
 from hlcopy.store.db import Store, translate
 
 OPEN_STATUSES: Final = ("planned", "sending")
@@ -32,7 +32,7 @@ COPY_STATUSES: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpenIntent:
     """A live intent a previous run left unsettled, as its row holds it."""
 
@@ -41,7 +41,7 @@ class OpenIntent:
     sent_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CopyRow:
     """One copy as first written: an intent (``cloid`` set; status planned, or live sending
     with ``sent_ms``: committed as "may have been sent" just before it is) or a skip."""
@@ -101,7 +101,7 @@ class CopyRow:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settlement:
     """What became of a sent copy."""
 
@@ -115,7 +115,7 @@ class Settlement:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PaperFillRow:
     cloid: str
     coin: str
@@ -129,7 +129,7 @@ class PaperFillRow:
     time_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FundingRow:
     hour_ms: int
     coin: str
@@ -140,7 +140,7 @@ class FundingRow:
     usdc: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PaperState:
     """The stored paper account (JSON as written by ``PaperAccount.to_dict``)."""
 
@@ -149,7 +149,7 @@ class PaperState:
     funded_hour_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredOutcome:
     """A copy row's settlement as stored (for a cloid submitted twice)."""
 

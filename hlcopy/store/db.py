@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from hlcopy.errors import (
     StoreError,
     StoreUnavailable,
 )
+from hlcopy.record import record
 from hlcopy.store.embedded import EmbeddedPostgres
 
 # Any constants work; they only have to be the same for every hlcopy process on a database.
@@ -74,7 +74,7 @@ def translate(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Migration:
     version: int
     name: str

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +34,7 @@ import psutil
 import structlog
 
 from hlcopy.errors import StoreUnavailable
+from hlcopy.record import record
 
 log = structlog.get_logger()
 
@@ -52,7 +52,7 @@ def _pgserver() -> tuple[Any, Any]:
     return _commands, utils
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Postmaster:
     """What ``postmaster.pid`` says about a server."""
 

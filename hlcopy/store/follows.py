@@ -9,9 +9,9 @@ removed one takes the row over.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from hlcopy.record import record
 from hlcopy.store.db import Store, translate
 
 Source = Literal["toml", "api", "auto"]
@@ -27,7 +27,7 @@ _UPSERT = """INSERT INTO follows (id, source, leader, spec, paused, winding_down
 _INSERT = _UPSERT + " WHERE follows.removed_ms IS NOT NULL RETURNING id"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredFollow:
     """One live row of ``follows``. ``spec`` is the follow's fields as given (JSON)."""
 

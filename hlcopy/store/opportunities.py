@@ -9,11 +9,11 @@ Rows leave as plain values or JSON-ready dicts: no asyncpg record leaves ``store
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
 from hlcopy.follow.opportunities import Opportunity, Outcome, Side, Tally
+from hlcopy.record import record
 from hlcopy.store.db import Store, translate
 
 _INSERT: Final = """
@@ -69,7 +69,7 @@ ORDER BY o.horizon_s
 """  # noqa: S608 (constants only)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DueOutcome:
     """An outcome owed, with what resolving it needs of its opportunity."""
 

@@ -8,15 +8,15 @@ snapshot or fill again changes nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from hlcopy.model import Fill, PositionEvent, UserRole
+from hlcopy.record import record
 from hlcopy.store.db import Store, translate
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TrackedRow:
     """What tracking knew about a trader when the daemon last stopped."""
 

@@ -192,6 +192,9 @@ async def test_an_intent_fills_at_the_books_prices_within_its_limit(
         assert env.executor.pending() == {("f1", "ETH"): sz}
         assert env.executor.pending_in("ETH") == {"f1": sz}
         assert env.executor.pending_in("BTC") == {}
+        before = env.executor.positions()
+        assert before == {}
+        assert env.executor.positions() is before  # made once per account
         out = await outcome_of(env, order)
 
         notional = asks[0].sz * asks[0].px + asks[1].sz / 2 * asks[1].px
@@ -202,6 +205,9 @@ async def test_an_intent_fills_at_the_books_prices_within_its_limit(
         assert out.fee == notional * RATE
         assert env.executor.pending() == {}
         assert env.executor.positions() == {"ETH": sz}
+        assert before == {}  # a read kept across the fill is the account it was read from
+        with pytest.raises(TypeError):
+            env.executor.positions()["ETH"] = D(0)  # type: ignore[index]
         assert env.executor.attributed() == {"f1": {"ETH": sz}}
         account = env.executor.account()
         assert account.cash == D(10_000) - notional * RATE

@@ -4,11 +4,13 @@ the $10 minimum, cloids. Expected numbers are worked out in the comments, not by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from hlcopy.follow.copier import (
+    EXCHANGE_TIME_LAG_MS,
     AccountLimits,
     Decision,
     Follow,
@@ -254,6 +256,25 @@ def test_wait_copies_once_the_leader_changes_after_the_follow_started() -> None:
     assert only(run([f], {A: lead("2", changed=NOW - 5_000)})).sz == D("2")
     # A trigger fill is a change too, even before the book's last_change has caught up.
     assert only(run([f], {A: lead("2", changed=None)}, trigger=fill())).sz == D("2")
+
+
+def test_wait_takes_a_streamed_fill_stamped_just_before_the_follow_as_after_it() -> None:
+    # The leader traded as the follow began: the stream brings its fill, stamped with its block's
+    # time, which trails the host's clock (CI: a copy lost to a 29 ms lag).
+    f = follow(started_ms=NOW)
+    just = NOW - EXCHANGE_TIME_LAG_MS
+    for t in (NOW - 100, just):  # a tick of the simulator's clock; the allowance
+        for source in ("userFills", "firehose"):
+            streamed = replace(fill(t=t), source=source)
+            assert only(run([f], {A: lead("2", changed=None)}, trigger=streamed)).sz == D("2")
+    # Earlier than that, or history (a gap-fill's REST fill, a book's date), it waits.
+    for trigger, changed in (
+        (fill(t=just - 1), None),
+        (replace(fill(t=NOW - 100), source="rest"), None),
+        (None, NOW - 100),
+    ):
+        waits = run([f], {A: lead("2", changed=changed)}, trigger=trigger)
+        assert skip_reasons(waits) == {"f": SkipReason.WAITING_ENTRY}
 
 
 def test_adopt_copies_a_position_near_the_leaders_entry_however_old() -> None:

@@ -12,9 +12,18 @@ import pytest
 from hlcopy.budget import WeightBudget
 from hlcopy.clock import VirtualClock
 from hlcopy.config import DatabaseConfig
-from hlcopy.follow.leaders import LeaderBooks, LeaderChange
+from hlcopy.follow.leaders import LeaderBooks, LeaderChange, _CoinBook, _Hint
 from hlcopy.hl import InfoClient, StreamPool, new_session
-from hlcopy.model import AccountState, Fill, LeaderFill, MarginSummary, Position, Side, UserFills
+from hlcopy.model import (
+    ZERO,
+    AccountState,
+    Fill,
+    LeaderFill,
+    MarginSummary,
+    Position,
+    Side,
+    UserFills,
+)
 from hlcopy.queues import BoundedQueue
 from hlcopy.store import Store
 
@@ -316,3 +325,31 @@ async def test_a_book_is_synced_once_its_state_and_its_fills_snapshot_are_in(
     assert books.synced(L)
     assert books.synced(L.upper().replace("0X", "0x"))
     assert not books.synced("0x" + "cd" * 20)  # not followed
+
+
+@pytest.mark.parametrize(
+    ("anchor", "hints", "expected"),
+    [
+        (None, [], None),  # nothing known
+        (D("2"), [], (D("2"), True)),  # exact (userFills): confirmed
+        (D("-0"), [], (D("0"), True)),  # no -0 out of the book
+        (None, [(D("1"), True)], (D("1"), False)),  # hints without an anchor: unconfirmed
+        (D("2"), [(D("1"), True), (D("-0.5"), True)], (D("2.5"), True)),
+        (D("2"), [(D("1"), True), (D("-0.5"), False)], (D("2.5"), False)),
+        (D("1"), [(D("-1"), True)], (D("0"), True)),
+    ],
+)
+def test_a_coin_book_reads_its_size_and_confirmation_at_once(
+    anchor: Decimal | None, hints: list[tuple[Decimal, bool]], expected: tuple[Decimal, bool] | None
+) -> None:
+    c = _CoinBook()
+    if anchor is not None:
+        c.reanchor(anchor, 1_000, from_fill=True)
+    c.hints = [_Hint(tid, 2_000 + tid, delta, ok) for tid, (delta, ok) in enumerate(hints)]
+    state = c.state()
+    assert state == expected
+    if state is not None and expected is not None:
+        assert str(state[0]) == str(expected[0])  # the sign of zero too
+    assert c.known is (expected is not None)
+    assert c.szi == (ZERO if expected is None else expected[0])
+    assert c.confirmed is (expected is not None and expected[1])

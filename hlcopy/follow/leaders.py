@@ -387,7 +387,8 @@ class LeaderBooks(Component):
             elif p is None:
                 c.entry_px = None
             after = c.state()
-            if after is not None and before != after and not (before is None and after[0] == 0):
+            assert after is not None  # just anchored
+            if before != after and not (before is None and after[0] == 0):
                 if before is not None:
                     # A position the book already knew moved between two reads.
                     c.last_change_ms = t
@@ -403,11 +404,10 @@ class LeaderBooks(Component):
             return None
         c = book.coins.get(coin)
         state = None if c is None else c.state()
-        if state is None:
+        if c is None or state is None:
             if book.snapshot_ms is None:
                 return None
             return LeaderView(ZERO, True, None, book.equity, None)
-        assert c is not None
         return LeaderView(state[0], state[1], c.entry_px, book.equity, c.last_change_ms)
 
     def status(self, leader: str) -> dict[str, Any] | None:
@@ -686,9 +686,9 @@ class LeaderBooks(Component):
             c.hints.append(_Hint(f.tid, f.time_ms, f.delta, f.confirmed))
             c.entry_px = _entry(prev_szi, c.entry_px, f.delta, f.px)
         after = c.state()
-        moved = False
-        if after is not None and before != after and not (before is None and after[0] == 0):
-            moved = True
+        assert after is not None  # anchored or hinted by now
+        moved = before != after and not (before is None and after[0] == 0)
+        if moved:
             c.last_change_ms = f.time_ms
             self._emit(LeaderChange(f.leader, f.coin, f, self._clock.time_ms(), *after))
         self._record(f, snapshot=False, changed=moved)

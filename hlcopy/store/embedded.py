@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -220,7 +222,10 @@ class EmbeddedPostgres:
         # As root, PostgreSQL runs as a dedicated user that must reach the data directory and
         # the binaries (what pgserver does for its own servers).
         commands, _ = _pgserver()
-        utils.ensure_user_exists(self._system_user)
+        # Two hlcopy processes creating the user at once (a fresh machine's first test run)
+        # race in useradd: one's entry can overwrite the other's, leaving a uid without a user.
+        with _exclusive(Path(tempfile.gettempdir()) / "hlcopy-pg-user.lock"):
+            utils.ensure_user_exists(self._system_user)
         utils.ensure_prefix_permissions(self.data_dir)
         utils.ensure_prefix_permissions(commands.POSTGRES_BIN_PATH)
         entry = pwd.getpwnam(self._system_user)
@@ -254,6 +259,17 @@ class EmbeddedPostgres:
         if postmaster_alive(pid, self.data_dir):
             _terminate(pid)
         log.info("embedded PostgreSQL stopped", pid=pid)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` across processes (flock: released on exit)."""
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _terminate(pid: int) -> None:

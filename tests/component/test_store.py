@@ -17,7 +17,7 @@ from hlcopy.config import DatabaseConfig
 from hlcopy.errors import InstanceLocked, MigrationError, StoreConflict, StoreUnavailable
 from hlcopy.store import Migration, Store, bundled_migrations
 from hlcopy.store.db import translate
-from hlcopy.store.embedded import Postmaster, postmaster_alive
+from hlcopy.store.embedded import Postmaster, _exclusive, postmaster_alive
 
 from tests.conftest import REPO
 
@@ -152,6 +152,22 @@ def test_asyncpgs_own_state_error_is_the_database_gone_for_a_moment() -> None:
         raise asyncpg.InternalClientError(
             "cannot switch to state 15; another operation (2) is in progress"
         )
+
+
+def test_the_system_users_creation_is_one_process_at_a_time(tmp_path: Path) -> None:
+    """A fresh machine's first test run once started two embedded servers at once: their
+    useradds raced, and initdb ran as a uid whose user had been overwritten."""
+    lock = tmp_path / "user.lock"
+    probe = (
+        "import fcntl, sys\n"
+        f"f = open({str(lock)!r}, 'a')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    sys.exit(3)\n"
+    )
+    with _exclusive(lock):
+        held = subprocess.run([sys.executable, "-c", probe], check=False)
+    after = subprocess.run([sys.executable, "-c", probe], check=False)
+    assert (held.returncode, after.returncode) == (3, 0)
 
 
 async def test_unreachable_database_is_transient(tmp_path: Path) -> None:

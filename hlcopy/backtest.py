@@ -96,7 +96,7 @@ from hlcopy.follow.executor import (
     REDUCE_ONLY_REFUSED,
     reduce_only_size,
 )
-from hlcopy.follow.fills import PaperAccount, simulate_ioc
+from hlcopy.follow.fills import PaperAccount, gross_notional, simulate_ioc
 from hlcopy.follow.follows import to_core
 from hlcopy.follow.performance import (
     GAP_PARTS,
@@ -769,16 +769,6 @@ class _Order:
     levels: _Levels | None = None
 
 
-def _notional(
-    positions: Mapping[str, Decimal], mids: Mapping[str, Decimal], but: str | None = None
-) -> Decimal:
-    total = ZERO
-    for coin, szi in positions.items():
-        if coin != but and szi:
-            total += abs(szi) * mids.get(coin, ZERO)
-    return total
-
-
 def _sign(x: Decimal) -> int:
     return (x > 0) - (x < 0)
 
@@ -1149,10 +1139,10 @@ class _Engine:
             pending={f.id: pending.get((f.id, coin), ZERO) for f in follows},
             equity=equity,
             other_notional={
-                f.id: _notional(self.attributed.get(f.id, {}), self.marks, but=coin)
+                f.id: gross_notional(self.attributed.get(f.id, {}), self.marks, but=coin)
                 for f in follows
             },
-            other_notional_total=_notional(positions, self.marks, but=coin),
+            other_notional_total=gross_notional(positions, self.marks, but=coin),
         )
         try:
             decision = self._core(coin, asset, mid, now, follows, leaders, follower, trigger)
@@ -1466,7 +1456,7 @@ class _Engine:
                 self.global_limits,
                 pnl=equity - self.equity0,
                 equity=equity,
-                notional=_notional(positions, self.marks),
+                notional=gross_notional(positions, self.marks),
                 order_results=tuple(results.get(GLOBAL, ())),
             )
             self._step(GLOBAL, inputs, now)

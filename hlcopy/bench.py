@@ -14,6 +14,7 @@ import secrets
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -1568,6 +1569,8 @@ def format_memory(result: dict[str, Any]) -> str:
 DECIDE_LEADER = "0x" + "d1" * 20  # the followed leader on the simulator (funded by the bench)
 # The coins the leader trades in turn: each one opens and closes, so its book never grows.
 DECIDE_COINS = ("BTC", "ETH", "SOL", "AVAX", "BNB", "LTC", "LINK", "AAVE")
+# A sample whose thread was off the CPU longer than this (wall time less CPU time) is counted.
+OFF_CPU_NS = 50_000
 
 
 class _Wire:
@@ -1641,9 +1644,9 @@ class _Stopwatch:
         self.samples: list[tuple[int, str, int, int]] = []
         # cloid -> (leader fill tid, frame received) of each sampled intent.
         self.cloids: dict[str, tuple[int, int]] = {}
-        # (leader fill tid, frame received) -> (core called, core returned) in ns.
-        self.cores: dict[tuple[int, int], tuple[int, int]] = {}
-        self.skips: dict[str, int] = {}  # the core's skips by reason, whatever triggered them
+        # Each core call while measuring: (trigger, called, returned, decision), read after the
+        # run (``cores``, ``skips``) so the call itself adds no more than its two clock reads.
+        self.calls: list[tuple[LeaderFill | None, int, int, Decision]] = []
         # frame received -> (the userFills handler began, this thread's CPU time then) in ns;
         # (leader fill tid, frame received) -> this thread's CPU time at the first hand-over.
         self.handled: dict[int, tuple[int, int]] = {}
@@ -1682,12 +1685,23 @@ class _Stopwatch:
         decision = self._core(**inputs)
         t1 = time.perf_counter_ns()
         if self.measuring:
-            trigger = inputs.get("trigger")
-            if isinstance(trigger, LeaderFill) and trigger.leader == self._leader:
-                self.cores.setdefault((trigger.tid, trigger.recv_ns), (t0, t1))
-            for skip in decision.skips:
-                self.skips[skip.reason.value] = self.skips.get(skip.reason.value, 0) + 1
+            self.calls.append((inputs.get("trigger"), t0, t1, decision))
         return decision
+
+    @property
+    def cores(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(leader fill tid, frame received) -> (core called, core returned) in ns, for the
+        followed leader's fills: the first call each."""
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        for trigger, t0, t1, _ in self.calls:
+            if trigger is not None and trigger.leader == self._leader:
+                out.setdefault((trigger.tid, trigger.recv_ns), (t0, t1))
+        return out
+
+    @property
+    def skips(self) -> dict[str, int]:
+        """The core's skips by reason, whatever triggered them."""
+        return dict(Counter(s.reason.value for *_, d in self.calls for s in d.skips))
 
 
 async def _decide_drive(
@@ -2047,20 +2061,25 @@ async def _bench_decide(
     # Where the time goes: before the core (the queues, other tasks' turns, the engine
     # gathering the core's inputs), in the core, and after it until the hand-over.
     legs: dict[str, list[int]] = {"to_core": [], "core": [], "after_core": []}
+    cores = timer.cores
     for (tid, recv_ns), (_, at_ns) in first.items():
-        core = timer.cores.get((tid, recv_ns))
+        core = cores.get((tid, recv_ns))
         if core is not None:
             legs["to_core"].append(core[0] - recv_ns)
             legs["core"].append(core[1] - core[0])
             legs["after_core"].append(at_ns - core[1])
     # From the userFills handler's start to the hand-over: the wall time, and this thread's
-    # CPU time (the difference: the thread was off the CPU).
+    # CPU time (the difference: the thread was off the CPU, another task on its core or the
+    # host holding the core; a few such samples make the p99).
+    off_cpu = 0
     for (tid, recv_ns), (_, at_ns) in first.items():
         began = timer.handled.get(recv_ns)
         cpu_at = timer.cpu_at.get((tid, recv_ns))
         if began is not None and cpu_at is not None:
-            legs.setdefault("handler_wall", []).append(at_ns - began[0])
-            legs.setdefault("handler_cpu", []).append(cpu_at - began[1])
+            wall_ns, cpu_ns = at_ns - began[0], cpu_at - began[1]
+            legs.setdefault("handler_wall", []).append(wall_ns)
+            legs.setdefault("handler_cpu", []).append(cpu_ns)
+            off_cpu += wall_ns - cpu_ns > OFF_CPU_NS
     sent = sum(driven["statuses"].values())
     wire_figures: dict[str, Any] = {}
     if wire is not None:
@@ -2093,6 +2112,7 @@ async def _bench_decide(
         "intents": len(first),
         "by_source": {s: _percentiles_ms(v) for s, v in sorted(by_source.items())},
         "legs": {leg: _percentiles_ms(v) for leg, v in legs.items()},
+        "handler_off_cpu": {"over_us": OFF_CPU_NS // 1000, "n": off_cpu},
         "leader_trades_sent": sent,
         "leader_trade_statuses": driven["statuses"],
         # A trade of the leader sweeps one or more makers: a fill each, each through userFills.
@@ -2212,15 +2232,17 @@ def bench_latency(
     )
 
 
-def _handler_line(legs: Mapping[str, Any]) -> list[str]:
+def _handler_line(result: Mapping[str, Any]) -> list[str]:
     """The userFills handler's wall time to the intent's hand-over beside its CPU time."""
+    legs = result["legs"]
     if "handler_wall" not in legs:
         return []
-    wall, cpu = legs["handler_wall"], legs["handler_cpu"]
+    wall, cpu, off = legs["handler_wall"], legs["handler_cpu"], result["handler_off_cpu"]
     return [
         f"  handler on CPU    userFills handler -> intent handed over: wall {wall['p50_ms']} / "
         f"{wall['p99_ms']}, the thread's CPU time {cpu['p50_ms']} / {cpu['p99_ms']} ms "
-        "(p50 / p99; the rest, off the CPU)"
+        f"(p50 / p99; the rest, off the CPU: over {off['over_us']} us in {off['n']} of "
+        f"{wall['n']})"
     ]
 
 
@@ -2250,7 +2272,7 @@ def format_latency(result: dict[str, Any]) -> str:
         f"  steps, p50 / p99  write-ahead commit (durable) {wire['commit']['p50_ms']} / "
         f"{wire['commit']['p99_ms']}; commit to bytes written "
         f"{wire['commit_to_written']['p50_ms']} / {wire['commit_to_written']['p99_ms']} ms",
-        *_handler_line(result["legs"]),
+        *_handler_line(result),
     ]
     if api is not None:
         lines.append(
@@ -2309,7 +2331,7 @@ def format_decide(result: dict[str, Any]) -> str:
         )
         + " ms"
     )
-    lines += _handler_line(legs)
+    lines += _handler_line(result)
     lines += [
         f"  background        {result['trades_per_s']:,.1f} trades/s delivered (target >= "
         f"{result['target_trades_per_s']:,}; slowest second {result['trades_per_s_1s_min']}), "

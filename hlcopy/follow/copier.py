@@ -826,12 +826,26 @@ def _intent(
     )
 
 
-def _check_grid(name: str, value: Decimal, sz_decimals: int, key: str | None = None) -> None:
-    if value and (not value.is_finite() or value != value.quantize(_lot(sz_decimals))):
-        where = name if key is None else f"{name}[{key}]"
-        raise ValueError(
-            f"{where} = {value} is not a multiple of the lot (szDecimals {sz_decimals})"
-        )
+def _check_grid(follower: FollowerView, sz_decimals: int) -> None:
+    """The follower's sizes are on the coin's lot: its position, and every follow's part and
+    pending orders (in one loop: every copy decision checks)."""
+    lot = _lot(sz_decimals)
+    for value in (follower.szi, *follower.attributed.values(), *follower.pending.values()):
+        if value and (not value.is_finite() or value != value.quantize(lot)):
+            raise ValueError(
+                f"{_size_name(follower, value)} = {value} is not a multiple of the lot "
+                f"(szDecimals {sz_decimals})"
+            )
+
+
+def _size_name(follower: FollowerView, value: Decimal) -> str:
+    if value is follower.szi:
+        return "follower.szi"
+    for name, book in (("attributed", follower.attributed), ("pending", follower.pending)):
+        for key, size in book.items():
+            if size is value:
+                return f"{name}[{key}]"
+    return "a size"
 
 
 def _decide_one(
@@ -971,10 +985,7 @@ def decide(
             raise ValueError("follow ids must be unique")
     if trigger is not None and trigger.coin != coin:
         raise ValueError(f"trigger is for {trigger.coin}, decision for {coin}")
-    _check_grid("follower.szi", follower.szi, szd)
-    for book, what in ((follower.attributed, "attributed"), (follower.pending, "pending")):
-        for key in sorted(book):
-            _check_grid(what, book[key], szd, key)
+    _check_grid(follower, szd)
 
     if len(ordered) == 1:
         one = _decide_one(

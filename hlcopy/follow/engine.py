@@ -354,7 +354,10 @@ class CopyEngine(Component):
         if asset is None:
             return None
         attributed = self._executor.attributed_view()
+        figures = self._executor.figures()  # the account's sums, kept between changes
         mids = self._executor.mids()
+        mid = mids.get(coin)
+        price = ZERO if mid is None else mid
         cores = []
         leaders: dict[str, LeaderView] = {}
         # The follows' figures, filled in one loop (a comprehension each is a call each).
@@ -378,25 +381,25 @@ class CopyEngine(Component):
             if view is not None:
                 leaders[f.leader] = view
             held[f.id] = part
-            other[f.id] = _notional(parts, mids, but=coin)
+            other[f.id] = figures.follow_notional.get(f.id, ZERO) - abs(part) * price
             risk[f.id] = self._risk.trading_state(follow_scope(f.id), leader_scope(f.leader))
         if not cores:
             return None
         pending = self._executor.pending_in(coin)
-        positions = self._executor.positions()
+        szi = figures.positions.get(coin, ZERO)
         follower = FollowerView(
-            szi=positions.get(coin, ZERO),
+            szi=szi,
             attributed=held,
             pending={fid: pending.get(fid, ZERO) for fid in held},
-            equity=self._equity(mids),
+            equity=figures.equity,
             other_notional=other,
-            other_notional_total=_notional(positions, mids, but=coin),
+            other_notional_total=figures.notional - abs(szi) * price,
         )
         return decide(
             follows=cores,
             leaders=leaders,
             follower=follower,
-            market=Market(asset, mids.get(coin)),
+            market=Market(asset, mid),
             now_ms=self._clock.time_ms(),
             risk=risk,
             global_risk=self._risk.trading_state(),
@@ -412,10 +415,20 @@ class CopyEngine(Component):
         decision: Decision,
         max_intents: int | None = None,
     ) -> None:
-        """Keep the targets, log the skips and submit the intents, the first ``max_intents``
-        of them (a flip's open waits for the next decision) (no await: each intent is pending
-        before the next decision can run)."""
+        """Submit the intents, the first ``max_intents`` of them (a flip's open waits for the
+        next decision), then keep the targets and log the skips: the orders go first, the
+        bookkeeping after them (no await: each intent is pending before the next decision can
+        run)."""
         self.counters["decisions"] += 1
+        for intent in decision.intents[:max_intents]:
+            if self._risk.trading_state() == TradingState.HALTED:
+                break  # a halt that came in while deciding: nothing more goes out
+            # Sent first: its outcome comes in a later turn at the soonest.
+            self._executor.submit(intent, trigger)
+            self.counters["intents"] += 1
+            self._sent[intent.cloid] = intent.follow_ids
+            if len(self._sent) > SENT_KEPT:  # an outcome that never came: forget the oldest
+                del self._sent[next(iter(self._sent))]
         for target in decision.targets:
             self._targets[target.follow_id, target.coin] = target
         for skip in decision.skips:
@@ -430,20 +443,6 @@ class CopyEngine(Component):
                 is_buy=None if skip.szi == 0 else skip.szi > 0,
                 leader=record.leader if record is not None else None,
             )
-        for intent in decision.intents[:max_intents]:
-            if self._risk.trading_state() == TradingState.HALTED:
-                break  # a halt that came in while deciding: nothing more goes out
-            self.counters["intents"] += 1
-            self._sent[intent.cloid] = intent.follow_ids
-            if len(self._sent) > SENT_KEPT:  # an outcome that never came: forget the oldest
-                del self._sent[next(iter(self._sent))]
-            self._executor.submit(intent, trigger)
-
-    def _equity(self, mids: Mapping[str, Decimal]) -> Decimal | None:
-        try:
-            return self._executor.equity(mids)
-        except ValueError:
-            return None  # an open position without a price yet: unknown, not zero
 
     def positions(self) -> dict[str, Any]:
         """The follower's positions beside each follow's part and target (the API's view)."""
@@ -494,7 +493,7 @@ class CopyEngine(Component):
             )
         return {
             "mode": "paper" if self._executor.paper else "live",
-            "equity": self._equity(mids),
+            "equity": self._executor.figures().equity,
             "cash": account.cash,
             "realized_pnl": account.realized_pnl,
             "fees": account.fees,
@@ -512,15 +511,14 @@ class CopyEngine(Component):
             return self._leader_inputs(scope.removeprefix("leader:"))
         if scope != GLOBAL:
             return None
-        mids = self._executor.mids()
-        equity = self._equity(mids)
-        if equity is None:
+        figures = self._executor.figures()
+        if figures.equity is None:
             return None
         return RiskInputs(
             self._risk_limits,
-            pnl=equity - self._paper_equity,
-            equity=equity,
-            notional=_notional(self._executor.positions(), mids),
+            pnl=figures.equity - self._paper_equity,
+            equity=figures.equity,
+            notional=figures.notional,
         )
 
     def _follow_inputs(self, follow_id: str) -> RiskInputs | None:
@@ -561,13 +559,3 @@ class CopyEngine(Component):
             "direct": self._changes.direct_count,
             **self.counters,
         }
-
-
-def _notional(
-    positions: Mapping[str, Decimal], mids: Mapping[str, Decimal], but: str | None = None
-) -> Decimal:
-    total = ZERO
-    for coin, szi in positions.items():
-        if coin != but and szi:
-            total += abs(szi) * mids.get(coin, ZERO)
-    return total

@@ -55,7 +55,7 @@ from hlcopy.crash import crash_point
 from hlcopy.errors import ExchangeError, StoreError, StreamError
 from hlcopy.events import Event, EventBus
 from hlcopy.follow.copier import Transfer, attribute_fill
-from hlcopy.follow.fills import PaperAccount, PaperFill, simulate_ioc
+from hlcopy.follow.fills import PaperAccount, PaperFill, gross_notional, simulate_ioc
 from hlcopy.follow.performance import CopyRecord, FollowLedger, FundingRecord, TransferRecord
 from hlcopy.follow.risk import REFUSED_BEFORE_SENDING
 from hlcopy.hl import InfoClient, StreamPool, Subscription
@@ -115,6 +115,7 @@ class _Latest:
         self.clock = clock
         self.books: dict[str, tuple[L2Book, float]] = {}
         self.mids: dict[str, Decimal] = {}
+        self.mids_version = 0  # counts the allMids updates: figures made at the mids are kept by it
         self._waiters: dict[str, asyncio.Event] = {}
 
     def waiter(self, coin: str) -> asyncio.Event:
@@ -139,7 +140,9 @@ class _MidsSink:
         self._latest = latest
 
     def offer(self, item: AllMids) -> bool:
-        self._latest.mids.update(item.mids)
+        latest = self._latest
+        latest.mids.update(item.mids)
+        latest.mids_version += 1
         return True
 
     async def put(self, item: AllMids) -> None:
@@ -302,6 +305,18 @@ class _BookedFill:
     fee: Decimal
 
 
+@record
+class AccountFigures:
+    """The account's whole-book figures at the latest mids, kept until the account, the
+    follows' parts or a mid changes. A copy decision reads them rather than summing every held
+    coin: the sums are made once per change, by the first reader after it, not per decision."""
+
+    positions: Mapping[str, Decimal]  # signed size per coin (``positions()``)
+    equity: Decimal | None  # None: a held coin has no mid yet (unknown, not zero)
+    notional: Decimal  # gross, at the mids (a coin without one counts zero)
+    follow_notional: Mapping[str, Decimal]  # each follow's parts, gross, at the mids
+
+
 def slippage_bps(is_buy: bool, avg_px: Decimal, leader_px: Decimal) -> Decimal:
     """How much worse than the leader's price we traded, in basis points of it (negative:
     better). A buy is worse above, a sell below, whatever side the leader took."""
@@ -364,8 +379,10 @@ class PaperExecutor(Component):
         self._own_mids = subscribe_mids
         self._initial_cash = config.account.paper_equity_usd
         self._account = PaperAccount(cash=self._initial_cash)
-        # positions() of one account (immutable, replaced whole on every change), kept with it.
+        # positions() of one account (immutable, replaced whole on every change), kept with it;
+        # figures() with the account, the follows' parts and the mids' version they were made at.
         self._sizes: tuple[PaperAccount | None, Mapping[str, Decimal]] = (None, {})
+        self._kept: tuple[object, object, int, AccountFigures] | None = None
         self._attributed: dict[str, dict[str, Decimal]] = {}
         self._funded_hour_ms: int | None = None
         self._loaded = False
@@ -540,9 +557,11 @@ class PaperExecutor(Component):
         latest snapshot plus the fills booked since; orders in flight are in ``pending()``. Read
         only, and made once per account: a change of the account makes a new one."""
         self._sync_live()
-        account, sizes = self._sizes
-        if account is not self._account:
-            account = self._account
+        return self._sizes_of(self._account)
+
+    def _sizes_of(self, account: PaperAccount) -> Mapping[str, Decimal]:
+        kept, sizes = self._sizes
+        if kept is not account:
             sizes = MappingProxyType({coin: p.szi for coin, p in account.positions.items()})
             self._sizes = account, sizes
         return sizes
@@ -573,6 +592,29 @@ class PaperExecutor(Component):
         ValueError when an open position has no mid."""
         self._sync_live()
         return self._account.equity(self._latest.mids if mids is None else mids)
+
+    def figures(self) -> AccountFigures:
+        """The account's figures at the latest mids (see ``AccountFigures``); made again only
+        when the account, the follows' parts or the mids changed since."""
+        self._sync_live()
+        account, attributed, version = self._account, self._attributed, self._latest.mids_version
+        kept = self._kept
+        if kept is not None and kept[0] is account and kept[1] is attributed and kept[2] == version:
+            return kept[3]
+        mids = self._latest.mids
+        positions = self._sizes_of(account)
+        try:
+            equity: Decimal | None = account.equity(mids)
+        except ValueError:
+            equity = None
+        figures = AccountFigures(
+            positions,
+            equity,
+            gross_notional(positions, mids),
+            MappingProxyType({f: gross_notional(parts, mids) for f, parts in attributed.items()}),
+        )
+        self._kept = account, attributed, version, figures
+        return figures
 
     @property
     def loaded(self) -> bool:

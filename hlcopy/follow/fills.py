@@ -112,6 +112,19 @@ def _freeze(positions: Mapping[str, PaperPosition]) -> Mapping[str, PaperPositio
     return MappingProxyType({k: positions[k] for k in sorted(positions)})
 
 
+def gross_notional(
+    sizes: Mapping[str, Decimal], mids: Mapping[str, Decimal], but: str | None = None
+) -> Decimal:
+    """Gross notional of signed ``sizes`` per coin at ``mids``, ``but`` one coin; a coin
+    without a mid counts zero (what the risk caps can price). ``PaperAccount.notional`` is the
+    strict one."""
+    total = ZERO
+    for coin, szi in sizes.items():
+        if coin != but and szi:
+            total += abs(szi) * mids.get(coin, ZERO)
+    return total
+
+
 @record
 class PaperAccount:
     """A paper perp account. ``cash`` = deposits + realised PnL - fees + funding."""

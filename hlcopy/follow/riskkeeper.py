@@ -78,6 +78,7 @@ class RiskKeeper(Component):
         self._bus = bus
         self._clock = clock
         self._states: dict[str, RiskState] = {GLOBAL: RiskState(GLOBAL)}
+        self._tripped: set[str] = set()  # the scopes with a trip: mostly none, and then ACTIVE
         self._scopes: set[str] = {GLOBAL}  # the scopes that exist now (follows come and go)
         self._results: defaultdict[str, list[OrderResult]] = defaultdict(list)
         self._provider: InputsProvider | None = None
@@ -100,6 +101,8 @@ class RiskKeeper(Component):
 
     def trading_state(self, *scopes: str) -> TradingState:
         """The most severe state of ``scopes`` and of the global scope."""
+        if not self._tripped:  # every copy decision asks, and almost always nothing is tripped
+            return TradingState.ACTIVE
         worst = TradingState.ACTIVE
         for scope in (GLOBAL, *scopes):  # a plain loop: every copy decision asks
             state = self._states.get(scope)
@@ -109,6 +112,14 @@ class RiskKeeper(Component):
 
     def state(self, scope: str) -> RiskState | None:
         return self._states.get(scope)
+
+    def _put(self, state: RiskState) -> None:
+        """The one way a scope's state changes, so the tripped set always agrees with it."""
+        self._states[state.scope] = state
+        if state.trips:
+            self._tripped.add(state.scope)
+        else:
+            self._tripped.discard(state.scope)
 
     def record(self, scopes: Iterable[str], result: OrderResult) -> None:
         """An order settled: it counts for the error triggers of each of ``scopes``."""
@@ -134,7 +145,7 @@ class RiskKeeper(Component):
         self._draining.clear()
         if not self._loaded:
             for state in await self._db.load():
-                self._states[state.scope] = state
+                self._put(state)
             self._loaded = True
             halted = {s: st.state.value for s, st in self._states.items() if st.trips}
             log.info("risk state loaded", scopes=len(self._states), tripped=halted)
@@ -181,7 +192,7 @@ class RiskKeeper(Component):
                     if not quiet:
                         raise
                     # An automatic trip still applies in memory; the next change persists it.
-                self._states[scope] = after
+                self._put(after)
             for e in events:
                 self.counters["trips" if e.kind == "trip" else "clears"] += 1
                 log.warning(

@@ -356,55 +356,62 @@ def parse_ws_user_fills(data: Any) -> tuple[str, bool, tuple[Fill, ...]]:
 
 def _fast_fill(obj: Any) -> Fill:
     try:
-        side = obj["side"]
-        time_ms = obj["time"]
-        px = Decimal(obj["px"])
-        sz = Decimal(obj["sz"])
         get = obj.get
+        coin, side, time_ms, px, sz = obj["coin"], obj["side"], obj["time"], obj["px"], obj["sz"]
         start, closed, fee, builder = (
             get("startPosition"),
             get("closedPnl"),
             get("fee"),
             get("builderFee"),
         )
-        if (
-            (side != "B" and side != "A")
-            or type(time_ms) is not int
-            or type(obj["px"]) is not str
-            or type(obj["sz"]) is not str
-            or not (px.is_finite() and sz.is_finite())
+        if not (
+            (side == "B" or side == "A")
+            and type(time_ms) is int
+            and type(coin) is str
+            and type(px) is str
+            and type(sz) is str
+            and (start is None or type(start) is str)
+            and (closed is None or type(closed) is str)
+            and (fee is None or type(fee) is str)
+            and (builder is None or type(builder) is str)
         ):
             return parse_fill(obj)
-        fill = Fill(
-            obj["coin"],
-            px,
-            sz,
-            side,
-            time_ms,
-            None if start is None else Decimal(start),
-            get("dir"),
-            None if closed is None else Decimal(closed),
-            get("hash"),
-            get("oid"),
-            get("tid"),
-            get("crossed"),
-            None if fee is None else Decimal(fee),
-            get("feeToken"),
-            None if builder is None else Decimal(builder),
-            get("cloid"),
-            get("liquidation") is not None,
-            get("twapId"),
-        )
+        px, sz = Decimal(px), Decimal(sz)
+        start = None if start is None else Decimal(start)
+        closed = None if closed is None else Decimal(closed)
+        fee = None if fee is None else Decimal(fee)
+        builder = None if builder is None else Decimal(builder)
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
         return parse_fill(obj)  # raises WireError naming the field
-    for value in (fill.start_position, fill.closed_pnl, fill.fee, fill.builder_fee):
-        if value is not None and not value.is_finite():
-            return parse_fill(obj)
-    if type(fill.coin) is not str or not all(
-        type(v) is str for v in (start, closed, fee, builder) if v is not None
+    if not (
+        px.is_finite()
+        and sz.is_finite()
+        and (start is None or start.is_finite())
+        and (closed is None or closed.is_finite())
+        and (fee is None or fee.is_finite())
+        and (builder is None or builder.is_finite())
     ):
-        return parse_fill(obj)
-    return fill
+        return parse_fill(obj)  # NaN or Infinity: the checking parser says which field
+    return Fill(
+        coin,
+        px,
+        sz,
+        side,
+        time_ms,
+        start,
+        get("dir"),
+        closed,
+        get("hash"),
+        get("oid"),
+        get("tid"),
+        get("crossed"),
+        fee,
+        get("feeToken"),
+        builder,
+        get("cloid"),
+        get("liquidation") is not None,
+        get("twapId"),
+    )
 
 
 def parse_ws_order_updates(data: Any) -> tuple[OrderUpdate, ...]:

@@ -35,7 +35,7 @@ from hlcopy.follow.executor import (
     PaperExecutor,
 )
 from hlcopy.hl import InfoClient, StreamPool
-from hlcopy.model import L2Book, LeaderFill, OrderIntent, OrderOutcome
+from hlcopy.model import AllMids, L2Book, LeaderFill, OrderIntent, OrderOutcome
 from hlcopy.queues import BoundedQueue
 from hlcopy.sim import SimConfig, Simulator
 from hlcopy.store import Store
@@ -240,6 +240,47 @@ async def test_an_intent_fills_at_the_books_prices_within_its_limit(
         assert event.address == LEADER
         assert event.data["cloid"] == order.cloid
         assert event.data["status"] == "filled"
+
+
+async def test_the_account_figures_are_made_again_only_when_the_account_or_a_mid_changes(
+    stepped: Simulator, store: Store
+) -> None:
+    """A copy decision reads the account's sums (equity, gross notional, each follow's): kept
+    while nothing changes, made again after a fill is booked or the mids move."""
+    async with executor_on(stepped, store) as env:
+        await until(lambda: "ETH" in env.executor.mids() and "BTC" in env.executor.mids())
+        ex = env.executor
+        start = ex.figures()
+        assert start.equity == D(10_000)
+        assert start.notional == 0
+        assert start.follow_notional == {}
+        assert ex.figures() is start  # nothing changed: kept
+
+        book = await env.info.l2_book("ETH")
+        ask = min(book.asks, key=lambda x: x.px)
+        sz = ask.sz / 2
+        order = intent("ETH", True, sz, ask.px, follows=(("f1", sz / 2), ("f2", sz / 2)))
+        ex.submit(order)
+        out = await outcome_of(env, order)
+        assert out.filled_sz == sz
+        booked = ex.figures()
+        assert booked is not start  # the fill changed the account
+        assert booked.positions == {"ETH": sz}
+        assert ex.figures() is booked
+
+        ex.mids_sink.offer(AllMids({"ETH": D(3000), "BTC": D(60_000)}))
+        moved = ex.figures()
+        assert moved is not booked  # the mids moved
+        assert ex.figures() is moved
+        account = ex.account()
+        entry = account.entry_px("ETH")
+        assert entry is not None
+        assert moved.positions == {"ETH": sz}
+        assert moved.equity == account.cash + sz * (D(3000) - entry)
+        assert moved.notional == sz * D(3000)
+        assert moved.follow_notional == {"f1": sz / 2 * D(3000), "f2": sz / 2 * D(3000)}
+        with pytest.raises(TypeError):
+            moved.follow_notional["f1"] = D(0)  # type: ignore[index]
 
 
 async def test_a_tight_limit_fills_partly_or_not_at_all(stepped: Simulator, store: Store) -> None:

@@ -59,6 +59,7 @@ async def test_a_halt_is_stored_before_it_is_answered_and_survives_a_restart(
         ]
         resumed = await again.resume(follow_scope("alpha"), "checked by hand")
         assert resumed.state == TradingState.ACTIVE
+        assert again.trading_state(follow_scope("alpha")) == TradingState.ACTIVE
         await again.drain()
         await asyncio.wait_for(task, 5)
     finally:

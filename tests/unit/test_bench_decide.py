@@ -54,6 +54,11 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     # The handler's CPU time is part of its wall time (a little slack: two clocks).
     wall, cpu = result["legs"]["handler_wall"], result["legs"]["handler_cpu"]
     assert 0 < cpu["p50_ms"] <= wall["p50_ms"] * 1.05
+    # Samples off the CPU over 50 us: counted among the handler's, and named in the text.
+    off = result["handler_off_cpu"]
+    assert off["over_us"] == 50
+    assert 0 <= off["n"] <= wall["n"]
+    assert f"over 50 us in {off['n']} of {wall['n']}" in format_decide(result)
     assert wall["p50_ms"] < result["p50_ms"]  # it starts after the frame arrived
     # The background firehose was measured as delivered, not assumed; the daemon stopped clean.
     assert result["trades_per_s"] > 0

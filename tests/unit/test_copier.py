@@ -501,8 +501,14 @@ def test_the_limit_price_is_on_the_tick_grid_and_uses_the_tightest_slippage() ->
 
 
 def test_inputs_off_the_lot_grid_are_a_caller_bug() -> None:
-    with pytest.raises(ValueError, match="not a multiple of the lot"):
+    with pytest.raises(ValueError, match=r"^follower.szi = 0.00005 is not a multiple of the lot"):
         run([follow()], {A: lead("1")}, FollowerView(D("0.00005"), {"f": D("0.00005")}))
+    with pytest.raises(ValueError, match=r"^attributed\[f\] = 0.00005 is not a multiple"):
+        run([follow()], {A: lead("1")}, FollowerView(D("0.0001"), {"f": D("0.00005")}))
+    with pytest.raises(ValueError, match=r"^pending\[f\] = 0.00003 is not a multiple"):
+        run([follow()], {A: lead("1")}, FollowerView(D("0"), {}, pending={"f": D("0.00003")}))
+    with pytest.raises(ValueError, match=r"^pending\[f\] = NaN is not a multiple"):
+        run([follow()], {A: lead("1")}, FollowerView(D("0"), {}, pending={"f": D("NaN")}))
     with pytest.raises(ValueError, match="trigger is for BTC"):
         run([follow()], {A: lead("1")}, trigger=fill(coin="BTC"))
     with pytest.raises(ValueError, match="unique"):

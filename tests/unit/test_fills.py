@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hlcopy.follow.fills import PaperAccount, funding_payment, simulate_ioc
+from hlcopy.follow.fills import PaperAccount, funding_payment, gross_notional, simulate_ioc
 from hlcopy.hl.parse import parse_fill
 from hlcopy.model import BookLevel, Fill, L2Book
 
@@ -261,3 +261,14 @@ def test_replaying_a_traders_fills_reproduces_closed_pnl() -> None:
     assert directions >= 300
     assert pnls >= 20
     assert closes >= 8
+
+
+def test_gross_notional_counts_both_sides_skips_one_coin_and_prices_only_what_has_a_mid() -> None:
+    sizes = {"BTC": D("-0.5"), "ETH": D("2"), "SOL": D("10"), "DOGE": D("0")}
+    mids = {"BTC": D("60000"), "ETH": D("3000.5"), "DOGE": D("0.1")}
+    assert gross_notional(sizes, mids) == D("30000") + D("6001")  # SOL has no mid: zero
+    assert gross_notional(sizes, mids, but="BTC") == D("6001")
+    assert gross_notional({}, mids) == 0
+    account = PaperAccount(cash=D(0)).with_position("BTC", D("-0.5"), D("1"))
+    account = account.with_position("ETH", D("2"), D("1"))
+    assert gross_notional({"BTC": D("-0.5"), "ETH": D("2")}, mids) == account.notional(mids)

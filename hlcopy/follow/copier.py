@@ -828,24 +828,23 @@ def _intent(
 
 def _check_grid(follower: FollowerView, sz_decimals: int) -> None:
     """The follower's sizes are on the coin's lot: its position, and every follow's part and
-    pending orders (in one loop: every copy decision checks)."""
+    pending orders (in one loop: every copy decision checks; names only for the error)."""
     lot = _lot(sz_decimals)
     for value in (follower.szi, *follower.attributed.values(), *follower.pending.values()):
-        if value and (not value.is_finite() or value != value.quantize(lot)):
+        if _off_grid(value, lot):
+            named = (
+                ("follower.szi", follower.szi),
+                *((f"attributed[{k}]", v) for k, v in sorted(follower.attributed.items())),
+                *((f"pending[{k}]", v) for k, v in sorted(follower.pending.items())),
+            )
+            where, bad = next((n, v) for n, v in named if _off_grid(v, lot))
             raise ValueError(
-                f"{_size_name(follower, value)} = {value} is not a multiple of the lot "
-                f"(szDecimals {sz_decimals})"
+                f"{where} = {bad} is not a multiple of the lot (szDecimals {sz_decimals})"
             )
 
 
-def _size_name(follower: FollowerView, value: Decimal) -> str:
-    if value is follower.szi:
-        return "follower.szi"
-    for name, book in (("attributed", follower.attributed), ("pending", follower.pending)):
-        for key, size in book.items():
-            if size is value:
-                return f"{name}[{key}]"
-    return "a size"
+def _off_grid(value: Decimal, lot: Decimal) -> bool:
+    return bool(value) and (not value.is_finite() or value != value.quantize(lot))
 
 
 def _decide_one(

@@ -53,6 +53,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def host_steal_s() -> float | None:
+    """CPU time the hypervisor gave other guests while this one's vCPUs wanted it, summed over
+    the vCPUs since boot (Linux ``/proc/stat``; None elsewhere): a window's difference tells a
+    tail the host made from one the code made."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def _steal_between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 2)
+
+
 def bench_sign(
     orders_per_run: int = MIN_ORDERS_PER_RUN, runs: int = 7, seed: int = 7
 ) -> dict[str, Any]:
@@ -2000,6 +2018,7 @@ async def _bench_decide(
 
                 sampler = asyncio.create_task(sample(), name="bench:trades-rate")
                 timer.measuring = True
+                steal0 = host_steal_s()
                 t0 = time.perf_counter()
                 api_load = None
                 if api_port is not None:
@@ -2019,6 +2038,7 @@ async def _bench_decide(
                     url, leader, coins, fills, fills_per_s, sizes, load_cpus
                 )
                 elapsed = time.perf_counter() - t0
+                steal_s = _steal_between(steal0, host_steal_s())
                 api_result = None if api_load is None else await api_load
                 trades, messages = discovery.registry.trades, app.stream.counters["messages"]
                 await asyncio.sleep(1.0)  # the last fills' decisions (far less than a second)
@@ -2140,6 +2160,7 @@ async def _bench_decide(
         "ready_s": round(ready_s, 2),
         "cpu_s": round(cpu_s, 2),
         "cpu_share": round(cpu_s / elapsed, 3),
+        "host_steal_s": steal_s,
         "exit_code": exit_code,
         "sim_rate": rate,
         "sim_traders": sim_traders,
@@ -2232,6 +2253,16 @@ def bench_latency(
     )
 
 
+def _steal_line(result: Mapping[str, Any]) -> str:
+    steal = result["host_steal_s"]
+    if steal is None:
+        return "  host steal        not measured (no /proc/stat)"
+    return (
+        f"  host steal        {steal} CPU s of the measured {result['seconds']} s went to other "
+        "guests of the host (summed over the vCPUs)"
+    )
+
+
 def _handler_line(result: Mapping[str, Any]) -> list[str]:
     """The userFills handler's wall time to the intent's hand-over beside its CPU time."""
     legs = result["legs"]
@@ -2295,6 +2326,7 @@ def format_latency(result: dict[str, Any]) -> str:
         f"  machine           {m['cpu']}, {m['cores']} cores, load "
         f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
         f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",
+        _steal_line(result),
     ]
     return "\n".join(lines)
 
@@ -2347,6 +2379,7 @@ def format_decide(result: dict[str, Any]) -> str:
         f"  machine           {m['cpu']}, {m['cores']} cores, load "
         f"{' '.join(str(x) for x in result['loadavg_end'])} at the end "
         f"({' '.join(str(x) for x in result['loadavg_start'])} before), Python {m['python']}",
+        _steal_line(result),
     ]
     return "\n".join(lines)
 

@@ -848,9 +848,18 @@ class Discovery(Component):
             return await self._write_all()
 
     async def _write_all(self) -> bool:
+        """Write the changes queued when called (and those dropped before), batch by batch. A
+        change made while writing waits for the next flush: chasing the queue's tail wrote back
+        to back under a busy firehose (about a hundred small transactions a second, where the
+        interval means two), and each of their round trips woke PostgreSQL on the daemon's
+        core."""
         reg = self.registry
-        while reg.pending or (reg.stale and reg.sweep()):
-            taken, rows = reg.take(self._cfg.persist_batch_size)
+        left = reg.pending
+        while left > 0 or (reg.stale and (left := reg.sweep()) > 0):
+            taken, rows = reg.take(min(left, self._cfg.persist_batch_size))
+            if not taken:  # the queue overflowed meanwhile: dropped, swept back in later
+                break
+            left -= len(taken)
             try:
                 await self._db.upsert(rows)
             except asyncio.CancelledError:

@@ -101,6 +101,14 @@ def bundled_migrations() -> list[Migration]:
     return found
 
 
+async def _keep_session(con: asyncpg.Connection) -> None:
+    """The pool's reset on release, which does nothing more. asyncpg still rolls back a
+    transaction left open; its default reset query (unlock advisory locks, close cursors,
+    unlisten, reset settings) would be one more round trip per pooled use, and hlcopy leaves
+    none of those on a pooled connection: the instance lock has a connection of its own, and the
+    registry's temp table is meant to stay."""
+
+
 async def _init_connection(con: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
         await con.set_type_codec(
@@ -182,6 +190,7 @@ class Store:
                     command_timeout=self._cfg.command_timeout_s,
                     password=password,
                     init=_init_connection,
+                    reset=_keep_session,
                 )
 
     async def _take_instance_lock(self, dsn: str | None, password: str | None) -> None:

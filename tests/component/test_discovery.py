@@ -273,6 +273,41 @@ async def test_every_address_traded_is_registered_and_stored_in_batches(
     assert statements < len(trades) / 50
 
 
+async def test_changes_made_while_writing_wait_for_the_next_interval(
+    stepped: Simulator, store: Store
+) -> None:
+    """The writer writes the queue as it stood when the flush began: a stream busy during the
+    write does not make it write again at once (back to back, a write per few trades)."""
+    async with harness(stepped, store) as h:
+        await h.step(40)
+        assert h.discovery.registry.pending > 0
+        flushes = h.discovery.counters["flushes"]
+        locked, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_traders() -> None:
+            async with store.pool.acquire() as con, con.transaction():
+                await con.execute("LOCK TABLE traders IN SHARE ROW EXCLUSIVE MODE")
+                locked.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_traders(), name="test:lock-traders")
+        await locked.wait()
+        await h.clock.advance(0.5)  # the interval: the write takes the queue, then waits
+        await until(lambda: h.discovery.registry.pending == 0)
+        await h.step(40)  # changes made while the write waits on the lock
+        waiting = h.discovery.registry.pending
+        assert waiting > 0
+        release.set()
+        await holder
+        await until(lambda: h.discovery.counters["flushes"] > flushes)
+        await asyncio.sleep(0.3)  # time enough for a second write, were one coming
+        assert h.discovery.counters["flushes"] == flushes + 1
+        assert h.discovery.registry.pending == waiting
+        await h.clock.advance(0.5)
+        await until(lambda: h.discovery.registry.pending == 0)
+        await until(lambda: h.discovery.counters["flushes"] == flushes + 2)
+
+
 async def test_subscriptions_follow_new_listings_and_delistings(
     stepped: Simulator, store: Store
 ) -> None:

@@ -124,6 +124,36 @@ async def test_errors_are_translated(dsn: str, tmp_path: Path) -> None:
         assert (row["px"], row["sz"]) == (Decimal("100000"), Decimal("0.001"))
 
 
+async def test_a_pooled_connection_comes_back_without_a_reset_query_but_rolled_back(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Releasing a pooled connection sends nothing (one round trip less per use), yet a
+    transaction left open is still rolled back."""
+    async with Store(DatabaseConfig(dsn=dsn, pool_min_size=1, pool_max_size=1), tmp_path) as store:
+        await store.migrate()
+        admin = await asyncpg.connect(dsn)
+        try:
+
+            async def last_query(pid: int) -> str:
+                query = "SELECT query FROM pg_stat_activity WHERE pid = $1"
+                return str(await admin.fetchval(query, pid))
+
+            async with store.pool.acquire() as con:
+                pid = con.get_server_pid()
+                await con.execute("SELECT 1 AS released_last")
+            assert await last_query(pid) == "SELECT 1 AS released_last"
+            async with store.pool.acquire() as con:
+                assert con.get_server_pid() == pid  # the pool's one connection, again
+                await con.execute("BEGIN")
+                await con.execute("""INSERT INTO kv (key, value) VALUES ('left_open', '1')""")
+            assert await last_query(pid) == "ROLLBACK"  # asyncpg's own, for the open one
+        finally:
+            await admin.close()
+        assert await store.pool.fetchval("SELECT count(*) FROM kv WHERE key = 'left_open'") == 0
+        async with store.pool.acquire() as con:
+            assert not con.is_in_transaction()
+
+
 async def test_a_backend_shut_down_under_a_query_is_transient(dsn: str) -> None:
     """57P01 is what a backend answers when its postmaster dies under it; a daemon must wait
     for the server to come back, not stop."""

@@ -67,6 +67,12 @@ def test_bench_decide_times_real_leader_fills_through_the_daemon(
     assert result["exit_code"] == 0
     assert len(result["loadavg_start"]) == len(result["loadavg_end"]) == 3
     assert {"cpu", "cores", "python"} <= set(result["machine"])
+    # The host's steal over the window: a difference of its counter, never negative.
+    steal = result["host_steal_s"]
+    if os.path.exists("/proc/stat"):
+        assert steal is not None
+        assert 0 <= steal <= result["seconds"] * (os.cpu_count() or 1)
+        assert f"host steal        {steal} CPU s" in format_decide(result)
     # The embedded PostgreSQL ran on the daemon's cores, as it would on the daemon's machine.
     if len(os.sched_getaffinity(0)) >= 2:
         assert result["cpus"]["postgres"] == result["cpus"]["daemon"]
@@ -111,6 +117,7 @@ def test_bench_latency_times_live_orders_to_the_socket_and_the_reply(
     assert "bytes written" in format_latency(result)
     assert "write-ahead commit (durable)" in format_latency(result)
     assert "the thread's CPU time" in format_latency(result)
+    assert "host steal" in format_latency(result)
     assert psutil.Process().children() == []
 
 
